@@ -1,0 +1,928 @@
+//! The device side: a sans-IO engine that decides when to sync and runs the
+//! session protocol.
+//!
+//! # Run loop
+//!
+//! 1. Create the engine with [`Device::new`] (first boot) or
+//!    [`Device::restore`] (from the last persisted snapshot).
+//! 2. Feed it what happens: [`push_received`](Device::push_received),
+//!    [`manual_sync`](Device::manual_sync),
+//!    [`raise_compliance`](Device::raise_compliance), transport
+//!    [`connected`](Device::connected) / [`disconnected`](Device::disconnected),
+//!    bytes with [`handle_bytes`](Device::handle_bytes), and
+//!    [`handle_timeout`](Device::handle_timeout) when the deadline from
+//!    [`poll_timeout`](Device::poll_timeout) has passed.
+//! 3. Drain [`poll_event`](Device::poll_event) and act on each [`Event`]:
+//!    persist a snapshot, open or close the transport, run a task, apply a policy.
+//! 4. Drain [`poll_transmit`](Device::poll_transmit) into the transport.
+//! 5. Sleep until the next deadline or input, then go to 2.
+//!
+//! # Guarantees and the application's part
+//!
+//! - A task is handed out (as [`Event::Execute`]) at most once, ever: the engine
+//!   records it in its state and asks for a [`Event::Persist`] first. Persist
+//!   the snapshot *before* polling the next event; the engine sends nothing
+//!   while a persist is pending, so nothing leaves the device that a reboot
+//!   could forget.
+//! - Every final task status, compliance event and policy report goes into a
+//!   bounded outbox and is resent until the server acknowledges it. A final
+//!   status always fits: the outbox reserves one slot per running task.
+//! - Progress is best effort: coalesced to the latest value per task and sent
+//!   while connected.
+
+mod config;
+mod snapshot;
+
+pub use config::{DeviceConfig, DeviceTimers};
+pub use snapshot::{pick_latest, snapshot_counter, SnapshotError};
+
+use heapless::{Deque, Vec};
+
+use crate::log::{debug, trace, warning};
+use crate::time::{Duration, Instant};
+use crate::wire::{
+    self, frame, reason, ComplianceEvent, DecodeError, Down, EncodeError, ErrorCode, FrameDecoder,
+    Hello, Policy, PolicyOutcome, PolicyReport, ReportBody, SyncTrigger, Task, TaskId, TaskStatus,
+    Up, PROTOCOL_VERSION,
+};
+
+/// Default outbox length (reports waiting for the server's ack).
+pub const DEFAULT_OUTBOX: usize = 16;
+/// Default number of tasks that may run at once.
+pub const DEFAULT_INFLIGHT: usize = 4;
+
+/// What the application must do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Event {
+    /// The persistent state changed: write [`Device::snapshot`] to storage now.
+    Persist,
+    /// Open a transport to the server, then call [`Device::connected`] or
+    /// [`Device::connect_failed`].
+    Connect,
+    /// Close the transport; the session is over (the engine is already idle).
+    Disconnect,
+    /// Run this task once, then report with [`Device::task_status`].
+    Execute(Task),
+    /// The server asks to stop this task: report `Cancelled`, or the final
+    /// status if it is already done.
+    Cancel(TaskId),
+    /// A newer policy arrived: read [`Device::pending_policy`], apply it, and
+    /// answer with [`Device::policy_applied`].
+    ApplyPolicy {
+        /// Its version.
+        version: u32,
+    },
+    /// A sync completed: everything was exchanged and acknowledged.
+    SyncDone {
+        /// Why it started.
+        trigger: SyncTrigger,
+    },
+    /// A sync failed; the engine retries with backoff.
+    SyncFailed {
+        /// Why.
+        error: SessionError,
+    },
+}
+
+/// Why a session ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The transport could not be opened.
+    ConnectFailed,
+    /// The transport closed before the sync completed.
+    Closed,
+    /// The server did not answer in time.
+    Timeout,
+    /// The server ended the session with this error.
+    Rejected(ErrorCode),
+    /// The server broke the protocol.
+    Protocol(ProtocolError),
+}
+
+/// A protocol violation by the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame's payload is not a valid message.
+    Decode(DecodeError),
+    /// A valid message that does not fit the session's state.
+    Unexpected,
+    /// The server speaks another protocol version.
+    VersionMismatch {
+        /// The server's version.
+        server: u16,
+    },
+    /// A task's delivery sequence skipped ahead (a frame was lost).
+    SequenceGap,
+}
+
+/// Errors of the calls the application makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// No running task has this id.
+    UnknownTask,
+    /// `Received` is the engine's own status; report a final one.
+    InvalidStatus,
+    /// The outbox is full of unacknowledged reports; try again after a sync.
+    OutboxFull,
+    /// No policy with this version waits to be applied.
+    NoPendingPolicy,
+    /// Bytes arrived while no session was open; they were dropped.
+    NotConnected,
+    /// The session failed on the peer's input; it has been closed.
+    Session(SessionError),
+    /// The output buffer is too small.
+    Encode(EncodeError),
+}
+
+/// Counters for dashboards and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DeviceStats {
+    /// Completed syncs, indexed by [`SyncTrigger::index`].
+    pub syncs: [u32; 6],
+    /// Failed sync attempts.
+    pub failures: u32,
+    /// Frames or bytes the decoder dropped (corruption, garbage).
+    pub frame_errors: u32,
+    /// Tasks handed to the application.
+    pub executed: u32,
+    /// Task offers ignored because they were already accepted.
+    pub duplicates: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+enum Link {
+    Idle,
+    Connecting,
+    AwaitChallenge,
+    AwaitWelcome,
+    Syncing,
+}
+
+/// Wants that start a sync by themselves (reports in the outbox do too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Wants(u8);
+
+impl Wants {
+    fn set(&mut self, t: SyncTrigger) {
+        self.0 |= 1 << t.index();
+    }
+    fn has(self, t: SyncTrigger) -> bool {
+        self.0 & (1 << t.index()) != 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    seq: u32,
+    body: ReportBody,
+    sent: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Inflight {
+    task: Task,
+    announced: bool,
+    cancel: Flag,
+    progress: Option<Option<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flag {
+    No,
+    Pending,
+    Announced,
+}
+
+/// The device-side engine. `OUTBOX` bounds unacknowledged reports, `INFLIGHT`
+/// the tasks running at once. It allocates nothing; its size is fixed by the
+/// two parameters (see the footprint table in the README).
+#[derive(Clone, Debug)]
+pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = DEFAULT_INFLIGHT> {
+    cfg: DeviceConfig,
+    // Persisted state.
+    counter: u64,
+    last_task_seq: u32,
+    next_report_seq: u32,
+    policy_version: u32,
+    periodic: Duration,
+    inflight: Vec<Inflight, INFLIGHT>,
+    outbox: Deque<Entry, OUTBOX>,
+    // Session and timers.
+    link: Link,
+    wants: Wants,
+    session_wants: Wants,
+    trigger: SyncTrigger,
+    got_end: bool,
+    send_hello: bool,
+    proof: Option<[u8; 32]>,
+    last_rx: Instant,
+    session_start: Instant,
+    periodic_at: Instant,
+    attempt_at: Instant,
+    hint_at: Option<Instant>,
+    failures: u32,
+    rng: u64,
+    decoder: FrameDecoder,
+    // Events waiting to be polled.
+    persist: bool,
+    connect: bool,
+    disconnect: bool,
+    outcome: Option<Event>,
+    policy: Option<Policy>,
+    policy_announced: bool,
+    stats: DeviceStats,
+}
+
+impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
+    /// A device on its first boot: no history, a boot sync wanted at once.
+    pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
+        let periodic = cfg.timers.periodic;
+        let rng = cfg.jitter_seed | 1;
+        let mut d = Self {
+            cfg,
+            counter: 0,
+            last_task_seq: 0,
+            next_report_seq: 1,
+            policy_version: 0,
+            periodic,
+            inflight: Vec::new(),
+            outbox: Deque::new(),
+            link: Link::Idle,
+            wants: Wants::default(),
+            session_wants: Wants::default(),
+            trigger: SyncTrigger::Boot,
+            got_end: false,
+            send_hello: false,
+            proof: None,
+            last_rx: now,
+            session_start: now,
+            periodic_at: now + periodic,
+            attempt_at: now,
+            hint_at: None,
+            failures: 0,
+            rng,
+            decoder: FrameDecoder::new(),
+            persist: false,
+            connect: false,
+            disconnect: false,
+            outcome: None,
+            policy: None,
+            policy_announced: false,
+            stats: DeviceStats::default(),
+        };
+        d.wants.set(SyncTrigger::Boot);
+        d
+    }
+
+    /// This device's id.
+    pub fn id(&self) -> wire::DeviceId {
+        self.cfg.id
+    }
+
+    /// Counters since this engine was created.
+    pub fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    /// Highest policy version applied or rejected.
+    pub fn policy_version(&self) -> u32 {
+        self.policy_version
+    }
+
+    /// Highest task delivery sequence accepted.
+    pub fn last_task_seq(&self) -> u32 {
+        self.last_task_seq
+    }
+
+    /// Reports waiting for the server's acknowledgement.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Tasks handed out and not yet finished.
+    pub fn running_tasks(&self) -> impl Iterator<Item = Task> + '_ {
+        self.inflight.iter().map(|i| i.task)
+    }
+
+    /// Whether a session is open or being opened.
+    pub fn is_connected(&self) -> bool {
+        self.link != Link::Idle
+    }
+
+    /// The periodic interval in force (configured or suggested by the server).
+    pub fn periodic_interval(&self) -> Duration {
+        self.periodic
+    }
+
+    /// Replaces the push token; it goes to the server with the next sync.
+    pub fn set_push_token(
+        &mut self,
+        token: heapless::String<{ wire::PUSH_TOKEN_MAX }>,
+        now: Instant,
+    ) {
+        self.cfg.push_token = token;
+        self.want(SyncTrigger::Report, now);
+    }
+
+    // ---- triggers -------------------------------------------------------
+
+    /// A "sync now" push arrived.
+    pub fn push_received(&mut self, now: Instant) {
+        debug!("push received");
+        self.want(SyncTrigger::Push, now);
+    }
+
+    /// The user asked to synchronize.
+    pub fn manual_sync(&mut self, now: Instant) {
+        self.want(SyncTrigger::Manual, now);
+    }
+
+    /// A compliance event happened: it is queued, and a sync starts at once
+    /// and is retried every [`DeviceTimers::compliance_retry`] until acked.
+    pub fn raise_compliance(
+        &mut self,
+        event: ComplianceEvent,
+        now: Instant,
+    ) -> Result<(), DeviceError> {
+        self.enqueue(ReportBody::Compliance(event), false)?;
+        self.kick(now);
+        Ok(())
+    }
+
+    fn want(&mut self, t: SyncTrigger, now: Instant) {
+        self.wants.set(t);
+        self.kick(now);
+    }
+
+    /// Something waits to be sent: sync at once, even during a backoff. (A
+    /// non-empty outbox is itself a reason to sync; see `wants_sync`.)
+    fn kick(&mut self, now: Instant) {
+        if self.link == Link::Idle {
+            self.attempt_at = self.attempt_at.min(now);
+        }
+    }
+
+    // ---- the application's answers ---------------------------------------
+
+    /// Best-effort progress of a running task (coalesced to the latest).
+    pub fn task_progress(&mut self, task: TaskId, percent: Option<u8>) -> Result<(), DeviceError> {
+        let slot = self.inflight.iter_mut().find(|i| i.task.id == task);
+        let slot = slot.ok_or(DeviceError::UnknownTask)?;
+        slot.progress = Some(percent.map(|p| p.min(100)));
+        Ok(())
+    }
+
+    /// The final status of a task handed out by [`Event::Execute`].
+    pub fn task_status(
+        &mut self,
+        task: TaskId,
+        status: TaskStatus,
+        now: Instant,
+    ) -> Result<(), DeviceError> {
+        if !status.is_final() {
+            return Err(DeviceError::InvalidStatus);
+        }
+        let pos = self.inflight.iter().position(|i| i.task.id == task);
+        let pos = pos.ok_or(DeviceError::UnknownTask)?;
+        self.inflight.swap_remove(pos);
+        // A slot was reserved for this report when the task was accepted.
+        self.enqueue(ReportBody::Task { task, status }, true)?;
+        if let TaskStatus::Deferred {
+            retry_after_s: Some(s),
+        } = status
+        {
+            let at = now + Duration::from_secs(u64::from(s));
+            self.hint_at = Some(self.hint_at.map_or(at, |h| h.min(at)));
+        }
+        debug!("task {} final status {:?}", task.0, status);
+        self.kick(now);
+        Ok(())
+    }
+
+    /// The policy waiting to be applied, if any.
+    pub fn pending_policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+
+    /// How the pending policy `version` went; queues the report for the server.
+    pub fn policy_applied(
+        &mut self,
+        version: u32,
+        outcome: PolicyOutcome,
+        now: Instant,
+    ) -> Result<(), DeviceError> {
+        if self.policy.as_ref().map(|p| p.version) != Some(version) {
+            return Err(DeviceError::NoPendingPolicy);
+        }
+        self.enqueue(ReportBody::Policy(PolicyReport { version, outcome }), false)?;
+        self.policy = None;
+        self.policy_version = version;
+        self.kick(now);
+        Ok(())
+    }
+
+    /// Adds a report to the outbox. Non-final reports leave one slot free per
+    /// running task so that every final status always fits.
+    fn enqueue(&mut self, body: ReportBody, reserved: bool) -> Result<(), DeviceError> {
+        let room = if reserved { 0 } else { self.inflight.len() };
+        if self.outbox.len() + room >= OUTBOX {
+            return Err(DeviceError::OutboxFull);
+        }
+        let seq = self.next_report_seq;
+        let entry = Entry {
+            seq,
+            body,
+            sent: false,
+        };
+        self.outbox
+            .push_back(entry)
+            .map_err(|_| DeviceError::OutboxFull)?;
+        self.next_report_seq = seq.wrapping_add(1);
+        self.persist = true;
+        Ok(())
+    }
+
+    // ---- transport ---------------------------------------------------------
+
+    /// The transport asked for by [`Event::Connect`] is open.
+    pub fn connected(&mut self, now: Instant) {
+        if self.link != Link::Connecting {
+            return;
+        }
+        self.link = Link::AwaitChallenge;
+        self.decoder.reset();
+        self.session_wants = self.wants;
+        self.trigger = self.pick_trigger();
+        self.send_hello = true;
+        self.got_end = false;
+        self.last_rx = now;
+        self.session_start = now;
+        debug!("connected, sync trigger {:?}", self.trigger);
+    }
+
+    /// The transport could not be opened.
+    pub fn connect_failed(&mut self, now: Instant) {
+        if self.link == Link::Connecting {
+            self.fail(SessionError::ConnectFailed, now);
+        }
+    }
+
+    /// The transport closed (by the peer or locally). Harmless when idle.
+    pub fn disconnected(&mut self, now: Instant) {
+        if self.link != Link::Idle {
+            self.fail(SessionError::Closed, now);
+        }
+    }
+
+    fn pick_trigger(&self) -> SyncTrigger {
+        use SyncTrigger::*;
+        let w = self.wants;
+        if self
+            .outbox
+            .iter()
+            .any(|e| matches!(e.body, ReportBody::Compliance(_)))
+        {
+            return Compliance;
+        }
+        [Push, Manual, Boot, Periodic]
+            .into_iter()
+            .find(|t| w.has(*t))
+            .unwrap_or(Report)
+    }
+
+    // ---- input -------------------------------------------------------------
+
+    /// Bytes from the transport, in any chunking.
+    pub fn handle_bytes(&mut self, mut bytes: &[u8], now: Instant) -> Result<(), DeviceError> {
+        if self.link == Link::Idle || self.link == Link::Connecting {
+            return Err(DeviceError::NotConnected);
+        }
+        self.last_rx = now;
+        while !bytes.is_empty() {
+            let n = self.decoder.push(bytes);
+            bytes = &bytes[n..];
+            while let Some(r) = self.decoder.decode() {
+                let msg = match r {
+                    Ok(payload) => wire::decode::<Down>(payload),
+                    Err(_) => {
+                        self.stats.frame_errors += 1;
+                        continue;
+                    }
+                };
+                let result = match msg {
+                    Ok(msg) => self.on_message(msg, now),
+                    Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
+                };
+                if let Err(e) = result {
+                    self.fail(e, now);
+                    return Err(DeviceError::Session(e));
+                }
+            }
+        }
+        self.check_done(now);
+        Ok(())
+    }
+
+    fn on_message(&mut self, msg: Down, now: Instant) -> Result<(), SessionError> {
+        trace!("received {:?} in {:?}", msg, self.link);
+        match (self.link, msg) {
+            (_, Down::Error(code)) => Err(SessionError::Rejected(code)),
+            (Link::AwaitChallenge, Down::Challenge { version, nonce }) => {
+                if version != PROTOCOL_VERSION {
+                    let server = version;
+                    return Err(SessionError::Protocol(ProtocolError::VersionMismatch {
+                        server,
+                    }));
+                }
+                let c = &self.cfg;
+                self.proof = Some(crate::auth::proof(&c.secret, &nonce, c.id, c.generation));
+                self.link = Link::AwaitWelcome;
+                Ok(())
+            }
+            (Link::AwaitWelcome, Down::Welcome { ack, periodic_s }) => {
+                self.on_welcome(ack, periodic_s, now);
+                Ok(())
+            }
+            (Link::Syncing, Down::Ack { seq }) => {
+                self.on_ack(seq);
+                Ok(())
+            }
+            (Link::Syncing, Down::Task(task)) => self.on_task(task),
+            (Link::Syncing, Down::Cancel { task }) => {
+                if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == task) {
+                    if i.cancel == Flag::No {
+                        i.cancel = Flag::Pending;
+                    }
+                }
+                Ok(())
+            }
+            (Link::Syncing, Down::Policy(p)) => {
+                let newer = p.version > self.policy_version;
+                if newer && self.policy.as_ref().is_none_or(|q| p.version > q.version) {
+                    debug!("policy version {} arrived", p.version);
+                    self.policy = Some(p);
+                    self.policy_announced = false;
+                }
+                Ok(())
+            }
+            (Link::Syncing, Down::SyncEnd) => {
+                self.got_end = true;
+                Ok(())
+            }
+            _ => Err(SessionError::Protocol(ProtocolError::Unexpected)),
+        }
+    }
+
+    fn on_welcome(&mut self, ack: u32, periodic_s: u32, now: Instant) {
+        self.link = Link::Syncing;
+        self.on_ack(ack);
+        for e in self.outbox.iter_mut() {
+            e.sent = false;
+        }
+        if periodic_s != 0 {
+            let s = u64::from(periodic_s).clamp(60, 7 * 24 * 3600);
+            self.periodic = Duration::from_secs(s);
+        }
+        // The session serves every trigger that was pending when it opened.
+        self.wants.0 &= !self.session_wants.0;
+        self.periodic_at = now + self.periodic;
+        for i in self.inflight.iter_mut() {
+            i.progress = i.progress.or(Some(None));
+        }
+    }
+
+    fn on_ack(&mut self, seq: u32) {
+        // Sequence numbers are compared as a window so that wrapping after
+        // 2^32 reports does not stall the outbox.
+        while let Some(front) = self.outbox.front() {
+            if seq.wrapping_sub(front.seq) < u32::MAX / 2 {
+                self.outbox.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn on_task(&mut self, task: Task) -> Result<(), SessionError> {
+        let expected = self.last_task_seq.wrapping_add(1);
+        if task.seq != expected {
+            if task.seq.wrapping_sub(expected) < u32::MAX / 2 {
+                return Err(SessionError::Protocol(ProtocolError::SequenceGap));
+            }
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        // Accept only with room for both this task's reports, else answer
+        // "not now" (one slot), else leave it unaccepted for the next session.
+        let busy = self.inflight.is_full() || self.outbox.len() + self.inflight.len() + 2 > OUTBOX;
+        if busy {
+            if self.outbox.len() + self.inflight.len() >= OUTBOX {
+                return Ok(());
+            }
+            self.last_task_seq = task.seq;
+            let status = TaskStatus::Deferred {
+                retry_after_s: None,
+            };
+            return self
+                .enqueue(
+                    ReportBody::Task {
+                        task: task.id,
+                        status,
+                    },
+                    true,
+                )
+                .map_err(|_| busy_err());
+        }
+        self.last_task_seq = task.seq;
+        self.enqueue(
+            ReportBody::Task {
+                task: task.id,
+                status: TaskStatus::Received,
+            },
+            false,
+        )
+        .map_err(|_| busy_err())?;
+        let slot = Inflight {
+            task,
+            announced: false,
+            cancel: Flag::No,
+            progress: None,
+        };
+        self.inflight.push(slot).map_err(|_| busy_err())?;
+        debug!("task {} (seq {}) accepted", task.id.0, task.seq);
+        Ok(())
+    }
+
+    /// Advances timers: fires the periodic sync, ends overdue sessions, and
+    /// asks to connect when a sync is wanted. Harmless early, late or twice.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.periodic_at {
+            self.periodic_at = now + self.periodic;
+            self.want(SyncTrigger::Periodic, now);
+        }
+        if self.hint_at.is_some_and(|h| now >= h) {
+            self.hint_at = None;
+            self.want(SyncTrigger::Report, now);
+        }
+        if let Some(deadline) = self.session_deadline() {
+            if now >= deadline {
+                if self.waiting_for_server() {
+                    self.fail(SessionError::Timeout, now);
+                } else {
+                    self.finish(now);
+                }
+            }
+        }
+        if self.link == Link::Idle && self.wants_sync() && now >= self.attempt_at {
+            self.link = Link::Connecting;
+            self.session_start = now;
+            self.connect = true;
+        }
+    }
+
+    fn wants_sync(&self) -> bool {
+        self.wants.0 != 0 || !self.outbox.is_empty()
+    }
+
+    fn waiting_for_server(&self) -> bool {
+        self.link != Link::Syncing || !self.got_end || self.outbox.iter().any(|e| e.sent)
+    }
+
+    fn session_deadline(&self) -> Option<Instant> {
+        let t = &self.cfg.timers;
+        match self.link {
+            Link::Idle => None,
+            Link::Connecting => Some(self.session_start + t.connect_timeout),
+            _ if self.waiting_for_server() => Some(self.last_rx + t.response_timeout),
+            _ => Some(self.session_start + t.linger),
+        }
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) has
+    /// work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.periodic_at;
+        if let Some(h) = self.hint_at {
+            next = next.min(h);
+        }
+        if let Some(d) = self.session_deadline() {
+            next = next.min(d);
+        }
+        if self.link == Link::Idle && self.wants_sync() {
+            next = next.min(self.attempt_at);
+        }
+        Some(next)
+    }
+
+    /// Ends the session successfully once everything is exchanged and no task
+    /// is left running (or the linger time is over).
+    fn check_done(&mut self, now: Instant) {
+        if self.link == Link::Syncing && !self.waiting_for_server() && self.outbox.is_empty() {
+            let lingering =
+                !self.inflight.is_empty() && now < self.session_start + self.cfg.timers.linger;
+            if !lingering && !self.persist {
+                self.finish(now);
+            }
+        }
+    }
+
+    fn finish(&mut self, now: Instant) {
+        debug!("sync done, trigger {:?}", self.trigger);
+        self.stats.syncs[self.trigger.index()] += 1;
+        self.failures = 0;
+        self.end_session(Event::SyncDone {
+            trigger: self.trigger,
+        });
+        self.attempt_at = now;
+    }
+
+    fn fail(&mut self, error: SessionError, now: Instant) {
+        warning!("sync failed: {:?}", error);
+        self.stats.failures += 1;
+        self.failures = self.failures.saturating_add(1);
+        self.end_session(Event::SyncFailed { error });
+        self.attempt_at = now + self.backoff();
+    }
+
+    fn end_session(&mut self, outcome: Event) {
+        let was_open = self.link != Link::Connecting;
+        self.link = Link::Idle;
+        self.send_hello = false;
+        self.proof = None;
+        self.decoder.reset();
+        self.connect = false;
+        self.disconnect = was_open;
+        self.outcome = Some(outcome);
+    }
+
+    fn backoff(&mut self) -> Duration {
+        let t = self.cfg.timers;
+        let doublings = self.failures.saturating_sub(1).min(20);
+        let full = t
+            .backoff_min
+            .saturating_mul(1 << doublings)
+            .min(t.backoff_max);
+        let half = full.as_millis() / 2;
+        let jitter = self.next_random() % (half + 1);
+        let delay = Duration::from_millis(full.as_millis() - jitter);
+        let compliance = self
+            .outbox
+            .iter()
+            .any(|e| matches!(e.body, ReportBody::Compliance(_)));
+        if compliance {
+            delay.min(t.compliance_retry)
+        } else {
+            delay
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: jitter only, never secrets.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    // ---- output ------------------------------------------------------------
+
+    /// The next thing the application must do, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if core::mem::take(&mut self.persist) {
+            self.counter = self.counter.wrapping_add(1);
+            return Some(Event::Persist);
+        }
+        if core::mem::take(&mut self.disconnect) {
+            return Some(Event::Disconnect);
+        }
+        if let Some(outcome) = self.outcome.take() {
+            return Some(outcome);
+        }
+        if core::mem::take(&mut self.connect) {
+            return Some(Event::Connect);
+        }
+        if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
+            i.announced = true;
+            self.stats.executed += 1;
+            return Some(Event::Execute(i.task));
+        }
+        if let Some(i) = self.inflight.iter_mut().find(|i| i.cancel == Flag::Pending) {
+            i.cancel = Flag::Announced;
+            return Some(Event::Cancel(i.task.id));
+        }
+        if let Some(p) = self.policy.as_ref().filter(|_| !self.policy_announced) {
+            self.policy_announced = true;
+            return Some(Event::ApplyPolicy { version: p.version });
+        }
+        None
+    }
+
+    /// Writes the next frame to send into `buf`; `Ok(None)` when there is none.
+    /// Nothing is sent while a [`Event::Persist`] waits to be polled.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<usize>, DeviceError> {
+        if self.persist {
+            return Ok(None);
+        }
+        let Some(msg) = self.next_message() else {
+            return Ok(None);
+        };
+        let n = frame::encode(&msg, buf).map_err(DeviceError::Encode)?;
+        self.mark_sent(&msg);
+        Ok(Some(n))
+    }
+
+    fn next_message(&self) -> Option<Up> {
+        if self.send_hello {
+            return Some(Up::Hello(self.hello()));
+        }
+        if let Some(mac) = self.proof.filter(|_| self.link == Link::AwaitWelcome) {
+            return Some(Up::Proof { mac });
+        }
+        if self.link != Link::Syncing {
+            return None;
+        }
+        if let Some(e) = self.outbox.iter().find(|e| !e.sent) {
+            return Some(Up::Report {
+                seq: e.seq,
+                body: e.body.clone(),
+            });
+        }
+        let i = self.inflight.iter().find(|i| i.progress.is_some())?;
+        Some(Up::Progress {
+            task: i.task.id,
+            percent: i.progress.flatten(),
+        })
+    }
+
+    fn mark_sent(&mut self, msg: &Up) {
+        match msg {
+            Up::Hello(_) => self.send_hello = false,
+            Up::Proof { .. } => self.proof = None,
+            Up::Report { seq, .. } => {
+                if let Some(e) = self.outbox.iter_mut().find(|e| e.seq == *seq) {
+                    e.sent = true;
+                }
+            }
+            Up::Progress { task, .. } => {
+                if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == *task) {
+                    i.progress = None;
+                }
+            }
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            device: self.cfg.id,
+            generation: self.cfg.generation,
+            platform: self.cfg.platform,
+            push_token: self.cfg.push_token.clone(),
+            trigger: self.trigger,
+            last_task_seq: self.last_task_seq,
+            policy_version: self.policy_version,
+        }
+    }
+
+    /// Marks tasks that were running when the snapshot was taken as failed:
+    /// after a reboot nobody knows how far they got, and they must not run twice.
+    fn fail_interrupted(&mut self) {
+        while let Some(i) = self.inflight.pop() {
+            let status = TaskStatus::Failed {
+                reason: reason::INTERRUPTED_BY_REBOOT,
+            };
+            // Reserved slot: cannot fail for a restored, consistent snapshot.
+            if self
+                .enqueue(
+                    ReportBody::Task {
+                        task: i.task.id,
+                        status,
+                    },
+                    true,
+                )
+                .is_err()
+            {
+                warning!("outbox full restoring task {}", i.task.id.0);
+            }
+        }
+    }
+}
+
+fn busy_err() -> SessionError {
+    SessionError::Protocol(ProtocolError::Unexpected)
+}
+
+#[cfg(test)]
+mod tests;

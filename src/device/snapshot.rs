@@ -1,0 +1,189 @@
+//! The device's persistent state: a small postcard record with a CRC.
+//!
+//! Layout: `postcard(header, running tasks, outbox) || CRC-32 (LE)` over the
+//! postcard bytes. Write snapshots alternately into two storage slots
+//! ([`Device::snapshot_slot`]) and restore with [`pick_latest`]: a write torn
+//! by power loss fails its CRC, and the other slot still holds the previous
+//! snapshot, taken before anything newer could leave the device.
+
+use heapless::Vec;
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+
+use super::{Device, DeviceConfig, Entry, Flag, Inflight};
+use crate::time::{Duration, Instant};
+use crate::wire::{crc32, DeviceId, EncodeError, ReportBody, Task};
+
+const FORMAT: u8 = 1;
+
+/// Why a snapshot could not be restored. The engine is never half-restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Fewer bytes than a CRC.
+    TooShort,
+    /// The CRC does not match: a torn or corrupted write.
+    BadCrc,
+    /// The CRC matched but the bytes do not decode.
+    Malformed,
+    /// Written by an unknown snapshot format.
+    UnknownFormat(u8),
+    /// Written for another device or enrollment generation.
+    Foreign,
+    /// Decoded, but breaks the engine's invariants (or its capacities).
+    Inconsistent,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: u8,
+    counter: u64,
+    device: DeviceId,
+    generation: u32,
+    last_task_seq: u32,
+    next_report_seq: u32,
+    policy_version: u32,
+    periodic_ms: u64,
+}
+
+type Decoded<const O: usize, const I: usize> = (Header, Vec<Task, I>, Vec<(u32, ReportBody), O>);
+
+/// Serializes whatever the closure iterates as a sequence, without copying.
+struct Seq<F>(F);
+
+impl<F: Fn() -> It, It: Iterator<Item = T>, T: Serialize> Serialize for Seq<F> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq((self.0)())
+    }
+}
+
+impl<const O: usize, const I: usize> Device<O, I> {
+    /// Upper bound of [`snapshot`](Self::snapshot)'s length for these capacities.
+    pub const SNAPSHOT_MAX: usize = 64 + I * 20 + O * 48 + 4;
+
+    /// Which of two storage slots the current snapshot belongs in (0 or 1).
+    pub fn snapshot_slot(&self) -> usize {
+        (self.counter % 2) as usize
+    }
+
+    /// Writes the persistent state into `buf`; returns its length.
+    pub fn snapshot(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let header = Header {
+            format: FORMAT,
+            counter: self.counter,
+            device: self.cfg.id,
+            generation: self.cfg.generation,
+            last_task_seq: self.last_task_seq,
+            next_report_seq: self.next_report_seq,
+            policy_version: self.policy_version,
+            periodic_ms: self.periodic.as_millis(),
+        };
+        let tasks = Seq(|| self.inflight.iter().map(|i| i.task));
+        let outbox = Seq(|| self.outbox.iter().map(|e| (e.seq, &e.body)));
+        let body = (header, tasks, outbox);
+        let room = buf.len().saturating_sub(4);
+        let n = crate::wire::encode_payload(&body, &mut buf[..room]).map_err(|e| match e {
+            EncodeError::BufferTooSmall { needed } => {
+                EncodeError::BufferTooSmall { needed: needed + 4 }
+            }
+            other => other,
+        })?;
+        let crc = crc32(&buf[..n]).to_le_bytes();
+        buf[n..n + 4].copy_from_slice(&crc);
+        Ok(n + 4)
+    }
+
+    /// Restores an engine from a snapshot taken by [`snapshot`](Self::snapshot).
+    ///
+    /// Tasks that were running when it was taken are reported as failed with
+    /// [`reason::INTERRUPTED_BY_REBOOT`](crate::wire::reason::INTERRUPTED_BY_REBOOT):
+    /// they are never run twice. A boot sync is wanted at once.
+    pub fn restore(cfg: DeviceConfig, bytes: &[u8], now: Instant) -> Result<Self, SnapshotError> {
+        let payload = checked(bytes)?;
+        let (h, tasks, outbox): Decoded<O, I> = match postcard::take_from_bytes(payload) {
+            Ok((d, [])) => d,
+            _ => return Err(SnapshotError::Malformed),
+        };
+        if h.format != FORMAT {
+            return Err(SnapshotError::UnknownFormat(h.format));
+        }
+        if h.device != cfg.id || h.generation != cfg.generation {
+            return Err(SnapshotError::Foreign);
+        }
+        if !consistent::<O>(&h, tasks.len(), &outbox) {
+            return Err(SnapshotError::Inconsistent);
+        }
+        let mut d = Self::new(cfg, now);
+        d.counter = h.counter;
+        d.last_task_seq = h.last_task_seq;
+        d.next_report_seq = h.next_report_seq;
+        d.policy_version = h.policy_version;
+        d.periodic = Duration::from_millis(h.periodic_ms.clamp(60_000, 7 * 24 * 3_600_000));
+        d.periodic_at = now + d.periodic;
+        for task in tasks {
+            let slot = Inflight {
+                task,
+                announced: true,
+                cancel: Flag::No,
+                progress: None,
+            };
+            d.inflight
+                .push(slot)
+                .map_err(|_| SnapshotError::Inconsistent)?;
+        }
+        for (seq, body) in outbox {
+            let entry = Entry {
+                seq,
+                body,
+                sent: false,
+            };
+            d.outbox
+                .push_back(entry)
+                .map_err(|_| SnapshotError::Inconsistent)?;
+        }
+        d.fail_interrupted();
+        Ok(d)
+    }
+}
+
+/// Outbox sequence numbers must run without gaps up to `next_report_seq - 1`,
+/// and the outbox must have room for one final report per running task.
+fn consistent<const O: usize>(h: &Header, tasks: usize, outbox: &[(u32, ReportBody)]) -> bool {
+    let contiguous = outbox.iter().enumerate().all(|(k, (seq, _))| {
+        let back = (outbox.len() - k) as u32;
+        h.next_report_seq.wrapping_sub(back) == *seq
+    });
+    contiguous && outbox.len() + tasks <= O
+}
+
+fn checked(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+    let split = bytes.len().checked_sub(4).ok_or(SnapshotError::TooShort)?;
+    let (payload, crc) = bytes.split_at(split);
+    let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32(payload) != want {
+        return Err(SnapshotError::BadCrc);
+    }
+    Ok(payload)
+}
+
+/// The counter of a snapshot whose CRC checks, for choosing between slots.
+pub fn snapshot_counter(bytes: &[u8]) -> Result<u64, SnapshotError> {
+    let payload = checked(bytes)?;
+    match postcard::take_from_bytes::<Header>(payload) {
+        Ok((h, _)) if h.format == FORMAT => Ok(h.counter),
+        Ok((h, _)) => Err(SnapshotError::UnknownFormat(h.format)),
+        Err(_) => Err(SnapshotError::Malformed),
+    }
+}
+
+/// Of two storage slots, the valid snapshot with the higher counter; `None`
+/// when neither is valid (first boot, or both slots destroyed).
+pub fn pick_latest<'a>(a: &'a [u8], b: &'a [u8]) -> Option<&'a [u8]> {
+    match (snapshot_counter(a), snapshot_counter(b)) {
+        (Ok(x), Ok(y)) => Some(if y > x { b } else { a }),
+        (Ok(_), Err(_)) => Some(a),
+        (Err(_), Ok(_)) => Some(b),
+        (Err(_), Err(_)) => None,
+    }
+}

@@ -1,0 +1,678 @@
+//! The server side: a sans-IO engine for many concurrent device sessions, the
+//! task queue per device, policy assignment and push scheduling.
+//!
+//! # Run loop
+//!
+//! 1. Create it with [`Server::new`] over a [`FleetStore`]; enroll devices with
+//!    [`Server::enroll`] (which returns the secret to provision on the device).
+//! 2. Operator calls: [`enqueue_task`](Server::enqueue_task),
+//!    [`cancel_task`](Server::cancel_task), [`assign_policy`](Server::assign_policy).
+//! 3. Transport calls: [`connection_opened`](Server::connection_opened) for each
+//!    accepted connection, [`handle_bytes`](Server::handle_bytes) with what it
+//!    reads, [`connection_closed`](Server::connection_closed) when it ends.
+//! 4. Drain [`poll_transmit`](Server::poll_transmit) (or
+//!    [`poll_transmit_for`](Server::poll_transmit_for) per connection) into the
+//!    transports, and [`poll_event`](Server::poll_event): send pushes, close
+//!    connections, show status changes.
+//! 5. Call [`handle_timeout`](Server::handle_timeout) when
+//!    [`poll_timeout`](Server::poll_timeout) has passed.
+//!
+//! # Durability
+//!
+//! Each accepted report is written with [`FleetStore::commit_report`] before
+//! its `Ack` is queued, so an acknowledged report is never lost. Task offers
+//! are stored before they are sent.
+
+mod console;
+mod session;
+mod store;
+
+pub use console::{DeviceView, FleetView, TaskCounts};
+pub use store::{
+    DeviceRecord, FleetStore, MemoryStore, PolicyState, ReportCommit, SupersedeKey, TaskRecord,
+    TaskState,
+};
+
+use alloc::boxed::Box;
+use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::vec::Vec;
+use core::cmp::Reverse;
+
+use hashbrown::HashMap;
+
+use crate::auth::{self, Secret};
+use crate::time::{Duration, Instant};
+use crate::wire::{
+    DeviceId, Platform, Policy, Setting, SyncTrigger, TaskId, TaskKind, MAX_SETTINGS,
+};
+use session::Session;
+
+/// Identifies one connection for the lifetime of the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Server settings. `Default` gives the documented values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Periodic interval suggested to devices (3 h); also the basis of the
+    /// overdue check.
+    pub periodic_interval: Duration,
+    /// How late past its periodic interval a device may be before it is
+    /// reported overdue (30 min).
+    pub overdue_slack: Duration,
+    /// At most one push per device per this interval (60 s); more work in
+    /// between is covered by one push at the end of it.
+    pub push_min_interval: Duration,
+    /// Time from connection to a verified proof (30 s).
+    pub handshake_timeout: Duration,
+    /// Silence after which an authenticated session is closed (120 s).
+    pub idle_timeout: Duration,
+    /// Most concurrent connections (65 536).
+    pub max_sessions: usize,
+    /// Most tasks not yet final per device (64).
+    pub max_open_tasks: usize,
+    /// Most bytes queued for one connection before it is closed as too slow (64 KiB).
+    pub max_pending_out: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            periodic_interval: Duration::from_hours(3),
+            overdue_slack: Duration::from_mins(30),
+            push_min_interval: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_sessions: 65_536,
+            max_open_tasks: 64,
+            max_pending_out: 64 * 1024,
+        }
+    }
+}
+
+/// Options of a queued task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// Not delivered by then, it expires.
+    pub expires_at: Option<Instant>,
+    /// Replaces undelivered tasks of the device with the same key.
+    pub supersede: Option<SupersedeKey>,
+}
+
+/// What happened, for the application (push sender, console, transport).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// Ask the platform's push service to deliver a content-free "sync now".
+    SendPush {
+        /// To which device.
+        device: DeviceId,
+        /// Its platform (FCM or APNs).
+        platform: Platform,
+        /// Its push token.
+        token: Box<str>,
+    },
+    /// Close this connection (after sending what `poll_transmit` gave).
+    Close {
+        /// Which one.
+        conn: ConnId,
+    },
+    /// A device proved its identity on a connection.
+    Authenticated {
+        /// The connection.
+        conn: ConnId,
+        /// The device.
+        device: DeviceId,
+        /// Why it connected.
+        trigger: SyncTrigger,
+    },
+    /// A connection failed to prove an identity and is being closed.
+    AuthFailed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A task changed state.
+    TaskChanged {
+        /// Its device.
+        device: DeviceId,
+        /// The task.
+        task: TaskId,
+        /// The new state.
+        state: TaskState,
+    },
+    /// A device reported a compliance event (stored before this event).
+    Compliance {
+        /// The device.
+        device: DeviceId,
+        /// What happened.
+        event: crate::wire::ComplianceEvent,
+    },
+    /// A device reported how a policy version went.
+    PolicyReported {
+        /// The device.
+        device: DeviceId,
+        /// Its new policy state.
+        state: PolicyState,
+    },
+    /// A device missed its promised check-in.
+    Overdue {
+        /// The device.
+        device: DeviceId,
+    },
+    /// An overdue device checked in again.
+    Back {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A connection ended; `device` is set if it had authenticated.
+    SessionEnded {
+        /// The connection.
+        conn: ConnId,
+        /// Its device, if proven.
+        device: Option<DeviceId>,
+    },
+}
+
+/// A misbehaving peer; its session has been closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// A frame's payload did not decode.
+    Malformed,
+    /// A message that does not fit the session's state.
+    Unexpected,
+    /// The device speaks another protocol version.
+    VersionMismatch {
+        /// Its version.
+        device: u16,
+    },
+    /// The proof was wrong, the device unknown, or its enrollment old.
+    AuthFailed,
+    /// A report sequence number skipped ahead.
+    SequenceGap,
+    /// The connection fell too far behind reading.
+    TooSlow,
+}
+
+/// Errors of the server engine, generic over the store's error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerError<E> {
+    /// The store failed; nothing was acknowledged.
+    Store(E),
+    /// No open connection has this id.
+    UnknownConnection,
+    /// No enrolled device has this id.
+    UnknownDevice,
+    /// No task has this id.
+    UnknownTask,
+    /// The task is already final; the cancel changed nothing.
+    AlreadyFinal(TaskState),
+    /// The device has [`ServerConfig::max_open_tasks`] open tasks.
+    QueueFull,
+    /// [`ServerConfig::max_sessions`] connections are open.
+    Busy,
+    /// A policy may carry at most [`MAX_SETTINGS`] settings.
+    PolicyTooLarge,
+    /// The peer misbehaved; its session is being closed.
+    Peer(PeerError),
+}
+
+impl<E> From<E> for ServerError<E> {
+    fn from(e: E) -> Self {
+        ServerError::Store(e)
+    }
+}
+
+type Result<T, S> = core::result::Result<T, ServerError<<S as FleetStore>::Error>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Session(ConnId),
+    Push(DeviceId),
+    Expire(TaskId),
+    Overdue(DeviceId),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PushState {
+    last: Instant,
+    pending: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Due {
+    at: Instant,
+    overdue: bool,
+    // One heap entry per device at most: a check-in moves `at` and the timer
+    // re-arms itself when it fires early.
+    armed: bool,
+}
+
+/// The server-side engine.
+pub struct Server<S: FleetStore> {
+    cfg: ServerConfig,
+    store: S,
+    master: Secret,
+    nonce_seed: Secret,
+    nonces: u64,
+    next_conn: u64,
+    sessions: HashMap<ConnId, Session>,
+    online: HashMap<DeviceId, ConnId>,
+    pushes: HashMap<DeviceId, PushState>,
+    due: HashMap<DeviceId, Due>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    ready: VecDeque<ConnId>,
+    events: VecDeque<ServerEvent>,
+    scratch: Vec<TaskId>,
+}
+
+impl<S: FleetStore> Server<S> {
+    /// A server over `store`. `master` derives every device's secret (keep it
+    /// like a root key); `nonce_seed` must be fresh random bytes per process.
+    pub fn new(cfg: ServerConfig, store: S, master: Secret, nonce_seed: Secret) -> Self {
+        Self {
+            cfg,
+            store,
+            master,
+            nonce_seed,
+            nonces: 0,
+            next_conn: 0,
+            sessions: HashMap::new(),
+            online: HashMap::new(),
+            pushes: HashMap::new(),
+            due: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// The store (for console queries the engine does not offer).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Open connections.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ---- enrollment and operator calls -----------------------------------
+
+    /// Enrolls a device, or re-enrolls it in a new generation. Returns the
+    /// secret to provision on the device. Re-enrollment drops every task of
+    /// the old generation (the console sees them [`TaskState::Dropped`]) and
+    /// ends the device's open session.
+    pub fn enroll(&mut self, id: DeviceId, now: Instant) -> Result<Secret, S> {
+        let generation = match self.store.device(id)? {
+            None => 0,
+            Some(old) => {
+                self.drop_open_tasks(id, now)?;
+                self.close_device_session(id);
+                old.generation.wrapping_add(1)
+            }
+        };
+        self.store.put_device(&DeviceRecord::new(id, generation))?;
+        self.due.remove(&id);
+        Ok(auth::derive_secret(&self.master, id, generation))
+    }
+
+    /// The secret of an enrolled device's current generation.
+    pub fn device_secret(&self, id: DeviceId) -> Result<Secret, S> {
+        let rec = self.store.device(id)?.ok_or(ServerError::UnknownDevice)?;
+        Ok(auth::derive_secret(&self.master, id, rec.generation))
+    }
+
+    fn drop_open_tasks(&mut self, id: DeviceId, now: Instant) -> Result<(), S> {
+        for tid in self.open_task_ids(id)? {
+            if let Some(mut t) = self.store.task(tid)? {
+                self.set_state(&mut t, TaskState::Dropped, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_task_ids(&mut self, id: DeviceId) -> Result<Vec<TaskId>, S> {
+        let mut ids = core::mem::take(&mut self.scratch);
+        ids.clear();
+        self.store.open_tasks(id, &mut ids)?;
+        Ok(ids)
+    }
+
+    /// Stores a task's new state and tells the console.
+    fn set_state(&mut self, t: &mut TaskRecord, state: TaskState, now: Instant) -> Result<(), S> {
+        t.state = state;
+        if state.is_final() {
+            t.finished_at = Some(now);
+        }
+        self.store.put_task(t)?;
+        self.task_changed(t);
+        Ok(())
+    }
+
+    fn task_changed(&mut self, t: &TaskRecord) {
+        let (device, task, state) = (t.device, t.id, t.state);
+        self.events.push_back(ServerEvent::TaskChanged {
+            device,
+            task,
+            state,
+        });
+    }
+
+    /// Queues a task for a device and arranges for it to be delivered: at once
+    /// if the device is connected, else by push (rate-limited), else by the
+    /// device's next periodic or boot sync.
+    pub fn enqueue_task(
+        &mut self,
+        device: DeviceId,
+        kind: TaskKind,
+        opts: TaskOptions,
+        now: Instant,
+    ) -> Result<TaskId, S> {
+        let rec = self
+            .store
+            .device(device)?
+            .ok_or(ServerError::UnknownDevice)?;
+        let open = self.open_task_ids(device)?;
+        let id = self.store.next_task_id()?;
+        let mut live = 0;
+        for tid in &open {
+            let Some(mut t) = self.store.task(*tid)? else {
+                continue;
+            };
+            let replaceable = matches!(
+                t.state,
+                TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
+            );
+            if opts.supersede.is_some() && t.supersede == opts.supersede && replaceable {
+                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
+            } else {
+                live += 1;
+            }
+        }
+        self.scratch = open;
+        if live >= self.cfg.max_open_tasks {
+            return Err(ServerError::QueueFull);
+        }
+        let t = TaskRecord {
+            id,
+            device,
+            generation: rec.generation,
+            kind,
+            state: TaskState::Queued,
+            seq: 0,
+            cancel_requested: false,
+            deferred_in: 0,
+            supersede: opts.supersede,
+            expires_at: opts.expires_at,
+            created_at: now,
+            finished_at: None,
+        };
+        self.store.put_task(&t)?;
+        self.task_changed(&t);
+        if let Some(at) = opts.expires_at {
+            self.timers.push(Reverse((at, Timer::Expire(id))));
+        }
+        self.work_arrived(device, now)?;
+        Ok(id)
+    }
+
+    /// Cancels a task. Not yet on the device: it is cancelled at once
+    /// (`Ok(Cancelled)`). Possibly on the device: a cancel is sent and the
+    /// current state is returned; the device's answer ends it as `Cancelled`,
+    /// or with its real final status (then [`TaskRecord::cancel_too_late`]).
+    /// Already final: `Err(AlreadyFinal)`, nothing changed. Calling it again
+    /// while the cancel is pending is harmless.
+    pub fn cancel_task(&mut self, task: TaskId, now: Instant) -> Result<TaskState, S> {
+        let mut t = self.store.task(task)?.ok_or(ServerError::UnknownTask)?;
+        if t.state.is_final() {
+            return Err(ServerError::AlreadyFinal(t.state));
+        }
+        if !t.state.maybe_on_device() {
+            self.set_state(&mut t, TaskState::Cancelled, now)?;
+            return Ok(TaskState::Cancelled);
+        }
+        if !t.cancel_requested {
+            t.cancel_requested = true;
+            self.store.put_task(&t)?;
+            self.work_arrived(t.device, now)?;
+        }
+        Ok(t.state)
+    }
+
+    /// Assigns a new policy version with these settings; returns the version.
+    pub fn assign_policy(
+        &mut self,
+        device: DeviceId,
+        settings: &[Setting],
+        now: Instant,
+    ) -> Result<u32, S> {
+        let mut rec = self
+            .store
+            .device(device)?
+            .ok_or(ServerError::UnknownDevice)?;
+        let settings = heapless::Vec::<Setting, MAX_SETTINGS>::from_slice(settings)
+            .map_err(|_| ServerError::PolicyTooLarge)?;
+        let prev = self.store.policy(device)?.map_or(0, |p| p.version);
+        let version = prev.max(rec.policy_version).wrapping_add(1);
+        self.store
+            .put_policy(device, &Policy { version, settings })?;
+        rec.policy_state = PolicyState::Pending;
+        self.store.put_device(&rec)?;
+        self.work_arrived(device, now)?;
+        Ok(version)
+    }
+
+    /// New work for a device: offer it in its open session, or push.
+    fn work_arrived(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+        match self.online.get(&device).copied() {
+            Some(conn) => self.offer_work(conn, now),
+            None => self.request_push(device, now),
+        }
+    }
+
+    fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+        let min = self.cfg.push_min_interval;
+        match self.pushes.get_mut(&device) {
+            Some(p) if now < p.last + min => {
+                if !p.pending {
+                    p.pending = true;
+                    self.timers
+                        .push(Reverse((p.last + min, Timer::Push(device))));
+                }
+                Ok(())
+            }
+            _ => self.send_push(device, now),
+        }
+    }
+
+    fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+        let Some((platform, token)) = self.store_push_target(device)? else {
+            return Ok(()); // never connected: its boot or periodic sync will come
+        };
+        self.pushes.insert(
+            device,
+            PushState {
+                last: now,
+                pending: false,
+            },
+        );
+        self.events.push_back(ServerEvent::SendPush {
+            device,
+            platform,
+            token,
+        });
+        for tid in self.open_task_ids(device)? {
+            if let Some(mut t) = self.store.task(tid)? {
+                if t.state == TaskState::Queued {
+                    self.set_state(&mut t, TaskState::PushSent, now)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn store_push_target(&self, device: DeviceId) -> Result<Option<(Platform, Box<str>)>, S> {
+        Ok(self.store.push_target(device)?)
+    }
+
+    fn close_device_session(&mut self, device: DeviceId) {
+        if let Some(conn) = self.online.remove(&device) {
+            self.sessions.remove(&conn);
+            self.events.push_back(ServerEvent::Close { conn });
+            self.events.push_back(ServerEvent::SessionEnded {
+                conn,
+                device: Some(device),
+            });
+        }
+    }
+
+    // ---- connections -------------------------------------------------------
+
+    /// A transport connection was accepted.
+    pub fn connection_opened(&mut self, now: Instant) -> Result<ConnId, S> {
+        if self.sessions.len() >= self.cfg.max_sessions {
+            return Err(ServerError::Busy);
+        }
+        self.next_conn += 1;
+        let conn = ConnId(self.next_conn);
+        self.sessions.insert(conn, Session::new(now));
+        self.timers.push(Reverse((
+            now + self.cfg.handshake_timeout,
+            Timer::Session(conn),
+        )));
+        Ok(conn)
+    }
+
+    /// The transport of `conn` closed. Harmless for an unknown id.
+    pub fn connection_closed(&mut self, conn: ConnId, _now: Instant) {
+        if let Some(s) = self.sessions.remove(&conn) {
+            let device = s.device();
+            if let Some(d) = device {
+                if self.online.get(&d) == Some(&conn) {
+                    self.online.remove(&d);
+                }
+            }
+            self.events
+                .push_back(ServerEvent::SessionEnded { conn, device });
+        }
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Copies pending output of some connection into `buf`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(ConnId, usize)> {
+        while let Some(conn) = self.ready.pop_front() {
+            if let Some(n) = self.poll_transmit_for(conn, buf) {
+                if self.sessions.get(&conn).is_some_and(|s| s.has_output()) {
+                    self.ready.push_front(conn);
+                }
+                return Some((conn, n));
+            }
+        }
+        None
+    }
+
+    /// Copies pending output of `conn` into `buf`; `None` when there is none.
+    pub fn poll_transmit_for(&mut self, conn: ConnId, buf: &mut [u8]) -> Option<usize> {
+        let s = self.sessions.get_mut(&conn)?;
+        let n = s.take_output(buf);
+        if s.closing && !s.has_output() {
+            self.finish_close(conn);
+        }
+        (n > 0).then_some(n)
+    }
+
+    fn finish_close(&mut self, conn: ConnId) {
+        self.events.push_back(ServerEvent::Close { conn });
+        self.connection_closed(conn, Instant::ZERO);
+    }
+
+    // ---- timers ------------------------------------------------------------
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Runs every timer due at `now`. Harmless early, late or twice.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), S> {
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Session(conn) => self.session_timer(conn, now),
+                Timer::Push(device) => self.push_timer(device, now)?,
+                Timer::Expire(task) => self.expire_timer(task, now)?,
+                Timer::Overdue(device) => self.overdue_timer(device, now),
+            }
+        }
+        Ok(())
+    }
+
+    fn push_timer(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+        let pending = self.pushes.get(&device).is_some_and(|p| p.pending);
+        if pending && !self.online.contains_key(&device) {
+            self.send_push(device, now)?;
+        } else if let Some(p) = self.pushes.get_mut(&device) {
+            p.pending = false;
+        }
+        Ok(())
+    }
+
+    fn expire_timer(&mut self, task: TaskId, now: Instant) -> Result<(), S> {
+        let Some(mut t) = self.store.task(task)? else {
+            return Ok(());
+        };
+        if !t.state.is_final() && !t.state.maybe_on_device() {
+            self.set_state(&mut t, TaskState::Expired, now)?;
+        }
+        Ok(())
+    }
+
+    fn overdue_timer(&mut self, device: DeviceId, now: Instant) {
+        let online = self.online.contains_key(&device);
+        let Some(due) = self.due.get_mut(&device) else {
+            return;
+        };
+        due.armed = false;
+        if now < due.at {
+            due.armed = true;
+            self.timers.push(Reverse((due.at, Timer::Overdue(device))));
+        } else if !due.overdue && !online {
+            due.overdue = true;
+            self.events.push_back(ServerEvent::Overdue { device });
+        }
+    }
+
+    /// Records a check-in: the device promises the next one within its
+    /// periodic interval plus slack.
+    fn checked_in(&mut self, device: DeviceId, now: Instant) {
+        let at = now + self.cfg.periodic_interval + self.cfg.overdue_slack;
+        let due = self.due.entry(device).or_insert(Due {
+            at,
+            overdue: false,
+            armed: false,
+        });
+        due.at = at;
+        if core::mem::take(&mut due.overdue) {
+            self.events.push_back(ServerEvent::Back { device });
+        }
+        if !due.armed {
+            due.armed = true;
+            self.timers.push(Reverse((at, Timer::Overdue(device))));
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! One connection's session: handshake, reports in, work out.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::cmp::Reverse;
+
+use super::{
+    ConnId, FleetStore, PeerError, PolicyState, ReportCommit, Result, Server, ServerError,
+    ServerEvent, TaskRecord, TaskState, Timer,
+};
+use crate::auth;
+use crate::time::Instant;
+use crate::wire::{
+    self, frame, seq_newer, Down, ErrorCode, FrameDecoder, Hello, ReportBody, Task, TaskId,
+    TaskStatus, Up, PROTOCOL_VERSION,
+};
+
+enum Phase {
+    AwaitHello,
+    AwaitProof { hello: Box<Hello>, nonce: [u8; 16] },
+    Syncing(Sync),
+}
+
+/// What an authenticated session knows about its device.
+struct Sync {
+    device: wire::DeviceId,
+    generation: u32,
+    next_seq: u32,
+    policy_sent: u32,
+    cancels_sent: Vec<TaskId>,
+}
+
+pub(super) struct Session {
+    phase: Phase,
+    decoder: Box<FrameDecoder>,
+    out: Vec<u8>,
+    out_pos: usize,
+    last_rx: Instant,
+    pub(super) closing: bool,
+    queued: bool,
+}
+
+impl Session {
+    pub(super) fn new(now: Instant) -> Self {
+        Self {
+            phase: Phase::AwaitHello,
+            decoder: Box::new(FrameDecoder::new()),
+            out: Vec::new(),
+            out_pos: 0,
+            last_rx: now,
+            closing: false,
+            queued: false,
+        }
+    }
+
+    pub(super) fn device(&self) -> Option<wire::DeviceId> {
+        match &self.phase {
+            Phase::Syncing(s) => Some(s.device),
+            _ => None,
+        }
+    }
+
+    pub(super) fn has_output(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
+        let pending = &self.out[self.out_pos..];
+        let n = pending.len().min(buf.len());
+        buf[..n].copy_from_slice(&pending[..n]);
+        self.out_pos += n;
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            self.queued = false;
+        }
+        n
+    }
+
+    fn push_frame(&mut self, msg: &Down) -> bool {
+        let start = self.out.len();
+        self.out.resize(start + frame::MAX_FRAME, 0);
+        match frame::encode(msg, &mut self.out[start..]) {
+            Ok(n) => {
+                self.out.truncate(start + n);
+                true
+            }
+            Err(_) => {
+                self.out.truncate(start);
+                false
+            }
+        }
+    }
+}
+
+/// Decodes a frame's payload for a session in `phase`; a foreign Hello version
+/// is recognised even when the rest of the message does not decode.
+fn parse(payload: &[u8], awaiting_hello: bool) -> core::result::Result<Up, PeerError> {
+    if awaiting_hello {
+        match wire::peek_hello_version(payload) {
+            Some(v) if v != PROTOCOL_VERSION => {
+                return Err(PeerError::VersionMismatch { device: v })
+            }
+            _ => {}
+        }
+    }
+    wire::decode::<Up>(payload).map_err(|_| PeerError::Malformed)
+}
+
+fn error_code(e: PeerError) -> ErrorCode {
+    match e {
+        PeerError::VersionMismatch { .. } => ErrorCode::VersionMismatch {
+            supported: PROTOCOL_VERSION,
+        },
+        PeerError::AuthFailed => ErrorCode::AuthFailed,
+        PeerError::SequenceGap => ErrorCode::SequenceGap,
+        PeerError::TooSlow => ErrorCode::Busy,
+        PeerError::Malformed | PeerError::Unexpected => ErrorCode::BadMessage,
+    }
+}
+
+impl<S: FleetStore> Server<S> {
+    /// Bytes read from `conn`, in any chunking. A peer error closes the
+    /// session (after an `Error` frame) and is returned; the engine stays usable.
+    pub fn handle_bytes(&mut self, conn: ConnId, mut bytes: &[u8], now: Instant) -> Result<(), S> {
+        loop {
+            let s = self
+                .sessions
+                .get_mut(&conn)
+                .ok_or(ServerError::UnknownConnection)?;
+            if s.closing {
+                return Ok(()); // input after our error frame is ignored
+            }
+            s.last_rx = now;
+            let n = s.decoder.push(bytes);
+            bytes = &bytes[n..];
+            let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
+            let msg = match s.decoder.decode() {
+                None if bytes.is_empty() => return Ok(()),
+                None | Some(Err(_)) => continue, // garbage is skipped; the CRC guards content
+                Some(Ok(payload)) => parse(payload, awaiting_hello),
+            };
+            let result = match msg {
+                Ok(msg) => self.on_message(conn, msg, now),
+                Err(e) => Err(ServerError::Peer(e)),
+            };
+            if let Err(e) = result {
+                self.fail_session(conn, &e);
+                return Err(e);
+            }
+        }
+    }
+
+    fn fail_session(&mut self, conn: ConnId, e: &ServerError<S::Error>) {
+        let code = match e {
+            ServerError::Peer(p) => error_code(*p),
+            _ => ErrorCode::Busy,
+        };
+        if matches!(e, ServerError::Peer(PeerError::AuthFailed)) {
+            self.events.push_back(ServerEvent::AuthFailed { conn });
+        }
+        self.send(conn, &Down::Error(code));
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.closing = true;
+        }
+    }
+
+    fn on_message(&mut self, conn: ConnId, msg: Up, now: Instant) -> Result<(), S> {
+        let phase = &self
+            .sessions
+            .get(&conn)
+            .ok_or(ServerError::UnknownConnection)?
+            .phase;
+        match (phase, msg) {
+            (Phase::AwaitHello, Up::Hello(hello)) => {
+                self.nonces = self.nonces.wrapping_add(1);
+                let nonce = auth::nonce(&self.nonce_seed, self.nonces);
+                self.set_phase(
+                    conn,
+                    Phase::AwaitProof {
+                        hello: Box::new(hello),
+                        nonce,
+                    },
+                );
+                self.send(
+                    conn,
+                    &Down::Challenge {
+                        version: PROTOCOL_VERSION,
+                        nonce,
+                    },
+                );
+                Ok(())
+            }
+            (Phase::AwaitProof { .. }, Up::Proof { mac }) => self.on_proof(conn, mac, now),
+            (Phase::Syncing(_), Up::Report { seq, body }) => self.on_report(conn, seq, body, now),
+            (Phase::Syncing(_), Up::Progress { task, percent }) => {
+                self.on_progress(conn, task, percent)
+            }
+            _ => Err(ServerError::Peer(PeerError::Unexpected)),
+        }
+    }
+
+    fn set_phase(&mut self, conn: ConnId, phase: Phase) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.phase = phase;
+        }
+    }
+
+    fn sync_of(&mut self, conn: ConnId) -> Option<&mut Sync> {
+        match &mut self.sessions.get_mut(&conn)?.phase {
+            Phase::Syncing(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Queues a frame for `conn`; a connection that fell too far behind is closed.
+    pub(super) fn send(&mut self, conn: ConnId, msg: &Down) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if s.out.len() > self.cfg.max_pending_out && !s.closing {
+            s.closing = true;
+            return;
+        }
+        s.push_frame(msg);
+        if !s.queued {
+            s.queued = true;
+            self.ready.push_back(conn);
+        }
+    }
+
+    fn on_proof(&mut self, conn: ConnId, mac: [u8; 32], now: Instant) -> Result<(), S> {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return Ok(());
+        };
+        let Phase::AwaitProof { hello, nonce } =
+            core::mem::replace(&mut s.phase, Phase::AwaitHello)
+        else {
+            return Err(ServerError::Peer(PeerError::Unexpected));
+        };
+        let (id, generation) = (hello.device, hello.generation);
+        // The MAC is always computed, so an unknown device and a wrong proof
+        // take the same path and get the same answer.
+        let secret = auth::derive_secret(&self.master, id, generation);
+        let proof_ok = auth::verify(&secret, &nonce, id, generation, &mac);
+        let rec = self.store.device(id)?;
+        let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
+            return Err(ServerError::Peer(PeerError::AuthFailed));
+        };
+        if let Some(old) = self.online.insert(id, conn).filter(|old| *old != conn) {
+            self.sessions.remove(&old);
+            self.events.push_back(ServerEvent::Close { conn: old });
+            self.events.push_back(ServerEvent::SessionEnded {
+                conn: old,
+                device: Some(id),
+            });
+        }
+        self.store
+            .set_push_target(id, hello.platform, &hello.push_token)?;
+        self.resolve_offers(id, hello.last_task_seq, now)?;
+        rec.last_task_seq = hello.last_task_seq;
+        rec.last_sync = Some((now, hello.trigger));
+        self.store.put_device(&rec)?;
+
+        let sync = Sync {
+            device: id,
+            generation,
+            next_seq: hello.last_task_seq.wrapping_add(1),
+            policy_sent: hello.policy_version,
+            cancels_sent: Vec::new(),
+        };
+        self.set_phase(conn, Phase::Syncing(sync));
+        let periodic_s = self
+            .cfg
+            .periodic_interval
+            .as_secs()
+            .min(u64::from(u32::MAX)) as u32;
+        self.send(
+            conn,
+            &Down::Welcome {
+                ack: rec.last_report_seq,
+                periodic_s,
+            },
+        );
+        let trigger = hello.trigger;
+        self.events.push_back(ServerEvent::Authenticated {
+            conn,
+            device: id,
+            trigger,
+        });
+        self.checked_in(id, now);
+        if let Some(p) = self.pushes.get_mut(&id) {
+            p.pending = false;
+        }
+        self.offer_work(conn, now)
+    }
+
+    /// Tasks offered in earlier sessions: those the device confirmed (seq up
+    /// to its `last_task_seq`) are delivered; the others go back to the queue.
+    fn resolve_offers(&mut self, device: wire::DeviceId, last: u32, now: Instant) -> Result<(), S> {
+        let ids = self.open_task_ids(device)?;
+        for tid in &ids {
+            let Some(mut t) = self.store.task(*tid)? else {
+                continue;
+            };
+            if t.state != TaskState::Offered {
+                continue;
+            }
+            let state = if !seq_newer(t.seq, last) {
+                TaskState::Delivered
+            } else if t.cancel_requested {
+                TaskState::Cancelled
+            } else if t.expires_at.is_some_and(|e| now >= e) {
+                TaskState::Expired
+            } else {
+                TaskState::Queued
+            };
+            self.set_state(&mut t, state, now)?;
+        }
+        self.scratch = ids;
+        Ok(())
+    }
+
+    /// Sends everything pending for the session's device: cancels, tasks not
+    /// yet offered, a newer policy, then `SyncEnd`.
+    pub(super) fn offer_work(&mut self, conn: ConnId, now: Instant) -> Result<(), S> {
+        let Some(sync) = self.sync_of(conn) else {
+            return Ok(());
+        };
+        let (device, generation) = (sync.device, sync.generation);
+        let ids = self.open_task_ids(device)?;
+        for tid in &ids {
+            let Some(mut t) = self.store.task(*tid)? else {
+                continue;
+            };
+            if t.generation == generation {
+                self.offer_one(conn, &mut t, now)?;
+            }
+        }
+        self.scratch = ids;
+        if let Some(p) = self.store.policy(device)? {
+            let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+            if seq_newer(p.version, sync.policy_sent) {
+                sync.policy_sent = p.version;
+                self.send(conn, &Down::Policy(p));
+            }
+        }
+        self.send(conn, &Down::SyncEnd);
+        Ok(())
+    }
+
+    fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<(), S> {
+        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+        if t.cancel_requested && t.state.maybe_on_device() {
+            if !sync.cancels_sent.contains(&t.id) {
+                sync.cancels_sent.push(t.id);
+                self.send(conn, &Down::Cancel { task: t.id });
+            }
+            return Ok(());
+        }
+        let offerable = match t.state {
+            TaskState::Queued | TaskState::PushSent => true,
+            TaskState::Deferred { .. } => t.deferred_in != conn.0,
+            _ => false,
+        };
+        if !offerable {
+            return Ok(());
+        }
+        if t.expires_at.is_some_and(|e| now >= e) {
+            return self.set_state(t, TaskState::Expired, now);
+        }
+        t.seq = sync.next_seq;
+        sync.next_seq = sync.next_seq.wrapping_add(1);
+        self.set_state(t, TaskState::Offered, now)?; // stored before it is sent
+        let task = Task {
+            seq: t.seq,
+            id: t.id,
+            kind: t.kind,
+        };
+        self.send(conn, &Down::Task(task));
+        Ok(())
+    }
+
+    fn on_report(
+        &mut self,
+        conn: ConnId,
+        seq: u32,
+        body: ReportBody,
+        now: Instant,
+    ) -> Result<(), S> {
+        let device = self
+            .sync_of(conn)
+            .map(|s| s.device)
+            .ok_or(ServerError::UnknownConnection)?;
+        let mut rec = self
+            .store
+            .device(device)?
+            .ok_or(ServerError::UnknownDevice)?;
+        let expected = rec.last_report_seq.wrapping_add(1);
+        if seq != expected {
+            if seq_newer(seq, expected) {
+                return Err(ServerError::Peer(PeerError::SequenceGap));
+            }
+            self.send(
+                conn,
+                &Down::Ack {
+                    seq: rec.last_report_seq,
+                },
+            ); // a resend
+            return Ok(());
+        }
+        rec.last_report_seq = seq;
+        let (mut task, mut compliance, mut event) = (None, None, None);
+        match body {
+            ReportBody::Task { task: id, status } => {
+                task = self.apply_status(conn, device, id, status, now)?
+            }
+            ReportBody::Compliance(e) => {
+                compliance = Some(e);
+                event = Some(ServerEvent::Compliance { device, event: e });
+            }
+            ReportBody::Policy(r) => {
+                rec.policy_version = r.version;
+                rec.policy_state = PolicyState::from_report(r.version, &r.outcome);
+                event = Some(ServerEvent::PolicyReported {
+                    device,
+                    state: rec.policy_state.clone(),
+                });
+            }
+        }
+        let commit = ReportCommit {
+            device: &rec,
+            task: task.as_ref(),
+            compliance,
+        };
+        self.store.commit_report(commit)?;
+        // Durable now: acknowledge, then tell the console.
+        self.send(conn, &Down::Ack { seq });
+        if let Some(t) = &task {
+            self.task_changed(t);
+        }
+        self.events.extend(event);
+        Ok(())
+    }
+
+    /// The task record a status report leads to, or `None` when it changes
+    /// nothing (another device's task, or one already final).
+    fn apply_status(
+        &mut self,
+        conn: ConnId,
+        device: wire::DeviceId,
+        id: TaskId,
+        status: TaskStatus,
+        now: Instant,
+    ) -> Result<Option<TaskRecord>, S> {
+        let Some(mut t) = self.store.task(id)?.filter(|t| t.device == device) else {
+            return Ok(None);
+        };
+        if t.state.is_final() {
+            return Ok(None);
+        }
+        t.state = match status {
+            TaskStatus::Received => TaskState::Delivered,
+            TaskStatus::Succeeded { result } => TaskState::Succeeded { result },
+            TaskStatus::Failed { reason } => TaskState::Failed { reason },
+            TaskStatus::Cancelled => TaskState::Cancelled,
+            TaskStatus::Deferred { .. } if t.cancel_requested => TaskState::Cancelled,
+            TaskStatus::Deferred { retry_after_s } => {
+                t.deferred_in = conn.0;
+                TaskState::Deferred { retry_after_s }
+            }
+        };
+        if t.state.is_final() {
+            t.finished_at = Some(now);
+        }
+        Ok(Some(t))
+    }
+
+    fn on_progress(&mut self, conn: ConnId, id: TaskId, percent: Option<u8>) -> Result<(), S> {
+        let device = self
+            .sync_of(conn)
+            .map(|s| s.device)
+            .ok_or(ServerError::UnknownConnection)?;
+        let Some(mut t) = self.store.task(id)?.filter(|t| t.device == device) else {
+            return Ok(());
+        };
+        if matches!(t.state, TaskState::Delivered | TaskState::InProgress { .. }) {
+            t.state = TaskState::InProgress {
+                percent: percent.map(|p| p.min(100)),
+            };
+            self.store.put_task(&t)?;
+            self.task_changed(&t);
+        }
+        Ok(())
+    }
+
+    /// A session's deadline timer: a silent session gets a `Timeout` error
+    /// frame; one that is still there a full period later is dropped.
+    pub(super) fn session_timer(&mut self, conn: ConnId, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let limit = match s.phase {
+            Phase::Syncing(_) => self.cfg.idle_timeout,
+            _ => self.cfg.handshake_timeout,
+        };
+        let deadline = s.last_rx + limit;
+        if now < deadline {
+            self.timers.push(Reverse((deadline, Timer::Session(conn))));
+            return;
+        }
+        if s.closing {
+            self.finish_close(conn);
+            return;
+        }
+        s.out.clear();
+        s.out_pos = 0;
+        s.closing = true;
+        s.last_rx = now;
+        self.send(conn, &Down::Error(ErrorCode::Timeout));
+        self.timers
+            .push(Reverse((now + limit, Timer::Session(conn))));
+    }
+}

@@ -1,0 +1,424 @@
+//! The server's durable state: the [`FleetStore`] trait and the in-memory store.
+//!
+//! The trait is the only server state that outlives a process. It is shaped
+//! for three kinds of store: this in-memory one, an embedded database (SQLite
+//! or redb: one row per device, task and policy), and a PostgreSQL shared by
+//! several server nodes (the same rows; [`FleetStore::commit_report`] is one
+//! transaction). Every call is synchronous and returns the store's own error,
+//! which the engine passes on as [`ServerError::Store`](super::ServerError).
+//!
+//! The engine never acknowledges anything to a device before the store call
+//! that makes it durable has returned `Ok`.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::convert::Infallible;
+
+use hashbrown::HashMap;
+
+use crate::time::Instant;
+use crate::wire::{
+    ComplianceEvent, DeviceId, Platform, Policy, PolicyOutcome, SyncTrigger, TaskId, TaskKind,
+    TaskResult,
+};
+
+/// A key that makes a newer task replace an undelivered older one with the
+/// same key (five clicks on "lock" for an offline device give one lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SupersedeKey(pub u64);
+
+impl SupersedeKey {
+    /// A key from a name such as `"lock"` (FNV-1a; stable across builds).
+    pub const fn from_name(name: &str) -> Self {
+        let bytes = name.as_bytes();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut i = 0;
+        while i < bytes.len() {
+            h ^= bytes[i] as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            i += 1;
+        }
+        SupersedeKey(h)
+    }
+}
+
+/// Where a task stands, as the console shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskState {
+    /// Waiting for the device; no push could be sent yet.
+    Queued,
+    /// Waiting for the device; a push was requested.
+    PushSent,
+    /// Sent in a session; not yet confirmed by the device.
+    Offered,
+    /// The device accepted it.
+    Delivered,
+    /// The device reports progress.
+    InProgress {
+        /// Last reported percentage.
+        percent: Option<u8>,
+    },
+    /// The device said "not now"; it is offered again on the next sync.
+    Deferred {
+        /// The device's hint, in seconds.
+        retry_after_s: Option<u32>,
+    },
+    /// Final: done.
+    Succeeded {
+        /// The device's result.
+        result: Option<TaskResult>,
+    },
+    /// Final: the device could not do it.
+    Failed {
+        /// Reason code.
+        reason: u16,
+    },
+    /// Final: cancelled before it ran to the end.
+    Cancelled,
+    /// Final: expired before the device took it.
+    Expired,
+    /// Final: replaced by a newer task with the same supersede key.
+    Superseded {
+        /// The replacement.
+        by: TaskId,
+    },
+    /// Final: the device was re-enrolled; this task belonged to the old enrollment.
+    Dropped,
+}
+
+impl TaskState {
+    /// Whether the task is over.
+    pub const fn is_final(&self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded { .. }
+                | TaskState::Failed { .. }
+                | TaskState::Cancelled
+                | TaskState::Expired
+                | TaskState::Superseded { .. }
+                | TaskState::Dropped
+        )
+    }
+
+    /// Whether the device may have the task (it was sent or accepted).
+    pub const fn maybe_on_device(&self) -> bool {
+        matches!(
+            self,
+            TaskState::Offered | TaskState::Delivered | TaskState::InProgress { .. }
+        )
+    }
+}
+
+/// One task, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Its id.
+    pub id: TaskId,
+    /// Its device.
+    pub device: DeviceId,
+    /// The enrollment generation it was queued for.
+    pub generation: u32,
+    /// What it does.
+    pub kind: TaskKind,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Delivery sequence of its last offer (0: never offered).
+    pub seq: u32,
+    /// The operator asked to cancel it while the device may have it.
+    pub cancel_requested: bool,
+    /// Session in which the device deferred it (not offered again there).
+    pub deferred_in: u64,
+    /// Replaces undelivered tasks with the same key.
+    pub supersede: Option<SupersedeKey>,
+    /// Not delivered after this instant, it expires.
+    pub expires_at: Option<Instant>,
+    /// When it was queued.
+    pub created_at: Instant,
+    /// When it reached a final state.
+    pub finished_at: Option<Instant>,
+}
+
+impl TaskRecord {
+    /// Final, after a cancel that came too late: the device had finished.
+    pub fn cancel_too_late(&self) -> bool {
+        self.cancel_requested
+            && matches!(
+                self.state,
+                TaskState::Succeeded { .. } | TaskState::Failed { .. }
+            )
+    }
+}
+
+/// How the device took its assigned policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyState {
+    /// No report yet for the assigned version.
+    Pending,
+    /// The last reported version applied fully.
+    Applied {
+        /// That version.
+        version: u32,
+    },
+    /// Applied except some settings.
+    PartiallyApplied {
+        /// That version.
+        version: u32,
+        /// Settings that failed, with reasons.
+        failed: heapless::Vec<crate::wire::SettingFailure, { crate::wire::MAX_POLICY_FAILURES }>,
+    },
+    /// Rejected as a whole.
+    Rejected {
+        /// That version.
+        version: u32,
+        /// Reason code.
+        reason: u16,
+    },
+}
+
+impl PolicyState {
+    /// The state a device's report puts it in.
+    pub fn from_report(version: u32, outcome: &PolicyOutcome) -> Self {
+        match outcome {
+            PolicyOutcome::Applied => PolicyState::Applied { version },
+            PolicyOutcome::Partial { failed } => PolicyState::PartiallyApplied {
+                version,
+                failed: failed.clone(),
+            },
+            PolicyOutcome::Rejected { reason } => PolicyState::Rejected {
+                version,
+                reason: *reason,
+            },
+        }
+    }
+}
+
+/// One enrolled device, as stored. Kept small: a fleet has millions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// Its id.
+    pub id: DeviceId,
+    /// Current enrollment generation; its secret is derived from it.
+    pub generation: u32,
+    /// Highest report sequence stored (and acknowledged).
+    pub last_report_seq: u32,
+    /// Highest task delivery sequence the device has confirmed.
+    pub last_task_seq: u32,
+    /// Policy version the device last reported it applied or rejected.
+    pub policy_version: u32,
+    /// Last completed handshake and its trigger.
+    pub last_sync: Option<(Instant, SyncTrigger)>,
+    /// How its assigned policy went.
+    pub policy_state: PolicyState,
+}
+
+impl DeviceRecord {
+    /// A freshly enrolled device.
+    pub fn new(id: DeviceId, generation: u32) -> Self {
+        Self {
+            id,
+            generation,
+            last_report_seq: 0,
+            last_task_seq: 0,
+            policy_version: 0,
+            last_sync: None,
+            policy_state: PolicyState::Pending,
+        }
+    }
+}
+
+/// What one accepted report changes, written atomically by
+/// [`FleetStore::commit_report`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReportCommit<'a> {
+    /// The device, with `last_report_seq` advanced.
+    pub device: &'a DeviceRecord,
+    /// The task whose status changed, if the report was about a task.
+    pub task: Option<&'a TaskRecord>,
+    /// The compliance event, if the report was one.
+    pub compliance: Option<ComplianceEvent>,
+}
+
+/// Durable fleet state. See the module docs for the shapes it is made for.
+pub trait FleetStore {
+    /// The store's error (I/O, database, ...).
+    type Error: core::fmt::Debug;
+
+    /// One device.
+    fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error>;
+    /// Inserts or replaces a device.
+    fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Self::Error>;
+    /// Platform and push token of a device, once it has sent them.
+    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Box<str>)>, Self::Error>;
+    /// Records platform and push token (called on every handshake; a store
+    /// may skip the write when nothing changed).
+    fn set_push_target(
+        &mut self,
+        id: DeviceId,
+        platform: Platform,
+        token: &str,
+    ) -> Result<(), Self::Error>;
+    /// One task.
+    fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Self::Error>;
+    /// Inserts or replaces a task.
+    fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Self::Error>;
+    /// Appends the ids of a device's tasks that are not final, oldest first.
+    fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Self::Error>;
+    /// A fresh task id, never handed out before.
+    fn next_task_id(&mut self) -> Result<TaskId, Self::Error>;
+    /// The policy assigned to a device.
+    fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Self::Error>;
+    /// Assigns a policy to a device.
+    fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Self::Error>;
+    /// Stores one accepted report atomically (device, task, compliance log).
+    fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Self::Error>;
+    /// Visits every device (console queries).
+    fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Self::Error>;
+    /// Visits every task, final ones included (console queries).
+    fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Self::Error>;
+}
+
+/// The default store: everything in hashbrown maps, lost with the process.
+///
+/// Final tasks and the compliance log are kept until the application drains
+/// them ([`MemoryStore::prune_finished`], [`MemoryStore::take_compliance`]).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    devices: HashMap<DeviceId, DeviceRecord>,
+    push: HashMap<DeviceId, (Platform, Box<str>)>,
+    tasks: HashMap<TaskId, TaskRecord>,
+    open: HashMap<DeviceId, Vec<TaskId>>,
+    policies: HashMap<DeviceId, Policy>,
+    compliance: Vec<(DeviceId, ComplianceEvent)>,
+    next_task: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store with room for `devices` devices.
+    pub fn with_capacity(devices: usize) -> Self {
+        Self {
+            devices: HashMap::with_capacity(devices),
+            ..Self::default()
+        }
+    }
+
+    /// Number of enrolled devices.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Removes and returns the compliance log.
+    pub fn take_compliance(&mut self) -> Vec<(DeviceId, ComplianceEvent)> {
+        core::mem::take(&mut self.compliance)
+    }
+
+    /// Forgets final tasks that finished before `before`.
+    pub fn prune_finished(&mut self, before: Instant) {
+        self.tasks
+            .retain(|_, t| !t.state.is_final() || t.finished_at.is_none_or(|f| f >= before));
+    }
+
+    fn index_task(&mut self, rec: &TaskRecord) {
+        let open = self.open.entry(rec.device).or_default();
+        let pos = open.iter().position(|t| *t == rec.id);
+        match (pos, rec.state.is_final()) {
+            (None, false) => open.push(rec.id),
+            (Some(p), true) => {
+                open.remove(p);
+            }
+            _ => {}
+        }
+        if open.is_empty() {
+            self.open.remove(&rec.device);
+        }
+    }
+}
+
+impl FleetStore for MemoryStore {
+    type Error = Infallible;
+
+    fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Infallible> {
+        Ok(self.devices.get(&id).cloned())
+    }
+
+    fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
+        self.devices.insert(rec.id, rec.clone());
+        Ok(())
+    }
+
+    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Box<str>)>, Infallible> {
+        Ok(self.push.get(&id).cloned())
+    }
+
+    fn set_push_target(
+        &mut self,
+        id: DeviceId,
+        platform: Platform,
+        token: &str,
+    ) -> Result<(), Infallible> {
+        let same = self
+            .push
+            .get(&id)
+            .is_some_and(|(p, t)| *p == platform && &**t == token);
+        if !same && !token.is_empty() {
+            self.push.insert(id, (platform, token.into()));
+        }
+        Ok(())
+    }
+
+    fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
+        Ok(self.tasks.get(&id).copied())
+    }
+
+    fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Infallible> {
+        self.index_task(rec);
+        self.tasks.insert(rec.id, *rec);
+        Ok(())
+    }
+
+    fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Infallible> {
+        if let Some(open) = self.open.get(&device) {
+            out.extend_from_slice(open);
+        }
+        Ok(())
+    }
+
+    fn next_task_id(&mut self) -> Result<TaskId, Infallible> {
+        self.next_task += 1;
+        Ok(TaskId(self.next_task))
+    }
+
+    fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Infallible> {
+        Ok(self.policies.get(&device).cloned())
+    }
+
+    fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Infallible> {
+        self.policies.insert(device, policy.clone());
+        Ok(())
+    }
+
+    fn commit_report(&mut self, c: ReportCommit<'_>) -> Result<(), Infallible> {
+        if let Some(t) = c.task {
+            self.put_task(t)?;
+        }
+        if let Some(e) = c.compliance {
+            self.compliance.push((c.device.id, e));
+        }
+        self.put_device(c.device)
+    }
+
+    fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
+        self.devices.values().for_each(f);
+        Ok(())
+    }
+
+    fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Infallible> {
+        self.tasks.values().for_each(f);
+        Ok(())
+    }
+}

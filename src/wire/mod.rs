@@ -1,0 +1,113 @@
+//! The wire format: message types (serde + postcard) and the frame codec.
+//!
+//! Every message travels as one frame (see [`frame`]). The payload is the
+//! postcard encoding of an [`Up`] (device to server) or [`Down`] (server to
+//! device) message. The bounds below are part of the protocol: both sides must
+//! agree on them, and `PROTOCOL.md` lists them with the message catalogue.
+
+pub mod frame;
+mod msg;
+
+pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
+pub use msg::*;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest payload of one frame, in bytes.
+pub const MAX_PAYLOAD: usize = 512;
+/// Longest push token (FCM tokens are about 160 bytes, APNs tokens 64).
+pub const PUSH_TOKEN_MAX: usize = 200;
+/// Most settings in one policy.
+pub const MAX_SETTINGS: usize = 16;
+/// Most failed settings in one policy report.
+pub const MAX_POLICY_FAILURES: usize = 4;
+
+/// Whether sequence number `a` comes after `b`, on a circle of 2^32 (so that
+/// wrapping after four billion reports or tasks does not stall anything).
+pub fn seq_newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
+}
+
+/// Why a message could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The output buffer is too small; `needed` bytes would do.
+    BufferTooSmall {
+        /// Bytes the whole frame needs.
+        needed: usize,
+    },
+    /// The message is larger than [`MAX_PAYLOAD`] and cannot be framed at all.
+    TooLarge {
+        /// Its encoded length.
+        len: usize,
+    },
+}
+
+/// Why a frame's payload is not a valid message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload does not decode as a message of this direction.
+    Malformed,
+    /// The payload decoded but bytes were left over.
+    TrailingBytes,
+}
+
+/// Decodes one message from a frame payload, rejecting trailing bytes.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    match postcard::take_from_bytes::<T>(payload) {
+        Ok((msg, [])) => Ok(msg),
+        Ok(_) => Err(DecodeError::TrailingBytes),
+        Err(_) => Err(DecodeError::Malformed),
+    }
+}
+
+/// Encodes one message as a bare postcard payload (no frame) into `out`.
+pub fn encode_payload<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
+    postcard::to_slice(msg, out).map(|b| b.len()).map_err(|_| {
+        let needed = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
+            .unwrap_or(usize::MAX);
+        EncodeError::BufferTooSmall { needed }
+    })
+}
+
+/// The protocol version a `Hello` payload claims, even when the rest of the
+/// message (from a newer or older version) does not decode.
+pub fn peek_hello_version(payload: &[u8]) -> Option<u16> {
+    match postcard::take_from_bytes::<(u8, u16)>(payload) {
+        Ok(((0, version), _)) => Some(version),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_version_is_readable_from_a_foreign_hello() {
+        // Variant 0, version 9 (varint), then bytes this version cannot parse.
+        assert_eq!(peek_hello_version(&[0, 9, 0xFF, 0xFF, 0xFF]), Some(9));
+        assert_eq!(peek_hello_version(&[1, 9]), None);
+        assert_eq!(
+            decode::<Up>(&[0, 9, 0xFF, 0xFF, 0xFF]),
+            Err(DecodeError::Malformed)
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut buf = [0u8; 64];
+        let n = encode_payload(&Down::SyncEnd, &mut buf).unwrap();
+        assert_eq!(decode::<Down>(&buf[..n]), Ok(Down::SyncEnd));
+        assert_eq!(
+            decode::<Down>(&buf[..n + 1]),
+            Err(DecodeError::TrailingBytes)
+        );
+    }
+}
