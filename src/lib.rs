@@ -89,3 +89,6 @@ pub mod wire;
 
 #[cfg(feature = "alloc")]
 pub mod server;
+
+#[cfg(any(feature = "std", feature = "embedded"))]
+pub mod adapters;
