@@ -240,6 +240,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     outcome: Option<Event>,
     policy: Option<Policy>,
     policy_announced: bool,
+    // A task was answered "not now" for lack of room: sync again once a
+    // running task finishes (event-driven, so a long task cannot cause a loop).
+    busy_deferred: bool,
     stats: DeviceStats,
 }
 
@@ -278,6 +281,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             outcome: None,
             policy: None,
             policy_announced: false,
+            busy_deferred: false,
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
@@ -405,6 +409,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             self.hint_at = Some(self.hint_at.map_or(at, |h| h.min(at)));
         }
         debug!("task {} final status {:?}", task.0, status);
+        if core::mem::take(&mut self.busy_deferred) {
+            self.wants.set(SyncTrigger::Report);
+        }
         self.kick(now);
         Ok(())
     }
@@ -605,7 +612,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         // Sequence numbers are compared as a window so that wrapping after
         // 2^32 reports does not stall the outbox.
         while let Some(front) = self.outbox.front() {
-            if seq.wrapping_sub(front.seq) < u32::MAX / 2 {
+            if !wire::seq_newer(front.seq, seq) {
                 self.outbox.pop_front();
             } else {
                 break;
@@ -616,7 +623,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     fn on_task(&mut self, task: Task) -> Result<(), SessionError> {
         let expected = self.last_task_seq.wrapping_add(1);
         if task.seq != expected {
-            if task.seq.wrapping_sub(expected) < u32::MAX / 2 {
+            if wire::seq_newer(task.seq, expected) {
                 return Err(SessionError::Protocol(ProtocolError::SequenceGap));
             }
             self.stats.duplicates += 1;
@@ -630,18 +637,15 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 return Ok(());
             }
             self.last_task_seq = task.seq;
+            self.busy_deferred = true;
             let status = TaskStatus::Deferred {
                 retry_after_s: None,
             };
-            return self
-                .enqueue(
-                    ReportBody::Task {
-                        task: task.id,
-                        status,
-                    },
-                    true,
-                )
-                .map_err(|_| busy_err());
+            let body = ReportBody::Task {
+                task: task.id,
+                status,
+            };
+            return self.enqueue(body, true).map_err(|_| busy_err());
         }
         self.last_task_seq = task.seq;
         self.enqueue(

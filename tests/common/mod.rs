@@ -1,0 +1,329 @@
+//! A device fleet and a server wired together in memory on a virtual clock.
+//! No sockets, no threads: every step is deterministic.
+#![allow(dead_code)] // reason: each test file uses a different part of the harness
+
+use std::collections::VecDeque;
+
+use mdm_sync::device::{pick_latest, Device, DeviceConfig, Event};
+use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerEvent, TaskState};
+use mdm_sync::time::{Duration, Instant};
+use mdm_sync::wire::{
+    ComplianceEvent, DeviceId, Platform, PolicyOutcome, Task, TaskId, TaskKind, TaskResult,
+    TaskStatus,
+};
+
+/// What a simulated device application does with a task it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Finish at once with the natural result of the kind.
+    Succeed,
+    /// Keep it running until the test finishes it.
+    Hold,
+    /// Answer "not now", with this retry hint.
+    Defer(Option<u32>),
+    /// Fail with this reason.
+    Fail(u16),
+}
+
+/// The natural success result of a task kind.
+pub fn result_for(kind: TaskKind) -> Option<TaskResult> {
+    match kind {
+        TaskKind::Locate => Some(TaskResult::Location {
+            lat_e7: 525_200_000,
+            lon_e7: 134_050_000,
+            accuracy_m: 12,
+        }),
+        TaskKind::Scan => Some(TaskResult::Scan { threats: 0 }),
+        _ => None,
+    }
+}
+
+pub struct SimDevice {
+    pub dev: Device,
+    pub cfg: DeviceConfig,
+    pub conn: Option<ConnId>,
+    pub online: bool,
+    pub behaviour: Behaviour,
+    /// Behaviours to use for the next tasks, before falling back to `behaviour`.
+    pub script: VecDeque<Behaviour>,
+    /// Every task handed to the application, across reboots.
+    pub executed: Vec<Task>,
+    /// Tasks the app holds (Behaviour::Hold).
+    pub held: Vec<Task>,
+    pub cancels: Vec<TaskId>,
+    pub slots: [Vec<u8>; 2],
+    pub policy_outcome: PolicyOutcome,
+    pub applied_policies: Vec<u32>,
+    pub syncs_done: u32,
+}
+
+pub struct Pair {
+    pub server: Server<MemoryStore>,
+    pub devices: Vec<SimDevice>,
+    pub now: Instant,
+    pub events: Vec<ServerEvent>,
+    pub pushes_lost: bool,
+}
+
+pub const START: Instant = Instant::from_millis(1_000_000);
+
+impl Pair {
+    pub fn new(n: usize) -> Self {
+        Self::with_config(n, ServerConfig::default())
+    }
+
+    pub fn with_config(n: usize, cfg: ServerConfig) -> Self {
+        let mut server = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let now = START;
+        let devices = (0..n)
+            .map(|i| {
+                let id = DeviceId(i as u64 + 1);
+                let secret = server.enroll(id, now).unwrap();
+                let mut cfg = DeviceConfig::new(id, 0, secret, Platform::Android);
+                cfg.push_token = heapless::String::try_from("token").unwrap();
+                SimDevice::new(cfg, now)
+            })
+            .collect();
+        Self {
+            server,
+            devices,
+            now,
+            events: Vec::new(),
+            pushes_lost: false,
+        }
+    }
+
+    pub fn id(&self, i: usize) -> DeviceId {
+        self.devices[i].cfg.id
+    }
+
+    pub fn queue(&mut self, i: usize, kind: TaskKind) -> TaskId {
+        let id = self.id(i);
+        self.server
+            .enqueue_task(id, kind, Default::default(), self.now)
+            .unwrap()
+    }
+
+    pub fn state(&self, i: usize, task: TaskId) -> TaskState {
+        self.server.task_state(self.id(i), task).unwrap()
+    }
+
+    pub fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
+        self.tick();
+    }
+
+    /// Runs every component at the current instant until nothing moves.
+    pub fn tick(&mut self) {
+        for _ in 0..10_000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("no quiescence after 10000 steps");
+    }
+
+    /// Runs until everything is idle and no timer is due before `limit` from now.
+    pub fn run_for(&mut self, limit: Duration) {
+        let end = self.now + limit;
+        loop {
+            self.tick();
+            let next = self.next_deadline();
+            match next {
+                Some(t) if t <= end => self.now = t.max(self.now),
+                _ => {
+                    self.now = end;
+                    self.tick();
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let dev = self
+            .devices
+            .iter()
+            .filter(|d| d.online)
+            .filter_map(|d| d.dev.poll_timeout());
+        dev.chain(self.server.poll_timeout()).min()
+    }
+
+    fn step(&mut self) -> bool {
+        let mut moved = false;
+        let now = self.now;
+        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+            self.server.handle_timeout(now).unwrap();
+        }
+        for i in 0..self.devices.len() {
+            moved |= self.step_device(i);
+        }
+        while let Some(ev) = self.server.poll_event() {
+            moved = true;
+            match &ev {
+                ServerEvent::SendPush { device, .. } if !self.pushes_lost => {
+                    let d = &mut self.devices[(device.0 - 1) as usize];
+                    if d.online {
+                        d.dev.push_received(now);
+                    }
+                }
+                ServerEvent::Close { conn } => {
+                    if let Some(d) = self.devices.iter_mut().find(|d| d.conn == Some(*conn)) {
+                        d.conn = None;
+                        d.dev.disconnected(now);
+                    }
+                }
+                _ => {}
+            }
+            self.events.push(ev);
+        }
+        moved
+    }
+
+    fn step_device(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let d = &mut self.devices[i];
+        if !d.online {
+            return false;
+        }
+        let mut moved = false;
+        if d.dev.poll_timeout().is_some_and(|t| t <= now) {
+            d.dev.handle_timeout(now);
+        }
+        while let Some(ev) = d.dev.poll_event() {
+            moved = true;
+            d.on_event(ev, &mut self.server, now);
+        }
+        let mut buf = [0u8; 1024];
+        if let Some(conn) = d.conn {
+            while let Some(n) = d.dev.poll_transmit(&mut buf).unwrap() {
+                moved = true;
+                let _ = self.server.handle_bytes(conn, &buf[..n], now);
+            }
+            while let Some(n) = self.server.poll_transmit_for(conn, &mut buf) {
+                moved = true;
+                let _ = d.dev.handle_bytes(&buf[..n], now);
+            }
+        }
+        moved
+    }
+
+    /// Powers a device off (its connection drops) and back on from its slots.
+    pub fn reboot(&mut self, i: usize) {
+        let now = self.now;
+        let d = &mut self.devices[i];
+        if let Some(conn) = d.conn.take() {
+            self.server.connection_closed(conn, now);
+        }
+        d.held.clear();
+        let latest = pick_latest(&d.slots[0], &d.slots[1]).map(|s| s.to_vec());
+        d.dev = match latest {
+            Some(bytes) => Device::restore(d.cfg.clone(), &bytes, now).unwrap(),
+            None => Device::new(d.cfg.clone(), now),
+        };
+    }
+
+    /// Takes a device off the network (its connection drops).
+    pub fn go_offline(&mut self, i: usize) {
+        let now = self.now;
+        let d = &mut self.devices[i];
+        d.online = false;
+        if let Some(conn) = d.conn.take() {
+            self.server.connection_closed(conn, now);
+            d.dev.disconnected(now);
+        }
+    }
+
+    pub fn go_online(&mut self, i: usize) {
+        self.devices[i].online = true;
+    }
+
+    /// Finishes a held task with `status`.
+    pub fn finish(&mut self, i: usize, task: TaskId, status: TaskStatus) {
+        let now = self.now;
+        let d = &mut self.devices[i];
+        d.held.retain(|t| t.id != task);
+        d.dev.task_status(task, status, now).unwrap();
+    }
+
+    pub fn raise(&mut self, i: usize, e: ComplianceEvent) {
+        let now = self.now;
+        self.devices[i].dev.raise_compliance(e, now).unwrap();
+    }
+
+    pub fn times_executed(&self, i: usize, task: TaskId) -> usize {
+        self.devices[i]
+            .executed
+            .iter()
+            .filter(|t| t.id == task)
+            .count()
+    }
+
+    pub fn count_events(&self, f: impl Fn(&ServerEvent) -> bool) -> usize {
+        self.events.iter().filter(|e| f(e)).count()
+    }
+}
+
+impl SimDevice {
+    pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
+        Self {
+            dev: Device::new(cfg.clone(), now),
+            cfg,
+            conn: None,
+            online: true,
+            behaviour: Behaviour::Succeed,
+            script: VecDeque::new(),
+            executed: Vec::new(),
+            held: Vec::new(),
+            cancels: Vec::new(),
+            slots: [Vec::new(), Vec::new()],
+            policy_outcome: PolicyOutcome::Applied,
+            applied_policies: Vec::new(),
+            syncs_done: 0,
+        }
+    }
+
+    fn on_event(&mut self, ev: Event, server: &mut Server<MemoryStore>, now: Instant) {
+        match ev {
+            Event::Persist => {
+                let mut buf = [0u8; 2048];
+                let n = self.dev.snapshot(&mut buf).unwrap();
+                self.slots[self.dev.snapshot_slot()] = buf[..n].to_vec();
+            }
+            Event::Connect => {
+                let conn = server.connection_opened(now).unwrap();
+                self.conn = Some(conn);
+                self.dev.connected(now);
+            }
+            Event::Disconnect => {
+                if let Some(conn) = self.conn.take() {
+                    server.connection_closed(conn, now);
+                }
+            }
+            Event::Execute(task) => {
+                self.executed.push(task);
+                let b = self.script.pop_front().unwrap_or(self.behaviour);
+                let status = match b {
+                    Behaviour::Succeed => TaskStatus::Succeeded {
+                        result: result_for(task.kind),
+                    },
+                    Behaviour::Fail(reason) => TaskStatus::Failed { reason },
+                    Behaviour::Defer(retry_after_s) => TaskStatus::Deferred { retry_after_s },
+                    Behaviour::Hold => {
+                        self.held.push(task);
+                        return;
+                    }
+                };
+                self.dev.task_status(task.id, status, now).unwrap();
+            }
+            Event::Cancel(id) => self.cancels.push(id),
+            Event::ApplyPolicy { version } => {
+                self.applied_policies.push(version);
+                let outcome = self.policy_outcome.clone();
+                self.dev.policy_applied(version, outcome, now).unwrap();
+            }
+            Event::SyncDone { .. } => self.syncs_done += 1,
+            _ => {}
+        }
+    }
+}
