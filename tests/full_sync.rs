@@ -95,7 +95,7 @@ fn compliance_events_raised_offline_are_retried_every_minute() {
     p.devices[0].dev.handle_timeout(now);
     let mut attempts = Vec::new();
     for _ in 0..10 {
-        let events: Vec<_> = std::iter::from_fn(|| p.devices[0].dev.poll_event()).collect();
+        let events: Vec<_> = core::iter::from_fn(|| p.devices[0].dev.poll_event()).collect();
         assert!(
             events.contains(&mdm_sync::device::Event::Connect),
             "{events:?}"

@@ -1,6 +1,6 @@
 //! A device fleet and a server wired together in memory on a virtual clock.
 //! No sockets, no threads: every step is deterministic.
-#![allow(dead_code)] // reason: each test file uses a different part of the harness
+#![allow(dead_code, unreachable_pub)] // reason: a harness shared by test crates, each using a part
 
 use std::collections::VecDeque;
 
