@@ -1,1 +1,267 @@
+use super::*;
+use crate::wire::{
+    DeviceId, Platform, PolicyOutcome, SettingFailure, TaskKind, TaskResult, MAX_POLICY_FAILURES,
+};
 
+const T0: Instant = Instant::from_millis(1_000);
+
+fn cfg() -> DeviceConfig {
+    DeviceConfig::new(DeviceId(7), 3, [5; 32], Platform::Android)
+}
+
+fn drain<const O: usize, const I: usize>(d: &mut Device<O, I>) -> std::vec::Vec<Event> {
+    core::iter::from_fn(|| d.poll_event()).collect()
+}
+
+/// A device in a session that has received a welcome.
+fn syncing<const O: usize, const I: usize>() -> Device<O, I> {
+    let mut d = Device::<O, I>::new(cfg(), T0);
+    d.handle_timeout(T0);
+    drain(&mut d);
+    d.connected(T0);
+    let mut buf = [0u8; 600];
+    d.poll_transmit(&mut buf).unwrap();
+    feed(
+        &mut d,
+        &Down::Challenge {
+            version: PROTOCOL_VERSION,
+            nonce: [1; 16],
+        },
+    );
+    d.poll_transmit(&mut buf).unwrap();
+    feed(
+        &mut d,
+        &Down::Welcome {
+            ack: 0,
+            periodic_s: 0,
+        },
+    );
+    d
+}
+
+fn feed<const O: usize, const I: usize>(d: &mut Device<O, I>, msg: &Down) {
+    let mut buf = [0u8; 600];
+    let n = frame::encode(msg, &mut buf).unwrap();
+    d.handle_bytes(&buf[..n], T0).unwrap();
+}
+
+fn task(seq: u32) -> Down {
+    Down::Task(Task {
+        seq,
+        id: TaskId(100 + seq as u64),
+        kind: TaskKind::Locate,
+    })
+}
+
+#[test]
+fn worst_case_snapshot_fits_snapshot_max() {
+    let mut d = syncing::<16, 4>();
+    for seq in 1u32..=4 {
+        feed(&mut d, &task(seq));
+    }
+    drain(&mut d);
+    let failed = heapless::Vec::from_slice(
+        &[SettingFailure {
+            key: u16::MAX,
+            reason: u16::MAX,
+        }; MAX_POLICY_FAILURES],
+    )
+    .unwrap();
+    d.policy = Some(Policy {
+        version: u32::MAX,
+        settings: heapless::Vec::new(),
+    });
+    d.policy_applied(u32::MAX, PolicyOutcome::Partial { failed }, T0)
+        .unwrap();
+    while d
+        .raise_compliance(ComplianceEvent::PasswordOverdue { days: u16::MAX }, T0)
+        .is_ok()
+    {}
+    d.next_report_seq = u32::MAX - 20;
+    d.counter = u64::MAX;
+    d.last_task_seq = u32::MAX;
+    let mut buf = [0u8; 4096];
+    let n = d.snapshot(&mut buf).unwrap();
+    assert!(
+        n <= Device::<16, 4>::SNAPSHOT_MAX,
+        "{n} > {}",
+        Device::<16, 4>::SNAPSHOT_MAX
+    );
+    // Final statuses with the largest result still fit their reserved slots.
+    let loc = TaskResult::Location {
+        lat_e7: i32::MIN,
+        lon_e7: i32::MIN,
+        accuracy_m: u32::MAX,
+    };
+    for seq in 1u32..=4 {
+        let status = TaskStatus::Succeeded { result: Some(loc) };
+        d.task_status(TaskId(100 + seq as u64), status, T0).unwrap();
+    }
+    let n = d.snapshot(&mut buf).unwrap();
+    assert!(
+        n <= Device::<16, 4>::SNAPSHOT_MAX,
+        "{n} > {}",
+        Device::<16, 4>::SNAPSHOT_MAX
+    );
+}
+
+#[test]
+fn snapshot_round_trips_and_restores_running_tasks_as_interrupted() {
+    let mut d = syncing::<16, 4>();
+    feed(&mut d, &task(1));
+    drain(&mut d);
+    d.raise_compliance(ComplianceEvent::ProfileChanged, T0)
+        .unwrap();
+    let mut buf = [0u8; Device::<16, 4>::SNAPSHOT_MAX];
+    let n = d.snapshot(&mut buf).unwrap();
+    let r = Device::<16, 4>::restore(cfg(), &buf[..n], T0).unwrap();
+    assert_eq!(r.last_task_seq(), 1);
+    assert_eq!(r.running_tasks().count(), 0);
+    // Received, compliance, then the interrupted task's failure.
+    assert_eq!(r.outbox_len(), 3);
+    let last = r.outbox.back().unwrap();
+    let status = TaskStatus::Failed {
+        reason: reason::INTERRUPTED_BY_REBOOT,
+    };
+    assert_eq!(
+        last.body,
+        ReportBody::Task {
+            task: TaskId(101),
+            status
+        }
+    );
+}
+
+#[test]
+fn torn_foreign_and_garbage_snapshots_are_typed_errors() {
+    let d = syncing::<16, 4>();
+    let mut buf = [0u8; 512];
+    let n = d.snapshot(&mut buf).unwrap();
+    for cut in 0..n {
+        let r = Device::<16, 4>::restore(cfg(), &buf[..cut], T0);
+        assert!(r.is_err(), "torn at {cut}");
+    }
+    let mut other = cfg();
+    other.generation = 4;
+    assert_eq!(
+        Device::<16, 4>::restore(other, &buf[..n], T0).err(),
+        Some(SnapshotError::Foreign)
+    );
+    // A snapshot from a bigger device does not fit a smaller one.
+    let mut big = syncing::<16, 4>();
+    for seq in 1u32..=4 {
+        feed(&mut big, &task(seq));
+    }
+    let n = big.snapshot(&mut buf).unwrap();
+    let small = Device::<16, 2>::restore(cfg(), &buf[..n], T0).err();
+    assert!(matches!(
+        small,
+        Some(SnapshotError::Malformed | SnapshotError::Inconsistent)
+    ));
+}
+
+#[test]
+fn pick_latest_prefers_the_newer_valid_slot() {
+    let mut d = syncing::<16, 4>();
+    let (mut a, mut b) = ([0u8; 512], [0u8; 512]);
+    let na = d.snapshot(&mut a).unwrap();
+    d.raise_compliance(ComplianceEvent::ProfileChanged, T0)
+        .unwrap();
+    assert_eq!(d.poll_event(), Some(Event::Persist));
+    let nb = d.snapshot(&mut b).unwrap();
+    assert_eq!(pick_latest(&a[..na], &b[..nb]), Some(&b[..nb]));
+    b[3] ^= 0xFF; // torn write of the newer one
+    assert_eq!(pick_latest(&a[..na], &b[..nb]), Some(&a[..na]));
+    assert_eq!(pick_latest(&[], &b[..nb]), None);
+}
+
+#[test]
+fn nothing_is_sent_while_a_persist_is_pending() {
+    let mut d = syncing::<16, 4>();
+    feed(&mut d, &task(1));
+    let mut buf = [0u8; 600];
+    assert_eq!(d.poll_transmit(&mut buf), Ok(None));
+    assert_eq!(d.poll_event(), Some(Event::Persist));
+    assert!(d.poll_transmit(&mut buf).unwrap().is_some());
+}
+
+#[test]
+fn duplicate_and_gapped_task_offers() {
+    let mut d = syncing::<16, 4>();
+    feed(&mut d, &task(1));
+    feed(&mut d, &task(1));
+    assert_eq!(d.stats().duplicates, 1);
+    let mut buf = [0u8; 600];
+    let n = frame::encode(&task(5), &mut buf).unwrap();
+    let err = d.handle_bytes(&buf[..n], T0).unwrap_err();
+    let want = SessionError::Protocol(ProtocolError::SequenceGap);
+    assert_eq!(err, DeviceError::Session(want));
+    let executes = drain(&mut d)
+        .iter()
+        .filter(|e| matches!(e, Event::Execute(_)))
+        .count();
+    assert_eq!(executes, 1);
+}
+
+#[test]
+fn time_standing_still_or_going_back_never_panics_or_refires() {
+    let mut d = Device::<16, 4>::new(cfg(), Instant::from_millis(u64::MAX - 5));
+    for t in [u64::MAX, 0, 5, u64::MAX - 1, 0] {
+        d.handle_timeout(Instant::from_millis(t));
+        let _ = d.poll_timeout();
+        drain(&mut d);
+    }
+    let mut d = Device::<16, 4>::new(cfg(), T0);
+    d.handle_timeout(T0);
+    assert_eq!(drain(&mut d), [Event::Connect]);
+    d.handle_timeout(T0);
+    d.handle_timeout(Instant::ZERO);
+    assert_eq!(
+        drain(&mut d),
+        [],
+        "a second call at the same time does nothing"
+    );
+}
+
+#[test]
+fn buffer_too_small_says_how_much_is_needed() {
+    let mut d = Device::<16, 4>::new(cfg(), T0);
+    d.handle_timeout(T0);
+    drain(&mut d);
+    d.connected(T0);
+    let mut tiny = [0u8; 8];
+    match d.poll_transmit(&mut tiny) {
+        Err(DeviceError::Encode(EncodeError::BufferTooSmall { needed })) => {
+            let mut buf = std::vec![0u8; needed];
+            assert_eq!(d.poll_transmit(&mut buf), Ok(Some(needed)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn app_errors_are_typed_and_harmless() {
+    let mut d = syncing::<16, 4>();
+    let s = TaskStatus::Succeeded { result: None };
+    assert_eq!(
+        d.task_status(TaskId(1), s, T0),
+        Err(DeviceError::UnknownTask)
+    );
+    assert_eq!(
+        d.task_status(TaskId(1), TaskStatus::Received, T0),
+        Err(DeviceError::InvalidStatus)
+    );
+    assert_eq!(
+        d.policy_applied(3, PolicyOutcome::Applied, T0),
+        Err(DeviceError::NoPendingPolicy)
+    );
+    assert_eq!(
+        d.task_progress(TaskId(1), Some(3)),
+        Err(DeviceError::UnknownTask)
+    );
+    let mut idle = Device::<16, 4>::new(cfg(), T0);
+    assert_eq!(
+        idle.handle_bytes(&[1, 2, 3], T0),
+        Err(DeviceError::NotConnected)
+    );
+}
