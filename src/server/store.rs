@@ -422,3 +422,29 @@ impl FleetStore for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TaskState;
+
+    /// Keeps `tests/readme_lifecycle.rs` honest: adding a state breaks this
+    /// exhaustive match until the README test's list is updated too.
+    #[test]
+    fn task_state_has_twelve_variants() {
+        let count = |s: TaskState| match s {
+            TaskState::Queued
+            | TaskState::PushSent
+            | TaskState::Offered
+            | TaskState::Delivered
+            | TaskState::InProgress { .. }
+            | TaskState::Deferred { .. }
+            | TaskState::Succeeded { .. }
+            | TaskState::Failed { .. }
+            | TaskState::Cancelled
+            | TaskState::Expired
+            | TaskState::Superseded { .. }
+            | TaskState::Dropped => 12,
+        };
+        assert_eq!(count(TaskState::Queued), 12);
+    }
+}
