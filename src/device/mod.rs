@@ -522,7 +522,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 let msg = match r {
                     Ok(payload) => wire::decode::<Down>(payload),
                     Err(_) => {
-                        self.stats.frame_errors += 1;
+                        self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
                         continue;
                     }
                 };
@@ -626,7 +626,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             if wire::seq_newer(task.seq, expected) {
                 return Err(SessionError::Protocol(ProtocolError::SequenceGap));
             }
-            self.stats.duplicates += 1;
+            self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
             return Ok(());
         }
         // Accept only with room for both this task's reports, else answer
@@ -742,7 +742,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 
     fn finish(&mut self, now: Instant) {
         debug!("sync done, trigger {:?}", self.trigger);
-        self.stats.syncs[self.trigger.index()] += 1;
+        self.stats.syncs[self.trigger.index()] =
+            self.stats.syncs[self.trigger.index()].wrapping_add(1);
         self.failures = 0;
         self.end_session(Event::SyncDone {
             trigger: self.trigger,
@@ -752,7 +753,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 
     fn fail(&mut self, error: SessionError, now: Instant) {
         warning!("sync failed: {:?}", error);
-        self.stats.failures += 1;
+        self.stats.failures = self.stats.failures.wrapping_add(1);
         self.failures = self.failures.saturating_add(1);
         self.end_session(Event::SyncFailed { error });
         self.attempt_at = now + self.backoff();
@@ -819,7 +820,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
             i.announced = true;
-            self.stats.executed += 1;
+            self.stats.executed = self.stats.executed.wrapping_add(1);
             return Some(Event::Execute(i.task));
         }
         if let Some(i) = self.inflight.iter_mut().find(|i| i.cancel == Flag::Pending) {

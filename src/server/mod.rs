@@ -541,7 +541,7 @@ impl<S: FleetStore> Server<S> {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(ServerError::Busy);
         }
-        self.next_conn += 1;
+        self.next_conn = self.next_conn.wrapping_add(1);
         let conn = ConnId(self.next_conn);
         self.sessions.insert(conn, Session::new(now));
         self.timers.push(Reverse((

@@ -111,8 +111,13 @@ impl<const N: usize> FrameDecoder<N> {
         MAX_PAYLOAD
     };
 
+    // A buffer that cannot hold a header plus one payload byte could fill up
+    // without ever deciding on a frame; such a decoder does not compile.
+    const ROOM_FOR_A_FRAME: () = assert!(N > OVERHEAD, "FrameDecoder needs N > 8");
+
     /// An empty decoder.
     pub const fn new() -> Self {
+        let () = Self::ROOM_FOR_A_FRAME;
         Self {
             buf: [0; N],
             len: 0,
