@@ -745,6 +745,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.stats.syncs[self.trigger.index()] =
             self.stats.syncs[self.trigger.index()].wrapping_add(1);
         self.failures = 0;
+        // The periodic timer restarted at the welcome; a tick during the
+        // session is covered by it.
+        self.wants.0 &= !(1 << SyncTrigger::Periodic.index());
         self.end_session(Event::SyncDone {
             trigger: self.trigger,
         });
