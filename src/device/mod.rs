@@ -243,6 +243,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // A task was answered "not now" for lack of room: sync again once a
     // running task finishes (event-driven, so a long task cannot cause a loop).
     busy_deferred: bool,
+    // An offer of this session was left unaccepted for lack of room: later
+    // offers of the session are left too (not a gap), and a new sync follows.
+    refused: bool,
     stats: DeviceStats,
 }
 
@@ -282,6 +285,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             policy: None,
             policy_announced: false,
             busy_deferred: false,
+            refused: false,
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
@@ -472,6 +476,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.trigger = self.pick_trigger();
         self.send_hello = true;
         self.got_end = false;
+        self.refused = false;
         self.last_rx = now;
         self.session_start = now;
         debug!("connected, sync trigger {:?}", self.trigger);
@@ -623,6 +628,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     fn on_task(&mut self, task: Task) -> Result<(), SessionError> {
         let expected = self.last_task_seq.wrapping_add(1);
         if task.seq != expected {
+            if self.refused && wire::seq_newer(task.seq, expected) {
+                return Ok(()); // left unaccepted, like the offer before it
+            }
             if wire::seq_newer(task.seq, expected) {
                 return Err(SessionError::Protocol(ProtocolError::SequenceGap));
             }
@@ -634,6 +642,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let busy = self.inflight.is_full() || self.outbox.len() + self.inflight.len() + 2 > OUTBOX;
         if busy {
             if self.outbox.len() + self.inflight.len() >= OUTBOX {
+                self.refused = true;
+                self.wants.set(SyncTrigger::Report);
                 return Ok(());
             }
             self.last_task_seq = task.seq;

@@ -36,6 +36,8 @@ pub(super) struct Session {
     out: Vec<u8>,
     out_pos: usize,
     last_rx: Instant,
+    // The handshake deadline counts from here, not from the last byte.
+    opened: Instant,
     pub(super) closing: bool,
     queued: bool,
 }
@@ -48,6 +50,7 @@ impl Session {
             out: Vec::new(),
             out_pos: 0,
             last_rx: now,
+            opened: now,
             closing: false,
             queued: false,
         }
@@ -500,11 +503,12 @@ impl<S: FleetStore> Server<S> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        let limit = match s.phase {
-            Phase::Syncing(_) => self.cfg.idle_timeout,
-            _ => self.cfg.handshake_timeout,
+        let (since, limit) = match s.phase {
+            Phase::Syncing(_) => (s.last_rx, self.cfg.idle_timeout),
+            // Trickled bytes must not keep an unproven connection open.
+            _ => (s.opened, self.cfg.handshake_timeout),
         };
-        let deadline = s.last_rx + limit;
+        let deadline = since + limit;
         if now < deadline {
             self.timers.push(Reverse((deadline, Timer::Session(conn))));
             return;
