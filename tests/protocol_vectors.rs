@@ -1,0 +1,993 @@
+//! The test vectors of `PROTOCOL.md`, checked against the code in both directions.
+//!
+//! The test reads `PROTOCOL.md` itself. Vectors there are lines of three shapes,
+//! read only inside fenced blocks (so prose never counts):
+//!
+//! ```text
+//! message NAME: the value, as the test renders it (Rust `Debug` for messages)
+//! vector NAME: the bytes in hex (spaces are ignored)
+//! bound NAME: a size in bytes, in decimal
+//! ```
+//!
+//! Every vector the test knows must be in the document exactly once with the
+//! same description and bytes, and the document may hold no vector the test
+//! does not know. For messages, the documented bytes must decode to the
+//! documented message, and encoding the message must give exactly those bytes.
+//!
+//! To print every line afresh after a deliberate change of the wire format:
+//! `cargo test --test protocol_vectors -- --ignored --nocapture print_vectors`.
+//!
+//! The last section holds conformance tests for rules `PROTOCOL.md` states
+//! that found bugs when the specification was written.
+
+use core::fmt::Write as _;
+use std::collections::BTreeMap;
+
+use hmac::{KeyInit, Mac};
+use mdm_sync::auth;
+use mdm_sync::device::{Device, DeviceConfig, Event};
+use mdm_sync::server::{MemoryStore, Server, ServerConfig, ServerEvent, TaskOptions, TaskState};
+use mdm_sync::time::{Duration, Instant};
+use mdm_sync::wire::{
+    self, frame, ComplianceEvent, DeviceId, Down, ErrorCode, FrameDecoder, Hello, Platform, Policy,
+    PolicyOutcome, PolicyReport, ReportBody, Setting, SettingFailure, SyncTrigger, Task, TaskId,
+    TaskKind, TaskResult, TaskStatus, Up, MAX_PAYLOAD, PROTOCOL_VERSION, PUSH_TOKEN_MAX,
+};
+
+// ---- the values behind the vectors ------------------------------------------
+
+const MASTER: [u8; 32] = counting(0x00);
+const NONCE_SEED: [u8; 32] = counting(0x20);
+const NONCE_COUNTER: u64 = 1;
+const DEVICE: DeviceId = DeviceId(1001);
+const GENERATION: u32 = 2;
+
+const fn counting(start: u8) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = start + i as u8;
+        i += 1;
+    }
+    out
+}
+
+fn secret() -> auth::Secret {
+    auth::derive_secret(&MASTER, DEVICE, GENERATION)
+}
+
+fn nonce() -> [u8; 16] {
+    auth::nonce(&NONCE_SEED, NONCE_COUNTER)
+}
+
+fn proof() -> [u8; 32] {
+    auth::proof(&secret(), &nonce(), DEVICE, GENERATION)
+}
+
+fn hello() -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        device: DEVICE,
+        generation: GENERATION,
+        platform: Platform::Android,
+        push_token: heapless::String::try_from("fcm:eX4mPle").unwrap(),
+        trigger: SyncTrigger::Push,
+        last_task_seq: 7,
+        policy_version: 3,
+    }
+}
+
+fn task_report(seq: u32, task: u64, status: TaskStatus) -> Up {
+    let body = ReportBody::Task {
+        task: TaskId(task),
+        status,
+    };
+    Up::Report { seq, body }
+}
+
+fn policy_report(seq: u32, outcome: PolicyOutcome) -> Up {
+    let body = ReportBody::Policy(PolicyReport {
+        version: 4,
+        outcome,
+    });
+    Up::Report { seq, body }
+}
+
+fn two_failures() -> PolicyOutcome {
+    let failed = [
+        SettingFailure { key: 2, reason: 7 },
+        SettingFailure {
+            key: 9,
+            reason: 300,
+        },
+    ];
+    PolicyOutcome::Partial {
+        failed: heapless::Vec::from_slice(&failed).unwrap(),
+    }
+}
+
+fn two_settings() -> Policy {
+    let settings = [
+        Setting { key: 1, value: 1 },
+        Setting {
+            key: 2,
+            value: -300,
+        },
+    ];
+    Policy {
+        version: 4,
+        settings: heapless::Vec::from_slice(&settings).unwrap(),
+    }
+}
+
+fn rio() -> TaskResult {
+    TaskResult::Location {
+        lat_e7: -229_068_467,
+        lon_e7: -431_728_965,
+        accuracy_m: 25,
+    }
+}
+
+// ---- vectors ----------------------------------------------------------------
+
+/// What the bytes of a vector must be, beyond being equal to the document's.
+enum Check {
+    /// A frame holding this device-to-server message.
+    Up(Up),
+    /// A frame holding this server-to-device message.
+    Down(Down),
+    /// A frame whose payload is a Hello of this foreign version.
+    ForeignHello(u16),
+    /// Plain bytes (keys, MACs, CRCs, snapshots).
+    Bytes,
+}
+
+struct Vector {
+    name: String,
+    message: String,
+    bytes: Vec<u8>,
+    check: Check,
+}
+
+fn up(name: &str, msg: Up) -> Vector {
+    Vector {
+        name: name.into(),
+        message: format!("Up::{msg:?}"),
+        bytes: encode_frame(&msg),
+        check: Check::Up(msg),
+    }
+}
+
+fn down(name: &str, msg: Down) -> Vector {
+    Vector {
+        name: name.into(),
+        message: format!("Down::{msg:?}"),
+        bytes: encode_frame(&msg),
+        check: Check::Down(msg),
+    }
+}
+
+fn raw(name: &str, message: String, bytes: Vec<u8>) -> Vector {
+    Vector {
+        name: name.into(),
+        message,
+        bytes,
+        check: Check::Bytes,
+    }
+}
+
+fn encode_frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    let mut buf = [0u8; frame::MAX_FRAME];
+    let n = frame::encode(msg, &mut buf).expect("every vector fits a frame");
+    buf[..n].to_vec()
+}
+
+/// Frames a raw payload the way the codec does (for payloads no type encodes).
+fn frame_payload(payload: &[u8]) -> Vec<u8> {
+    let mut out = frame::MAGIC.to_vec();
+    out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = wire::crc32(&out[2..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Every vector, in the order of the document.
+fn vectors() -> Vec<Vector> {
+    let mut v = auth_vectors();
+    v.extend(up_vectors());
+    v.extend(down_vectors());
+    v.push(Vector {
+        name: "hello-v2".into(),
+        message: "a Hello from a version-2 device: tag 0, version 2, then bytes version 1 \
+                  cannot read"
+            .into(),
+        bytes: frame_payload(&[0x00, 0x02, 0xff, 0xff, 0xff]),
+        check: Check::ForeignHello(2),
+    });
+    v.push(snapshot_vector());
+    v
+}
+
+fn auth_vectors() -> Vec<Vector> {
+    let crc = wire::crc32(b"123456789");
+    vec![
+        raw(
+            "crc-check",
+            format!("CRC-32/ISO-HDLC of ASCII \"123456789\" = 0x{crc:08X}, little-endian"),
+            crc.to_le_bytes().to_vec(),
+        ),
+        raw(
+            "secret-input",
+            format!("\"mdm-sync/1 secret\" || device {} (u64 LE) || generation {GENERATION} (u32 LE)", DEVICE.0),
+            secret_input(),
+        ),
+        raw(
+            "secret",
+            format!("HMAC-SHA256(master {}, secret-input)", hex(&MASTER)),
+            secret().to_vec(),
+        ),
+        raw(
+            "nonce-input",
+            format!("\"mdm-sync/1 nonce\" || counter {NONCE_COUNTER} (u64 LE)"),
+            nonce_input(),
+        ),
+        raw(
+            "nonce",
+            format!("first 16 bytes of HMAC-SHA256(seed {}, nonce-input)", hex(&NONCE_SEED)),
+            nonce().to_vec(),
+        ),
+        raw(
+            "proof-input",
+            format!(
+                "\"mdm-sync/1 proof\" || nonce {} || device {} (u64 LE) || generation {GENERATION} (u32 LE)",
+                hex(&nonce()),
+                DEVICE.0
+            ),
+            proof_input(),
+        ),
+        raw(
+            "proof",
+            format!("HMAC-SHA256(secret {}, proof-input)", hex(&secret())),
+            proof().to_vec(),
+        ),
+    ]
+}
+
+fn secret_input() -> Vec<u8> {
+    let mut m = b"mdm-sync/1 secret".to_vec();
+    m.extend_from_slice(&DEVICE.0.to_le_bytes());
+    m.extend_from_slice(&GENERATION.to_le_bytes());
+    m
+}
+
+fn nonce_input() -> Vec<u8> {
+    let mut m = b"mdm-sync/1 nonce".to_vec();
+    m.extend_from_slice(&NONCE_COUNTER.to_le_bytes());
+    m
+}
+
+fn proof_input() -> Vec<u8> {
+    let mut m = b"mdm-sync/1 proof".to_vec();
+    m.extend_from_slice(&nonce());
+    m.extend_from_slice(&DEVICE.0.to_le_bytes());
+    m.extend_from_slice(&GENERATION.to_le_bytes());
+    m
+}
+
+fn up_vectors() -> Vec<Vector> {
+    use ComplianceEvent as C;
+    use TaskStatus as S;
+    let compliance = [
+        ("compliance-profile-changed", C::ProfileChanged),
+        (
+            "compliance-device-admin",
+            C::DeviceAdminChanged { active: false },
+        ),
+        (
+            "compliance-blocked-page",
+            C::BlockedPageVisited { category: 12 },
+        ),
+        (
+            "compliance-password-overdue",
+            C::PasswordOverdue { days: 3 },
+        ),
+        (
+            "compliance-malware-persisting",
+            C::MalwarePersisting { threats: 1 },
+        ),
+        (
+            "compliance-usb-debugging",
+            C::UsbDebugging { enabled: true },
+        ),
+        ("compliance-manual-scan", C::ManualScanResult { threats: 0 }),
+    ];
+    let mut v = vec![
+        up("hello", Up::Hello(hello())),
+        up("proof-frame", Up::Proof { mac: proof() }),
+        up(
+            "progress",
+            Up::Progress {
+                task: TaskId(502),
+                percent: Some(40),
+            },
+        ),
+        up(
+            "progress-unknown",
+            Up::Progress {
+                task: TaskId(503),
+                percent: None,
+            },
+        ),
+        up("report-received", task_report(6, 500, S::Received)),
+        up(
+            "report-succeeded-location",
+            task_report(
+                7,
+                503,
+                S::Succeeded {
+                    result: Some(rio()),
+                },
+            ),
+        ),
+        up(
+            "report-succeeded-scan",
+            task_report(
+                8,
+                502,
+                S::Succeeded {
+                    result: Some(TaskResult::Scan { threats: 2 }),
+                },
+            ),
+        ),
+        up(
+            "report-succeeded",
+            task_report(9, 500, S::Succeeded { result: None }),
+        ),
+        up(
+            "report-failed",
+            task_report(10, 501, S::Failed { reason: 300 }),
+        ),
+        up(
+            "report-deferred",
+            task_report(
+                11,
+                504,
+                S::Deferred {
+                    retry_after_s: Some(600),
+                },
+            ),
+        ),
+        up(
+            "report-deferred-no-hint",
+            task_report(
+                12,
+                504,
+                S::Deferred {
+                    retry_after_s: None,
+                },
+            ),
+        ),
+        up("report-cancelled", task_report(13, 502, S::Cancelled)),
+    ];
+    for (k, (name, event)) in compliance.into_iter().enumerate() {
+        let body = ReportBody::Compliance(event);
+        v.push(up(
+            name,
+            Up::Report {
+                seq: 14 + k as u32,
+                body,
+            },
+        ));
+    }
+    v.push(up(
+        "policy-applied",
+        policy_report(21, PolicyOutcome::Applied),
+    ));
+    v.push(up("policy-partial", policy_report(22, two_failures())));
+    v.push(up(
+        "policy-rejected",
+        policy_report(23, PolicyOutcome::Rejected { reason: 1 }),
+    ));
+    v
+}
+
+fn down_vectors() -> Vec<Vector> {
+    let mut v = vec![
+        down(
+            "challenge",
+            Down::Challenge {
+                version: PROTOCOL_VERSION,
+                nonce: nonce(),
+            },
+        ),
+        down(
+            "welcome",
+            Down::Welcome {
+                ack: 5,
+                periodic_s: 10_800,
+            },
+        ),
+    ];
+    for (k, kind) in TaskKind::ALL.into_iter().enumerate() {
+        let name = format!("task-{kind:?}").to_lowercase();
+        let task = Task {
+            seq: 8 + k as u32,
+            id: TaskId(500 + k as u64),
+            kind,
+        };
+        v.push(down(&name, Down::Task(task)));
+    }
+    v.extend([
+        down("ack", Down::Ack { seq: 300 }),
+        down("cancel", Down::Cancel { task: TaskId(504) }),
+        down("policy", Down::Policy(two_settings())),
+        down("sync-end", Down::SyncEnd),
+    ]);
+    let errors = [
+        (
+            "error-version-mismatch",
+            ErrorCode::VersionMismatch {
+                supported: PROTOCOL_VERSION,
+            },
+        ),
+        ("error-auth-failed", ErrorCode::AuthFailed),
+        ("error-bad-message", ErrorCode::BadMessage),
+        ("error-sequence-gap", ErrorCode::SequenceGap),
+        ("error-timeout", ErrorCode::Timeout),
+        ("error-busy", ErrorCode::Busy),
+    ];
+    for (name, code) in errors {
+        v.push(down(name, Down::Error(code)));
+    }
+    v
+}
+
+/// A device that accepted one task (its Received report not yet sent).
+fn snapshot_vector() -> Vector {
+    let mut d = fresh_device();
+    handshake(&mut d, Instant::ZERO);
+    let task = Task {
+        seq: 1,
+        id: TaskId(500),
+        kind: TaskKind::Lock,
+    };
+    d.handle_bytes(&encode_frame(&Down::Task(task)), Instant::ZERO)
+        .unwrap();
+    assert_eq!(d.poll_event(), Some(Event::Persist));
+    let mut buf = [0u8; Device::<16, 4>::SNAPSHOT_MAX];
+    let n = d.snapshot(&mut buf).unwrap();
+    let message = format!(
+        "device {} generation {GENERATION}, slot {}, after accepting {task:?} with the \
+         default 3 h periodic interval",
+        DEVICE.0,
+        d.snapshot_slot()
+    );
+    raw("snapshot", message, buf[..n].to_vec())
+}
+
+fn device_config() -> DeviceConfig {
+    DeviceConfig::new(DEVICE, GENERATION, secret(), Platform::Android)
+}
+
+fn fresh_device() -> Device {
+    Device::new(device_config(), Instant::ZERO)
+}
+
+/// Runs a device through the handshake against hand-made server frames.
+fn handshake<const O: usize, const I: usize>(d: &mut Device<O, I>, now: Instant) {
+    d.handle_timeout(now);
+    while let Some(ev) = d.poll_event() {
+        if ev == Event::Connect {
+            d.connected(now);
+        }
+    }
+    let mut buf = [0u8; frame::MAX_FRAME];
+    assert!(d.poll_transmit(&mut buf).unwrap().is_some(), "hello");
+    let challenge = Down::Challenge {
+        version: PROTOCOL_VERSION,
+        nonce: nonce(),
+    };
+    d.handle_bytes(&encode_frame(&challenge), now).unwrap();
+    assert!(d.poll_transmit(&mut buf).unwrap().is_some(), "proof");
+    let welcome = Down::Welcome {
+        ack: 0,
+        periodic_s: 0,
+    };
+    d.handle_bytes(&encode_frame(&welcome), now).unwrap();
+}
+
+// ---- bounds -------------------------------------------------------------------
+
+fn payload_len<T: serde::Serialize>(msg: &T) -> usize {
+    let mut buf = [0u8; MAX_PAYLOAD];
+    wire::encode_payload(msg, &mut buf).expect("every message fits MAX_PAYLOAD")
+}
+
+/// The largest payload of each message, from an instance with every field at
+/// its longest encoding.
+fn bounds() -> Vec<(&'static str, usize)> {
+    let max_hello = Up::Hello(Hello {
+        version: u16::MAX,
+        device: DeviceId(u64::MAX),
+        generation: u32::MAX,
+        platform: Platform::Ios,
+        push_token: core::iter::repeat_n('x', PUSH_TOKEN_MAX).collect(),
+        trigger: SyncTrigger::Report,
+        last_task_seq: u32::MAX,
+        policy_version: u32::MAX,
+    });
+    let max_location = task_report(
+        u32::MAX,
+        u64::MAX,
+        TaskStatus::Succeeded {
+            result: Some(TaskResult::Location {
+                lat_e7: i32::MIN,
+                lon_e7: i32::MIN,
+                accuracy_m: u32::MAX,
+            }),
+        },
+    );
+    let failure = SettingFailure {
+        key: u16::MAX,
+        reason: u16::MAX,
+    };
+    let max_partial = Up::Report {
+        seq: u32::MAX,
+        body: ReportBody::Policy(PolicyReport {
+            version: u32::MAX,
+            outcome: PolicyOutcome::Partial {
+                failed: heapless::Vec::from_slice(&[failure; 4]).unwrap(),
+            },
+        }),
+    };
+    let setting = Setting {
+        key: u16::MAX,
+        value: i64::MIN,
+    };
+    let max_policy = Down::Policy(Policy {
+        version: u32::MAX,
+        settings: heapless::Vec::from_slice(&[setting; 16]).unwrap(),
+    });
+    let max_task = Down::Task(Task {
+        seq: u32::MAX,
+        id: TaskId(u64::MAX),
+        kind: TaskKind::Wipe,
+    });
+    let up = [
+        ("hello", payload_len(&max_hello)),
+        ("proof", payload_len(&Up::Proof { mac: [0xff; 32] })),
+        (
+            "progress",
+            payload_len(&Up::Progress {
+                task: TaskId(u64::MAX),
+                percent: Some(100),
+            }),
+        ),
+        (
+            "report",
+            payload_len(&max_location).max(payload_len(&max_partial)),
+        ),
+    ];
+    let error = Down::Error(ErrorCode::VersionMismatch {
+        supported: u16::MAX,
+    });
+    let down = [
+        (
+            "challenge",
+            payload_len(&Down::Challenge {
+                version: u16::MAX,
+                nonce: [0xff; 16],
+            }),
+        ),
+        (
+            "welcome",
+            payload_len(&Down::Welcome {
+                ack: u32::MAX,
+                periodic_s: u32::MAX,
+            }),
+        ),
+        ("ack", payload_len(&Down::Ack { seq: u32::MAX })),
+        ("task", payload_len(&max_task)),
+        (
+            "cancel",
+            payload_len(&Down::Cancel {
+                task: TaskId(u64::MAX),
+            }),
+        ),
+        ("policy", payload_len(&max_policy)),
+        ("sync-end", payload_len(&Down::SyncEnd)),
+        ("error", payload_len(&error)),
+    ];
+    let max_up = up.iter().map(|b| b.1).max().unwrap();
+    let max_down = down.iter().map(|b| b.1).max().unwrap();
+    let mut all: Vec<_> = up.into_iter().chain(down).collect();
+    all.push(("frame", max_up.max(max_down) + frame::OVERHEAD));
+    all
+}
+
+// ---- reading the document -------------------------------------------------------
+
+#[derive(Default)]
+struct Doc {
+    messages: BTreeMap<String, String>,
+    vectors: BTreeMap<String, Vec<u8>>,
+    bounds: BTreeMap<String, usize>,
+}
+
+fn read_doc() -> Doc {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md");
+    let text = std::fs::read_to_string(path).expect("PROTOCOL.md at the crate root");
+    let mut doc = Doc::default();
+    let mut fenced = false;
+    for (no, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            continue; // vectors live in fenced blocks; prose is never parsed
+        }
+        let Some((shape, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((name, value)) = rest.split_once(": ") else {
+            continue;
+        };
+        let (name, value) = (name.trim().to_string(), value.trim());
+        let dup = match shape {
+            "message" => doc.messages.insert(name.clone(), value.into()).is_some(),
+            "vector" => doc
+                .vectors
+                .insert(name.clone(), parse_hex(value, no))
+                .is_some(),
+            "bound" => {
+                let n = value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("line {}: bad bound", no + 1));
+                doc.bounds.insert(name.clone(), n).is_some()
+            }
+            _ => false,
+        };
+        assert!(
+            !dup,
+            "PROTOCOL.md line {}: {shape} {name} appears twice",
+            no + 1
+        );
+    }
+    doc
+}
+
+fn parse_hex(s: &str, line: usize) -> Vec<u8> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    assert!(
+        digits.len().is_multiple_of(2),
+        "PROTOCOL.md line {}: odd hex",
+        line + 1
+    );
+    digits
+        .chunks(2)
+        .map(|p| {
+            let p = core::str::from_utf8(p).unwrap();
+            u8::from_str_radix(p, 16)
+                .unwrap_or_else(|_| panic!("PROTOCOL.md line {}: bad hex {p}", line + 1))
+        })
+        .collect()
+}
+
+/// Hex as the document writes it: frames split into magic, length, payload
+/// and CRC; other bytes in groups of 16.
+fn doc_hex(v: &Vector) -> String {
+    let b = &v.bytes;
+    if matches!(v.check, Check::Bytes) {
+        let groups: Vec<String> = b.chunks(16).map(hex).collect();
+        return groups.join(" ");
+    }
+    let crc_at = b.len() - 4;
+    format!(
+        "{} {} {} {}",
+        hex(&b[..2]),
+        hex(&b[2..4]),
+        hex(&b[4..crc_at]),
+        hex(&b[crc_at..])
+    )
+}
+
+// ---- the tests ----------------------------------------------------------------
+
+#[test]
+#[ignore = "prints the vector lines for PROTOCOL.md"]
+fn print_vectors() {
+    for v in vectors() {
+        println!("message {}: {}", v.name, v.message);
+        println!("vector {}: {}", v.name, doc_hex(&v));
+        println!();
+    }
+    for (name, n) in bounds() {
+        println!("bound {name}: {n}");
+    }
+}
+
+#[test]
+fn every_vector_in_the_document_matches_the_code() {
+    let doc = read_doc();
+    let vectors = vectors();
+    let mut failures = Vec::new();
+    for v in &vectors {
+        match doc.messages.get(&v.name) {
+            None => failures.push(format!("message {} is missing", v.name)),
+            Some(m) if *m != v.message => failures.push(format!(
+                "message {}: document says\n  {m}\ncode says\n  {}",
+                v.name, v.message
+            )),
+            Some(_) => {}
+        }
+        match doc.vectors.get(&v.name) {
+            None => failures.push(format!("vector {} is missing", v.name)),
+            Some(bytes) => {
+                if *bytes != v.bytes {
+                    failures.push(format!(
+                        "vector {}: document has\n  {}\ncode encodes\n  {}",
+                        v.name,
+                        hex(bytes),
+                        doc_hex(v)
+                    ));
+                }
+                if let Err(e) = check_decodes(bytes, &v.check) {
+                    failures.push(format!("vector {}: {e}", v.name));
+                }
+            }
+        }
+    }
+    for name in doc.vectors.keys().chain(doc.messages.keys()) {
+        if !vectors.iter().any(|v| v.name == *name) {
+            failures.push(format!("{name} is in the document but not in this test"));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// Decodes documented bytes as the check says, independently of the encoder.
+fn check_decodes(bytes: &[u8], check: &Check) -> Result<(), String> {
+    if matches!(check, Check::Bytes) {
+        return Ok(());
+    }
+    let mut dec = FrameDecoder::<{ frame::MAX_FRAME }>::new();
+    if dec.push(bytes) != bytes.len() {
+        return Err("longer than a frame".into());
+    }
+    let payload = match dec.decode() {
+        Some(Ok(p)) => p.to_vec(),
+        other => return Err(format!("not one frame: {other:?}")),
+    };
+    if dec.decode().is_some() || dec.buffered() != 0 {
+        return Err("bytes after the frame".into());
+    }
+    match check {
+        Check::Up(m) => match wire::decode::<Up>(&payload) {
+            Ok(got) if got == *m => Ok(()),
+            got => Err(format!("decodes to {got:?}")),
+        },
+        Check::Down(m) => match wire::decode::<Down>(&payload) {
+            Ok(got) if got == *m => Ok(()),
+            got => Err(format!("decodes to {got:?}")),
+        },
+        Check::ForeignHello(v) => {
+            if wire::peek_hello_version(&payload) != Some(*v) {
+                return Err("version not readable".into());
+            }
+            match wire::decode::<Up>(&payload) {
+                Err(_) => Ok(()),
+                Ok(m) => Err(format!("decodes as this version's {m:?}")),
+            }
+        }
+        Check::Bytes => Ok(()),
+    }
+}
+
+#[test]
+fn every_bound_in_the_document_matches_the_code() {
+    let doc = read_doc();
+    let bounds = bounds();
+    for (name, n) in &bounds {
+        assert!(*n <= MAX_PAYLOAD + frame::OVERHEAD, "{name}: {n}");
+        assert_eq!(doc.bounds.get(*name), Some(n), "bound {name}");
+    }
+    for name in doc.bounds.keys() {
+        assert!(
+            bounds.iter().any(|(b, _)| b == name),
+            "bound {name} is in the document but not in this test"
+        );
+    }
+}
+
+/// The documented HMAC inputs give the library's outputs with a plain
+/// HMAC-SHA256 (as a C implementation would compute them).
+#[test]
+fn auth_vectors_follow_from_their_documented_inputs() {
+    fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
+        let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        m.update(msg);
+        m.finalize().into_bytes().to_vec()
+    }
+    let doc = read_doc();
+    let get = |name: &str| doc.vectors.get(name).cloned().expect(name);
+    assert_eq!(hmac(&MASTER, &get("secret-input")), get("secret"));
+    assert_eq!(hmac(&NONCE_SEED, &get("nonce-input"))[..16], get("nonce"));
+    assert_eq!(hmac(&get("secret"), &get("proof-input")), get("proof"));
+    let mac: [u8; 32] = get("proof").try_into().unwrap();
+    let nonce: [u8; 16] = get("nonce").try_into().unwrap();
+    let secret: [u8; 32] = get("secret").try_into().unwrap();
+    assert!(auth::verify(&secret, &nonce, DEVICE, GENERATION, &mac));
+    assert_eq!(
+        get("proof-frame")[4..5],
+        [1],
+        "Proof is tag 1, then the raw MAC"
+    );
+    assert_eq!(get("proof-frame")[5..37], mac);
+}
+
+/// The documented snapshot restores, and its running task is reported failed.
+#[test]
+fn snapshot_vector_restores() {
+    let doc = read_doc();
+    let bytes = doc.vectors.get("snapshot").expect("snapshot vector");
+    let mut d: Device = Device::restore(device_config(), bytes, Instant::ZERO).unwrap();
+    assert_eq!(d.last_task_seq(), 1);
+    assert_eq!(
+        d.running_tasks().count(),
+        0,
+        "interrupted task is not re-run"
+    );
+    assert_eq!(
+        d.outbox_len(),
+        2,
+        "Received, then Failed(interrupted by reboot)"
+    );
+    assert_eq!(d.periodic_interval(), Duration::from_hours(3));
+    assert_eq!(d.poll_event(), Some(Event::Persist));
+}
+
+/// A server answers the documented foreign Hello with the documented error.
+#[test]
+fn server_answers_a_foreign_hello_with_the_version_mismatch_vector() {
+    let doc = read_doc();
+    let mut s = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        MASTER,
+        NONCE_SEED,
+    );
+    let conn = s.connection_opened(Instant::ZERO).unwrap();
+    let hello = &doc.vectors["hello-v2"];
+    assert!(s.handle_bytes(conn, hello, Instant::ZERO).is_err());
+    let mut buf = [0u8; 64];
+    let n = s.poll_transmit_for(conn, &mut buf).unwrap();
+    assert_eq!(buf[..n], doc.vectors["error-version-mismatch"]);
+}
+
+/// The server's first nonce is the documented one, and the documented
+/// Hello/Proof pair gets the device in.
+#[test]
+fn server_handshake_reproduces_the_vectors() {
+    let doc = read_doc();
+    let now = Instant::ZERO;
+    let mut s = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        MASTER,
+        NONCE_SEED,
+    );
+    for _ in 0..=GENERATION {
+        s.enroll(DEVICE, now).unwrap();
+    }
+    let conn = s.connection_opened(now).unwrap();
+    s.handle_bytes(conn, &doc.vectors["hello"], now).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.poll_transmit_for(conn, &mut buf).unwrap();
+    assert_eq!(buf[..n], doc.vectors["challenge"]);
+    s.handle_bytes(conn, &doc.vectors["proof-frame"], now)
+        .unwrap();
+    let authenticated = core::iter::from_fn(|| s.poll_event())
+        .any(|e| matches!(e, ServerEvent::Authenticated { device, .. } if device == DEVICE));
+    assert!(authenticated);
+}
+
+// ---- conformance: rules of PROTOCOL.md that the code once broke -----------------
+
+/// PROTOCOL.md, "Task delivery": a device without room leaves an offer
+/// unaccepted, and every later offer of the same session too; that is not a
+/// sequence gap. It syncs again so that the server offers them anew.
+#[test]
+fn offers_left_for_lack_of_room_do_not_fail_the_session() {
+    let mut now = Instant::ZERO;
+    let mut s = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        MASTER,
+        NONCE_SEED,
+    );
+    let secret = s.enroll(DEVICE, now).unwrap();
+    let cfg = DeviceConfig::new(DEVICE, 0, secret, Platform::Android);
+    let mut d: Device<4, 4> = Device::new(cfg, now);
+    for _ in 0..4 {
+        d.raise_compliance(ComplianceEvent::ProfileChanged, now)
+            .unwrap(); // the outbox is now full
+    }
+    let tasks: Vec<TaskId> = (0..3)
+        .map(|_| {
+            s.enqueue_task(DEVICE, TaskKind::Lock, TaskOptions::default(), now)
+                .unwrap()
+        })
+        .collect();
+
+    let mut conn = None;
+    let mut failures = 0;
+    let mut buf = [0u8; 4096];
+    for _ in 0..200 {
+        d.handle_timeout(now);
+        s.handle_timeout(now).unwrap();
+        while let Some(ev) = d.poll_event() {
+            match ev {
+                Event::Connect => {
+                    conn = Some(s.connection_opened(now).unwrap());
+                    d.connected(now);
+                }
+                Event::Disconnect => s.connection_closed(conn.take().unwrap(), now),
+                Event::Execute(t) => d
+                    .task_status(t.id, TaskStatus::Succeeded { result: None }, now)
+                    .unwrap(),
+                Event::SyncFailed { .. } => failures += 1,
+                _ => {}
+            }
+        }
+        if let Some(c) = conn {
+            while let Some(n) = d.poll_transmit(&mut buf).unwrap() {
+                let _ = s.handle_bytes(c, &buf[..n], now);
+            }
+            // All pending server frames at once, as one TCP read would bring them.
+            let mut n = 0;
+            while let Some(k) = s.poll_transmit_for(c, &mut buf[n..]) {
+                n += k;
+            }
+            if n > 0 {
+                let _ = d.handle_bytes(&buf[..n], now);
+            }
+        }
+        while s.poll_event().is_some() {}
+        now = now + Duration::from_secs(1);
+    }
+    assert_eq!(failures, 0, "no session may fail");
+    for t in tasks {
+        let state = s.task_state(DEVICE, t);
+        assert_eq!(state, Some(TaskState::Succeeded { result: None }), "{t:?}");
+    }
+}
+
+/// PROTOCOL.md, "Server timers": the handshake must complete within
+/// `handshake_timeout` of the connection opening, however many bytes trickle in.
+#[test]
+fn trickled_bytes_do_not_extend_the_handshake() {
+    let doc = read_doc();
+    let cfg = ServerConfig::default();
+    let mut s = Server::new(cfg, MemoryStore::new(), MASTER, NONCE_SEED);
+    let conn = s.connection_opened(Instant::ZERO).unwrap();
+    let mut now = Instant::ZERO;
+    while now <= Instant::ZERO + cfg.handshake_timeout {
+        s.handle_bytes(conn, &[0x00], now).unwrap();
+        s.handle_timeout(now).unwrap();
+        now = now + Duration::from_secs(10);
+    }
+    let mut buf = [0u8; 64];
+    let n = s
+        .poll_transmit_for(conn, &mut buf)
+        .expect("a Timeout error frame");
+    assert_eq!(buf[..n], doc.vectors["error-timeout"]);
+}
