@@ -609,7 +609,8 @@ fn bounds() -> Vec<(&'static str, usize)> {
     let max_up = up.iter().map(|b| b.1).max().unwrap();
     let max_down = down.iter().map(|b| b.1).max().unwrap();
     let mut all: Vec<_> = up.into_iter().chain(down).collect();
-    all.push(("frame", max_up.max(max_down) + frame::OVERHEAD));
+    all.push(("up-frame", max_up + frame::OVERHEAD));
+    all.push(("down-frame", max_down + frame::OVERHEAD));
     all
 }
 
