@@ -81,3 +81,40 @@ fn a_policy_changed_several_times_offline_converges_to_the_latest() {
     assert_eq!(p.devices[0].dev.policy_version(), versions[4]);
     assert_eq!(p.server.fleet_view().unwrap().on_latest_policy, 1);
 }
+
+#[test]
+fn a_report_on_an_older_version_leaves_the_newer_assignment_pending() {
+    let mut p = Pair::new(1);
+    p.run_for(Duration::from_secs(5));
+    let id = p.id(0);
+    p.devices[0].hold_policy = true;
+    let v1 = p.server.assign_policy(id, &settings(1), p.now).unwrap();
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(
+        p.devices[0].dev.pending_policy().map(|p| p.version),
+        Some(v1)
+    );
+    // Applied offline; meanwhile the operator assigns v2.
+    p.go_offline(0);
+    let now = p.now;
+    p.devices[0]
+        .dev
+        .policy_applied(v1, PolicyOutcome::Applied, now)
+        .unwrap();
+    let v2 = p.server.assign_policy(id, &settings(2), now).unwrap();
+    p.devices[0].hold_policy = false;
+    p.go_online(0);
+    p.run_for(Duration::from_mins(5));
+    let states: Vec<_> = p
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::PolicyReported { state, .. } => Some(state.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        states,
+        vec![PolicyState::Pending, PolicyState::Applied { version: v2 }]
+    );
+}

@@ -232,7 +232,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     hint_at: Option<Instant>,
     failures: u32,
     rng: u64,
-    decoder: FrameDecoder,
+    // Sized for the largest `Down` message (223 bytes), not `MAX_FRAME` (520):
+    // a device never receives anything larger.
+    decoder: FrameDecoder<{ wire::MAX_DOWN_FRAME }>,
     // Events waiting to be polled.
     persist: bool,
     connect: bool,
@@ -352,6 +354,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 
     /// The user asked to synchronize.
     pub fn manual_sync(&mut self, now: Instant) {
+        debug!("manual sync requested");
         self.want(SyncTrigger::Manual, now);
     }
 
@@ -363,6 +366,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         now: Instant,
     ) -> Result<(), DeviceError> {
         self.enqueue(ReportBody::Compliance(event), false)?;
+        let seq = self.next_report_seq.wrapping_sub(1);
+        debug!("compliance event {:?} queued as report {}", event, seq);
         self.kick(now);
         Ok(())
     }
@@ -436,6 +441,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             return Err(DeviceError::NoPendingPolicy);
         }
         self.enqueue(ReportBody::Policy(PolicyReport { version, outcome }), false)?;
+        debug!("policy {} applied, report queued", version);
         self.policy = None;
         self.policy_version = version;
         self.kick(now);
@@ -559,6 +565,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 let c = &self.cfg;
                 self.proof = Some(crate::auth::proof(&c.secret, &nonce, c.id, c.generation));
                 self.link = Link::AwaitWelcome;
+                trace!("challenge answered, awaiting welcome");
                 Ok(())
             }
             (Link::AwaitWelcome, Down::Welcome { ack, periodic_s }) => {
@@ -573,14 +580,20 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             (Link::Syncing, Down::Cancel { task }) => {
                 if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == task) {
                     if i.cancel == Flag::No {
+                        debug!("task {} cancel requested by server", task.0);
                         i.cancel = Flag::Pending;
                     }
                 }
                 Ok(())
             }
             (Link::Syncing, Down::Policy(p)) => {
-                let newer = p.version > self.policy_version;
-                if newer && self.policy.as_ref().is_none_or(|q| p.version > q.version) {
+                let newer = wire::seq_newer(p.version, self.policy_version);
+                if newer
+                    && self
+                        .policy
+                        .as_ref()
+                        .is_none_or(|q| wire::seq_newer(p.version, q.version))
+                {
                     debug!("policy version {} arrived", p.version);
                     self.policy = Some(p);
                     self.policy_announced = false;
@@ -596,7 +609,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     fn on_welcome(&mut self, ack: u32, periodic_s: u32, now: Instant) {
+        debug!("authenticated, syncing; server holds reports up to {}", ack);
         self.link = Link::Syncing;
+        self.adopt_server_numbering(ack);
         self.on_ack(ack);
         for e in self.outbox.iter_mut() {
             e.sent = false;
@@ -611,6 +626,29 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         for i in self.inflight.iter_mut() {
             i.progress = i.progress.or(Some(None));
         }
+    }
+
+    /// The server holds reports numbered beyond any this device assigned: the
+    /// device lost its state (both snapshot slots) but kept its identity. Its
+    /// reports are renumbered after the server's so that none is taken for a
+    /// resend and dropped.
+    fn adopt_server_numbering(&mut self, ack: u32) {
+        let last_assigned = self.next_report_seq.wrapping_sub(1);
+        if !wire::seq_newer(ack, last_assigned) {
+            return;
+        }
+        warning!(
+            "server holds reports up to {}, device only {}: renumbering",
+            ack,
+            last_assigned
+        );
+        let mut seq = ack;
+        for e in self.outbox.iter_mut() {
+            seq = seq.wrapping_add(1);
+            e.seq = seq;
+        }
+        self.next_report_seq = seq.wrapping_add(1);
+        self.persist = true;
     }
 
     fn on_ack(&mut self, seq: u32) {
@@ -634,6 +672,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             if wire::seq_newer(task.seq, expected) {
                 return Err(SessionError::Protocol(ProtocolError::SequenceGap));
             }
+            trace!("task seq {} already accepted, ignored", task.seq);
             self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
             return Ok(());
         }
@@ -642,10 +681,12 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let busy = self.inflight.is_full() || self.outbox.len() + self.inflight.len() + 2 > OUTBOX;
         if busy {
             if self.outbox.len() + self.inflight.len() >= OUTBOX {
+                debug!("task seq {} left for a later sync: outbox full", task.seq);
                 self.refused = true;
                 self.wants.set(SyncTrigger::Report);
                 return Ok(());
             }
+            debug!("task {} deferred: no room to run it now", task.id.0);
             self.last_task_seq = task.seq;
             self.busy_deferred = true;
             let status = TaskStatus::Deferred {
@@ -681,10 +722,12 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// asks to connect when a sync is wanted. Harmless early, late or twice.
     pub fn handle_timeout(&mut self, now: Instant) {
         if now >= self.periodic_at {
+            debug!("periodic timer fired");
             self.periodic_at = now + self.periodic;
             self.want(SyncTrigger::Periodic, now);
         }
         if self.hint_at.is_some_and(|h| now >= h) {
+            debug!("a task's retry-after came due");
             self.hint_at = None;
             self.want(SyncTrigger::Report, now);
         }
@@ -698,6 +741,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
         }
         if self.link == Link::Idle && self.wants_sync() && now >= self.attempt_at {
+            debug!("sync wanted: asking to connect");
             self.link = Link::Connecting;
             self.session_start = now;
             self.connect = true;
@@ -765,11 +809,16 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     fn fail(&mut self, error: SessionError, now: Instant) {
-        warning!("sync failed: {:?}", error);
         self.stats.failures = self.stats.failures.wrapping_add(1);
         self.failures = self.failures.saturating_add(1);
         self.end_session(Event::SyncFailed { error });
-        self.attempt_at = now + self.backoff();
+        let delay = self.backoff();
+        self.attempt_at = now + delay;
+        warning!(
+            "sync failed: {:?}; retry in {} ms",
+            error,
+            delay.as_millis()
+        );
     }
 
     fn end_session(&mut self, outcome: Event) {
@@ -940,6 +989,23 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 
 fn busy_err() -> SessionError {
     SessionError::Protocol(ProtocolError::Unexpected)
+}
+
+// By hand, not derived: a summary without the secret, the proof or buffers.
+#[cfg(feature = "defmt")]
+impl<const OUTBOX: usize, const INFLIGHT: usize> defmt::Format for Device<OUTBOX, INFLIGHT> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "Device {{ id: {}, link: {}, running: {}, outbox: {}, last_task_seq: {}, policy: {} }}",
+            self.cfg.id,
+            self.link,
+            self.inflight.len(),
+            self.outbox.len(),
+            self.last_task_seq,
+            self.policy_version
+        );
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 
 use super::{Device, DeviceConfig, Entry, Flag, Inflight};
+use crate::log::debug;
 use crate::time::{Duration, Instant};
 use crate::wire::{crc32, DeviceId, EncodeError, ReportBody, Task};
 
@@ -100,14 +101,12 @@ impl<const O: usize, const I: usize> Device<O, I> {
     /// [`reason::INTERRUPTED_BY_REBOOT`](crate::wire::reason::INTERRUPTED_BY_REBOOT):
     /// they are never run twice. A boot sync is wanted at once.
     pub fn restore(cfg: DeviceConfig, bytes: &[u8], now: Instant) -> Result<Self, SnapshotError> {
+        snapshot_counter(bytes)?; // CRC, then the format byte, before the rest
         let payload = checked(bytes)?;
         let (h, tasks, outbox): Decoded<O, I> = match postcard::take_from_bytes(payload) {
             Ok((d, [])) => d,
             _ => return Err(SnapshotError::Malformed),
         };
-        if h.format != FORMAT {
-            return Err(SnapshotError::UnknownFormat(h.format));
-        }
         if h.device != cfg.id || h.generation != cfg.generation {
             return Err(SnapshotError::Foreign);
         }
@@ -142,6 +141,12 @@ impl<const O: usize, const I: usize> Device<O, I> {
                 .push_back(entry)
                 .map_err(|_| SnapshotError::Inconsistent)?;
         }
+        debug!(
+            "restored snapshot {}: {} task(s) interrupted by reboot, {} report(s) unacked",
+            h.counter,
+            d.inflight.len(),
+            d.outbox.len()
+        );
         d.fail_interrupted();
         Ok(d)
     }

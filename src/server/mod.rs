@@ -190,8 +190,6 @@ pub enum PeerError {
     AuthFailed,
     /// A report sequence number skipped ahead.
     SequenceGap,
-    /// The connection fell too far behind reading.
-    TooSlow,
 }
 
 /// Errors of the server engine, generic over the store's error.
@@ -297,6 +295,14 @@ impl<S: FleetStore> Server<S> {
     /// The store (for console queries the engine does not offer).
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The store, mutably, for housekeeping the engine leaves to the
+    /// application, such as [`MemoryStore::prune_finished`] and
+    /// [`MemoryStore::take_compliance`]. Rewriting records the engine relies
+    /// on (sequence numbers, open tasks) is at the caller's risk.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 
     /// Open connections.
@@ -472,7 +478,8 @@ impl<S: FleetStore> Server<S> {
 
     /// New work for a device: offer it in its open session, or push.
     fn work_arrived(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        match self.online.get(&device).copied() {
+        let conn = self.online.get(&device).copied();
+        match conn.filter(|c| self.sessions.get(c).is_some_and(|s| !s.closing)) {
             Some(conn) => self.offer_work(conn, now),
             None => self.request_push(device, now),
         }

@@ -117,7 +117,6 @@ fn error_code(e: PeerError) -> ErrorCode {
         },
         PeerError::AuthFailed => ErrorCode::AuthFailed,
         PeerError::SequenceGap => ErrorCode::SequenceGap,
-        PeerError::TooSlow => ErrorCode::Busy,
         PeerError::Malformed | PeerError::Unexpected => ErrorCode::BadMessage,
     }
 }
@@ -221,8 +220,12 @@ impl<S: FleetStore> Server<S> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return;
         };
-        if s.out.len() > self.cfg.max_pending_out && !s.closing {
-            s.closing = true;
+        if s.closing {
+            return; // nothing follows our error frame
+        }
+        if s.out.len() > self.cfg.max_pending_out {
+            // A reader this far behind is dropped; it will sync again.
+            self.finish_close(conn);
             return;
         }
         s.push_frame(msg);
@@ -260,6 +263,9 @@ impl<S: FleetStore> Server<S> {
         }
         self.store
             .set_push_target(id, hello.platform, &hello.push_token)?;
+        if seq_newer(rec.last_task_seq, hello.last_task_seq) {
+            self.device_state_lost(id, now)?;
+        }
         self.resolve_offers(id, hello.last_task_seq, now)?;
         rec.last_task_seq = hello.last_task_seq;
         rec.last_sync = Some((now, hello.trigger));
@@ -296,6 +302,24 @@ impl<S: FleetStore> Server<S> {
             p.pending = false;
         }
         self.offer_work(conn, now)
+    }
+
+    /// The device's task ledger went backwards: it lost its state. Whether it
+    /// ran the tasks it may have had is unknown, so they end failed rather
+    /// than risk running twice.
+    fn device_state_lost(&mut self, device: wire::DeviceId, now: Instant) -> Result<(), S> {
+        let ids = self.open_task_ids(device)?;
+        for tid in &ids {
+            let Some(mut t) = self.store.task(*tid)? else {
+                continue;
+            };
+            if t.state.maybe_on_device() {
+                let reason = wire::reason::DEVICE_STATE_LOST;
+                self.set_state(&mut t, TaskState::Failed { reason }, now)?;
+            }
+        }
+        self.scratch = ids;
+        Ok(())
     }
 
     /// Tasks offered in earlier sessions: those the device confirmed (seq up
@@ -416,7 +440,14 @@ impl<S: FleetStore> Server<S> {
         let (mut task, mut compliance, mut event) = (None, None, None);
         match body {
             ReportBody::Task { task: id, status } => {
-                task = self.apply_status(conn, device, id, status, now)?
+                task = self.apply_status(conn, device, id, status, now)?;
+                // Any status for an offer means the device accepted its seq.
+                if let Some(t) = task
+                    .as_ref()
+                    .filter(|t| seq_newer(t.seq, rec.last_task_seq))
+                {
+                    rec.last_task_seq = t.seq;
+                }
             }
             ReportBody::Compliance(e) => {
                 compliance = Some(e);
@@ -424,7 +455,11 @@ impl<S: FleetStore> Server<S> {
             }
             ReportBody::Policy(r) => {
                 rec.policy_version = r.version;
-                rec.policy_state = PolicyState::from_report(r.version, &r.outcome);
+                // A report on an older version leaves a newer assignment pending.
+                let assigned = self.store.policy(device)?.map_or(0, |p| p.version);
+                if !seq_newer(assigned, r.version) {
+                    rec.policy_state = PolicyState::from_report(r.version, &r.outcome);
+                }
                 event = Some(ServerEvent::PolicyReported {
                     device,
                     state: rec.policy_state.clone(),
@@ -519,9 +554,11 @@ impl<S: FleetStore> Server<S> {
         }
         s.out.clear();
         s.out_pos = 0;
-        s.closing = true;
         s.last_rx = now;
         self.send(conn, &Down::Error(ErrorCode::Timeout));
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.closing = true;
+        }
         self.timers
             .push(Reverse((now + limit, Timer::Session(conn))));
     }

@@ -163,6 +163,10 @@ pub mod reason {
     pub const INTERRUPTED_BY_REBOOT: u16 = 1;
     /// The device does not support this task kind.
     pub const UNSUPPORTED: u16 = 2;
+    /// Set by the server: the device came back without its state (its task
+    /// ledger went backwards), so whether it ran the task is unknown. The task
+    /// is not offered again, to keep "at most once".
+    pub const DEVICE_STATE_LOST: u16 = 3;
 }
 
 /// A compliance event raised on the device.
@@ -332,7 +336,8 @@ pub enum Up {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ErrorCode {
-    /// The server does not speak the device's protocol version.
+    /// The server does not speak the device's protocol version. Frozen across
+    /// versions: tag 0 of `ErrorCode`, inside tag 7 of `Down`.
     VersionMismatch {
         /// The version the server speaks.
         supported: u16,
@@ -342,7 +347,8 @@ pub enum ErrorCode {
     AuthFailed,
     /// A message that does not fit the session's state, or does not decode.
     BadMessage,
-    /// A report or task sequence number skipped ahead.
+    /// A report sequence number skipped ahead. (A device that sees a task
+    /// sequence gap closes the session itself; it sends no frame.)
     SequenceGap,
     /// The session was idle too long.
     Timeout,
@@ -358,6 +364,7 @@ pub enum ErrorCode {
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Down {
     /// Answer to [`Up::Hello`]: the server's version and a fresh nonce.
+    /// Must stay variant 0, with the version first (frozen across versions).
     Challenge {
         /// Protocol version the server speaks.
         version: u16,
@@ -387,6 +394,7 @@ pub enum Down {
     Policy(Policy),
     /// Nothing more is pending for the device right now.
     SyncEnd,
-    /// The session failed; the server closes it after this.
+    /// The session failed; the server closes it after this. Must stay
+    /// variant 7 (frozen across versions, so any peer can read it).
     Error(ErrorCode),
 }

@@ -53,6 +53,8 @@ pub struct SimDevice {
     pub cancels: Vec<TaskId>,
     pub slots: [Vec<u8>; 2],
     pub policy_outcome: PolicyOutcome,
+    /// Leave `ApplyPolicy` unanswered (the test answers by hand).
+    pub hold_policy: bool,
     pub applied_policies: Vec<u32>,
     pub syncs_done: u32,
 }
@@ -278,6 +280,7 @@ impl SimDevice {
             cancels: Vec::new(),
             slots: [Vec::new(), Vec::new()],
             policy_outcome: PolicyOutcome::Applied,
+            hold_policy: false,
             applied_policies: Vec::new(),
             syncs_done: 0,
         }
@@ -317,6 +320,7 @@ impl SimDevice {
                 self.dev.task_status(task.id, status, now).unwrap();
             }
             Event::Cancel(id) => self.cancels.push(id),
+            Event::ApplyPolicy { .. } if self.hold_policy => {}
             Event::ApplyPolicy { version } => {
                 self.applied_policies.push(version);
                 let outcome = self.policy_outcome.clone();

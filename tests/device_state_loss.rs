@@ -1,0 +1,52 @@
+//! A device that loses both snapshot slots but keeps its identity: its new
+//! reports are not mistaken for resends, and tasks it may have had end failed
+//! rather than run twice.
+
+mod common;
+
+use common::{Behaviour, Pair};
+use mdm_sync::server::{ServerEvent, TaskState};
+use mdm_sync::time::Duration;
+use mdm_sync::wire::{reason, ComplianceEvent, TaskKind};
+
+#[test]
+fn a_device_that_lost_its_state_neither_loses_reports_nor_reruns_tasks() {
+    let mut p = Pair::new(1);
+    p.run_for(Duration::from_secs(5));
+    for _ in 0..3 {
+        p.raise(0, ComplianceEvent::ProfileChanged);
+    }
+    p.devices[0].behaviour = Behaviour::Hold;
+    let scan = p.queue(0, TaskKind::Scan);
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(p.state(0, scan), TaskState::Delivered);
+
+    // Flash wiped: both slots gone, the device boots as new.
+    p.devices[0].slots = [Vec::new(), Vec::new()];
+    p.reboot(0);
+    p.devices[0].behaviour = Behaviour::Succeed;
+    p.raise(0, ComplianceEvent::UsbDebugging { enabled: true });
+    p.run_for(Duration::from_mins(5));
+
+    let usb = p.count_events(|e| {
+        matches!(
+            e,
+            ServerEvent::Compliance {
+                event: ComplianceEvent::UsbDebugging { .. },
+                ..
+            }
+        )
+    });
+    assert_eq!(usb, 1, "the new report is stored, not taken for a resend");
+    assert_eq!(
+        p.state(0, scan),
+        TaskState::Failed {
+            reason: reason::DEVICE_STATE_LOST
+        }
+    );
+    assert_eq!(p.times_executed(0, scan), 1, "never offered again");
+    // And new work still flows.
+    let lock = p.queue(0, TaskKind::Lock);
+    p.run_for(Duration::from_mins(2));
+    assert_eq!(p.state(0, lock), TaskState::Succeeded { result: None });
+}
