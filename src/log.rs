@@ -33,15 +33,15 @@ macro_rules! warning {
 // formatting code reaches the binary.
 #[cfg(all(not(feature = "defmt"), not(feature = "std")))]
 macro_rules! trace {
-    ($fmt:literal $(, $arg:expr)* $(,)?) => { { let _ = || ($(&$arg,)*); } };
+    ($fmt:literal $(, $arg:expr)* $(,)?) => { { let _ = || { $(let _ = &$arg;)* }; } };
 }
 #[cfg(all(not(feature = "defmt"), not(feature = "std")))]
 macro_rules! debug {
-    ($fmt:literal $(, $arg:expr)* $(,)?) => { { let _ = || ($(&$arg,)*); } };
+    ($fmt:literal $(, $arg:expr)* $(,)?) => { { let _ = || { $(let _ = &$arg;)* }; } };
 }
 #[cfg(all(not(feature = "defmt"), not(feature = "std")))]
 macro_rules! warning {
-    ($fmt:literal $(, $arg:expr)* $(,)?) => { { let _ = || ($(&$arg,)*); } };
+    ($fmt:literal $(, $arg:expr)* $(,)?) => { { let _ = || { $(let _ = &$arg;)* }; } };
 }
 
 #[allow(unused_imports)] // reason: not every feature combination logs at every level

@@ -76,3 +76,18 @@ impl DeviceConfig {
         }
     }
 }
+
+// By hand, not derived: the secret and the push token never reach a log.
+#[cfg(feature = "defmt")]
+impl defmt::Format for DeviceConfig {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "DeviceConfig {{ id: {}, generation: {}, platform: {}, timers: {}, secret: <redacted> }}",
+            self.id,
+            self.generation,
+            self.platform,
+            self.timers
+        );
+    }
+}

@@ -212,6 +212,19 @@ impl<const N: usize> FrameDecoder<N> {
     }
 }
 
+// By hand, not derived: the buffer's bytes are not worth a log line.
+#[cfg(feature = "defmt")]
+impl<const N: usize> defmt::Format for FrameDecoder<N> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "FrameDecoder {{ capacity: {}, buffered: {} }}",
+            N,
+            self.buffered()
+        );
+    }
+}
+
 // Fuzz builds accept a zero CRC field so the fuzzer can reach the message
 // decoders behind the check; real builds never do.
 #[cfg(fuzzing)]

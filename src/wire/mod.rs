@@ -23,6 +23,12 @@ pub const PUSH_TOKEN_MAX: usize = 200;
 pub const MAX_SETTINGS: usize = 16;
 /// Most failed settings in one policy report.
 pub const MAX_POLICY_FAILURES: usize = 4;
+/// Largest payload of a server-to-device message ([`Down`]): a policy with
+/// [`MAX_SETTINGS`] settings and every varint at its longest (tag 1, version 5,
+/// count 1, per setting key 3 + value 10). A device's decoder needs no more.
+pub const MAX_DOWN_PAYLOAD: usize = 1 + 5 + 1 + MAX_SETTINGS * (3 + 10);
+/// Largest frame of a server-to-device message: the device's decoder buffer.
+pub const MAX_DOWN_FRAME: usize = MAX_DOWN_PAYLOAD + frame::OVERHEAD;
 
 /// Whether sequence number `a` comes after `b`, on a circle of 2^32 (so that
 /// wrapping after four billion reports or tasks does not stall anything).
@@ -88,6 +94,57 @@ pub fn peek_hello_version(payload: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `Down` variant at its longest fits [`MAX_DOWN_PAYLOAD`]; the match
+    /// has no wildcard so that a new variant must be added here.
+    #[test]
+    fn largest_down_message_fits_the_device_decoder() {
+        let setting = Setting {
+            key: u16::MAX,
+            value: i64::MIN,
+        };
+        let policy = Policy {
+            version: u32::MAX,
+            settings: heapless::Vec::from_slice(&[setting; MAX_SETTINGS]).unwrap(),
+        };
+        let task = Task {
+            seq: u32::MAX,
+            id: TaskId(u64::MAX),
+            kind: TaskKind::Wipe,
+        };
+        let all = [
+            Down::Challenge {
+                version: u16::MAX,
+                nonce: [0xFF; 16],
+            },
+            Down::Welcome {
+                ack: u32::MAX,
+                periodic_s: u32::MAX,
+            },
+            Down::Ack { seq: u32::MAX },
+            Down::Task(task),
+            Down::Cancel {
+                task: TaskId(u64::MAX),
+            },
+            Down::Policy(policy),
+            Down::SyncEnd,
+            Down::Error(ErrorCode::VersionMismatch {
+                supported: u16::MAX,
+            }),
+        ];
+        let mut buf = [0u8; MAX_PAYLOAD];
+        for msg in &all {
+            match msg {
+                Down::Challenge { .. } | Down::Welcome { .. } | Down::Ack { .. } => {}
+                Down::Task(_) | Down::Cancel { .. } | Down::Policy(_) => {}
+                Down::SyncEnd | Down::Error(_) => {}
+            }
+            let n = encode_payload(msg, &mut buf).unwrap();
+            assert!(n <= MAX_DOWN_PAYLOAD, "{msg:?}: {n} bytes");
+        }
+        let n = encode_payload(&all[5], &mut buf).unwrap();
+        assert_eq!(n, MAX_DOWN_PAYLOAD, "the bound is tight");
+    }
 
     #[test]
     fn hello_version_is_readable_from_a_foreign_hello() {
