@@ -47,7 +47,7 @@
 //!
 //! The runner needs one two-way `select` (bytes or a wake) under a deadline;
 //! embassy-time's `with_deadline` gives the deadline, and the select is the ten
-//! lines of [`select`] below, so the crate does not pull in another dependency.
+//! lines of `select` below, so the crate does not pull in another dependency.
 
 use core::future::{poll_fn, Future};
 use core::pin::pin;
