@@ -242,6 +242,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     decoder: FrameDecoder<{ wire::MAX_DOWN_FRAME }>,
     // Events waiting to be polled.
     persist: bool,
+    // A task was accepted after the last `Persist` was polled: it is in no
+    // snapshot yet, so nothing about it may be handed out before the next.
+    fresh_task: bool,
     connect: bool,
     disconnect: bool,
     outcome: Option<Event>,
@@ -286,6 +289,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             rng,
             decoder: FrameDecoder::new(),
             persist: false,
+            fresh_task: false,
             connect: false,
             disconnect: false,
             outcome: None,
@@ -719,6 +723,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             progress: None,
         };
         self.inflight.push(slot).map_err(|_| busy_err())?;
+        self.fresh_task = true;
         debug!("task {} (seq {}) accepted", task.id.0, task.seq);
         Ok(())
     }
@@ -872,7 +877,18 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 
     /// The next thing the application must do, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
+        // A task already in a snapshot is handed out before a newer snapshot is
+        // asked for: a power loss while that one is written must not fail, as
+        // "interrupted", a task that was accepted but never handed out.
+        if self.persist && !self.fresh_task {
+            if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
+                i.announced = true;
+                self.stats.executed = self.stats.executed.wrapping_add(1);
+                return Some(Event::Execute(i.task));
+            }
+        }
         if core::mem::take(&mut self.persist) {
+            self.fresh_task = false;
             self.counter = self.counter.wrapping_add(1);
             return Some(Event::Persist);
         }

@@ -1,0 +1,551 @@
+//! An async server adapter over tokio.
+//!
+//! One engine task owns the [`Server`]. Every connection gets a task that
+//! forwards the bytes it reads to the engine and writes what the engine sends
+//! back; both directions go through bounded channels. The engine task runs
+//! the server's timers on a [`ScaledClock`] it owns, hands push requests to a
+//! [`PushSender`], and serves operator calls made through a clonable
+//! [`ServerHandle`] while it runs.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use mdm_sync::adapters::push::UdpPushSender;
+//! use mdm_sync::adapters::tokio::{serve, Builder};
+//! use mdm_sync::server::{MemoryStore, Server, ServerConfig};
+//! use mdm_sync::wire::{DeviceId, TaskKind};
+//!
+//! let seed = mdm_sync::adapters::os_seed()?;
+//! let server = Server::new(ServerConfig::default(), MemoryStore::new(), [7; 32], seed);
+//! let (handle, engine) = Builder::new(server, UdpPushSender::bind_loopback()?).spawn();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! tokio::spawn(serve(listener, handle.clone()));
+//!
+//! let secret = handle.enroll(DeviceId(1)).await.ok();
+//! let task = handle.enqueue_task(DeviceId(1), TaskKind::Locate, Default::default()).await;
+//! // ... later
+//! handle.shutdown().await;
+//! let server = engine.await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Bounds
+//!
+//! - The engine's input channel (bytes read, connections opened and closed,
+//!   operator calls) holds [`Builder::channel_capacity`] messages; readers
+//!   wait when it is full, so a flood of input slows the readers down.
+//! - Each connection's output channel holds [`Builder::connection_capacity`]
+//!   chunks. The engine never waits on it: a connection whose channel is full
+//!   is too slow to read and is closed, on top of the engine's own
+//!   [`ServerConfig::max_pending_out`](crate::server::ServerConfig).
+//! - A write that stalls longer than [`Builder::write_timeout`] closes its
+//!   connection.
+
+use core::time::Duration as WallDuration;
+use std::boxed::Box;
+use std::collections::HashMap;
+use std::vec::Vec;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::clock::{Clock, ScaledClock};
+use super::push::PushSender;
+use crate::auth::Secret;
+// Host-side adapters log through `log` even with `defmt` on (see blocking.rs).
+use crate::server::{
+    ConnId, DeviceView, FleetStore, FleetView, Server, ServerError, ServerEvent, TaskOptions,
+    TaskRecord, TaskState,
+};
+use crate::time::Instant;
+use crate::wire::{DeviceId, Setting, TaskId, TaskKind};
+use ::log::{debug, warn as warning};
+
+/// Bytes taken from the engine per `poll_transmit` call.
+const OUT_CHUNK: usize = 16 * 1024;
+/// Messages handled per wake-up before output is flushed.
+const BATCH: usize = 256;
+
+/// A callback that sees every server event on the engine task.
+pub type EventHook = Box<dyn FnMut(&ServerEvent, Instant) + Send>;
+
+type Call<S> = Box<dyn FnOnce(&mut Server<S>, Instant) + Send>;
+type OpenReply<S> = oneshot::Sender<Result<ConnId, ServerError<<S as FleetStore>::Error>>>;
+
+enum Msg<S: FleetStore> {
+    Open {
+        out: mpsc::Sender<Vec<u8>>,
+        reply: OpenReply<S>,
+    },
+    Bytes {
+        conn: ConnId,
+        data: Vec<u8>,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Call(Call<S>),
+    Shutdown,
+}
+
+/// Why an operator call failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallError<E> {
+    /// The engine task has stopped.
+    Stopped,
+    /// The engine refused the call.
+    Server(ServerError<E>),
+}
+
+impl<E: core::fmt::Debug> core::fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CallError::Stopped => f.write_str("server engine stopped"),
+            CallError::Server(e) => write!(f, "server refused: {e:?}"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug> core::error::Error for CallError<E> {}
+
+/// Configures and starts the engine task.
+pub struct Builder<S: FleetStore, P> {
+    server: Server<S>,
+    push: P,
+    clock: ScaledClock,
+    hook: Option<EventHook>,
+    capacity: usize,
+    conn_capacity: usize,
+    write_timeout: WallDuration,
+    read_buf: usize,
+}
+
+impl<S, P> Builder<S, P>
+where
+    S: FleetStore + Send + 'static,
+    S::Error: Send + 'static,
+    P: PushSender + Send + 'static,
+{
+    /// An engine for `server`, sending pushes through `push`, on a real-time
+    /// clock that starts now.
+    pub fn new(server: Server<S>, push: P) -> Self {
+        Self {
+            server,
+            push,
+            clock: ScaledClock::new(),
+            hook: None,
+            capacity: 1024,
+            conn_capacity: 32,
+            write_timeout: WallDuration::from_secs(30),
+            read_buf: 4096,
+        }
+    }
+
+    /// The clock the engine reads (e.g. a sped-up one for a simulation). The
+    /// server's stored instants are on this clock.
+    pub fn clock(mut self, clock: ScaledClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// A callback for every server event, run on the engine task (keep it short).
+    pub fn on_event(mut self, hook: impl FnMut(&ServerEvent, Instant) + Send + 'static) -> Self {
+        self.hook = Some(Box::new(hook));
+        self
+    }
+
+    /// Capacity of the engine's input channel (default 1024, at least 1).
+    pub fn channel_capacity(mut self, n: usize) -> Self {
+        self.capacity = n.max(1);
+        self
+    }
+
+    /// Output chunks queued per connection before it counts as too slow
+    /// (default 32 chunks of up to 16 KiB, at least 1).
+    pub fn connection_capacity(mut self, n: usize) -> Self {
+        self.conn_capacity = n.max(1);
+        self
+    }
+
+    /// How long one write to a connection may stall (wall time, default 30 s).
+    pub fn write_timeout(mut self, t: WallDuration) -> Self {
+        self.write_timeout = t;
+        self
+    }
+
+    /// Starts the engine task on the current tokio runtime. The task ends
+    /// after [`ServerHandle::shutdown`] (or when every handle and connection
+    /// is gone) and gives the server back.
+    pub fn spawn(self) -> (ServerHandle<S>, JoinHandle<Server<S>>) {
+        let (tx, rx) = mpsc::channel(self.capacity);
+        let handle = ServerHandle {
+            tx,
+            clock: self.clock,
+            conn_capacity: self.conn_capacity,
+            write_timeout: self.write_timeout,
+            read_buf: self.read_buf,
+        };
+        let engine = Engine {
+            server: self.server,
+            push: self.push,
+            clock: self.clock,
+            hook: self.hook,
+            rx,
+            conns: HashMap::new(),
+            buf: std::vec![0; OUT_CHUNK],
+        };
+        (handle, tokio::spawn(engine.run()))
+    }
+}
+
+/// Operator and transport access to a running engine. Cheap to clone.
+pub struct ServerHandle<S: FleetStore> {
+    tx: mpsc::Sender<Msg<S>>,
+    clock: ScaledClock,
+    conn_capacity: usize,
+    write_timeout: WallDuration,
+    read_buf: usize,
+}
+
+impl<S: FleetStore> Clone for ServerHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            clock: self.clock,
+            conn_capacity: self.conn_capacity,
+            write_timeout: self.write_timeout,
+            read_buf: self.read_buf,
+        }
+    }
+}
+
+impl<S> ServerHandle<S>
+where
+    S: FleetStore + Send + 'static,
+    S::Error: Send + 'static,
+{
+    /// The engine's current time.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> ScaledClock {
+        self.clock
+    }
+
+    /// Runs `f` on the engine task with the server and the current time, and
+    /// returns its result. Everything the call queues (frames, pushes, events)
+    /// goes out right after it.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, CallError<S::Error>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Server<S>, Instant) -> R + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let call: Call<S> = Box::new(move |server, now| {
+            let _ = reply.send(f(server, now));
+        });
+        self.tx
+            .send(Msg::Call(call))
+            .await
+            .map_err(|_| CallError::Stopped)?;
+        answer.await.map_err(|_| CallError::Stopped)
+    }
+
+    /// Like [`call`](Self::call), for engine calls that return a `Result`.
+    async fn try_call<R, F>(&self, f: F) -> Result<R, CallError<S::Error>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Server<S>, Instant) -> Result<R, ServerError<S::Error>> + Send + 'static,
+    {
+        self.call(f).await?.map_err(CallError::Server)
+    }
+
+    /// Enrolls a device; returns the secret to provision on it.
+    pub async fn enroll(&self, device: DeviceId) -> Result<Secret, CallError<S::Error>> {
+        self.try_call(move |s, now| s.enroll(device, now)).await
+    }
+
+    /// Queues a task (see [`Server::enqueue_task`]).
+    pub async fn enqueue_task(
+        &self,
+        device: DeviceId,
+        kind: TaskKind,
+        opts: TaskOptions,
+    ) -> Result<TaskId, CallError<S::Error>> {
+        self.try_call(move |s, now| s.enqueue_task(device, kind, opts, now))
+            .await
+    }
+
+    /// Cancels a task (see [`Server::cancel_task`]).
+    pub async fn cancel_task(&self, task: TaskId) -> Result<TaskState, CallError<S::Error>> {
+        self.try_call(move |s, now| s.cancel_task(task, now)).await
+    }
+
+    /// Assigns a new policy version; returns it (see [`Server::assign_policy`]).
+    pub async fn assign_policy(
+        &self,
+        device: DeviceId,
+        settings: Vec<Setting>,
+    ) -> Result<u32, CallError<S::Error>> {
+        self.try_call(move |s, now| s.assign_policy(device, &settings, now))
+            .await
+    }
+
+    /// The whole fleet in numbers.
+    pub async fn fleet_view(&self) -> Result<FleetView, CallError<S::Error>> {
+        self.try_call(|s, _| s.fleet_view()).await
+    }
+
+    /// One device as the console shows it.
+    pub async fn device_view(&self, device: DeviceId) -> Result<DeviceView, CallError<S::Error>> {
+        self.try_call(move |s, _| s.device_view(device)).await
+    }
+
+    /// One task's record.
+    pub async fn task(&self, task: TaskId) -> Result<Option<TaskRecord>, CallError<S::Error>> {
+        self.try_call(move |s, _| s.task(task)).await
+    }
+
+    /// Stops the engine task: every connection is closed and the task's
+    /// `JoinHandle` yields the server. Harmless if it already stopped.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown).await;
+    }
+
+    /// Serves one accepted byte stream (TCP, TLS, Unix socket, serial...)
+    /// until either side closes it. Fails with `Server(Busy)` at the
+    /// session limit, in which case the stream is dropped.
+    pub async fn attach<T>(&self, stream: T) -> Result<ConnId, CallError<S::Error>>
+    where
+        T: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (out, out_rx) = mpsc::channel(self.conn_capacity);
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::Open { out, reply })
+            .await
+            .map_err(|_| CallError::Stopped)?;
+        let conn = answer
+            .await
+            .map_err(|_| CallError::Stopped)?
+            .map_err(CallError::Server)?;
+        let link = Link {
+            conn,
+            out: out_rx,
+            engine: self.tx.clone(),
+            write_timeout: self.write_timeout,
+            read_buf: self.read_buf,
+        };
+        tokio::spawn(link.run(stream));
+        Ok(conn)
+    }
+}
+
+/// Accepts TCP connections and attaches each to the engine, with Nagle's
+/// algorithm off. Returns when the engine stops. A failed `accept` (out of
+/// file descriptors, a connection reset before it was accepted) is logged
+/// and retried after 10 ms, so a burst of errors cannot spin the loop.
+pub async fn serve<S>(listener: TcpListener, handle: ServerHandle<S>)
+where
+    S: FleetStore + Send + 'static,
+    S::Error: Send + 'static,
+{
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warning!("accept failed: {}", e);
+                ::tokio::time::sleep(WallDuration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!("set_nodelay failed: {}", e);
+        }
+        match handle.attach(stream).await {
+            Ok(_) => {}
+            Err(CallError::Stopped) => return,
+            Err(CallError::Server(e)) => debug!("connection refused: {:?}", e),
+        }
+    }
+}
+
+/// One connection's task: reads go to the engine, the engine's bytes are written.
+struct Link<S: FleetStore> {
+    conn: ConnId,
+    out: mpsc::Receiver<Vec<u8>>,
+    engine: mpsc::Sender<Msg<S>>,
+    write_timeout: WallDuration,
+    read_buf: usize,
+}
+
+impl<S: FleetStore> Link<S> {
+    async fn run<T: AsyncRead + AsyncWrite>(mut self, stream: T) {
+        let conn = self.conn;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = std::vec![0u8; self.read_buf];
+        loop {
+            tokio::select! {
+                read = rd.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let data = buf[..n].to_vec();
+                        if self.engine.send(Msg::Bytes { conn, data }).await.is_err() {
+                            return; // engine stopped
+                        }
+                    }
+                },
+                out = self.out.recv() => match out {
+                    Some(bytes) => {
+                        let write = tokio::time::timeout(self.write_timeout, wr.write_all(&bytes));
+                        if !matches!(write.await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                    None => {
+                        // The engine closed it; everything queued has been written.
+                        let _ = tokio::time::timeout(self.write_timeout, wr.shutdown()).await;
+                        return;
+                    }
+                },
+            }
+        }
+        let _ = self.engine.send(Msg::Closed { conn }).await;
+    }
+}
+
+/// The engine task's state.
+struct Engine<S: FleetStore, P> {
+    server: Server<S>,
+    push: P,
+    clock: ScaledClock,
+    hook: Option<EventHook>,
+    rx: mpsc::Receiver<Msg<S>>,
+    conns: HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+impl<S: FleetStore, P: PushSender> Engine<S, P> {
+    async fn run(mut self) -> Server<S> {
+        loop {
+            let msg = match self.server.poll_timeout() {
+                Some(at) => {
+                    let wait = self.clock.wall_until(at);
+                    tokio::select! {
+                        msg = self.rx.recv() => msg,
+                        () = tokio::time::sleep(wait) => {
+                            self.timers();
+                            self.flush();
+                            continue;
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            if !self.handle_batch(msg) {
+                break;
+            }
+            self.timers();
+            self.flush();
+        }
+        self.conns.clear(); // closes every connection
+        self.flush();
+        self.server
+    }
+
+    /// Handles `first` and whatever else is waiting (up to a batch); false
+    /// when the engine must stop.
+    fn handle_batch(&mut self, first: Option<Msg<S>>) -> bool {
+        let mut next = first;
+        for _ in 0..BATCH {
+            match next {
+                None | Some(Msg::Shutdown) => return false,
+                Some(msg) => self.on_msg(msg),
+            }
+            match self.rx.try_recv() {
+                Ok(msg) => next = Some(msg),
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+
+    fn on_msg(&mut self, msg: Msg<S>) {
+        let now = self.clock.now();
+        match msg {
+            Msg::Open { out, reply } => {
+                let opened = self.server.connection_opened(now);
+                if let Ok(conn) = opened {
+                    self.conns.insert(conn, out);
+                }
+                let _ = reply.send(opened);
+            }
+            Msg::Bytes { conn, data } => match self.server.handle_bytes(conn, &data, now) {
+                Ok(()) => {}
+                Err(ServerError::UnknownConnection) => {
+                    self.conns.remove(&conn);
+                }
+                Err(e) => debug!("connection {} failed: {:?}", conn.0, e),
+            },
+            Msg::Closed { conn } => {
+                self.server.connection_closed(conn, now);
+                self.conns.remove(&conn);
+            }
+            Msg::Call(call) => call(&mut self.server, now),
+            Msg::Shutdown => {}
+        }
+    }
+
+    /// Runs the server's timers if one is due.
+    fn timers(&mut self) {
+        let now = self.clock.now();
+        if self.server.poll_timeout().is_some_and(|at| at <= now) {
+            if let Err(e) = self.server.handle_timeout(now) {
+                warning!("server timers failed: {:?}", e);
+            }
+        }
+    }
+
+    /// Moves the engine's output to the connections, then handles its events.
+    fn flush(&mut self) {
+        let now = self.clock.now();
+        while let Some((conn, n)) = self.server.poll_transmit(&mut self.buf) {
+            let Some(out) = self.conns.get(&conn) else {
+                continue; // the transport is already gone
+            };
+            if out.try_send(self.buf[..n].to_vec()).is_err() {
+                debug!("connection {} too slow; closing", conn.0);
+                self.conns.remove(&conn);
+                self.server.connection_closed(conn, now);
+            }
+        }
+        while let Some(ev) = self.server.poll_event() {
+            self.on_event(&ev);
+            if let Some(hook) = self.hook.as_mut() {
+                hook(&ev, now);
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: &ServerEvent) {
+        match ev {
+            ServerEvent::SendPush {
+                device,
+                platform,
+                token,
+            } => {
+                if let Err(e) = self.push.send_push(*device, *platform, token) {
+                    debug!("push to device {} failed: {}", device.0, e);
+                }
+            }
+            ServerEvent::Close { conn } => {
+                self.conns.remove(conn);
+            }
+            _ => {}
+        }
+    }
+}
