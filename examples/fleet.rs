@@ -1344,9 +1344,11 @@ fn print_summary(
         view.policy_applied, view.policy_partial, view.policy_rejected, view.policy_pending
     );
     println!(
-        "  sync failures (device)   {} (offline, power loss, ...); overdue events {}",
+        "  sync failures (device)   {} (offline, power loss, ...); overdue events {}; \
+         failed authentications {}",
         c.sync_failures.load(Relaxed),
-        c.overdue.load(Relaxed)
+        c.overdue.load(Relaxed),
+        c.auth_failed.load(Relaxed)
     );
 }
 
@@ -1617,6 +1619,13 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
         .map(|l| l.compliance.clone())
         .unwrap_or_default();
     verify_devices(&mut report, &slots, &stored, &assigned);
+    let auth_failed = counters.auth_failed.load(Relaxed);
+    if auth_failed > 0 {
+        fail(
+            &mut report,
+            format!("{auth_failed} sessions failed authentication"),
+        );
+    }
     if view.on_latest_policy != n {
         fail(
             &mut report,

@@ -18,8 +18,9 @@ use mdm_sync::device::{DeviceConfig, SessionError};
 use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerEvent, TaskState};
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
-    reason, ComplianceEvent, DeviceId, Platform, Policy, PolicyOutcome, Setting, SyncTrigger, Task,
-    TaskId, TaskKind, TaskResult, TaskStatus,
+    self, reason, ComplianceEvent, DeviceId, Down, ErrorCode, FrameDecoder, Platform, Policy,
+    PolicyOutcome, Setting, SyncTrigger, Task, TaskId, TaskKind, TaskResult, TaskStatus, Up,
+    MAX_FRAME,
 };
 
 // ---- a scripted transport backed by an in-memory server --------------------
@@ -581,4 +582,75 @@ fn tcp_loopback_sync_and_push_against_the_tokio_server() {
     rt.block_on(handle.shutdown());
     let server = rt.block_on(engine).unwrap();
     assert_eq!(server.fleet_view().unwrap().tasks.succeeded, 2);
+}
+
+/// Every `Down` message in a byte stream.
+fn down_messages(mut bytes: &[u8]) -> Vec<Down> {
+    let mut decoder = FrameDecoder::<MAX_FRAME>::new();
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let n = decoder.push(bytes);
+        bytes = &bytes[n..];
+        while let Some(frame) = decoder.decode() {
+            if let Ok(payload) = frame {
+                out.extend(wire::decode::<Down>(payload).ok());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_tokio_server_closes_silent_and_misbehaving_peers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // 1000x: the 30-second handshake timeout takes 30 ms.
+        let clock = ScaledClock::scaled(1000.0);
+        let server = Server::new(
+            ServerConfig::default(),
+            MemoryStore::new(),
+            [8; 32],
+            [9; 32],
+        );
+        let push = |_: DeviceId, _: Platform, _: &str| Ok(());
+        let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push)
+            .clock(clock)
+            .spawn();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
+        let limit = Wall::from_secs(5);
+
+        // Silent: a timeout error frame, then the connection is closed.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(limit, silent.read_to_end(&mut got)).await;
+        assert!(matches!(read, Ok(Ok(_))), "closed in time: {read:?}");
+        assert_eq!(down_messages(&got), vec![Down::Error(ErrorCode::Timeout)]);
+
+        // A proof before any hello: an error frame, then closed.
+        let mut rude = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut frame = [0u8; MAX_FRAME];
+        let n = wire::frame::encode(&Up::Proof { mac: [0; 32] }, &mut frame).unwrap();
+        rude.write_all(b"garbage first").await.unwrap();
+        rude.write_all(&frame[..n]).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(limit, rude.read_to_end(&mut got)).await;
+        assert!(matches!(read, Ok(Ok(_))), "closed in time: {read:?}");
+        assert_eq!(
+            down_messages(&got),
+            vec![Down::Error(ErrorCode::BadMessage)]
+        );
+
+        // The engine still serves operator calls.
+        assert!(handle.enroll(DEV).await.is_ok());
+        let view = handle.fleet_view().await.unwrap();
+        assert_eq!((view.devices, view.online), (1, 0));
+        handle.shutdown().await;
+    });
 }
