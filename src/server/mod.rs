@@ -337,11 +337,13 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn drop_open_tasks(&mut self, id: DeviceId, now: Instant) -> Result<(), S> {
-        for tid in self.open_task_ids(id)? {
-            if let Some(mut t) = self.store.task(tid)? {
+        let ids = self.open_task_ids(id)?;
+        for tid in &ids {
+            if let Some(mut t) = self.store.task(*tid)? {
                 self.set_state(&mut t, TaskState::Dropped, now)?;
             }
         }
+        self.scratch = ids; // keeps its capacity: no allocation next time
         Ok(())
     }
 
@@ -516,13 +518,15 @@ impl<S: FleetStore> Server<S> {
             platform,
             token,
         });
-        for tid in self.open_task_ids(device)? {
-            if let Some(mut t) = self.store.task(tid)? {
+        let ids = self.open_task_ids(device)?;
+        for tid in &ids {
+            if let Some(mut t) = self.store.task(*tid)? {
                 if t.state == TaskState::Queued {
                     self.set_state(&mut t, TaskState::PushSent, now)?;
                 }
             }
         }
+        self.scratch = ids;
         Ok(())
     }
 

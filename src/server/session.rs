@@ -232,7 +232,29 @@ impl<S: FleetStore> Server<S> {
         if !s.queued {
             s.queued = true;
             self.ready.push_back(conn);
+            self.compact_ready();
         }
+    }
+
+    /// Drops stale entries from `ready`: a connection drained through
+    /// `poll_transmit_for`, or closed, leaves its entry behind. Runs once the
+    /// queue holds more than twice the open sessions, so it costs O(1) per
+    /// send amortized and the queue stays bounded by the sessions.
+    fn compact_ready(&mut self) {
+        if self.ready.len() <= 2 * self.sessions.len() + 64 {
+            return;
+        }
+        for s in self.sessions.values_mut() {
+            s.queued = false;
+        }
+        let sessions = &mut self.sessions;
+        self.ready.retain(|c| match sessions.get_mut(c) {
+            Some(s) if s.has_output() && !s.queued => {
+                s.queued = true;
+                true
+            }
+            _ => false,
+        });
     }
 
     fn on_proof(&mut self, conn: ConnId, mac: [u8; 32], now: Instant) -> Result<(), S> {
