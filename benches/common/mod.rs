@@ -1,0 +1,366 @@
+//! Shared by the benches and by `tests/wire_size.rs`: sample messages of every
+//! kind, and a device and a server wired together in memory (no sockets) that
+//! can record the bytes of a whole sync.
+#![allow(dead_code, unreachable_pub)] // reason: each bench uses a part of it
+
+use mdm_sync::device::{Device, DeviceConfig, Event};
+use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerEvent};
+use mdm_sync::time::{Duration, Instant};
+use mdm_sync::wire::{
+    ComplianceEvent, DeviceId, Down, ErrorCode, Hello, Platform, Policy, PolicyOutcome,
+    PolicyReport, ReportBody, Setting, SyncTrigger, Task, TaskId, TaskKind, TaskResult, TaskStatus,
+    Up, PROTOCOL_VERSION,
+};
+
+/// A 152-character token, the length of a typical FCM registration token.
+pub const FCM_TOKEN: &str =
+    "cXk3bT9hR2VfQkxqZ1V0dVpXaUtJbzpBUEE5MWJHcFJzVEtfc2x2cFVvaEZyQ0pDcmJ2M1pBa3FXUDN4\
+bVhrZ0VmTm5CVHBzR1lMZG9Rbm5oVWtyTndMY2JzRkVxUXpwWmJIY3ZmQ0h4T3k5";
+
+/// Eight settings with realistic keys and values.
+pub fn sample_policy(version: u32) -> Policy {
+    let pairs: [(u16, i64); 8] = [
+        (1, 1),         // camera disabled
+        (2, 6),         // minimum password length
+        (3, 90),        // password expiry, days
+        (4, 0),         // USB debugging off
+        (5, 300),       // screen lock after, seconds
+        (6, 10),        // wipe after failed unlocks
+        (7, 1_700_000), // allowed app list id
+        (8, -1),        // no VPN profile
+    ];
+    let mut settings = heapless::Vec::new();
+    for (key, value) in pairs {
+        settings.push(Setting { key, value }).unwrap();
+    }
+    Policy { version, settings }
+}
+
+pub fn sample_hello() -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        device: DeviceId(1_234_567),
+        generation: 0,
+        platform: Platform::Android,
+        push_token: heapless::String::try_from(FCM_TOKEN).unwrap(),
+        trigger: SyncTrigger::Push,
+        last_task_seq: 41,
+        policy_version: 6,
+    }
+}
+
+/// The task message of the goals: a delivery of one task.
+pub fn sample_task() -> Down {
+    Down::Task(Task {
+        seq: 42,
+        id: TaskId(9_876_543_210),
+        kind: TaskKind::Locate,
+    })
+}
+
+/// One message of every kind from device to server, with a name.
+pub fn up_messages() -> Vec<(&'static str, Up)> {
+    let task = TaskId(9_876_543_210);
+    vec![
+        ("up_hello", Up::Hello(sample_hello())),
+        ("up_proof", Up::Proof { mac: [0xA7; 32] }),
+        (
+            "up_progress",
+            Up::Progress {
+                task,
+                percent: Some(42),
+            },
+        ),
+        (
+            "up_report_task",
+            Up::Report {
+                seq: 1_017,
+                body: ReportBody::Task {
+                    task,
+                    status: TaskStatus::Succeeded {
+                        result: Some(TaskResult::Location {
+                            lat_e7: 525_200_000,
+                            lon_e7: 134_050_000,
+                            accuracy_m: 12,
+                        }),
+                    },
+                },
+            },
+        ),
+        (
+            "up_report_compliance",
+            Up::Report {
+                seq: 1_018,
+                body: ReportBody::Compliance(ComplianceEvent::BlockedPageVisited { category: 12 }),
+            },
+        ),
+        (
+            "up_report_policy",
+            Up::Report {
+                seq: 1_019,
+                body: ReportBody::Policy(PolicyReport {
+                    version: 7,
+                    outcome: PolicyOutcome::Applied,
+                }),
+            },
+        ),
+    ]
+}
+
+/// One message of every kind from server to device, with a name.
+pub fn down_messages() -> Vec<(&'static str, Down)> {
+    vec![
+        (
+            "down_challenge",
+            Down::Challenge {
+                version: PROTOCOL_VERSION,
+                nonce: [0x3C; 16],
+            },
+        ),
+        (
+            "down_welcome",
+            Down::Welcome {
+                ack: 1_016,
+                periodic_s: 10_800,
+            },
+        ),
+        ("down_ack", Down::Ack { seq: 1_017 }),
+        ("down_task", sample_task()),
+        (
+            "down_cancel",
+            Down::Cancel {
+                task: TaskId(9_876_543_210),
+            },
+        ),
+        ("down_policy", Down::Policy(sample_policy(7))),
+        ("down_sync_end", Down::SyncEnd),
+        ("down_error", Down::Error(ErrorCode::AuthFailed)),
+    ]
+}
+
+pub const T0: Instant = Instant::from_millis(1_000_000);
+pub const MASTER: [u8; 32] = [1; 32];
+pub const NONCE_SEED: [u8; 32] = [2; 32];
+
+/// What the simulated device application does with the tasks it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum App {
+    /// Finish every task at once.
+    Succeed,
+    /// Keep the next task running (so the session stays open), finish the rest.
+    HoldNext,
+}
+
+/// One device and a server, wired together in memory.
+pub struct Rig {
+    pub server: Server<MemoryStore>,
+    pub device: Device,
+    pub id: DeviceId,
+    pub conn: Option<ConnId>,
+    pub now: Instant,
+    pub app: App,
+    pub held: Option<TaskId>,
+    /// Bytes sent by the device and by the server, when recording.
+    pub record: Option<(Vec<u8>, Vec<u8>)>,
+    pub syncs_done: u32,
+    buf: Box<[u8; 4096]>,
+    snap: Box<[u8; 1024]>,
+}
+
+impl Rig {
+    /// A server with one enrolled device that has a push token and a policy
+    /// history of none; nothing has synced yet.
+    pub fn new() -> Self {
+        let mut server = Server::new(
+            ServerConfig::default(),
+            MemoryStore::new(),
+            MASTER,
+            NONCE_SEED,
+        );
+        let id = DeviceId(1_234_567);
+        let secret = server.enroll(id, T0).unwrap();
+        let mut cfg = DeviceConfig::new(id, 0, secret, Platform::Android);
+        cfg.push_token = heapless::String::try_from(FCM_TOKEN).unwrap();
+        Self {
+            server,
+            device: Device::new(cfg, T0),
+            id,
+            conn: None,
+            now: T0,
+            app: App::Succeed,
+            held: None,
+            record: None,
+            syncs_done: 0,
+            buf: Box::new([0; 4096]),
+            snap: Box::new([0; 1024]),
+        }
+    }
+
+    /// A rig whose device has done its boot sync and is in an open session
+    /// that stays open: it holds one long task, and time stands still.
+    pub fn in_session() -> Self {
+        let mut rig = Rig::new();
+        rig.app = App::HoldNext;
+        rig.server
+            .enqueue_task(rig.id, TaskKind::Scan, Default::default(), rig.now)
+            .unwrap();
+        rig.device.handle_timeout(rig.now);
+        rig.pump();
+        assert!(rig.held.is_some() && rig.conn.is_some(), "session not open");
+        rig
+    }
+
+    /// Queues a task for the device; returns its id.
+    pub fn queue(&mut self, kind: TaskKind) -> TaskId {
+        self.server
+            .enqueue_task(self.id, kind, Default::default(), self.now)
+            .unwrap()
+    }
+
+    /// Runs device and server until neither has anything left to do.
+    pub fn pump(&mut self) {
+        loop {
+            let mut moved = self.device_events();
+            moved |= self.device_to_server();
+            moved |= self.server_to_device();
+            moved |= self.server_events();
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Lets virtual time pass and runs every timer due.
+    pub fn advance(&mut self, d: Duration) {
+        self.now = self.now + d;
+        if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.server.handle_timeout(self.now).unwrap();
+        }
+        self.device.handle_timeout(self.now);
+    }
+
+    fn device_events(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(ev) = self.device.poll_event() {
+            moved = true;
+            self.on_device_event(ev);
+        }
+        moved
+    }
+
+    fn on_device_event(&mut self, ev: Event) {
+        let now = self.now;
+        match ev {
+            Event::Persist => {
+                let n = self.device.snapshot(&mut self.snap[..]).unwrap();
+                core::hint::black_box(&self.snap[..n]);
+            }
+            Event::Connect => {
+                let conn = self.server.connection_opened(now).unwrap();
+                self.conn = Some(conn);
+                self.device.connected(now);
+            }
+            Event::Disconnect => {
+                if let Some(conn) = self.conn.take() {
+                    self.server.connection_closed(conn, now);
+                }
+            }
+            Event::Execute(task) => {
+                if self.app == App::HoldNext && self.held.is_none() {
+                    self.held = Some(task.id);
+                } else {
+                    let status = TaskStatus::Succeeded { result: None };
+                    self.device.task_status(task.id, status, now).unwrap();
+                }
+            }
+            Event::ApplyPolicy { version } => {
+                self.device
+                    .policy_applied(version, PolicyOutcome::Applied, now)
+                    .unwrap();
+            }
+            Event::SyncDone { .. } => self.syncs_done += 1,
+            _ => {}
+        }
+    }
+
+    fn device_to_server(&mut self) -> bool {
+        let Some(conn) = self.conn else {
+            return false;
+        };
+        let mut moved = false;
+        while let Some(n) = self.device.poll_transmit(&mut self.buf[..]).unwrap() {
+            moved = true;
+            if let Some((up, _)) = &mut self.record {
+                up.extend_from_slice(&self.buf[..n]);
+            }
+            self.server
+                .handle_bytes(conn, &self.buf[..n], self.now)
+                .unwrap();
+        }
+        moved
+    }
+
+    fn server_to_device(&mut self) -> bool {
+        let Some(conn) = self.conn else {
+            return false;
+        };
+        let mut moved = false;
+        while let Some(n) = self.server.poll_transmit_for(conn, &mut self.buf[..]) {
+            moved = true;
+            if let Some((_, down)) = &mut self.record {
+                down.extend_from_slice(&self.buf[..n]);
+            }
+            self.device.handle_bytes(&self.buf[..n], self.now).unwrap();
+        }
+        moved
+    }
+
+    fn server_events(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(ev) = self.server.poll_event() {
+            moved = true;
+            match ev {
+                ServerEvent::SendPush { .. } => self.device.push_received(self.now),
+                ServerEvent::Close { conn } if Some(conn) == self.conn => {
+                    self.conn = None;
+                    self.device.disconnected(self.now);
+                }
+                _ => {}
+            }
+        }
+        if moved {
+            self.device.handle_timeout(self.now);
+        }
+        moved
+    }
+}
+
+/// The bytes of one whole sync, both directions: boot sync with the
+/// handshake, one task, its status and one policy.
+pub fn recorded_sync() -> (Vec<u8>, Vec<u8>) {
+    let mut rig = Rig::new();
+    rig.queue(TaskKind::Lock);
+    rig.server
+        .assign_policy(rig.id, &sample_policy(1).settings, rig.now)
+        .unwrap();
+    rig.record = Some((Vec::new(), Vec::new()));
+    rig.device.handle_timeout(rig.now);
+    rig.pump();
+    assert_eq!(rig.syncs_done, 1, "the sync did not complete");
+    rig.record.take().unwrap()
+}
+
+/// Splits a recorded byte stream into its frames' payloads.
+pub fn payloads(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut dec = mdm_sync::wire::FrameDecoder::<{ mdm_sync::wire::MAX_FRAME }>::new();
+    let mut out = Vec::new();
+    let mut rest = stream;
+    while !rest.is_empty() {
+        let n = dec.push(rest);
+        rest = &rest[n..];
+        while let Some(r) = dec.decode() {
+            out.push(r.expect("recorded frames are intact").to_vec());
+        }
+    }
+    out
+}

@@ -1,0 +1,147 @@
+//! The wire format: encode + decode of every message kind, bare (postcard
+//! payload) and framed (magic, length, CRC-32), against serde_json on the same
+//! messages and a memcpy of the frame bytes; and the streaming frame decoder
+//! fed a recorded sync in 1-byte, 64-byte and whole-buffer chunks.
+
+mod common;
+
+use core::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde::{de::DeserializeOwned, Serialize};
+
+use mdm_sync::wire::{self, frame, Down, FrameDecoder, Up, MAX_FRAME};
+
+fn encode_decode<T>(c: &mut Criterion, name: &str, msg: &T)
+where
+    T: Serialize + DeserializeOwned + PartialEq + core::fmt::Debug,
+{
+    let mut g = c.benchmark_group(format!("wire/{name}"));
+    let mut buf = [0u8; MAX_FRAME];
+    let bare = wire::encode_payload(msg, &mut buf).unwrap();
+    let framed = frame::encode(msg, &mut buf).unwrap();
+    let json = serde_json::to_vec(msg).unwrap();
+    assert_eq!(&serde_json::from_slice::<T>(&json).unwrap(), msg);
+    g.throughput(Throughput::Elements(1));
+
+    g.bench_function(BenchmarkId::new("postcard", bare), |b| {
+        let mut buf = [0u8; MAX_FRAME];
+        b.iter(|| {
+            let n = wire::encode_payload(black_box(msg), &mut buf).unwrap();
+            wire::decode::<T>(black_box(&buf[..n])).unwrap()
+        })
+    });
+    g.bench_function(BenchmarkId::new("framed", framed), |b| {
+        let mut buf = [0u8; MAX_FRAME];
+        let mut dec = FrameDecoder::<MAX_FRAME>::new();
+        b.iter(|| {
+            let n = frame::encode(black_box(msg), &mut buf).unwrap();
+            dec.push(black_box(&buf[..n]));
+            let payload = dec.decode().unwrap().unwrap();
+            wire::decode::<T>(payload).unwrap()
+        })
+    });
+    g.bench_function(BenchmarkId::new("json", json.len()), |b| {
+        let mut out = Vec::with_capacity(1024);
+        b.iter(|| {
+            out.clear();
+            serde_json::to_writer(&mut out, black_box(msg)).unwrap();
+            serde_json::from_slice::<T>(black_box(&out)).unwrap()
+        })
+    });
+    g.bench_function(BenchmarkId::new("memcpy_frame", framed), |b| {
+        let src = buf;
+        let mut dst = [0u8; MAX_FRAME];
+        b.iter(|| {
+            dst[..framed].copy_from_slice(black_box(&src[..framed]));
+            black_box(&dst);
+        })
+    });
+    g.finish();
+}
+
+/// Encode only and decode only, for the task message of the goals.
+fn task_halves(c: &mut Criterion) {
+    let msg = common::sample_task();
+    let mut g = c.benchmark_group("wire/down_task_halves");
+    let mut buf = [0u8; MAX_FRAME];
+    g.bench_function("postcard_encode", |b| {
+        b.iter(|| wire::encode_payload(black_box(&msg), &mut buf).unwrap())
+    });
+    let n = wire::encode_payload(&msg, &mut buf).unwrap();
+    let bare = buf;
+    g.bench_function("postcard_decode", |b| {
+        b.iter(|| wire::decode::<Down>(black_box(&bare[..n])).unwrap())
+    });
+    g.bench_function("frame_encode", |b| {
+        b.iter(|| frame::encode(black_box(&msg), &mut buf).unwrap())
+    });
+    let n = frame::encode(&msg, &mut buf).unwrap();
+    let framed = buf;
+    g.bench_function("frame_decode", |b| {
+        let mut dec = FrameDecoder::<MAX_FRAME>::new();
+        b.iter(|| {
+            dec.push(black_box(&framed[..n]));
+            let payload = dec.decode().unwrap().unwrap();
+            wire::decode::<Down>(payload).unwrap()
+        })
+    });
+    g.bench_function("crc32", |b| {
+        b.iter(|| wire::crc32(black_box(&framed[2..n - 4])))
+    });
+    g.finish();
+}
+
+fn messages(c: &mut Criterion) {
+    for (name, msg) in common::down_messages() {
+        encode_decode::<Down>(c, name, &msg);
+    }
+    for (name, msg) in common::up_messages() {
+        encode_decode::<Up>(c, name, &msg);
+    }
+}
+
+/// Feeds `stream` to a decoder in `chunk`-byte pieces and decodes every
+/// message; returns how many there were.
+fn stream_decode<T: DeserializeOwned>(stream: &[u8], chunk: usize) -> usize {
+    let mut dec = FrameDecoder::<MAX_FRAME>::new();
+    let mut count = 0;
+    for mut part in stream.chunks(chunk) {
+        while !part.is_empty() {
+            let n = dec.push(part);
+            part = &part[n..];
+            while let Some(r) = dec.decode() {
+                let msg = wire::decode::<T>(r.unwrap()).unwrap();
+                black_box(&msg);
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+fn streaming(c: &mut Criterion) {
+    let (up, down) = common::recorded_sync();
+    let frames_up = common::payloads(&up).len();
+    let frames_down = common::payloads(&down).len();
+    let mut g = c.benchmark_group("stream");
+    for chunk in [1, 64, usize::MAX] {
+        let label = if chunk == usize::MAX {
+            "whole".to_string()
+        } else {
+            chunk.to_string()
+        };
+        g.throughput(Throughput::Bytes(down.len() as u64));
+        g.bench_function(BenchmarkId::new("down_sync", &label), |b| {
+            b.iter(|| assert_eq!(stream_decode::<Down>(black_box(&down), chunk), frames_down))
+        });
+        g.throughput(Throughput::Bytes(up.len() as u64));
+        g.bench_function(BenchmarkId::new("up_sync", &label), |b| {
+            b.iter(|| assert_eq!(stream_decode::<Up>(black_box(&up), chunk), frames_up))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, messages, task_halves, streaming);
+criterion_main!(benches);

@@ -1,0 +1,70 @@
+//! Server memory per registered device, measured as resident memory.
+//!
+//! Reads the process's resident set size (`VmRSS` in `/proc/self/status`,
+//! Linux only) before and after enrolling N devices (default 1,000,000) in a
+//! `Server` over the in-memory store, then again after every device has sent
+//! a push token as long as a typical FCM one (152 bytes), as it does in its
+//! first sync.
+//!
+//! ```sh
+//! cargo run --release --example fleet_memory -- 1000000
+//! ```
+
+use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig};
+use mdm_sync::time::Instant;
+use mdm_sync::wire::{DeviceId, Platform};
+
+/// Resident memory of this process in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("Linux /proc");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS value");
+    kb * 1024
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.replace('_', "").parse().expect("a device count"))
+        .unwrap_or(1_000_000);
+    let now = Instant::from_millis(1_000_000);
+    let mut server = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [1; 32],
+        [2; 32],
+    );
+
+    let before = rss();
+    for i in 0..n {
+        server.enroll(DeviceId(i), now).expect("enroll");
+    }
+    let enrolled = rss();
+    let per_device = (enrolled.saturating_sub(before)) as f64 / n as f64;
+    println!("devices enrolled:             {n}");
+    println!("resident memory before:       {:>8.1} MiB", mib(before));
+    println!("resident memory after:        {:>8.1} MiB", mib(enrolled));
+    println!("per idle registered device:   {per_device:>8.1} bytes");
+
+    let token = "t".repeat(152);
+    for i in 0..n {
+        let store = server.store_mut();
+        store
+            .set_push_target(DeviceId(i), Platform::Android, &token)
+            .expect("push target");
+    }
+    let with_tokens = rss();
+    let per_token = (with_tokens.saturating_sub(enrolled)) as f64 / n as f64;
+    println!("plus a 152-byte push token:   {per_token:>8.1} bytes per device");
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
