@@ -12,7 +12,7 @@ use mdm_sync::wire::{
     Up, PROTOCOL_VERSION,
 };
 
-/// A 152-character token, the length of a typical FCM registration token.
+/// A 144-character token, about the length of an FCM registration token.
 pub const FCM_TOKEN: &str =
     "cXk3bT9hR2VfQkxqZ1V0dVpXaUtJbzpBUEE5MWJHcFJzVEtfc2x2cFVvaEZyQ0pDcmJ2M1pBa3FXUDN4\
 bVhrZ0VmTm5CVHBzR1lMZG9Rbm5oVWtyTndMY2JzRkVxUXpwWmJIY3ZmQ0h4T3k5";

@@ -1,0 +1,78 @@
+//! Bytes on the wire for one whole sync — handshake, one task, its statuses
+//! and one policy — in our format (postcard in frames) against the same
+//! messages as JSON (serde_json, without any HTTP around it).
+//!
+//! `cargo test --test wire_size -- --nocapture` prints the table.
+
+#[allow(dead_code)] // reason: the bench helpers; this test uses a part
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use mdm_sync::wire::{self, Down, Up};
+
+/// One row per message: direction, kind, our frame, the same message as JSON.
+fn rows() -> Vec<(&'static str, String, usize, usize)> {
+    let (up, down) = common::recorded_sync();
+    let mut rows = Vec::new();
+    for payload in common::payloads(&up) {
+        let msg: Up = wire::decode(&payload).unwrap();
+        let json = serde_json::to_vec(&msg).unwrap().len();
+        rows.push(("up", up_kind(&msg), payload.len() + 8, json));
+    }
+    for payload in common::payloads(&down) {
+        let msg: Down = wire::decode(&payload).unwrap();
+        let json = serde_json::to_vec(&msg).unwrap().len();
+        rows.push(("down", down_kind(&msg), payload.len() + 8, json));
+    }
+    rows
+}
+
+fn up_kind(msg: &Up) -> String {
+    match msg {
+        Up::Hello(h) => format!("Hello ({}-byte push token)", h.push_token.len()),
+        Up::Proof { .. } => "Proof (HMAC-SHA256)".into(),
+        Up::Progress { .. } => "Progress".into(),
+        Up::Report { body, .. } => match body {
+            wire::ReportBody::Task { status, .. } => match status {
+                wire::TaskStatus::Received => "Report: task received".into(),
+                _ => "Report: task succeeded".into(),
+            },
+            wire::ReportBody::Compliance(_) => "Report: compliance".into(),
+            wire::ReportBody::Policy(_) => "Report: policy applied".into(),
+        },
+    }
+}
+
+fn down_kind(msg: &Down) -> String {
+    match msg {
+        Down::Challenge { .. } => "Challenge (nonce)".into(),
+        Down::Welcome { .. } => "Welcome".into(),
+        Down::Ack { .. } => "Ack".into(),
+        Down::Task(_) => "Task".into(),
+        Down::Cancel { .. } => "Cancel".into(),
+        Down::Policy(p) => format!("Policy ({} settings)", p.settings.len()),
+        Down::SyncEnd => "SyncEnd".into(),
+        Down::Error(_) => "Error".into(),
+    }
+}
+
+#[test]
+fn one_whole_sync_is_far_smaller_than_json() {
+    let rows = rows();
+    println!("| direction | message | mdm-sync (framed) | JSON |");
+    println!("|---|---|---:|---:|");
+    let (mut ours, mut json) = (0, 0);
+    for (dir, kind, o, j) in &rows {
+        println!("| {dir} | {kind} | {o} | {j} |");
+        ours += o;
+        json += j;
+    }
+    let ratio = json as f64 / ours as f64;
+    println!(
+        "| | **whole sync, {} messages** | **{ours}** | **{json}** ({ratio:.1}x) |",
+        rows.len()
+    );
+    // Handshake, task, two statuses, policy and its report, acks, end.
+    assert_eq!(rows.len(), 13, "{rows:?}");
+    assert!(ours * 2 < json, "ours {ours} bytes, JSON {json} bytes");
+}
