@@ -43,7 +43,7 @@ impl Default for DeviceTimers {
 }
 
 /// Everything a device needs to know before its first sync.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// The identity assigned at enrollment.
     pub id: DeviceId,
@@ -88,6 +88,37 @@ impl defmt::Format for DeviceConfig {
             self.generation,
             self.platform,
             self.timers
+        );
+    }
+}
+
+// By hand, not derived: `{:?}` of a config (or of a `Device`) must not print
+// the secret or the push token.
+impl core::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("id", &self.id)
+            .field("generation", &self.generation)
+            .field("secret", &"<redacted>")
+            .field("platform", &self.platform)
+            .field("push_token", &"<redacted>")
+            .field("timers", &self.timers)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_secret_and_token() {
+        let mut c = DeviceConfig::new(DeviceId(1), 0, [0xAB; 32], Platform::Ios);
+        c.push_token = String::try_from("tok-123").unwrap();
+        let s = std::format!("{c:?}");
+        assert!(
+            !s.contains("171") && !s.contains("AB") && !s.contains("tok-123"),
+            "{s}"
         );
     }
 }

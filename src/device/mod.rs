@@ -256,6 +256,12 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // An offer of this session was left unaccepted for lack of room: later
     // offers of the session are left too (not a gap), and a new sync follows.
     refused: bool,
+    // That new sync starts when the session ends, unless the application said
+    // "not now" in the session (`app_deferred`): the same offers would come
+    // first again and fill the room again, a sync storm with no time passing.
+    // Its hint, or a task that runs, decides then.
+    refused_resync: bool,
+    app_deferred: bool,
     stats: DeviceStats,
 }
 
@@ -297,6 +303,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             policy_announced: false,
             busy_deferred: false,
             refused: false,
+            refused_resync: false,
+            app_deferred: false,
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
@@ -368,7 +376,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     /// A compliance event happened: it is queued, and a sync starts at once
-    /// and is retried every [`DeviceTimers::compliance_retry`] until acked.
+    /// and is retried (backoff capped at [`DeviceTimers::compliance_retry`],
+    /// one minute by default) until the server acknowledges it. The event
+    /// survives a reboot once the [`Event::Persist`] this call raises has been
+    /// written; it is sent only after that.
     pub fn raise_compliance(
         &mut self,
         event: ComplianceEvent,
@@ -427,7 +438,12 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             self.hint_at = Some(self.hint_at.map_or(at, |h| h.min(at)));
         }
         debug!("task {} final status {:?}", task.0, status);
-        if core::mem::take(&mut self.busy_deferred) {
+        // Only a task that ran makes room worth a sync at once: after a "not
+        // now" the same tasks would come back and be turned away again, a sync
+        // storm with no time passing. Its retry hint (or the periodic timer) decides.
+        let ran = !matches!(status, TaskStatus::Deferred { .. });
+        self.app_deferred |= !ran;
+        if ran && core::mem::take(&mut self.busy_deferred) {
             self.wants.set(SyncTrigger::Report);
         }
         self.kick(now);
@@ -492,6 +508,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.send_hello = true;
         self.got_end = false;
         self.refused = false;
+        self.app_deferred = false;
         self.last_rx = now;
         self.session_start = now;
         debug!("connected, sync trigger {:?}", self.trigger);
@@ -692,7 +709,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             if self.outbox.len() + self.inflight.len() >= OUTBOX {
                 debug!("task seq {} left for a later sync: outbox full", task.seq);
                 self.refused = true;
-                self.wants.set(SyncTrigger::Report);
+                self.refused_resync = true;
+                self.busy_deferred = true;
                 return Ok(());
             }
             debug!("task {} deferred: no room to run it now", task.id.0);
@@ -840,6 +858,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.connect = false;
         self.disconnect = was_open;
         self.outcome = Some(outcome);
+        if core::mem::take(&mut self.refused_resync) && !self.app_deferred {
+            self.wants.set(SyncTrigger::Report);
+        }
     }
 
     fn backoff(&mut self) -> Duration {
