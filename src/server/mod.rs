@@ -260,6 +260,14 @@ pub struct Server<S: FleetStore> {
     pushes: HashMap<DeviceId, PushState>,
     due: HashMap<DeviceId, Due>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// Overdue checks, at most one per device that ever checked in. Each is
+    /// armed `periodic_interval + overdue_slack` ahead, so a FIFO keeps them
+    /// in time order (a clock going backwards only delays some). Kept out of
+    /// `timers` so that session timers do not pay for a heap of a million
+    /// entries in a fleet of a million devices.
+    overdue_checks: VecDeque<(Instant, DeviceId)>,
+    /// Length of `timers` after its last sweep (see `arm_session_timer`).
+    timers_swept: usize,
     ready: VecDeque<ConnId>,
     events: VecDeque<ServerEvent>,
     scratch: Vec<TaskId>,
@@ -281,6 +289,8 @@ impl<S: FleetStore> Server<S> {
             pushes: HashMap::new(),
             due: HashMap::new(),
             timers: BinaryHeap::new(),
+            overdue_checks: VecDeque::new(),
+            timers_swept: 0,
             ready: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
@@ -555,11 +565,23 @@ impl<S: FleetStore> Server<S> {
         self.next_conn = self.next_conn.wrapping_add(1);
         let conn = ConnId(self.next_conn);
         self.sessions.insert(conn, Session::new(now));
-        self.timers.push(Reverse((
-            now + self.cfg.handshake_timeout,
-            Timer::Session(conn),
-        )));
+        self.arm_session_timer(now + self.cfg.handshake_timeout, conn);
         Ok(conn)
+    }
+
+    /// Arms a session's deadline. A closed session leaves its timer in the
+    /// heap; once the heap has doubled since its last sweep, timers of closed
+    /// sessions are swept out (in place, O(1) per timer amortized), so the
+    /// heap stays near the live timers however many sessions come and go.
+    pub(super) fn arm_session_timer(&mut self, at: Instant, conn: ConnId) {
+        self.timers.push(Reverse((at, Timer::Session(conn))));
+        if self.timers.len() > 2 * self.timers_swept + 1024 {
+            let sessions = &self.sessions;
+            self.timers.retain(
+                |Reverse((_, t))| !matches!(t, Timer::Session(c) if !sessions.contains_key(c)),
+            );
+            self.timers_swept = self.timers.len();
+        }
     }
 
     /// The transport of `conn` closed. Harmless for an unknown id.
@@ -613,16 +635,31 @@ impl<S: FleetStore> Server<S> {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.next_timer().map(|(at, _, _)| at)
+    }
+
+    /// The earliest timer of the heap and of the overdue FIFO, and which.
+    fn next_timer(&self) -> Option<(Instant, Timer, bool)> {
+        let heap = self.timers.peek().map(|Reverse((at, t))| (*at, *t, false));
+        let fifo = self.overdue_checks.front();
+        let fifo = fifo.map(|&(at, d)| (at, Timer::Overdue(d), true));
+        match (heap, fifo) {
+            (Some(h), Some(f)) => Some(if f.0 < h.0 { f } else { h }),
+            (h, f) => h.or(f),
+        }
     }
 
     /// Runs every timer due at `now`. Harmless early, late or twice.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), S> {
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+        while let Some((at, timer, from_fifo)) = self.next_timer() {
             if at > now {
                 break;
             }
-            self.timers.pop();
+            if from_fifo {
+                self.overdue_checks.pop_front();
+            } else {
+                self.timers.pop();
+            }
             match timer {
                 Timer::Session(conn) => self.session_timer(conn, now),
                 Timer::Push(device) => self.push_timer(device, now)?,
@@ -661,7 +698,7 @@ impl<S: FleetStore> Server<S> {
         due.armed = false;
         if now < due.at {
             due.armed = true;
-            self.timers.push(Reverse((due.at, Timer::Overdue(device))));
+            self.overdue_checks.push_back((due.at, device));
         } else if !due.overdue && !online {
             due.overdue = true;
             self.events.push_back(ServerEvent::Overdue { device });
@@ -683,7 +720,7 @@ impl<S: FleetStore> Server<S> {
         }
         if !due.armed {
             due.armed = true;
-            self.timers.push(Reverse((at, Timer::Overdue(device))));
+            self.overdue_checks.push_back((at, device));
         }
     }
 }

@@ -2,11 +2,10 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::cmp::Reverse;
 
 use super::{
     ConnId, FleetStore, PeerError, PolicyState, ReportCommit, Result, Server, ServerError,
-    ServerEvent, TaskRecord, TaskState, Timer,
+    ServerEvent, TaskRecord, TaskState,
 };
 use crate::auth;
 use crate::time::Instant;
@@ -567,7 +566,7 @@ impl<S: FleetStore> Server<S> {
         };
         let deadline = since + limit;
         if now < deadline {
-            self.timers.push(Reverse((deadline, Timer::Session(conn))));
+            self.arm_session_timer(deadline, conn);
             return;
         }
         if s.closing {
@@ -581,7 +580,6 @@ impl<S: FleetStore> Server<S> {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.closing = true;
         }
-        self.timers
-            .push(Reverse((now + limit, Timer::Session(conn))));
+        self.arm_session_timer(now + limit, conn);
     }
 }
