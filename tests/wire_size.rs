@@ -4,7 +4,6 @@
 //!
 //! `cargo test --test wire_size -- --nocapture` prints the table.
 
-#[allow(dead_code)] // reason: the bench helpers; this test uses a part
 #[path = "../benches/common/mod.rs"]
 mod common;
 

@@ -1,15 +1,22 @@
 //! Shared by the benches and by `tests/wire_size.rs`: sample messages of every
 //! kind, and a device and a server wired together in memory (no sockets) that
-//! can record the bytes of a whole sync.
+//! can record the bytes of a whole sync; and a large fleet for the server
+//! alone, with the device side prepared outside the timing.
 #![allow(dead_code, unreachable_pub)] // reason: each bench uses a part of it
 
+use core::hint::black_box;
+use core::time::Duration as StdDuration;
+use std::time::Instant as StdInstant;
+
+use mdm_sync::auth;
 use mdm_sync::device::{Device, DeviceConfig, Event};
+use mdm_sync::server::TaskState;
 use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerEvent};
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
-    ComplianceEvent, DeviceId, Down, ErrorCode, Hello, Platform, Policy, PolicyOutcome,
-    PolicyReport, ReportBody, Setting, SyncTrigger, Task, TaskId, TaskKind, TaskResult, TaskStatus,
-    Up, PROTOCOL_VERSION,
+    frame, ComplianceEvent, DeviceId, Down, ErrorCode, FrameDecoder, Hello, Platform, Policy,
+    PolicyOutcome, PolicyReport, ReportBody, Setting, SyncTrigger, Task, TaskId, TaskKind,
+    TaskResult, TaskStatus, Up, MAX_FRAME, PROTOCOL_VERSION,
 };
 
 /// A 144-character token, about the length of an FCM registration token.
@@ -363,4 +370,214 @@ pub fn payloads(stream: &[u8]) -> Vec<Vec<u8>> {
         }
     }
     out
+}
+
+/// What the simulated device sends in one sync, prepared ahead.
+pub struct SyncInput {
+    device: DeviceId,
+    task: TaskId,
+    nonce_counter: u64,
+    now: Instant,
+    hello: Vec<u8>,
+    proof: Vec<u8>,
+    reports: Vec<u8>,
+}
+
+/// A server with a large fleet, and what the bench knows of each device.
+pub struct Fleet {
+    server: Server<MemoryStore>,
+    devices: u64,
+    /// Per device: last task sequence accepted, last report sequence sent.
+    task_seq: Vec<u32>,
+    report_seq: Vec<u32>,
+    nonces: u64,
+    next_task: u64,
+    now: Instant,
+    rng: u64,
+    out: Box<[u8; 8192]>,
+    inputs: Vec<SyncInput>,
+}
+
+impl Fleet {
+    pub fn new(devices: u64) -> Self {
+        let mut server = Server::new(
+            ServerConfig::default(),
+            MemoryStore::with_capacity(devices as usize),
+            MASTER,
+            NONCE_SEED,
+        );
+        for i in 0..devices {
+            server.enroll(DeviceId(i), T0).unwrap();
+        }
+        let mut fleet = Self {
+            server,
+            devices,
+            task_seq: vec![0; devices as usize],
+            report_seq: vec![0; devices as usize],
+            nonces: 0,
+            next_task: 0,
+            now: T0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            out: Box::new([0; 8192]),
+            inputs: Vec::new(),
+        };
+        // Every device syncs once, so each has a push token like a real fleet.
+        for start in (0..devices).step_by(4096) {
+            fleet.prepare((start..devices.min(start + 4096)).map(DeviceId));
+            fleet.run_prepared(true);
+            fleet.prune();
+        }
+        fleet
+    }
+
+    pub fn next_device(&mut self) -> DeviceId {
+        // xorshift64: devices in random order, so the store is hit all over.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        DeviceId(x % self.devices)
+    }
+
+    /// Prepares one sync for each device, in order, outside any timing.
+    pub fn prepare(&mut self, devices: impl Iterator<Item = DeviceId>) {
+        self.inputs.clear();
+        for device in devices {
+            let input = self.prepare_one(device);
+            self.inputs.push(input);
+        }
+    }
+
+    fn prepare_one(&mut self, device: DeviceId) -> SyncInput {
+        let i = device.0 as usize;
+        self.nonces += 1;
+        self.next_task += 1;
+        self.now = self.now + Duration::from_millis(1);
+        let task = TaskId(self.next_task);
+        let hello = Up::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            device,
+            generation: 0,
+            platform: Platform::Android,
+            push_token: heapless::String::try_from(FCM_TOKEN).unwrap(),
+            trigger: SyncTrigger::Push,
+            last_task_seq: self.task_seq[i],
+            policy_version: 0,
+        });
+        let secret = auth::derive_secret(&MASTER, device, 0);
+        let nonce = auth::nonce(&NONCE_SEED, self.nonces);
+        let mac = auth::proof(&secret, &nonce, device, 0);
+        let r = self.report_seq[i];
+        let report = |seq, status| Up::Report {
+            seq,
+            body: ReportBody::Task { task, status },
+        };
+        let mut reports = encode(&report(r + 1, TaskStatus::Received));
+        reports.extend(encode(&report(
+            r + 2,
+            TaskStatus::Succeeded { result: None },
+        )));
+        self.task_seq[i] += 1;
+        self.report_seq[i] += 2;
+        SyncInput {
+            device,
+            task,
+            nonce_counter: self.nonces,
+            now: self.now,
+            hello: encode(&hello),
+            proof: encode(&Up::Proof { mac }),
+            reports,
+        }
+    }
+
+    /// Runs the prepared syncs; with `check`, verifies every message the
+    /// server sends and the task's final state.
+    pub fn run_prepared(&mut self, check: bool) {
+        let inputs = core::mem::take(&mut self.inputs);
+        for input in &inputs {
+            self.run_one(input, check);
+        }
+        self.inputs = inputs;
+    }
+
+    fn run_one(&mut self, input: &SyncInput, check: bool) {
+        let (s, now) = (&mut self.server, input.now);
+        let task = s
+            .enqueue_task(input.device, TaskKind::Lock, Default::default(), now)
+            .unwrap();
+        let conn = s.connection_opened(now).unwrap();
+        s.handle_bytes(conn, &input.hello, now).unwrap();
+        let challenge = drain(s, conn, &mut self.out, check);
+        s.handle_bytes(conn, &input.proof, now).unwrap();
+        let offers = drain(s, conn, &mut self.out, check);
+        s.handle_bytes(conn, &input.reports, now).unwrap();
+        let acks = drain(s, conn, &mut self.out, check);
+        s.connection_closed(conn, now);
+        while s.poll_event().is_some() {}
+        if s.poll_timeout().is_some_and(|t| t <= now) {
+            s.handle_timeout(now).unwrap();
+        }
+        if check {
+            assert_eq!(task, input.task);
+            let nonce = auth::nonce(&NONCE_SEED, input.nonce_counter);
+            assert!(matches!(challenge[..], [Down::Challenge { nonce: n, .. }] if n == nonce));
+            assert!(
+                matches!(offers[..], [Down::Welcome { .. }, Down::Task(t), Down::SyncEnd] if t.id == task),
+                "{offers:?}"
+            );
+            assert!(matches!(acks[..], [Down::Ack { .. }, Down::Ack { .. }]));
+            let state = s.task_state(input.device, task);
+            assert_eq!(state, Some(TaskState::Succeeded { result: None }));
+        }
+    }
+
+    pub fn prune(&mut self) {
+        let now = self.now + Duration::from_millis(1);
+        self.server.store_mut().prune_finished(now);
+    }
+
+    /// Times `iters` syncs of random devices.
+    pub fn timed(&mut self, iters: u64) -> StdDuration {
+        let mut total = StdDuration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let k = left.min(1024);
+            let devices: Vec<DeviceId> = (0..k).map(|_| self.next_device()).collect();
+            self.prepare(devices.into_iter());
+            let start = StdInstant::now();
+            self.run_prepared(false);
+            total += start.elapsed();
+            self.prune();
+            left -= k;
+        }
+        total
+    }
+}
+
+fn encode(msg: &Up) -> Vec<u8> {
+    let mut buf = [0u8; MAX_FRAME];
+    let n = frame::encode(msg, &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+/// Takes everything the server has for `conn`; decodes it only when checking.
+fn drain(
+    s: &mut Server<MemoryStore>,
+    conn: mdm_sync::server::ConnId,
+    out: &mut [u8; 8192],
+    check: bool,
+) -> Vec<Down> {
+    let mut msgs = Vec::new();
+    let mut dec = check.then(FrameDecoder::<MAX_FRAME>::new);
+    while let Some(n) = s.poll_transmit_for(conn, &mut out[..]) {
+        black_box(&out[..n]);
+        if let Some(dec) = &mut dec {
+            dec.push(&out[..n]);
+            while let Some(p) = dec.decode() {
+                msgs.push(mdm_sync::wire::decode::<Down>(p.unwrap()).unwrap());
+            }
+        }
+    }
+    msgs
 }
