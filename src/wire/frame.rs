@@ -53,14 +53,21 @@ pub enum FrameError {
     BadCrc,
 }
 
-/// Writes `msg` as one frame into `out`; returns the frame's length.
+/// Writes `msg` as one frame into `out`; returns the frame's length. When `out`
+/// is too small, the error says exactly how long the frame is (counted in the
+/// same pass, so the message is serialized only once).
 pub fn encode<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
     let room = out.len().saturating_sub(OVERHEAD).min(MAX_PAYLOAD);
-    let len = match out.get_mut(HEADER..HEADER + room) {
-        Some(body) => postcard::to_slice(msg, body).map(|b| b.len()),
-        None => Err(postcard::Error::SerializeBufferFull),
-    };
-    let len = len.map_err(|_| too_small(msg))?;
+    let body = out.get_mut(HEADER..HEADER + room).unwrap_or_default();
+    let len = super::encode_counting(msg, body);
+    if len > MAX_PAYLOAD {
+        return Err(EncodeError::TooLarge { len });
+    }
+    if len + OVERHEAD > out.len() {
+        return Err(EncodeError::BufferTooSmall {
+            needed: len + OVERHEAD,
+        });
+    }
     seal(out, len);
     Ok(len + OVERHEAD)
 }
@@ -71,18 +78,6 @@ fn seal(out: &mut [u8], len: usize) {
     out[2..HEADER].copy_from_slice(&(len as u16).to_le_bytes());
     let crc = crc32(&out[2..HEADER + len]);
     out[HEADER + len..HEADER + len + 4].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn too_small<T: Serialize>(msg: &T) -> EncodeError {
-    let needed = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
-        .unwrap_or(usize::MAX);
-    if needed > MAX_PAYLOAD {
-        EncodeError::TooLarge { len: needed }
-    } else {
-        EncodeError::BufferTooSmall {
-            needed: needed + OVERHEAD,
-        }
-    }
 }
 
 /// Streaming frame decoder with an `N`-byte buffer (default: one largest frame).
@@ -329,5 +324,21 @@ mod tests {
         let mut buf = [0u8; 16];
         let n = encode(&7u32, &mut buf).unwrap();
         assert_eq!(&buf[..n], frame(&[7]).as_slice());
+        // Exact for every buffer that is too small, even by one byte.
+        let msg = [0xABu8; 30];
+        for len in 0..38 {
+            let mut out = [0u8; 38];
+            let r = encode(&msg, &mut out[..len]);
+            assert_eq!(r, Err(EncodeError::BufferTooSmall { needed: 38 }), "{len}");
+        }
+        let big: heapless::Vec<u8, 600> = core::iter::repeat_n(1, 600).collect();
+        let mut out = [0u8; 1024];
+        // Length varint (2 bytes) + 600 bytes.
+        assert_eq!(
+            encode(&big, &mut out),
+            Err(EncodeError::TooLarge { len: 602 })
+        );
+        // A buffer shorter than a frame's overhead is an error, not a panic.
+        assert!(encode(&(), &mut out[..7]).is_err());
     }
 }

@@ -75,11 +75,49 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
 
 /// Encodes one message as a bare postcard payload (no frame) into `out`.
 pub fn encode_payload<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
-    postcard::to_slice(msg, out).map(|b| b.len()).map_err(|_| {
-        let needed = postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default())
-            .unwrap_or(usize::MAX);
-        EncodeError::BufferTooSmall { needed }
-    })
+    match encode_counting(msg, out) {
+        n if n <= out.len() => Ok(n),
+        needed => Err(EncodeError::BufferTooSmall { needed }),
+    }
+}
+
+/// Encodes `msg` into `out` as far as it fits and returns its whole encoded
+/// length (`usize::MAX` if it cannot be encoded at all). One pass tells both
+/// the bytes and, when they do not fit, how many are needed: no second
+/// serialization (and no second copy of the serializer in flash) for the size.
+pub(crate) fn encode_counting<T: Serialize>(msg: &T, out: &mut [u8]) -> usize {
+    postcard::serialize_with_flavor(msg, Counting { out, len: 0 }).unwrap_or(usize::MAX)
+}
+
+/// A postcard flavor that writes while `out` has room and counts every byte.
+struct Counting<'a> {
+    out: &'a mut [u8],
+    len: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Counting<'_> {
+    type Output = usize;
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        if let Some(slot) = self.out.get_mut(self.len) {
+            *slot = byte;
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        let end = self.len + bytes.len();
+        if let Some(dst) = self.out.get_mut(self.len..end) {
+            dst.copy_from_slice(bytes);
+        }
+        self.len = end;
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.len)
+    }
 }
 
 /// The protocol version a `Hello` payload claims, even when the rest of the
