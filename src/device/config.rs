@@ -24,7 +24,8 @@ pub struct DeviceTimers {
     pub linger: Duration,
     /// First retry delay after a failed sync; doubles per failure (5 s).
     pub backoff_min: Duration,
-    /// Cap of the retry delay (30 min). Each delay is jittered down to half.
+    /// Cap of the retry delay (30 min). Each delay is jittered down to half
+    /// (by at most 2^32 - 1 ms, 49 days, for longer delays).
     pub backoff_max: Duration,
 }
 

@@ -870,8 +870,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             .backoff_min
             .saturating_mul(1 << doublings)
             .min(t.backoff_max);
+        // A uniform jitter in 0..=half by multiply-shift, not `%`: no 64-bit
+        // division on a 32-bit MCU. (The span stops at 2^32 - 1 ms, 49 days.)
         let half = full.as_millis() / 2;
-        let jitter = self.next_random() % (half + 1);
+        let span = u32::try_from(half + 1).unwrap_or(u32::MAX);
+        let jitter = (u64::from(self.next_random()) * u64::from(span)) >> 32;
         let delay = Duration::from_millis(full.as_millis() - jitter);
         let compliance = self
             .outbox
@@ -884,14 +887,14 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
     }
 
-    fn next_random(&mut self) -> u64 {
-        // xorshift64*: jitter only, never secrets.
+    fn next_random(&mut self) -> u32 {
+        // xorshift64*, high half: jitter only, never secrets.
         let mut x = self.rng;
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         self.rng = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
     }
 
     // ---- output ------------------------------------------------------------

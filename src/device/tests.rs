@@ -265,3 +265,34 @@ fn app_errors_are_typed_and_harmless() {
         Err(DeviceError::NotConnected)
     );
 }
+
+#[test]
+fn backoff_jitter_stays_between_half_and_the_whole_delay() {
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for seed in 0..300u64 {
+        let mut c = cfg();
+        c.jitter_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut d = Device::<16, 4>::new(c, T0);
+        d.handle_timeout(T0);
+        drain(&mut d);
+        d.connect_failed(T0);
+        // First failure: backoff_min (5 s), jittered down to half at most.
+        let delay = d.poll_timeout().unwrap().as_millis() - T0.as_millis();
+        assert!((2_500..=5_000).contains(&delay), "seed {seed}: {delay} ms");
+        lo = lo.min(delay);
+        hi = hi.max(delay);
+    }
+    assert!(
+        lo < 2_600 && hi > 4_900,
+        "jitter spread only {lo}..={hi} ms"
+    );
+    // A delay beyond 32 bits of milliseconds is jittered too, without overflow.
+    let mut c = cfg();
+    c.timers.backoff_min = Duration::from_millis(u64::MAX);
+    c.timers.backoff_max = Duration::from_millis(u64::MAX);
+    let mut d = Device::<16, 4>::new(c, T0);
+    d.handle_timeout(T0);
+    drain(&mut d);
+    d.connect_failed(T0);
+    assert!(d.poll_timeout().is_some());
+}
