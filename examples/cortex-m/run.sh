@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 TARGET=thumbv7em-none-eabihf
-ELF=target/$TARGET/release/mdm-sync-cortex-m
+# Where `cargo build` below puts the ELF: a CARGO_TARGET_DIR from the
+# environment moves it, and running a stale one from target/ would hide a failure.
+ELF=${CARGO_TARGET_DIR:-target}/$TARGET/release/mdm-sync-cortex-m
 OUT=target/qemu-output.txt
 # Same command as the runner in .cargo/config.toml (`cargo run --release`).
 # QEMU is started directly so the output file holds only what the firmware
