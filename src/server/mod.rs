@@ -268,6 +268,8 @@ pub struct Server<S: FleetStore> {
     overdue_checks: VecDeque<(Instant, DeviceId)>,
     /// Length of `timers` after its last sweep (see `arm_session_timer`).
     timers_swept: usize,
+    /// Buffers of closed sessions, reused by new ones.
+    spare: session::Spare,
     ready: VecDeque<ConnId>,
     events: VecDeque<ServerEvent>,
     scratch: Vec<TaskId>,
@@ -291,6 +293,7 @@ impl<S: FleetStore> Server<S> {
             timers: BinaryHeap::new(),
             overdue_checks: VecDeque::new(),
             timers_swept: 0,
+            spare: session::Spare::default(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
@@ -546,7 +549,9 @@ impl<S: FleetStore> Server<S> {
 
     fn close_device_session(&mut self, device: DeviceId) {
         if let Some(conn) = self.online.remove(&device) {
-            self.sessions.remove(&conn);
+            if let Some(s) = self.sessions.remove(&conn) {
+                self.spare.keep(s);
+            }
             self.events.push_back(ServerEvent::Close { conn });
             self.events.push_back(ServerEvent::SessionEnded {
                 conn,
@@ -564,7 +569,8 @@ impl<S: FleetStore> Server<S> {
         }
         self.next_conn = self.next_conn.wrapping_add(1);
         let conn = ConnId(self.next_conn);
-        self.sessions.insert(conn, Session::new(now));
+        let session = self.spare.session(now);
+        self.sessions.insert(conn, session);
         self.arm_session_timer(now + self.cfg.handshake_timeout, conn);
         Ok(conn)
     }
@@ -595,6 +601,7 @@ impl<S: FleetStore> Server<S> {
             }
             self.events
                 .push_back(ServerEvent::SessionEnded { conn, device });
+            self.spare.keep(s);
         }
     }
 

@@ -41,12 +41,52 @@ pub(super) struct Session {
     queued: bool,
 }
 
+/// Buffers of closed sessions kept for new ones, so that a server in steady
+/// state opens sessions without allocating.
+#[derive(Default)]
+pub(super) struct Spare {
+    buffers: Vec<(Box<FrameDecoder>, Vec<u8>)>,
+    hello: Option<Box<Hello>>,
+}
+
+/// Most buffer pairs kept (each about 0.5 KiB plus its output buffer).
+const MAX_SPARE: usize = 256;
+
+impl Spare {
+    /// A new session, on spare buffers when there are some.
+    pub(super) fn session(&mut self, now: Instant) -> Session {
+        match self.buffers.pop() {
+            Some((decoder, out)) => Session::with_buffers(now, decoder, out),
+            None => Session::with_buffers(now, Box::new(FrameDecoder::new()), Vec::new()),
+        }
+    }
+
+    /// Keeps a closed session's buffers (a large output buffer is dropped).
+    pub(super) fn keep(&mut self, s: Session) {
+        if self.buffers.len() < MAX_SPARE && s.out.capacity() <= 4096 {
+            self.buffers.push((s.decoder, s.out));
+        }
+    }
+
+    fn boxed(&mut self, hello: Hello) -> Box<Hello> {
+        match self.hello.take() {
+            Some(mut b) => {
+                *b = hello;
+                b
+            }
+            None => Box::new(hello),
+        }
+    }
+}
+
 impl Session {
-    pub(super) fn new(now: Instant) -> Self {
+    fn with_buffers(now: Instant, mut decoder: Box<FrameDecoder>, mut out: Vec<u8>) -> Self {
+        decoder.reset();
+        out.clear();
         Self {
             phase: Phase::AwaitHello,
-            decoder: Box::new(FrameDecoder::new()),
-            out: Vec::new(),
+            decoder,
+            out,
             out_pos: 0,
             last_rx: now,
             opened: now,
@@ -176,13 +216,8 @@ impl<S: FleetStore> Server<S> {
             (Phase::AwaitHello, Up::Hello(hello)) => {
                 self.nonces = self.nonces.wrapping_add(1);
                 let nonce = auth::nonce(&self.nonce_seed, self.nonces);
-                self.set_phase(
-                    conn,
-                    Phase::AwaitProof {
-                        hello: Box::new(hello),
-                        nonce,
-                    },
-                );
+                let hello = self.spare.boxed(hello);
+                self.set_phase(conn, Phase::AwaitProof { hello, nonce });
                 self.send(
                     conn,
                     &Down::Challenge {
@@ -275,7 +310,9 @@ impl<S: FleetStore> Server<S> {
             return Err(ServerError::Peer(PeerError::AuthFailed));
         };
         if let Some(old) = self.online.insert(id, conn).filter(|old| *old != conn) {
-            self.sessions.remove(&old);
+            if let Some(s) = self.sessions.remove(&old) {
+                self.spare.keep(s);
+            }
             self.events.push_back(ServerEvent::Close { conn: old });
             self.events.push_back(ServerEvent::SessionEnded {
                 conn: old,
@@ -313,6 +350,7 @@ impl<S: FleetStore> Server<S> {
             },
         );
         let trigger = hello.trigger;
+        self.spare.hello = Some(hello);
         self.events.push_back(ServerEvent::Authenticated {
             conn,
             device: id,
