@@ -10,9 +10,11 @@
 //!   statuses and policies, and its snapshots;
 //! - the server allocates nothing per message in an open session (task out,
 //!   reports in, acks out), once its maps have grown to the working set;
-//! - a whole sync (connect, handshake, task, status, policy, close) costs the
-//!   server the same few allocations of session setup whether it carries one
-//!   task or four, so none of them is per message.
+//! - a whole sync woken by a push (connect, handshake, tasks, statuses,
+//!   policy, close) costs the server one allocation, whether it carries one
+//!   task or four: the push token handed to the application in
+//!   `ServerEvent::SendPush` (a `Box<str>` of the public API). New sessions
+//!   reuse the buffers of closed ones.
 
 use std::alloc::System;
 use std::process::ExitCode;
@@ -329,7 +331,7 @@ fn server_session_allocates_nothing_per_message() -> Result<String, String> {
     }
 }
 
-fn server_whole_sync_allocates_only_session_setup() -> Result<String, String> {
+fn server_whole_sync_allocates_only_the_push_token() -> Result<String, String> {
     let mut p = Pair::new();
     p.advance(Duration::ZERO);
     p.pump();
@@ -361,7 +363,7 @@ fn server_whole_sync_allocates_only_session_setup() -> Result<String, String> {
     let (min, max) = per_sync
         .iter()
         .fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(s.2), hi.max(s.2)));
-    if max - min <= 0.001 + f64::EPSILON {
+    if max - min <= 0.001 + f64::EPSILON && max <= 1.0 + 0.001 {
         Ok(text)
     } else {
         Err(format!("allocations depend on the messages: {text}"))
@@ -379,8 +381,8 @@ fn main() -> ExitCode {
             server_session_allocates_nothing_per_message,
         ),
         (
-            "server_whole_sync_allocates_only_session_setup",
-            server_whole_sync_allocates_only_session_setup,
+            "server_whole_sync_allocates_only_the_push_token",
+            server_whole_sync_allocates_only_the_push_token,
         ),
     ];
     println!("\nrunning {} tests", tests.len());

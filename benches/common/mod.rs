@@ -378,9 +378,11 @@ pub struct SyncInput {
     task: TaskId,
     nonce_counter: u64,
     now: Instant,
-    hello: Vec<u8>,
-    proof: Vec<u8>,
-    reports: Vec<u8>,
+    // Fixed buffers: preparing inputs must not churn the allocator the
+    // timed server uses.
+    hello: heapless::Vec<u8, MAX_FRAME>,
+    proof: heapless::Vec<u8, 64>,
+    reports: heapless::Vec<u8, 64>,
 }
 
 /// A server with a large fleet, and what the bench knows of each device.
@@ -474,10 +476,8 @@ impl Fleet {
             body: ReportBody::Task { task, status },
         };
         let mut reports = encode(&report(r + 1, TaskStatus::Received));
-        reports.extend(encode(&report(
-            r + 2,
-            TaskStatus::Succeeded { result: None },
-        )));
+        let succeeded = encode::<64>(&report(r + 2, TaskStatus::Succeeded { result: None }));
+        reports.extend_from_slice(&succeeded).unwrap();
         self.task_seq[i] += 1;
         self.report_seq[i] += 2;
         SyncInput {
@@ -555,10 +555,10 @@ impl Fleet {
     }
 }
 
-fn encode(msg: &Up) -> Vec<u8> {
+fn encode<const N: usize>(msg: &Up) -> heapless::Vec<u8, N> {
     let mut buf = [0u8; MAX_FRAME];
     let n = frame::encode(msg, &mut buf).unwrap();
-    buf[..n].to_vec()
+    heapless::Vec::from_slice(&buf[..n]).unwrap()
 }
 
 /// Takes everything the server has for `conn`; decodes it only when checking.
