@@ -4,11 +4,19 @@
 //! Linux only) before and after enrolling N devices (default 1,000,000) in a
 //! `Server` over the in-memory store, then again after every device has sent
 //! a push token as long as a typical FCM one (152 bytes), as it does in its
-//! first sync.
+//! first sync. With `synced`, instead: a server whose N devices have each
+//! done one real sync (handshake, a task, its statuses), which is what an
+//! idle device that has synced costs, with its push token, push state and
+//! check-in timer. One measurement per process, so that memory freed by one
+//! does not hide the growth of the next.
 //!
 //! ```sh
 //! cargo run --release --example fleet_memory -- 1000000
+//! cargo run --release --example fleet_memory -- 1000000 synced
 //! ```
+
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig};
 use mdm_sync::time::Instant;
@@ -34,6 +42,10 @@ fn main() {
         .nth(1)
         .map(|s| s.replace('_', "").parse().expect("a device count"))
         .unwrap_or(1_000_000);
+    if std::env::args().nth(2).as_deref() == Some("synced") {
+        synced(n);
+        return;
+    }
     let now = Instant::from_millis(1_000_000);
     let mut server = Server::new(
         ServerConfig::default(),
@@ -63,6 +75,18 @@ fn main() {
     let with_tokens = rss();
     let per_token = (with_tokens.saturating_sub(enrolled)) as f64 / n as f64;
     println!("plus a 152-byte push token:   {per_token:>8.1} bytes per device");
+}
+
+fn synced(n: u64) {
+    let before = rss();
+    let fleet = common::Fleet::new(n);
+    let after = rss();
+    // The bench rig's own bookkeeping: two u32 per device.
+    let rig = 8 * n;
+    let per_synced = (after.saturating_sub(before).saturating_sub(rig)) as f64 / n as f64;
+    println!("devices synced once:          {n}");
+    println!("per idle device after a sync: {per_synced:>8.1} bytes (with a 144-byte push token)");
+    drop(fleet);
 }
 
 fn mib(bytes: u64) -> f64 {
