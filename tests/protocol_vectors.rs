@@ -854,6 +854,16 @@ fn snapshot_vector_restores() {
     );
     assert_eq!(d.periodic_interval(), Duration::from_hours(3));
     assert_eq!(d.poll_event(), Some(Event::Persist));
+    // The restored reports leave as the very bytes of the reports they stand for.
+    handshake(&mut d, Instant::ZERO);
+    let interrupted = TaskStatus::Failed {
+        reason: wire::reason::INTERRUPTED_BY_REBOOT,
+    };
+    for (seq, status) in [(1, TaskStatus::Received), (2, interrupted)] {
+        let mut buf = [0u8; frame::MAX_FRAME];
+        let n = d.poll_transmit(&mut buf).unwrap().expect("a report");
+        assert_eq!(buf[..n], encode_frame(&task_report(seq, 500, status)));
+    }
 }
 
 /// A server answers the documented foreign Hello with the documented error.

@@ -181,11 +181,19 @@ impl Wants {
     }
 }
 
+/// A report in the outbox, kept as its encoded [`ReportBody`]: encoded once
+/// when queued, then sent and persisted as these bytes, never decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     seq: u32,
-    body: ReportBody,
+    body: Vec<u8, { wire::MAX_REPORT_BODY }, u8>,
     sent: bool,
+}
+
+impl Entry {
+    fn is_compliance(&self) -> bool {
+        self.body.first() == Some(&wire::REPORT_COMPLIANCE)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -480,10 +488,13 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.outbox.len() + room >= OUTBOX {
             return Err(DeviceError::OutboxFull);
         }
+        let mut bytes = Vec::from_array([0; wire::MAX_REPORT_BODY]);
+        let n = wire::encode_payload(&body, &mut bytes).map_err(DeviceError::Encode)?;
+        bytes.truncate(n);
         let seq = self.next_report_seq;
         let entry = Entry {
             seq,
-            body,
+            body: bytes,
             sent: false,
         };
         self.outbox
@@ -531,11 +542,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     fn pick_trigger(&self) -> SyncTrigger {
         use SyncTrigger::*;
         let w = self.wants;
-        if self
-            .outbox
-            .iter()
-            .any(|e| matches!(e.body, ReportBody::Compliance(_)))
-        {
+        if self.outbox.iter().any(Entry::is_compliance) {
             return Compliance;
         }
         [Push, Manual, Boot, Periodic]
@@ -876,11 +883,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let span = u32::try_from(half + 1).unwrap_or(u32::MAX);
         let jitter = (u64::from(self.next_random()) * u64::from(span)) >> 32;
         let delay = Duration::from_millis(full.as_millis() - jitter);
-        let compliance = self
-            .outbox
-            .iter()
-            .any(|e| matches!(e.body, ReportBody::Compliance(_)));
-        if compliance {
+        if self.outbox.iter().any(Entry::is_compliance) {
             delay.min(t.compliance_retry)
         } else {
             delay
@@ -947,6 +950,15 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.persist {
             return Ok(None);
         }
+        if let Some(e) = self.unsent_report() {
+            let report = wire::EncodedReport {
+                seq: e.seq,
+                body: &e.body,
+            };
+            let n = frame::encode(&report, buf).map_err(DeviceError::Encode)?;
+            e.sent = true;
+            return Ok(Some(n));
+        }
         let Some(msg) = self.next_message() else {
             return Ok(None);
         };
@@ -965,12 +977,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.link != Link::Syncing {
             return None;
         }
-        if let Some(e) = self.outbox.iter().find(|e| !e.sent) {
-            return Some(Up::Report {
-                seq: e.seq,
-                body: e.body.clone(),
-            });
-        }
         let i = self.inflight.iter().find(|i| i.progress.is_some())?;
         Some(Up::Progress {
             task: i.task.id,
@@ -978,15 +984,20 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         })
     }
 
+    /// The first report not sent in this session, once the session is syncing
+    /// and the hello is out. Reports go before progress.
+    fn unsent_report(&mut self) -> Option<&mut Entry> {
+        if self.link != Link::Syncing || self.send_hello {
+            return None;
+        }
+        self.outbox.iter_mut().find(|e| !e.sent)
+    }
+
     fn mark_sent(&mut self, msg: &Up) {
         match msg {
             Up::Hello(_) => self.send_hello = false,
             Up::Proof { .. } => self.proof = None,
-            Up::Report { seq, .. } => {
-                if let Some(e) = self.outbox.iter_mut().find(|e| e.seq == *seq) {
-                    e.sent = true;
-                }
-            }
+            Up::Report { .. } => {} // sent from their bytes by `poll_transmit`
             Up::Progress { task, .. } => {
                 if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == *task) {
                     i.progress = None;

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::{Device, DeviceConfig, Entry, Flag, Inflight};
 use crate::log::debug;
 use crate::time::{Duration, Instant};
-use crate::wire::{crc32, DeviceId, EncodeError, ReportBody, Task};
+use crate::wire::{crc32, DeviceId, EncodeError, Task, MAX_REPORT_BODY};
 
-const FORMAT: u8 = 1;
+// 2: outbox reports as the bytes of their encoded body (1: decoded values).
+const FORMAT: u8 = 2;
 
 /// Why a snapshot could not be restored. The engine is never half-restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +49,17 @@ struct Header {
     periodic_ms: u64,
 }
 
-type Decoded<const O: usize, const I: usize> = (Header, Vec<Task, I>, Vec<(u32, ReportBody), O>);
+// Report bodies are borrowed from the snapshot and copied, never decoded.
+type Decoded<'a, const O: usize, const I: usize> = (Header, Vec<Task, I>, Vec<(u32, &'a [u8]), O>);
+
+/// A byte string: a varint length, then the bytes.
+struct Bytes<'a>(&'a [u8]);
+
+impl Serialize for Bytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
 
 /// Serializes whatever the closure iterates as a sequence, without copying.
 struct Seq<F>(F);
@@ -81,7 +92,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
             periodic_ms: self.periodic.as_millis(),
         };
         let tasks = Seq(|| self.inflight.iter().map(|i| i.task));
-        let outbox = Seq(|| self.outbox.iter().map(|e| (e.seq, &e.body)));
+        let outbox = Seq(|| self.outbox.iter().map(|e| (e.seq, Bytes(&e.body))));
         let body = (header, tasks, outbox);
         let room = buf.len().saturating_sub(4);
         let n = crate::wire::encode_payload(&body, &mut buf[..room]).map_err(|e| match e {
@@ -134,7 +145,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         for (seq, body) in outbox {
             let entry = Entry {
                 seq,
-                body,
+                body: Vec::from_slice(body).map_err(|_| SnapshotError::Inconsistent)?,
                 sent: false,
             };
             d.outbox
@@ -153,13 +164,14 @@ impl<const O: usize, const I: usize> Device<O, I> {
 }
 
 /// Outbox sequence numbers must run without gaps up to `next_report_seq - 1`,
-/// and the outbox must have room for one final report per running task.
-fn consistent<const O: usize>(h: &Header, tasks: usize, outbox: &[(u32, ReportBody)]) -> bool {
-    let contiguous = outbox.iter().enumerate().all(|(k, (seq, _))| {
+/// every report body must be 1 to [`MAX_REPORT_BODY`] bytes, and the outbox
+/// must have room for one final report per running task.
+fn consistent<const O: usize>(h: &Header, tasks: usize, outbox: &[(u32, &[u8])]) -> bool {
+    let valid = outbox.iter().enumerate().all(|(k, (seq, body))| {
         let back = (outbox.len() - k) as u32;
-        h.next_report_seq.wrapping_sub(back) == *seq
+        h.next_report_seq.wrapping_sub(back) == *seq && (1..=MAX_REPORT_BODY).contains(&body.len())
     });
-    contiguous && outbox.len() + tasks <= O
+    valid && outbox.len() + tasks <= O
 }
 
 fn checked(bytes: &[u8]) -> Result<&[u8], SnapshotError> {

@@ -124,11 +124,11 @@ fn snapshot_round_trips_and_restores_running_tasks_as_interrupted() {
         reason: reason::INTERRUPTED_BY_REBOOT,
     };
     assert_eq!(
-        last.body,
-        ReportBody::Task {
+        wire::decode::<ReportBody>(&last.body),
+        Ok(ReportBody::Task {
             task: TaskId(101),
             status
-        }
+        })
     );
 }
 

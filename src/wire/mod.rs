@@ -11,6 +11,7 @@ mod msg;
 pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
 pub use msg::*;
 
+use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The protocol version this crate speaks.
@@ -29,6 +30,11 @@ pub const MAX_POLICY_FAILURES: usize = 4;
 pub const MAX_DOWN_PAYLOAD: usize = 1 + 5 + 1 + MAX_SETTINGS * (3 + 10);
 /// Largest frame of a server-to-device message: the device's decoder buffer.
 pub const MAX_DOWN_FRAME: usize = MAX_DOWN_PAYLOAD + frame::OVERHEAD;
+/// Largest encoded [`ReportBody`]: a policy report with [`MAX_POLICY_FAILURES`]
+/// failures and every varint at its longest (tag 1, version 5, outcome tag 1,
+/// count 1, per failure key 3 + reason 3). The device keeps its outbox reports
+/// encoded, in this many bytes each.
+pub const MAX_REPORT_BODY: usize = 1 + 5 + 1 + 1 + MAX_POLICY_FAILURES * (3 + 3);
 
 /// Whether sequence number `a` comes after `b`, on a circle of 2^32 (so that
 /// wrapping after four billion reports or tasks does not stall anything).
@@ -120,6 +126,43 @@ impl postcard::ser_flavors::Flavor for Counting<'_> {
     }
 }
 
+/// [`Up::Report`] with its body already encoded (the postcard bytes of a
+/// [`ReportBody`]): serializes to exactly the bytes of that `Up::Report`, so the
+/// device keeps its reports encoded and neither decodes nor re-encodes them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EncodedReport<'a> {
+    pub(crate) seq: u32,
+    pub(crate) body: &'a [u8],
+}
+
+/// `Up::Report`'s variant index (the order of `Up`'s variants is frozen).
+const UP_REPORT: u32 = 3;
+/// The first byte of an encoded [`ReportBody::Compliance`]: its variant index.
+pub(crate) const REPORT_COMPLIANCE: u8 = 1;
+
+impl Serialize for EncodedReport<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = s.serialize_struct_variant("Up", UP_REPORT, "Report", 2)?;
+        v.serialize_field("seq", &self.seq)?;
+        v.serialize_field("body", &Raw(self.body))?;
+        v.end()
+    }
+}
+
+/// Bytes written as they are: postcard writes a tuple's elements, and a `u8`
+/// as one byte, with no length.
+struct Raw<'a>(&'a [u8]);
+
+impl Serialize for Raw<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for b in self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
 /// The protocol version a `Hello` payload claims, even when the rest of the
 /// message (from a newer or older version) does not decode.
 pub fn peek_hello_version(payload: &[u8]) -> Option<u16> {
@@ -182,6 +225,62 @@ mod tests {
         }
         let n = encode_payload(&all[5], &mut buf).unwrap();
         assert_eq!(n, MAX_DOWN_PAYLOAD, "the bound is tight");
+    }
+
+    /// The largest `ReportBody` fits [`MAX_REPORT_BODY`] exactly, and an
+    /// [`EncodedReport`] frames to the same bytes as the `Up::Report` it stands for.
+    #[test]
+    fn encoded_reports_frame_like_up_report() {
+        let failure = SettingFailure {
+            key: u16::MAX,
+            reason: u16::MAX,
+        };
+        let failed = heapless::Vec::from_slice(&[failure; MAX_POLICY_FAILURES]).unwrap();
+        let location = TaskResult::Location {
+            lat_e7: i32::MIN,
+            lon_e7: i32::MIN,
+            accuracy_m: u32::MAX,
+        };
+        let bodies = [
+            ReportBody::Policy(PolicyReport {
+                version: u32::MAX,
+                outcome: PolicyOutcome::Partial { failed },
+            }),
+            ReportBody::Task {
+                task: TaskId(u64::MAX),
+                status: TaskStatus::Succeeded {
+                    result: Some(location),
+                },
+            },
+            ReportBody::Task {
+                task: TaskId(5),
+                status: TaskStatus::Received,
+            },
+            ReportBody::Compliance(ComplianceEvent::UsbDebugging { enabled: true }),
+        ];
+        let (mut body, mut want, mut got) = ([0u8; 64], [0u8; MAX_FRAME], [0u8; MAX_FRAME]);
+        for (k, report) in bodies.iter().enumerate() {
+            let n = encode_payload(report, &mut body).unwrap();
+            assert!(n <= MAX_REPORT_BODY, "{report:?}: {n} bytes");
+            assert_eq!(n == MAX_REPORT_BODY, k == 0, "the bound is tight");
+            let compliance = matches!(report, ReportBody::Compliance(_));
+            assert_eq!(body[0] == REPORT_COMPLIANCE, compliance);
+            for seq in [0, 1, 127, 128, 300, u32::MAX] {
+                let up = Up::Report {
+                    seq,
+                    body: report.clone(),
+                };
+                let w = frame::encode(&up, &mut want).unwrap();
+                let encoded = EncodedReport {
+                    seq,
+                    body: &body[..n],
+                };
+                let g = frame::encode(&encoded, &mut got).unwrap();
+                assert_eq!(got[..g], want[..w], "{up:?}");
+                let short = frame::encode(&encoded, &mut got[..g - 1]);
+                assert_eq!(short, Err(EncodeError::BufferTooSmall { needed: g }));
+            }
+        }
     }
 
     #[test]
