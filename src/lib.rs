@@ -58,6 +58,26 @@
 //! value of `now` (standing still, jumping, going backwards) may cause one.
 //! Malformed input gets a typed error and the engine stays usable.
 //!
+//! ## Bad input
+//!
+//! Every public entry point that decodes or restores bytes answers malformed
+//! input with a typed error, never a panic:
+//!
+//! - `wire::decode`: `DecodeError`; `wire::peek_hello_version`: `None`.
+//! - `FrameDecoder::decode`: `FrameError`, after which it has already
+//!   resynchronised. A header announcing a length of 0 or over the decoder's
+//!   bound is refused as soon as its four bytes are in, before anything behind
+//!   it is buffered, so the next good frame is still found.
+//! - `Device::handle_bytes`: `DeviceError::Session` (the session is closed, a
+//!   retry scheduled) or `NotConnected`. `Server::handle_bytes`:
+//!   `ServerError::Peer` (an `Error` frame goes out, that connection closes,
+//!   the others are untouched) or `UnknownConnection`.
+//! - `Device::restore`, `snapshot_counter`: `SnapshotError`; `pick_latest`:
+//!   the valid slot, or `None`.
+//!
+//! Afterwards the engine works as if the bad input never came. The contract
+//! is checked by `tests/bad_input.rs` and, on arbitrary input, by `fuzz/`.
+//!
 //! ## Features
 //!
 //! | feature | what it adds |
