@@ -251,8 +251,9 @@ struct Due {
 pub struct Server<S: FleetStore> {
     cfg: ServerConfig,
     store: S,
-    master: Secret,
-    nonce_seed: Secret,
+    // Prepared once: deriving a secret or a nonce then hashes half the blocks.
+    master: auth::PreparedKey,
+    nonce_seed: auth::PreparedKey,
     nonces: u64,
     next_conn: u64,
     sessions: HashMap<ConnId, Session>,
@@ -282,8 +283,8 @@ impl<S: FleetStore> Server<S> {
         Self {
             cfg,
             store,
-            master,
-            nonce_seed,
+            master: auth::PreparedKey::new(&master),
+            nonce_seed: auth::PreparedKey::new(&nonce_seed),
             nonces: 0,
             next_conn: 0,
             sessions: HashMap::new(),
@@ -340,13 +341,13 @@ impl<S: FleetStore> Server<S> {
         };
         self.store.put_device(&DeviceRecord::new(id, generation))?;
         self.due.remove(&id);
-        Ok(auth::derive_secret(&self.master, id, generation))
+        Ok(auth::derive_secret_prepared(&self.master, id, generation))
     }
 
     /// The secret of an enrolled device's current generation.
     pub fn device_secret(&self, id: DeviceId) -> Result<Secret, S> {
         let rec = self.store.device(id)?.ok_or(ServerError::UnknownDevice)?;
-        Ok(auth::derive_secret(&self.master, id, rec.generation))
+        Ok(auth::derive_secret_prepared(&self.master, id, rec.generation))
     }
 
     fn drop_open_tasks(&mut self, id: DeviceId, now: Instant) -> Result<(), S> {

@@ -215,7 +215,7 @@ impl<S: FleetStore> Server<S> {
         match (phase, msg) {
             (Phase::AwaitHello, Up::Hello(hello)) => {
                 self.nonces = self.nonces.wrapping_add(1);
-                let nonce = auth::nonce(&self.nonce_seed, self.nonces);
+                let nonce = auth::nonce_prepared(&self.nonce_seed, self.nonces);
                 let hello = self.spare.boxed(hello);
                 self.set_phase(conn, Phase::AwaitProof { hello, nonce });
                 self.send(
@@ -303,7 +303,7 @@ impl<S: FleetStore> Server<S> {
         let (id, generation) = (hello.device, hello.generation);
         // The MAC is always computed, so an unknown device and a wrong proof
         // take the same path and get the same answer.
-        let secret = auth::derive_secret(&self.master, id, generation);
+        let secret = auth::derive_secret_prepared(&self.master, id, generation);
         let proof_ok = auth::verify(&secret, &nonce, id, generation, &mac);
         let rec = self.store.device(id)?;
         let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
