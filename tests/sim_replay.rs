@@ -28,6 +28,8 @@ struct Args {
     shrink: bool,
     tight: bool,
     ops: usize,
+    list: bool,
+    ignored: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -37,6 +39,8 @@ fn parse() -> Result<Args, String> {
         shrink: false,
         tight: false,
         ops: 64,
+        list: false,
+        ignored: false,
     };
     if let Ok(seed) = std::env::var("SIM_SEED") {
         let n: u64 = seed.parse().map_err(|_| format!("bad SIM_SEED {seed}"))?;
@@ -61,9 +65,11 @@ fn parse() -> Result<Args, String> {
             "--verbose" | "-v" => args.verbose = true,
             "--shrink" => args.shrink = true,
             "--tight" => args.tight = true,
-            // Flags cargo's test runner passes to every test binary.
-            "--nocapture" | "--quiet" | "-q" | "--color" | "--test-threads" => {}
-            other if other.starts_with("--") => return Err(format!("unknown flag {other}")),
+            // Test runners list tests first (nextest: `--list --format terse`).
+            "--list" => args.list = true,
+            "--ignored" => args.ignored = true,
+            // Other flags and test-name filters that test runners pass to
+            // every test binary mean nothing here.
             _ => {}
         }
     }
@@ -91,6 +97,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.list {
+        if !args.ignored {
+            println!("sim_replay: test");
+        }
+        return ExitCode::SUCCESS;
+    }
     let single = args.seeds.end - args.seeds.start == 1;
     let start = Instant::now();
     let mut failed = Vec::new();

@@ -6,7 +6,7 @@ use std::fmt;
 use mdm_sync::wire::{ComplianceEvent, TaskKind};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, RngAlgorithm, TestRng, TestRunner};
 
 /// Which engine's clock an operation touches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,6 +428,11 @@ pub(crate) fn config(default: u32) -> Config {
     Config {
         cases,
         max_shrink_iters: 4096,
+        // Failing seeds go to `tests/<file>.proptest-regressions` and are
+        // replayed first on the next run; commit that file with the fix.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+            "proptest-regressions",
+        ))),
         ..Config::default()
     }
 }
