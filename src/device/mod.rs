@@ -435,7 +435,13 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         let pos = self.inflight.iter().position(|i| i.task.id == task);
         let pos = pos.ok_or(DeviceError::UnknownTask)?;
-        self.inflight.swap_remove(pos);
+        // `swap_remove` by hand: heapless's moves the last entry with
+        // `ptr::copy`, which links `memmove` (1.5 KB of Cortex-M flash).
+        let (head, tail) = self.inflight.split_at_mut(pos + 1);
+        if let (Some(slot), Some(last)) = (head.last_mut(), tail.last_mut()) {
+            core::mem::swap(slot, last);
+        }
+        self.inflight.pop();
         // A slot was reserved for this report when the task was accepted.
         self.enqueue(ReportBody::Task { task, status }, true)?;
         if let TaskStatus::Deferred {
