@@ -818,15 +818,23 @@ impl<const O: usize, const I: usize> Sim<O, I> {
         buf.truncate(n);
         let slot = dev.engine.snapshot_slot();
         let crash = dev.faults.crash.take();
+        let running = dev.engine.running_tasks().map(|t| t.id).collect();
+        let raised = self.truth.devs[d].raised.len();
+        let meta = Some(SlotMeta { raised, running });
         if let Some(Crash::DuringWrite { keep }) = crash {
-            let old = core::mem::take(&mut dev.slots[slot].bytes);
+            let old = core::mem::take(&mut dev.slots[slot]);
             let keep = usize::from(keep) % n.max(1);
             let mut torn = buf[..keep].to_vec();
-            torn.extend(old.iter().skip(keep));
-            dev.slots[slot] = Slot {
-                bytes: torn,
-                meta: None,
+            torn.extend(old.bytes.iter().skip(keep));
+            // A tear that leaves exactly the new (or the old) bytes is no tear.
+            let meta = if torn == buf {
+                meta
+            } else if torn == old.bytes {
+                old.meta
+            } else {
+                None
             };
+            dev.slots[slot] = Slot { bytes: torn, meta };
             trace!(
                 self,
                 "dev{d}: power lost writing slot {slot} ({keep} of {n} bytes)"
@@ -834,12 +842,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             self.reboot(d, None)?;
             return Ok(true);
         }
-        let running = dev.engine.running_tasks().map(|t| t.id).collect();
-        let raised = self.truth.devs[d].raised.len();
-        dev.slots[slot] = Slot {
-            bytes: buf,
-            meta: Some(SlotMeta { raised, running }),
-        };
+        dev.slots[slot] = Slot { bytes: buf, meta };
         dev.writes += 1;
         if let Some(Crash::AfterWrite) = crash {
             trace!(self, "dev{d}: power lost right after writing slot {slot}");
