@@ -347,7 +347,11 @@ impl<S: FleetStore> Server<S> {
     /// The secret of an enrolled device's current generation.
     pub fn device_secret(&self, id: DeviceId) -> Result<Secret, S> {
         let rec = self.store.device(id)?.ok_or(ServerError::UnknownDevice)?;
-        Ok(auth::derive_secret_prepared(&self.master, id, rec.generation))
+        Ok(auth::derive_secret_prepared(
+            &self.master,
+            id,
+            rec.generation,
+        ))
     }
 
     fn drop_open_tasks(&mut self, id: DeviceId, now: Instant) -> Result<(), S> {
