@@ -510,7 +510,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             Op::FlipBit { dev, up, skip, bit } => {
                 self.arm_frame(dev, up, skip, FrameFault::FlipBit(bit))
             }
-            Op::Reboot { dev } => self.reboot(self.dev_index(dev), None)?,
+            Op::Reboot { dev } => self.reboot(self.dev_index(dev))?,
             Op::CrashOnWrite { dev, crash } => self.faults(dev).crash = Some(crash),
             Op::Step { chunks } => {
                 for _ in 0..chunks {
@@ -839,14 +839,14 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                 self,
                 "dev{d}: power lost writing slot {slot} ({keep} of {n} bytes)"
             );
-            self.reboot(d, None)?;
+            self.reboot(d)?;
             return Ok(true);
         }
         dev.slots[slot] = Slot { bytes: buf, meta };
         dev.writes += 1;
         if let Some(Crash::AfterWrite) = crash {
             trace!(self, "dev{d}: power lost right after writing slot {slot}");
-            self.reboot(d, None)?;
+            self.reboot(d)?;
             return Ok(true);
         }
         Ok(false)
@@ -854,7 +854,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
 
     /// Power cycle: the transport dies, the application forgets everything,
     /// and the engine comes back from the newer valid storage slot.
-    fn reboot(&mut self, d: usize, _why: Option<&str>) -> Res {
+    fn reboot(&mut self, d: usize) -> Res {
         self.summary.reboots += 1;
         let tell_server = self.rng.next().is_multiple_of(2);
         self.cut_device(d, tell_server, false)?;
