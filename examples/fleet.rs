@@ -40,7 +40,7 @@ use mdm_sync::adapters::push::{PushError, PushSender, UdpPushReceiver, UdpPushSe
 use mdm_sync::adapters::tokio::{serve, Builder, ServerHandle};
 use mdm_sync::device::{DeviceConfig, DeviceTimers};
 use mdm_sync::server::{
-    FleetView, MemoryStore, Server, ServerConfig, ServerEvent, TaskOptions, TaskState,
+    FleetView, MemoryStore, Server, ServerConfig, ServerEvent, SupersedeKey, TaskOptions, TaskState,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
@@ -242,6 +242,9 @@ struct Counters {
     handshakes: [AtomicU64; 6],
     overdue: AtomicU64,
     auth_failed: AtomicU64,
+    not_now: AtomicU64,
+    deferred_events: AtomicU64,
+    superseded_events: AtomicU64,
 }
 
 // ---- the server side: push service with loss ---------------------------------
@@ -409,6 +412,15 @@ impl SimHandler {
 
 impl Handler for SimHandler {
     fn execute(&mut self, task: Task, now: Instant) -> Execution {
+        // Sometimes the user is in a call: "not now", ask again in ten minutes.
+        // The task did not run, so it is not logged as executed.
+        if task.kind != TaskKind::Lock && self.rng.chance(0.05) {
+            self.counters.not_now.fetch_add(1, Relaxed);
+            let status = TaskStatus::Deferred {
+                retry_after_s: Some(600),
+            };
+            return Execution::Done(status);
+        }
         self.log.executed.push(Exec {
             task: task.id,
             sim: now,
@@ -548,7 +560,26 @@ impl Slot {
         let Some(runner) = self.runner.take() else {
             return;
         };
-        let (conn, storage, mut handler) = runner.into_parts();
+        // A graceful reboot writes what is pending first; a power loss does not.
+        let (runner, power_loss) = if power_loss {
+            (runner, true)
+        } else {
+            match runner.shutdown() {
+                Ok(parts) => return self.restart(parts, clock, false),
+                Err((runner, _)) => (runner, true), // the write tore: a power loss
+            }
+        };
+        let parts = runner.into_parts();
+        self.restart(parts, clock, power_loss);
+    }
+
+    fn restart(
+        &mut self,
+        parts: (SimConnector, SimStorage, SimHandler),
+        clock: ScaledClock,
+        power_loss: bool,
+    ) {
+        let (conn, storage, mut handler) = parts;
         handler.reboot(power_loss);
         if power_loss {
             let w = storage.writes.load(Relaxed);
@@ -929,9 +960,14 @@ fn console(s: &mut Server<MemoryStore>, now: Instant, ops: Vec<Op>) -> Vec<Outco
     let id = |d: usize| DeviceId(d as u64 + 1);
     let run = |op| match op {
         Op::Enqueue { task, device, kind } => {
-            let id = s
-                .enqueue_task(device, kind, TaskOptions::default(), now)
-                .ok();
+            // Locks carry a supersede key: clicking "lock" again for a device
+            // that has not taken the first one yet replaces it.
+            let supersede = (kind == TaskKind::Lock).then(|| SupersedeKey::from_name("lock"));
+            let opts = TaskOptions {
+                supersede,
+                ..TaskOptions::default()
+            };
+            let id = s.enqueue_task(device, kind, opts, now).ok();
             let wall = WallInstant::now();
             Outcome::Queued {
                 task,
@@ -1084,6 +1120,7 @@ struct Report {
     twice: usize,
     never: usize,
     cancelled_before: usize,
+    superseded: usize,
     statuses: usize,
     by_status: [usize; 4],
     lat_sim: Vec<u64>,
@@ -1149,6 +1186,8 @@ fn verify_tasks(
         let Some(first) = execs.first() else {
             if state == Some(TaskState::Cancelled) && p.cancel_requested {
                 r.cancelled_before += 1;
+            } else if matches!(state, Some(TaskState::Superseded { .. })) {
+                r.superseded += 1;
             } else {
                 r.never += 1;
                 fail(
@@ -1342,6 +1381,16 @@ fn print_summary(
     println!(
         "  policy states (server)   applied {}, partially applied {}, rejected {}, pending {}",
         view.policy_applied, view.policy_partial, view.policy_rejected, view.policy_pending
+    );
+    println!(
+        "  lifecycle                deferred (\"not now\") {} (server saw {}), superseded {}, \
+         cancelled in time {}, too late to cancel {}, overdue events {}",
+        c.not_now.load(Relaxed),
+        c.deferred_events.load(Relaxed),
+        c.superseded_events.load(Relaxed),
+        t.cancelled,
+        t.too_late_to_cancel,
+        c.overdue.load(Relaxed)
     );
     println!(
         "  sync failures (device)   {} (offline, power loss, ...); overdue events {}; \
@@ -1662,6 +1711,15 @@ fn on_server_event(ev: &ServerEvent, log: &Mutex<ServerLog>, c: &Counters) {
         ServerEvent::Overdue { .. } => {
             c.overdue.fetch_add(1, Relaxed);
         }
+        ServerEvent::TaskChanged { state, .. } => match state {
+            TaskState::Deferred { .. } => {
+                c.deferred_events.fetch_add(1, Relaxed);
+            }
+            TaskState::Superseded { .. } => {
+                c.superseded_events.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        },
         ServerEvent::AuthFailed { .. } => {
             c.auth_failed.fetch_add(1, Relaxed);
         }

@@ -928,9 +928,11 @@ fn offers_left_for_lack_of_room_do_not_fail_the_session() {
     let secret = s.enroll(DEVICE, now).unwrap();
     let cfg = DeviceConfig::new(DEVICE, 0, secret, Platform::Android);
     let mut d: Device<4, 4> = Device::new(cfg, now);
-    for _ in 0..4 {
+    // Compliance events may fill all but the slot kept for a policy report;
+    // the first offer is then deferred into that slot and the rest are left.
+    for _ in 0..3 {
         d.raise_compliance(ComplianceEvent::ProfileChanged, now)
-            .unwrap(); // the outbox is now full
+            .unwrap();
     }
     let tasks: Vec<TaskId> = (0..3)
         .map(|_| {

@@ -484,9 +484,25 @@ where
 
     /// Takes the adapter apart, e.g. to simulate a reboot: drop the engine,
     /// keep the storage, and [`boot`](Self::boot) again. An open transport
-    /// is closed.
+    /// is closed. State not yet written (say, a compliance event raised since
+    /// the last [`run_once`](Self::run_once)) is lost, as in a power loss; use
+    /// [`shutdown`](Self::shutdown) for an orderly stop.
     pub fn into_parts(self) -> (C, S, H) {
         (self.connector, self.storage, self.handler)
+    }
+
+    /// An orderly stop: handles what the engine has pending (above all, writes
+    /// the snapshot it asked for), then takes the adapter apart like
+    /// [`into_parts`](Self::into_parts). On a storage error the adapter is
+    /// handed back with the error.
+    // reason: the error hands the whole adapter back so the caller can retry
+    #[allow(clippy::result_large_err, clippy::type_complexity)]
+    pub fn shutdown(mut self) -> Result<(C, S, H), (Self, Error<S::Error>)> {
+        let now = self.clock.now();
+        match self.drive(now) {
+            Ok(()) => Ok(self.into_parts()),
+            Err(e) => Err((self, e)),
+        }
     }
 
     /// A "sync now" push arrived; call [`run_once`](Self::run_once) next.
@@ -499,8 +515,9 @@ where
         self.device.manual_sync(self.clock.now());
     }
 
-    /// A compliance event happened; it is synced on the next
-    /// [`run_once`](Self::run_once) and retried until acknowledged.
+    /// A compliance event happened; it is written to storage by the next
+    /// [`run_once`](Self::run_once) (or [`shutdown`](Self::shutdown)), synced,
+    /// and retried until acknowledged.
     pub fn raise_compliance(&mut self, event: ComplianceEvent) -> Result<(), DeviceError> {
         self.device.raise_compliance(event, self.clock.now())
     }

@@ -393,7 +393,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         event: ComplianceEvent,
         now: Instant,
     ) -> Result<(), DeviceError> {
-        self.enqueue(ReportBody::Compliance(event), false)?;
+        // One slot beyond the running tasks' stays free for a policy report,
+        // so compliance events piling up offline cannot block a policy.
+        let spare = self.inflight.len() + 1;
+        self.enqueue(ReportBody::Compliance(event), spare)?;
         let seq = self.next_report_seq.wrapping_sub(1);
         debug!("compliance event {:?} queued as report {}", event, seq);
         self.kick(now);
@@ -443,7 +446,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         self.inflight.pop();
         // A slot was reserved for this report when the task was accepted.
-        self.enqueue(ReportBody::Task { task, status }, true)?;
+        self.enqueue(ReportBody::Task { task, status }, 0)?;
         if let TaskStatus::Deferred {
             retry_after_s: Some(s),
         } = status
@@ -479,7 +482,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.policy.as_ref().map(|p| p.version) != Some(version) {
             return Err(DeviceError::NoPendingPolicy);
         }
-        self.enqueue(ReportBody::Policy(PolicyReport { version, outcome }), false)?;
+        let spare = self.inflight.len();
+        self.enqueue(ReportBody::Policy(PolicyReport { version, outcome }), spare)?;
         debug!("policy {} applied, report queued", version);
         self.policy = None;
         self.policy_version = version;
@@ -489,9 +493,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 
     /// Adds a report to the outbox. Non-final reports leave one slot free per
     /// running task so that every final status always fits.
-    fn enqueue(&mut self, body: ReportBody, reserved: bool) -> Result<(), DeviceError> {
-        let room = if reserved { 0 } else { self.inflight.len() };
-        if self.outbox.len() + room >= OUTBOX {
+    fn enqueue(&mut self, body: ReportBody, spare: usize) -> Result<(), DeviceError> {
+        // `spare` slots must stay free: one per running task for its final
+        // status (which itself passes 0), plus one for a policy report.
+        if self.outbox.len() + spare >= OUTBOX {
             return Err(DeviceError::OutboxFull);
         }
         let mut bytes = Vec::from_array([0; wire::MAX_REPORT_BODY]);
@@ -736,7 +741,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 task: task.id,
                 status,
             };
-            return self.enqueue(body, true).map_err(|_| busy_err());
+            return self.enqueue(body, 0).map_err(|_| busy_err());
         }
         self.last_task_seq = task.seq;
         self.enqueue(
@@ -744,7 +749,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 task: task.id,
                 status: TaskStatus::Received,
             },
-            false,
+            self.inflight.len(),
         )
         .map_err(|_| busy_err())?;
         let slot = Inflight {
@@ -1039,7 +1044,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                         task: i.task.id,
                         status,
                     },
-                    true,
+                    0,
                 )
                 .is_err()
             {
