@@ -597,9 +597,14 @@ where
             Event::ApplyPolicy { version } => {
                 if let Some(policy) = self.device.pending_policy().cloned() {
                     let outcome = self.handler.apply_policy(&policy, now);
-                    self.device
-                        .policy_applied(version, outcome, now)
-                        .map_err(Error::Handler)?;
+                    match self.device.policy_applied(version, outcome, now) {
+                        // The engine announces the policy again once its
+                        // outbox has room; applying is idempotent.
+                        Err(DeviceError::OutboxFull) => {
+                            debug!("policy {} answer waits for outbox room", version)
+                        }
+                        other => other.map_err(Error::Handler)?,
+                    }
                 }
             }
             Event::SyncDone { trigger } => self.handler.sync_done(trigger, now),

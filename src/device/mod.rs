@@ -261,6 +261,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // A task was answered "not now" for lack of room: sync again once a
     // running task finishes (event-driven, so a long task cannot cause a loop).
     busy_deferred: bool,
+    // The answer to the pending policy found the outbox full; ask again
+    // after the next ack.
+    policy_refused: bool,
     // An offer of this session was left unaccepted for lack of room: later
     // offers of the session are left too (not a gap), and a new sync follows.
     refused: bool,
@@ -310,6 +313,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             policy: None,
             policy_announced: false,
             busy_deferred: false,
+            policy_refused: false,
             refused: false,
             refused_resync: false,
             app_deferred: false,
@@ -483,7 +487,13 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             return Err(DeviceError::NoPendingPolicy);
         }
         let spare = self.inflight.len();
-        self.enqueue(ReportBody::Policy(PolicyReport { version, outcome }), spare)?;
+        let report = ReportBody::Policy(PolicyReport { version, outcome });
+        if let Err(e) = self.enqueue(report, spare) {
+            // No room now: the policy stays pending and is announced again
+            // once an ack frees the outbox (not at once: that would spin).
+            self.policy_refused = true;
+            return Err(e);
+        }
         debug!("policy {} applied, report queued", version);
         self.policy = None;
         self.policy_version = version;
@@ -704,6 +714,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             } else {
                 break;
             }
+        }
+        if self.policy.is_some() && core::mem::take(&mut self.policy_refused) {
+            self.policy_announced = false;
         }
     }
 

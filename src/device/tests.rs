@@ -296,3 +296,26 @@ fn backoff_jitter_stays_between_half_and_the_whole_delay() {
     d.connect_failed(T0);
     assert!(d.poll_timeout().is_some());
 }
+
+#[test]
+fn a_policy_answer_refused_for_lack_of_room_is_asked_again_after_an_ack() {
+    let mut d = syncing::<16, 4>();
+    for seq in 1u32..=12 {
+        feed(&mut d, &task(seq)); // 4 accepted, 8 deferred for lack of room
+    }
+    assert_eq!(d.outbox_len() + d.running_tasks().count(), 16);
+    let policy = Policy {
+        version: 1,
+        settings: heapless::Vec::new(),
+    };
+    feed(&mut d, &Down::Policy(policy));
+    let events = drain(&mut d);
+    assert!(events.contains(&Event::ApplyPolicy { version: 1 }));
+    let r = d.policy_applied(1, PolicyOutcome::Applied, T0);
+    assert_eq!(r, Err(DeviceError::OutboxFull));
+    assert_eq!(drain(&mut d), [], "not announced again at once");
+    feed(&mut d, &Down::Ack { seq: 12 });
+    assert_eq!(drain(&mut d), [Event::ApplyPolicy { version: 1 }]);
+    assert_eq!(d.policy_applied(1, PolicyOutcome::Applied, T0), Ok(()));
+    assert_eq!(d.policy_version(), 1);
+}
