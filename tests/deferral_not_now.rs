@@ -112,3 +112,16 @@ fn a_full_device_defers_by_itself_and_catches_up() {
     assert_eq!(p.state(0, extra), want);
     assert_eq!(p.times_executed(0, extra), 1);
 }
+
+#[test]
+fn a_zero_retry_hint_does_not_make_the_device_spin() {
+    let mut p = Pair::new(1);
+    p.run_for(Duration::from_secs(5));
+    p.devices[0].behaviour = Behaviour::Defer(Some(0));
+    p.queue(0, TaskKind::Scan);
+    p.run_for(Duration::from_mins(1));
+    let syncs =
+        p.count_events(|e| matches!(e, mdm_sync::server::ServerEvent::Authenticated { .. }));
+    // Boot, push, then at most one retry per `backoff_min` (5 s).
+    assert!(syncs <= 2 + 12, "{syncs} syncs in a minute");
+}

@@ -455,7 +455,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             retry_after_s: Some(s),
         } = status
         {
-            let at = now + Duration::from_secs(u64::from(s));
+            // A hint of 0 would have the device sync again at once, over and
+            // over; no hint is shorter than the first retry delay.
+            let after = Duration::from_secs(u64::from(s)).max(self.cfg.timers.backoff_min);
+            let at = now + after;
             self.hint_at = Some(self.hint_at.map_or(at, |h| h.min(at)));
         }
         debug!("task {} final status {:?}", task.0, status);
