@@ -521,7 +521,7 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        let Some((platform, token)) = self.store_push_target(device)? else {
+        let Some((platform, token)) = self.store.push_target(device)? else {
             return Ok(()); // never connected: its boot or periodic sync will come
         };
         self.pushes.insert(
@@ -546,10 +546,6 @@ impl<S: FleetStore> Server<S> {
         }
         self.scratch = ids;
         Ok(())
-    }
-
-    fn store_push_target(&self, device: DeviceId) -> Result<Option<(Platform, Box<str>)>, S> {
-        Ok(self.store.push_target(device)?)
     }
 
     fn close_device_session(&mut self, device: DeviceId) {
