@@ -101,29 +101,21 @@ fn messages(c: &mut Criterion) {
     }
 }
 
-/// Feeds `stream` to a decoder in `chunk`-byte pieces and decodes every
-/// message; returns how many there were.
-fn stream_decode<T: DeserializeOwned>(stream: &[u8], chunk: usize) -> usize {
-    let mut dec = FrameDecoder::<MAX_FRAME>::new();
+/// Decodes every message of a recorded stream fed in `chunk`-byte pieces;
+/// returns how many there were.
+fn stream_decode<T: DeserializeOwned>(stream: &[u8], chunk: usize, key: u32) -> usize {
     let mut count = 0;
-    for mut part in stream.chunks(chunk) {
-        while !part.is_empty() {
-            let n = dec.push(part);
-            part = &part[n..];
-            while let Some(r) = dec.decode() {
-                let msg = wire::decode::<T>(r.unwrap()).unwrap();
-                black_box(&msg);
-                count += 1;
-            }
-        }
-    }
+    common::for_each_payload(stream, chunk, key, |p| {
+        black_box(wire::decode::<T>(p).unwrap());
+        count += 1;
+    });
     count
 }
 
 fn streaming(c: &mut Criterion) {
-    let (up, down) = common::recorded_sync();
-    let frames_up = common::payloads(&up).len();
-    let frames_down = common::payloads(&down).len();
+    let common::Recorded { up, down, key } = common::recorded_sync();
+    let frames_up = common::payloads(&up, key).len();
+    let frames_down = common::payloads(&down, key).len();
     let mut g = c.benchmark_group("stream");
     for chunk in [1, 64, usize::MAX] {
         let label = if chunk == usize::MAX {
@@ -133,11 +125,14 @@ fn streaming(c: &mut Criterion) {
         };
         g.throughput(Throughput::Bytes(down.len() as u64));
         g.bench_function(BenchmarkId::new("down_sync", &label), |b| {
-            b.iter(|| assert_eq!(stream_decode::<Down>(black_box(&down), chunk), frames_down))
+            b.iter(|| {
+                let n = stream_decode::<Down>(black_box(&down), chunk, key);
+                assert_eq!(n, frames_down)
+            })
         });
         g.throughput(Throughput::Bytes(up.len() as u64));
         g.bench_function(BenchmarkId::new("up_sync", &label), |b| {
-            b.iter(|| assert_eq!(stream_decode::<Up>(black_box(&up), chunk), frames_up))
+            b.iter(|| assert_eq!(stream_decode::<Up>(black_box(&up), chunk, key), frames_up))
         });
     }
     g.finish();

@@ -2,11 +2,14 @@
 //!
 //! The server answers a device's `Hello` with a fresh 16-byte nonce. The device
 //! proves it holds its per-device secret with
-//! `HMAC-SHA256(secret, "mdm-sync/1 proof" || nonce || device id (u64 LE) ||
-//! generation (u32 LE))`. A nonce is used for one session only, so a recorded
-//! proof fails in any other session. Comparison is constant-time.
+//! `HMAC-SHA256(secret, "mdm-sync/2 proof" || nonce || SHA-256(Hello payload))`.
+//! A nonce is used for one session only, so a recorded proof fails in any
+//! other session; the proof covers the exact `Hello` bytes the server read, so
+//! a `Hello` replayed from an earlier session (or altered on the way: another
+//! task ledger, another push token) fails it too. Comparison is constant-time.
 
 use hmac::{KeyInit, Mac};
+use sha2::Digest;
 
 use crate::wire::DeviceId;
 
@@ -15,27 +18,24 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// A per-device secret shared by the device and the server.
 pub type Secret = [u8; 32];
 
-const DOMAIN: &[u8] = b"mdm-sync/1 proof";
+const DOMAIN: &[u8] = b"mdm-sync/2 proof";
 
-/// The proof a device sends for `nonce`.
-pub fn proof(secret: &Secret, nonce: &[u8; 16], device: DeviceId, generation: u32) -> [u8; 32] {
-    mac(secret, nonce, device, generation)
-        .finalize()
-        .into_bytes()
-        .into()
+/// SHA-256 of a `Hello` frame's payload, the exact bytes on the wire: what the
+/// proof binds the session to.
+pub fn hello_hash(payload: &[u8]) -> [u8; 32] {
+    sha2::Sha256::digest(payload).into()
 }
 
-/// Whether `proof` is right for `nonce` (constant-time comparison).
-pub fn verify(
-    secret: &Secret,
-    nonce: &[u8; 16],
-    device: DeviceId,
-    generation: u32,
-    proof: &[u8; 32],
-) -> bool {
-    mac(secret, nonce, device, generation)
-        .verify_slice(proof)
-        .is_ok()
+/// The proof a device sends for `nonce`, after the `Hello` whose payload
+/// hashes to `hello` (see [`hello_hash`]).
+pub fn proof(secret: &Secret, nonce: &[u8; 16], hello: &[u8; 32]) -> [u8; 32] {
+    mac(secret, nonce, hello).finalize().into_bytes().into()
+}
+
+/// Whether `proof` is right for `nonce` and the `Hello` hashing to `hello`
+/// (constant-time comparison).
+pub fn verify(secret: &Secret, nonce: &[u8; 16], hello: &[u8; 32], proof: &[u8; 32]) -> bool {
+    mac(secret, nonce, hello).verify_slice(proof).is_ok()
 }
 
 /// The secret of device `device` in enrollment `generation`, derived from the
@@ -100,12 +100,11 @@ fn hmac_with(secret: &Secret) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new(&key.into())
 }
 
-fn mac(secret: &Secret, nonce: &[u8; 16], device: DeviceId, generation: u32) -> HmacSha256 {
+fn mac(secret: &Secret, nonce: &[u8; 16], hello: &[u8; 32]) -> HmacSha256 {
     let mut m = hmac_with(secret);
     m.update(DOMAIN);
     m.update(nonce);
-    m.update(&device.0.to_le_bytes());
-    m.update(&generation.to_le_bytes());
+    m.update(hello);
     m
 }
 
@@ -117,15 +116,16 @@ mod tests {
     fn proof_verifies_only_for_its_own_inputs() {
         let secret = [7u8; 32];
         let nonce = [1u8; 16];
-        let p = proof(&secret, &nonce, DeviceId(42), 1);
-        assert!(verify(&secret, &nonce, DeviceId(42), 1, &p));
+        let hello = hello_hash(b"hello bytes");
+        let p = proof(&secret, &nonce, &hello);
+        assert!(verify(&secret, &nonce, &hello, &p));
         assert!(
-            !verify(&secret, &[2u8; 16], DeviceId(42), 1, &p),
+            !verify(&secret, &[2u8; 16], &hello, &p),
             "replayed on a new nonce"
         );
-        assert!(!verify(&secret, &nonce, DeviceId(43), 1, &p));
-        assert!(!verify(&secret, &nonce, DeviceId(42), 2, &p));
-        assert!(!verify(&[8u8; 32], &nonce, DeviceId(42), 1, &p));
+        let other = hello_hash(b"hello bytez");
+        assert!(!verify(&secret, &nonce, &other, &p), "another Hello");
+        assert!(!verify(&[8u8; 32], &nonce, &hello, &p));
     }
 
     #[test]

@@ -163,14 +163,22 @@ fn payload_of<T: serde::Serialize>(msg: &T) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-/// A frame around any payload, with a valid CRC.
-fn raw_frame(payload: &[u8]) -> Vec<u8> {
+/// A frame around any payload, with a valid CRC for session key `key`.
+fn raw_frame(payload: &[u8], key: u32) -> Vec<u8> {
     let mut f = MAGIC.to_vec();
     f.extend_from_slice(&(payload.len() as u16).to_le_bytes());
     f.extend_from_slice(payload);
-    let crc = crc32(&f[2..]);
+    let crc = crc32(&f[2..]) ^ key;
     f.extend_from_slice(&crc.to_le_bytes());
     f
+}
+
+/// The session key set by the challenge frame `challenge`.
+fn key_of(challenge: &[u8]) -> u32 {
+    match wire::decode::<Down>(frame::payload(challenge)) {
+        Ok(Down::Challenge { nonce, .. }) => frame::session_key(&nonce),
+        other => panic!("not a challenge: {other:?}"),
+    }
 }
 
 fn header(len: u16) -> Vec<u8> {
@@ -284,9 +292,11 @@ proptest! {
     ) {
         let mut l = Link::new();
         let hello = l.connect();
+        let mut key = 0;
         if state >= 1 {
             l.server.handle_bytes(l.conn.unwrap(), &hello, l.now).unwrap();
             let challenge = l.server_out();
+            key = key_of(&challenge);
             l.device.handle_bytes(&challenge, l.now).unwrap();
         }
         if state == 2 {
@@ -295,7 +305,7 @@ proptest! {
             let welcome = l.server_out();
             l.device.handle_bytes(&welcome, l.now).unwrap();
         }
-        let bytes = if raw { payload } else { raw_frame(&payload) };
+        let bytes = if raw { payload } else { raw_frame(&payload, key) };
         match l.device.handle_bytes(&bytes, l.now) {
             Ok(()) | Err(DeviceError::Session(_)) | Err(DeviceError::NotConnected) => {}
             Err(e) => prop_assert!(false, "unexpected error {e:?}"),
@@ -316,16 +326,18 @@ proptest! {
         let mut l = Link::new();
         let hello = l.connect();
         let conn = l.conn.unwrap();
+        let mut key = 0;
         if state >= 1 {
             l.server.handle_bytes(conn, &hello, l.now).unwrap();
+            let challenge = l.server_out();
+            key = key_of(&challenge);
+            l.device.handle_bytes(&challenge, l.now).unwrap();
         }
         if state == 2 {
-            let challenge = l.server_out();
-            l.device.handle_bytes(&challenge, l.now).unwrap();
             let proof = l.device_out();
             l.server.handle_bytes(conn, &proof, l.now).unwrap();
         }
-        let bytes = if raw { payload } else { raw_frame(&payload) };
+        let bytes = if raw { payload } else { raw_frame(&payload, key) };
         match l.server.handle_bytes(conn, &bytes, l.now) {
             Ok(()) | Err(ServerError::Peer(_)) => {}
             Err(e) => prop_assert!(false, "unexpected error {e:?}"),
@@ -439,7 +451,7 @@ fn a_foreign_protocol_version_gets_a_clear_error_not_a_hang() {
     // A Hello of version 9 whose body this version cannot even parse.
     let err = l
         .server
-        .handle_bytes(conn, &raw_frame(&[0, 9, 0xFF, 0xFF]), l.now);
+        .handle_bytes(conn, &raw_frame(&[0, 9, 0xFF, 0xFF], 0), l.now);
     assert!(matches!(err, Err(ServerError::Peer(_))), "{err:?}");
     // Input after the error is ignored while the error frame waits to go out.
     assert_eq!(l.server.handle_bytes(conn, b"more", l.now), Ok(()));

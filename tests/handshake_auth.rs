@@ -1,5 +1,6 @@
-//! Identity: wrong, replayed or foreign proofs fail and reveal nothing; a
-//! version mismatch gets a clear error frame, not a hang.
+//! Identity: wrong, replayed or foreign proofs fail and reveal nothing; the
+//! proof covers the exact `Hello`; frames of one session are not taken in
+//! another; a version mismatch gets a clear error frame, not a hang.
 
 use mdm_sync::device::{Device, DeviceConfig, DeviceError, Event, ProtocolError, SessionError};
 use mdm_sync::server::{MemoryStore, PeerError, Server, ServerConfig, ServerError, ServerEvent};
@@ -30,26 +31,53 @@ fn hello(id: u64, version: u16) -> Up {
     })
 }
 
-fn send(
-    s: &mut Server<MemoryStore>,
-    conn: mdm_sync::server::ConnId,
-    msg: &Up,
-) -> Result<(), ServerError<core::convert::Infallible>> {
+type ConnId = mdm_sync::server::ConnId;
+type Answer = Result<(), ServerError<core::convert::Infallible>>;
+
+/// `msg` as a frame with session key `key` (0 before the challenge).
+fn framed(msg: &Up, key: u32) -> Vec<u8> {
     let mut buf = [0u8; 600];
-    let n = frame::encode(msg, &mut buf).unwrap();
-    s.handle_bytes(conn, &buf[..n], NOW)
+    let n = frame::encode_keyed(msg, &mut buf, key).unwrap();
+    buf[..n].to_vec()
 }
 
-fn replies(s: &mut Server<MemoryStore>, conn: mdm_sync::server::ConnId) -> Vec<Down> {
+fn send(s: &mut Server<MemoryStore>, conn: ConnId, msg: &Up) -> Answer {
+    send_keyed(s, conn, msg, 0)
+}
+
+fn send_keyed(s: &mut Server<MemoryStore>, conn: ConnId, msg: &Up, key: u32) -> Answer {
+    s.handle_bytes(conn, &framed(msg, key), NOW)
+}
+
+fn replies(s: &mut Server<MemoryStore>, conn: ConnId) -> Vec<Down> {
+    replies_keyed(s, conn, 0)
+}
+
+/// Everything the server sent on `conn`, read with session key `key`.
+fn replies_keyed(s: &mut Server<MemoryStore>, conn: ConnId, key: u32) -> Vec<Down> {
+    decoded(&drained(s, conn), key)
+}
+
+/// The bytes the server has for `conn`.
+fn drained(s: &mut Server<MemoryStore>, conn: ConnId) -> Vec<u8> {
     let mut buf = [0u8; 4096];
+    let mut bytes = Vec::new();
+    while let Some(n) = s.poll_transmit_for(conn, &mut buf) {
+        bytes.extend_from_slice(&buf[..n]);
+    }
+    bytes
+}
+
+/// The messages in `bytes` whose frames check with session key `key`.
+fn decoded(mut bytes: &[u8], key: u32) -> Vec<Down> {
     let mut out = Vec::new();
     let mut dec = wire::FrameDecoder::<600>::new();
-    while let Some(n) = s.poll_transmit_for(conn, &mut buf) {
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let k = dec.push(rest);
-            rest = &rest[k..];
-            while let Some(Ok(p)) = dec.decode() {
+    dec.set_key(key);
+    while !bytes.is_empty() {
+        let k = dec.push(bytes);
+        bytes = &bytes[k..];
+        while let Some(r) = dec.decode() {
+            if let Ok(p) = r {
                 out.push(wire::decode::<Down>(p).unwrap());
             }
         }
@@ -72,10 +100,10 @@ fn a_wrong_proof_and_an_unknown_device_get_the_same_answer() {
     for id in [1, 2] {
         let conn = s.connection_opened(NOW).unwrap();
         send(&mut s, conn, &hello(id, wire::PROTOCOL_VERSION)).unwrap();
-        let _ = replies(&mut s, conn);
-        let r = send(&mut s, conn, &Up::Proof { mac: [0; 32] });
+        let key = frame::session_key(&nonce_of(&replies(&mut s, conn)));
+        let r = send_keyed(&mut s, conn, &Up::Proof { mac: [0; 32] }, key);
         assert_eq!(r, Err(ServerError::Peer(PeerError::AuthFailed)));
-        answers.push(replies(&mut s, conn));
+        answers.push(replies_keyed(&mut s, conn, key));
     }
     assert_eq!(answers[0], vec![Down::Error(ErrorCode::AuthFailed)]);
     assert_eq!(answers[0], answers[1]);
@@ -86,37 +114,113 @@ fn a_wrong_proof_and_an_unknown_device_get_the_same_answer() {
     assert_eq!(failed, 2);
 }
 
+/// The proof a device holding `secret` sends after `hello`, for `nonce`.
+fn proof_for(secret: &[u8; 32], nonce: &[u8; 16], hello: &Up) -> Up {
+    let hash = mdm_sync::auth::hello_hash(frame::payload(&framed(hello, 0)));
+    Up::Proof {
+        mac: mdm_sync::auth::proof(secret, nonce, &hash),
+    }
+}
+
+/// Opens a session with `hello`; returns the connection and its nonce.
+fn challenged(s: &mut Server<MemoryStore>, hello: &Up) -> (ConnId, [u8; 16]) {
+    let conn = s.connection_opened(NOW).unwrap();
+    send(s, conn, hello).unwrap();
+    (conn, nonce_of(&replies(s, conn)))
+}
+
 #[test]
 fn a_replayed_proof_fails_on_a_new_nonce() {
     let mut s = server();
     let secret = s.enroll(DeviceId(1), NOW).unwrap();
-    let conn = s.connection_opened(NOW).unwrap();
-    send(&mut s, conn, &hello(1, wire::PROTOCOL_VERSION)).unwrap();
-    let nonce = nonce_of(&replies(&mut s, conn));
-    let mac = mdm_sync::auth::proof(&secret, &nonce, DeviceId(1), 0);
-    send(&mut s, conn, &Up::Proof { mac }).unwrap();
+    let h = hello(1, wire::PROTOCOL_VERSION);
+    let (conn, nonce) = challenged(&mut s, &h);
+    let key = frame::session_key(&nonce);
+    let proof = proof_for(&secret, &nonce, &h);
+    send_keyed(&mut s, conn, &proof, key).unwrap();
     assert!(matches!(
-        replies(&mut s, conn).first(),
+        replies_keyed(&mut s, conn, key).first(),
         Some(Down::Welcome { .. })
     ));
     // An eavesdropper replays the same proof in a new session.
-    let conn2 = s.connection_opened(NOW).unwrap();
-    send(&mut s, conn2, &hello(1, wire::PROTOCOL_VERSION)).unwrap();
-    let nonce2 = nonce_of(&replies(&mut s, conn2));
+    let (conn2, nonce2) = challenged(&mut s, &h);
     assert_ne!(nonce, nonce2);
-    let r = send(&mut s, conn2, &Up::Proof { mac });
+    let key2 = frame::session_key(&nonce2);
+    let r = send_keyed(&mut s, conn2, &proof, key2);
     assert_eq!(r, Err(ServerError::Peer(PeerError::AuthFailed)));
     // A second proof in the first session is a protocol error, not a re-auth.
-    let r = send(&mut s, conn, &Up::Proof { mac });
+    let r = send_keyed(&mut s, conn, &proof, key);
     assert_eq!(r, Err(ServerError::Peer(PeerError::Unexpected)));
+}
+
+/// The proof covers the exact `Hello` bytes: a `Hello` with another task
+/// ledger (replayed from an earlier session) or another push token (altered
+/// on the way) fails, even with a proof made by the real secret.
+#[test]
+fn a_proof_covers_the_hello_it_follows() {
+    let mut s = server();
+    let secret = s.enroll(DeviceId(1), NOW).unwrap();
+    let sent = hello(1, wire::PROTOCOL_VERSION);
+    let mut old_ledger = sent.clone();
+    let mut other_token = sent.clone();
+    if let Up::Hello(h) = &mut old_ledger {
+        h.last_task_seq = 7;
+    }
+    if let Up::Hello(h) = &mut other_token {
+        h.push_token = heapless::String::try_from("attacker").unwrap();
+    }
+    for read in [old_ledger, other_token] {
+        let (conn, nonce) = challenged(&mut s, &read);
+        let proof = proof_for(&secret, &nonce, &sent);
+        let r = send_keyed(&mut s, conn, &proof, frame::session_key(&nonce));
+        assert_eq!(r, Err(ServerError::Peer(PeerError::AuthFailed)));
+    }
+    let (conn, nonce) = challenged(&mut s, &sent);
+    let proof = proof_for(&secret, &nonce, &sent);
+    send_keyed(&mut s, conn, &proof, frame::session_key(&nonce)).unwrap();
+}
+
+/// From the challenge on, frames carry the session's key: a frame of another
+/// session (or of none) is dropped like a corrupted one, and the session
+/// goes on with the right frame.
+#[test]
+fn a_frame_of_another_session_is_dropped() {
+    let mut s = server();
+    let secret = s.enroll(DeviceId(1), NOW).unwrap();
+    let h = hello(1, wire::PROTOCOL_VERSION);
+    let (old, old_nonce) = challenged(&mut s, &h);
+    s.connection_closed(old, NOW);
+    let (conn, nonce) = challenged(&mut s, &h);
+    let key = frame::session_key(&nonce);
+    let proof = proof_for(&secret, &nonce, &h);
+    // Right proof, wrong keys: the old session's, and none.
+    for wrong in [frame::session_key(&old_nonce), 0] {
+        send_keyed(&mut s, conn, &proof, wrong).unwrap();
+        assert_eq!(replies_keyed(&mut s, conn, key), vec![]);
+    }
+    send_keyed(&mut s, conn, &proof, key).unwrap();
+    let answer = replies_keyed(&mut s, conn, key);
+    assert!(
+        matches!(answer.first(), Some(Down::Welcome { .. })),
+        "{answer:?}"
+    );
+    // The server's frames carry the key too: read without it, they are dropped.
+    s.enqueue_task(DeviceId(1), wire::TaskKind::Lock, Default::default(), NOW)
+        .unwrap();
+    let bytes = drained(&mut s, conn);
+    assert_eq!(decoded(&bytes, 0), vec![]);
+    assert!(matches!(
+        decoded(&bytes, key)[..],
+        [Down::Task(_), Down::SyncEnd]
+    ));
 }
 
 #[test]
 fn a_device_of_another_version_gets_a_clear_error() {
     let mut s = server();
     let conn = s.connection_opened(NOW).unwrap();
-    // A future Hello: version 2 and fields this version cannot parse.
-    let mut payload = vec![0u8, 2];
+    // A future Hello: version 9 and fields this version cannot parse.
+    let mut payload = vec![0u8, 9];
     payload.extend_from_slice(&[0xFF; 20]);
     let mut buf = [0u8; 64];
     buf[..2].copy_from_slice(&frame::MAGIC);
@@ -127,7 +231,7 @@ fn a_device_of_another_version_gets_a_clear_error() {
     let r = s.handle_bytes(conn, &buf[..8 + payload.len()], NOW);
     assert_eq!(
         r,
-        Err(ServerError::Peer(PeerError::VersionMismatch { device: 2 }))
+        Err(ServerError::Peer(PeerError::VersionMismatch { device: 9 }))
     );
     let supported = wire::PROTOCOL_VERSION;
     assert_eq!(

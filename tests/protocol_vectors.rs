@@ -60,8 +60,17 @@ fn nonce() -> [u8; 16] {
     auth::nonce(&NONCE_SEED, NONCE_COUNTER)
 }
 
+/// The key of every frame after the challenge.
+fn key() -> u32 {
+    frame::session_key(&nonce())
+}
+
+fn hello_hash() -> [u8; 32] {
+    auth::hello_hash(frame::payload(&encode_frame(&Up::Hello(hello()), 0)))
+}
+
 fn proof() -> [u8; 32] {
-    auth::proof(&secret(), &nonce(), DEVICE, GENERATION)
+    auth::proof(&secret(), &nonce(), &hello_hash())
 }
 
 fn hello() -> Hello {
@@ -147,23 +156,47 @@ struct Vector {
     message: String,
     bytes: Vec<u8>,
     check: Check,
+    // The session key of a frame (0: sent before or as the challenge).
+    key: u32,
+}
+
+/// The key a frame carries in the documented session: none for the `Hello`,
+/// the `Challenge` and a version mismatch (answers to a `Hello`), the
+/// session's key for everything after the challenge.
+fn up_key(msg: &Up) -> u32 {
+    if matches!(msg, Up::Hello(_)) {
+        0
+    } else {
+        key()
+    }
+}
+
+fn down_key(msg: &Down) -> u32 {
+    match msg {
+        Down::Challenge { .. } | Down::Error(ErrorCode::VersionMismatch { .. }) => 0,
+        _ => key(),
+    }
 }
 
 fn up(name: &str, msg: Up) -> Vector {
+    let key = up_key(&msg);
     Vector {
         name: name.into(),
         message: format!("Up::{msg:?}"),
-        bytes: encode_frame(&msg),
+        bytes: encode_frame(&msg, key),
         check: Check::Up(msg),
+        key,
     }
 }
 
 fn down(name: &str, msg: Down) -> Vector {
+    let key = down_key(&msg);
     Vector {
         name: name.into(),
         message: format!("Down::{msg:?}"),
-        bytes: encode_frame(&msg),
+        bytes: encode_frame(&msg, key),
         check: Check::Down(msg),
+        key,
     }
 }
 
@@ -173,13 +206,18 @@ fn raw(name: &str, message: String, bytes: Vec<u8>) -> Vector {
         message,
         bytes,
         check: Check::Bytes,
+        key: 0,
     }
 }
 
-fn encode_frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+fn encode_frame<T: serde::Serialize>(msg: &T, key: u32) -> Vec<u8> {
     let mut buf = [0u8; frame::MAX_FRAME];
-    let n = frame::encode(msg, &mut buf).expect("every vector fits a frame");
+    let n = frame::encode_keyed(msg, &mut buf, key).expect("every vector fits a frame");
     buf[..n].to_vec()
+}
+
+fn down_frame(msg: &Down) -> Vec<u8> {
+    encode_frame(msg, down_key(msg))
 }
 
 /// Frames a raw payload the way the codec does (for payloads no type encodes).
@@ -205,12 +243,13 @@ fn vectors() -> Vec<Vector> {
     v.extend(up_vectors());
     v.extend(down_vectors());
     v.push(Vector {
-        name: "hello-v2".into(),
-        message: "a Hello from a version-2 device: tag 0, version 2, then bytes version 1 \
+        name: "hello-v3".into(),
+        message: "a Hello from a version-3 device: tag 0, version 3, then bytes version 2 \
                   cannot read"
             .into(),
-        bytes: frame_payload(&[0x00, 0x02, 0xff, 0xff, 0xff]),
-        check: Check::ForeignHello(2),
+        bytes: frame_payload(&[0x00, 0x03, 0xff, 0xff, 0xff]),
+        check: Check::ForeignHello(3),
+        key: 0,
     });
     v.push(snapshot_vector());
     v
@@ -226,7 +265,10 @@ fn auth_vectors() -> Vec<Vector> {
         ),
         raw(
             "secret-input",
-            format!("\"mdm-sync/1 secret\" || device {} (u64 LE) || generation {GENERATION} (u32 LE)", DEVICE.0),
+            format!(
+                "\"mdm-sync/1 secret\" || device {} (u64 LE) || generation {GENERATION} (u32 LE)",
+                DEVICE.0
+            ),
             secret_input(),
         ),
         raw(
@@ -241,15 +283,31 @@ fn auth_vectors() -> Vec<Vector> {
         ),
         raw(
             "nonce",
-            format!("first 16 bytes of HMAC-SHA256(seed {}, nonce-input)", hex(&NONCE_SEED)),
+            format!(
+                "first 16 bytes of HMAC-SHA256(seed {}, nonce-input)",
+                hex(&NONCE_SEED)
+            ),
             nonce().to_vec(),
+        ),
+        raw(
+            "session-key",
+            format!(
+                "the first 4 bytes of the nonce: key 0x{:08X}, little-endian",
+                key()
+            ),
+            key().to_le_bytes().to_vec(),
+        ),
+        raw(
+            "hello-hash",
+            "SHA-256 of the payload of the hello vector below".into(),
+            hello_hash().to_vec(),
         ),
         raw(
             "proof-input",
             format!(
-                "\"mdm-sync/1 proof\" || nonce {} || device {} (u64 LE) || generation {GENERATION} (u32 LE)",
+                "\"mdm-sync/2 proof\" || nonce {} || hello-hash {}",
                 hex(&nonce()),
-                DEVICE.0
+                hex(&hello_hash())
             ),
             proof_input(),
         ),
@@ -275,10 +333,9 @@ fn nonce_input() -> Vec<u8> {
 }
 
 fn proof_input() -> Vec<u8> {
-    let mut m = b"mdm-sync/1 proof".to_vec();
+    let mut m = b"mdm-sync/2 proof".to_vec();
     m.extend_from_slice(&nonce());
-    m.extend_from_slice(&DEVICE.0.to_le_bytes());
-    m.extend_from_slice(&GENERATION.to_le_bytes());
+    m.extend_from_slice(&hello_hash());
     m
 }
 
@@ -459,7 +516,7 @@ fn snapshot_vector() -> Vector {
         id: TaskId(500),
         kind: TaskKind::Lock,
     };
-    d.handle_bytes(&encode_frame(&Down::Task(task)), Instant::ZERO)
+    d.handle_bytes(&down_frame(&Down::Task(task)), Instant::ZERO)
         .unwrap();
     assert_eq!(d.poll_event(), Some(Event::Persist));
     let mut buf = [0u8; Device::<16, 4>::SNAPSHOT_MAX];
@@ -495,13 +552,13 @@ fn handshake<const O: usize, const I: usize>(d: &mut Device<O, I>, now: Instant)
         version: PROTOCOL_VERSION,
         nonce: nonce(),
     };
-    d.handle_bytes(&encode_frame(&challenge), now).unwrap();
+    d.handle_bytes(&down_frame(&challenge), now).unwrap();
     assert!(d.poll_transmit(&mut buf).unwrap().is_some(), "proof");
     let welcome = Down::Welcome {
         ack: 0,
         periodic_s: 0,
     };
-    d.handle_bytes(&encode_frame(&welcome), now).unwrap();
+    d.handle_bytes(&down_frame(&welcome), now).unwrap();
 }
 
 // ---- bounds -------------------------------------------------------------------
@@ -741,7 +798,7 @@ fn every_vector_in_the_document_matches_the_code() {
                         doc_hex(v)
                     ));
                 }
-                if let Err(e) = check_decodes(bytes, &v.check) {
+                if let Err(e) = check_decodes(bytes, &v.check, v.key) {
                     failures.push(format!("vector {}: {e}", v.name));
                 }
             }
@@ -755,12 +812,20 @@ fn every_vector_in_the_document_matches_the_code() {
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
 
-/// Decodes documented bytes as the check says, independently of the encoder.
-fn check_decodes(bytes: &[u8], check: &Check) -> Result<(), String> {
+/// Decodes documented bytes as the check says, independently of the encoder;
+/// frames must check with `key` and only with it.
+fn check_decodes(bytes: &[u8], check: &Check, key: u32) -> Result<(), String> {
     if matches!(check, Check::Bytes) {
         return Ok(());
     }
+    let mut other = FrameDecoder::<{ frame::MAX_FRAME }>::new();
+    other.set_key(key ^ 1);
+    other.push(bytes);
+    if matches!(other.decode(), Some(Ok(_))) {
+        return Err("also checks with another session's key".into());
+    }
     let mut dec = FrameDecoder::<{ frame::MAX_FRAME }>::new();
+    dec.set_key(key);
     if dec.push(bytes) != bytes.len() {
         return Err("longer than a frame".into());
     }
@@ -822,11 +887,20 @@ fn auth_vectors_follow_from_their_documented_inputs() {
     let get = |name: &str| doc.vectors.get(name).cloned().expect(name);
     assert_eq!(hmac(&MASTER, &get("secret-input")), get("secret"));
     assert_eq!(hmac(&NONCE_SEED, &get("nonce-input"))[..16], get("nonce"));
+    let hello = get("hello");
+    let sha = <sha2::Sha256 as sha2::Digest>::digest(&hello[4..hello.len() - 4]);
+    assert_eq!(sha.to_vec(), get("hello-hash"));
+    let mut input = b"mdm-sync/2 proof".to_vec();
+    input.extend_from_slice(&get("nonce"));
+    input.extend_from_slice(&get("hello-hash"));
+    assert_eq!(input, get("proof-input"));
     assert_eq!(hmac(&get("secret"), &get("proof-input")), get("proof"));
+    assert_eq!(get("session-key"), get("nonce")[..4]);
     let mac: [u8; 32] = get("proof").try_into().unwrap();
     let nonce: [u8; 16] = get("nonce").try_into().unwrap();
     let secret: [u8; 32] = get("secret").try_into().unwrap();
-    assert!(auth::verify(&secret, &nonce, DEVICE, GENERATION, &mac));
+    let hello_hash: [u8; 32] = get("hello-hash").try_into().unwrap();
+    assert!(auth::verify(&secret, &nonce, &hello_hash, &mac));
     assert_eq!(
         get("proof-frame")[4..5],
         [1],
@@ -862,7 +936,10 @@ fn snapshot_vector_restores() {
     for (seq, status) in [(1, TaskStatus::Received), (2, interrupted)] {
         let mut buf = [0u8; frame::MAX_FRAME];
         let n = d.poll_transmit(&mut buf).unwrap().expect("a report");
-        assert_eq!(buf[..n], encode_frame(&task_report(seq, 500, status)));
+        assert_eq!(
+            buf[..n],
+            encode_frame(&task_report(seq, 500, status), key())
+        );
     }
 }
 
@@ -877,7 +954,7 @@ fn server_answers_a_foreign_hello_with_the_version_mismatch_vector() {
         NONCE_SEED,
     );
     let conn = s.connection_opened(Instant::ZERO).unwrap();
-    let hello = &doc.vectors["hello-v2"];
+    let hello = &doc.vectors["hello-v3"];
     assert!(s.handle_bytes(conn, hello, Instant::ZERO).is_err());
     let mut buf = [0u8; 64];
     let n = s.poll_transmit_for(conn, &mut buf).unwrap();
@@ -1002,5 +1079,10 @@ fn trickled_bytes_do_not_extend_the_handshake() {
     let n = s
         .poll_transmit_for(conn, &mut buf)
         .expect("a Timeout error frame");
-    assert_eq!(buf[..n], doc.vectors["error-timeout"]);
+    // Before any challenge, so with key 0 (the vector is keyed for a session).
+    let want = frame::payload(&doc.vectors["error-timeout"]);
+    assert_eq!(frame::payload(&buf[..n]), want);
+    let mut dec = FrameDecoder::<64>::new();
+    dec.push(&buf[..n]);
+    assert_eq!(dec.decode(), Some(Ok(want)));
 }

@@ -11,14 +11,14 @@ use mdm_sync::wire::{self, Down, Up};
 
 /// One row per message: direction, kind, our frame, the same message as JSON.
 fn rows() -> Vec<(&'static str, String, usize, usize)> {
-    let (up, down) = common::recorded_sync();
+    let common::Recorded { up, down, key } = common::recorded_sync();
     let mut rows = Vec::new();
-    for payload in common::payloads(&up) {
+    for payload in common::payloads(&up, key) {
         let msg: Up = wire::decode(&payload).unwrap();
         let json = serde_json::to_vec(&msg).unwrap().len();
         rows.push(("up", up_kind(&msg), payload.len() + 8, json));
     }
-    for payload in common::payloads(&down) {
+    for payload in common::payloads(&down, key) {
         let msg: Down = wire::decode(&payload).unwrap();
         let json = serde_json::to_vec(&msg).unwrap().len();
         rows.push(("down", down_kind(&msg), payload.len() + 8, json));

@@ -342,9 +342,19 @@ impl Rig {
     }
 }
 
-/// The bytes of one whole sync, both directions: boot sync with the
-/// handshake, one task, its status and one policy.
-pub fn recorded_sync() -> (Vec<u8>, Vec<u8>) {
+/// The bytes of one whole sync, both directions, and the session's frame key.
+pub struct Recorded {
+    /// Device to server.
+    pub up: Vec<u8>,
+    /// Server to device.
+    pub down: Vec<u8>,
+    /// The key of every frame but the first of each direction.
+    pub key: u32,
+}
+
+/// One whole sync: boot sync with the handshake, one task, its status and
+/// one policy.
+pub fn recorded_sync() -> Recorded {
     let mut rig = Rig::new();
     rig.queue(TaskKind::Lock);
     rig.server
@@ -354,21 +364,42 @@ pub fn recorded_sync() -> (Vec<u8>, Vec<u8>) {
     rig.device.handle_timeout(rig.now);
     rig.pump();
     assert_eq!(rig.syncs_done, 1, "the sync did not complete");
-    rig.record.take().unwrap()
+    let (up, down) = rig.record.take().unwrap();
+    // The first frame down is the challenge, unkeyed; its nonce gives the key.
+    let mut dec = FrameDecoder::<{ MAX_FRAME }>::new();
+    dec.push(&down);
+    let first = dec.decode().expect("a frame").expect("intact");
+    let Ok(Down::Challenge { nonce, .. }) = mdm_sync::wire::decode::<Down>(first) else {
+        panic!("the first frame down is not a challenge");
+    };
+    let key = frame::session_key(&nonce);
+    Recorded { up, down, key }
+}
+
+/// Feeds a recorded byte stream to a decoder in `chunk`-byte pieces and calls
+/// `f` on each frame's payload. The first frame (the `Hello`, the `Challenge`)
+/// carries no key, every later one `key`.
+pub fn for_each_payload(stream: &[u8], chunk: usize, key: u32, mut f: impl FnMut(&[u8])) {
+    let mut dec = FrameDecoder::<{ MAX_FRAME }>::new();
+    let mut first = true;
+    for mut part in stream.chunks(chunk.max(1)) {
+        while !part.is_empty() {
+            let n = dec.push(part);
+            part = &part[n..];
+            while let Some(r) = dec.decode() {
+                f(r.expect("recorded frames are intact"));
+                if core::mem::take(&mut first) {
+                    dec.set_key(key);
+                }
+            }
+        }
+    }
 }
 
 /// Splits a recorded byte stream into its frames' payloads.
-pub fn payloads(stream: &[u8]) -> Vec<Vec<u8>> {
-    let mut dec = mdm_sync::wire::FrameDecoder::<{ mdm_sync::wire::MAX_FRAME }>::new();
+pub fn payloads(stream: &[u8], key: u32) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let mut rest = stream;
-    while !rest.is_empty() {
-        let n = dec.push(rest);
-        rest = &rest[n..];
-        while let Some(r) = dec.decode() {
-            out.push(r.expect("recorded frames are intact").to_vec());
-        }
-    }
+    for_each_payload(stream, usize::MAX, key, |p| out.push(p.to_vec()));
     out
 }
 
@@ -377,6 +408,8 @@ pub struct SyncInput {
     device: DeviceId,
     task: TaskId,
     nonce_counter: u64,
+    // The session's frame key (from its nonce).
+    key: u32,
     now: Instant,
     // Fixed buffers: preparing inputs must not churn the allocator the
     // timed server uses.
@@ -469,14 +502,16 @@ impl Fleet {
         });
         let secret = auth::derive_secret(&MASTER, device, 0);
         let nonce = auth::nonce(&NONCE_SEED, self.nonces);
-        let mac = auth::proof(&secret, &nonce, device, 0);
+        let key = frame::session_key(&nonce);
+        let hello: heapless::Vec<u8, MAX_FRAME> = encode(&hello, 0);
+        let mac = auth::proof(&secret, &nonce, &auth::hello_hash(frame::payload(&hello)));
         let r = self.report_seq[i];
         let report = |seq, status| Up::Report {
             seq,
             body: ReportBody::Task { task, status },
         };
-        let mut reports = encode(&report(r + 1, TaskStatus::Received));
-        let succeeded = encode::<64>(&report(r + 2, TaskStatus::Succeeded { result: None }));
+        let mut reports = encode(&report(r + 1, TaskStatus::Received), key);
+        let succeeded = encode::<64>(&report(r + 2, TaskStatus::Succeeded { result: None }), key);
         reports.extend_from_slice(&succeeded).unwrap();
         self.task_seq[i] += 1;
         self.report_seq[i] += 2;
@@ -484,9 +519,10 @@ impl Fleet {
             device,
             task,
             nonce_counter: self.nonces,
+            key,
             now: self.now,
-            hello: encode(&hello),
-            proof: encode(&Up::Proof { mac }),
+            hello: heapless::Vec::from_slice(&hello).unwrap(),
+            proof: encode(&Up::Proof { mac }, key),
             reports,
         }
     }
@@ -508,11 +544,11 @@ impl Fleet {
             .unwrap();
         let conn = s.connection_opened(now).unwrap();
         s.handle_bytes(conn, &input.hello, now).unwrap();
-        let challenge = drain(s, conn, &mut self.out, check);
+        let challenge = drain(s, conn, &mut self.out, check, 0);
         s.handle_bytes(conn, &input.proof, now).unwrap();
-        let offers = drain(s, conn, &mut self.out, check);
+        let offers = drain(s, conn, &mut self.out, check, input.key);
         s.handle_bytes(conn, &input.reports, now).unwrap();
-        let acks = drain(s, conn, &mut self.out, check);
+        let acks = drain(s, conn, &mut self.out, check, input.key);
         s.connection_closed(conn, now);
         while s.poll_event().is_some() {}
         if s.poll_timeout().is_some_and(|t| t <= now) {
@@ -555,21 +591,28 @@ impl Fleet {
     }
 }
 
-fn encode<const N: usize>(msg: &Up) -> heapless::Vec<u8, N> {
+/// `msg` as a frame of the session with key `key` (0: before the challenge).
+fn encode<const N: usize>(msg: &Up, key: u32) -> heapless::Vec<u8, N> {
     let mut buf = [0u8; MAX_FRAME];
-    let n = frame::encode(msg, &mut buf).unwrap();
+    let n = frame::encode_keyed(msg, &mut buf, key).unwrap();
     heapless::Vec::from_slice(&buf[..n]).unwrap()
 }
 
-/// Takes everything the server has for `conn`; decodes it only when checking.
+/// Takes everything the server has for `conn`; decodes it (frames keyed with
+/// `key`) only when checking.
 fn drain(
     s: &mut Server<MemoryStore>,
     conn: mdm_sync::server::ConnId,
     out: &mut [u8; 8192],
     check: bool,
+    key: u32,
 ) -> Vec<Down> {
     let mut msgs = Vec::new();
-    let mut dec = check.then(FrameDecoder::<MAX_FRAME>::new);
+    let mut dec = check.then(|| {
+        let mut d = FrameDecoder::<MAX_FRAME>::new();
+        d.set_key(key);
+        d
+    });
     while let Some(n) = s.poll_transmit_for(conn, &mut out[..]) {
         black_box(&out[..n]);
         if let Some(dec) = &mut dec {

@@ -237,7 +237,11 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     trigger: SyncTrigger,
     got_end: bool,
     send_hello: bool,
+    // SHA-256 of the Hello payload sent in this session (the proof covers it).
+    hello_hash: [u8; 32],
     proof: Option<[u8; 32]>,
+    // The session's frame key (0 until the Challenge).
+    key: u32,
     last_rx: Instant,
     session_start: Instant,
     periodic_at: Instant,
@@ -296,7 +300,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             trigger: SyncTrigger::Boot,
             got_end: false,
             send_hello: false,
+            hello_hash: [0; 32],
             proof: None,
+            key: 0,
             last_rx: now,
             session_start: now,
             periodic_at: now + periodic,
@@ -538,6 +544,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         self.link = Link::AwaitChallenge;
         self.decoder.reset();
+        self.key = 0;
         self.session_wants = self.wants;
         self.trigger = self.pick_trigger();
         self.send_hello = true;
@@ -619,8 +626,14 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                         server,
                     }));
                 }
-                let c = &self.cfg;
-                self.proof = Some(crate::auth::proof(&c.secret, &nonce, c.id, c.generation));
+                if self.send_hello {
+                    // A challenge to a Hello not sent yet is stale.
+                    return Err(SessionError::Protocol(ProtocolError::Unexpected));
+                }
+                let secret = &self.cfg.secret;
+                self.proof = Some(crate::auth::proof(secret, &nonce, &self.hello_hash));
+                self.key = frame::session_key(&nonce);
+                self.decoder.set_key(self.key);
                 self.link = Link::AwaitWelcome;
                 trace!("challenge answered, awaiting welcome");
                 Ok(())
@@ -888,6 +901,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.link = Link::Idle;
         self.send_hello = false;
         self.proof = None;
+        self.key = 0;
         self.decoder.reset();
         self.connect = false;
         self.disconnect = was_open;
@@ -977,19 +991,23 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.persist {
             return Ok(None);
         }
+        let key = self.key;
         if let Some(e) = self.unsent_report() {
             let report = wire::EncodedReport {
                 seq: e.seq,
                 body: &e.body,
             };
-            let n = frame::encode(&report, buf).map_err(DeviceError::Encode)?;
+            let n = frame::encode_keyed(&report, buf, key).map_err(DeviceError::Encode)?;
             e.sent = true;
             return Ok(Some(n));
         }
         let Some(msg) = self.next_message() else {
             return Ok(None);
         };
-        let n = frame::encode(&msg, buf).map_err(DeviceError::Encode)?;
+        let n = frame::encode_keyed(&msg, buf, key).map_err(DeviceError::Encode)?;
+        if let Up::Hello(_) = msg {
+            self.hello_hash = crate::auth::hello_hash(frame::payload(&buf[..n]));
+        }
         self.mark_sent(&msg);
         Ok(Some(n))
     }

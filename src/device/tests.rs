@@ -39,9 +39,10 @@ fn syncing<const O: usize, const I: usize>() -> Device<O, I> {
     d
 }
 
+/// `msg` framed as the server would, with the session's key.
 fn feed<const O: usize, const I: usize>(d: &mut Device<O, I>, msg: &Down) {
     let mut buf = [0u8; 600];
-    let n = frame::encode(msg, &mut buf).unwrap();
+    let n = frame::encode_keyed(msg, &mut buf, d.key).unwrap();
     d.handle_bytes(&buf[..n], T0).unwrap();
 }
 
@@ -192,7 +193,7 @@ fn duplicate_and_gapped_task_offers() {
     feed(&mut d, &task(1));
     assert_eq!(d.stats().duplicates, 1);
     let mut buf = [0u8; 600];
-    let n = frame::encode(&task(5), &mut buf).unwrap();
+    let n = frame::encode_keyed(&task(5), &mut buf, d.key).unwrap();
     let err = d.handle_bytes(&buf[..n], T0).unwrap_err();
     let want = SessionError::Protocol(ProtocolError::SequenceGap);
     assert_eq!(err, DeviceError::Session(want));

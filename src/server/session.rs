@@ -16,7 +16,12 @@ use crate::wire::{
 
 enum Phase {
     AwaitHello,
-    AwaitProof { hello: Box<Hello>, nonce: [u8; 16] },
+    AwaitProof {
+        hello: Box<Hello>,
+        nonce: [u8; 16],
+        // SHA-256 of the Hello payload as read: the proof must cover it.
+        hello_hash: [u8; 32],
+    },
     Syncing(Sync),
 }
 
@@ -39,6 +44,8 @@ pub(super) struct Session {
     opened: Instant,
     pub(super) closing: bool,
     queued: bool,
+    // The session's frame key, from the Challenge on (0 before).
+    key: u32,
 }
 
 /// Buffers of closed sessions kept for new ones, so that a server in steady
@@ -92,6 +99,7 @@ impl Session {
             opened: now,
             closing: false,
             queued: false,
+            key: 0,
         }
     }
 
@@ -122,7 +130,7 @@ impl Session {
     fn push_frame(&mut self, msg: &Down) -> bool {
         let start = self.out.len();
         self.out.resize(start + frame::MAX_FRAME, 0);
-        match frame::encode(msg, &mut self.out[start..]) {
+        match frame::encode_keyed(msg, &mut self.out[start..], self.key) {
             Ok(n) => {
                 self.out.truncate(start + n);
                 true
@@ -176,13 +184,19 @@ impl<S: FleetStore> Server<S> {
             let n = s.decoder.push(bytes);
             bytes = &bytes[n..];
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
+            let mut hello_hash = [0; 32];
             let msg = match s.decoder.decode() {
                 None if bytes.is_empty() => return Ok(()),
                 None | Some(Err(_)) => continue, // garbage is skipped; the CRC guards content
-                Some(Ok(payload)) => parse(payload, awaiting_hello),
+                Some(Ok(payload)) => {
+                    if awaiting_hello {
+                        hello_hash = auth::hello_hash(payload);
+                    }
+                    parse(payload, awaiting_hello)
+                }
             };
             let result = match msg {
-                Ok(msg) => self.on_message(conn, msg, now),
+                Ok(msg) => self.on_message(conn, msg, &hello_hash, now),
                 Err(e) => Err(ServerError::Peer(e)),
             };
             if let Err(e) = result {
@@ -206,7 +220,15 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
-    fn on_message(&mut self, conn: ConnId, msg: Up, now: Instant) -> Result<(), S> {
+    /// One decoded message; `hello_hash` is the payload's SHA-256 when it may
+    /// be a `Hello`.
+    fn on_message(
+        &mut self,
+        conn: ConnId,
+        msg: Up,
+        hello_hash: &[u8; 32],
+        now: Instant,
+    ) -> Result<(), S> {
         let phase = &self
             .sessions
             .get(&conn)
@@ -217,7 +239,15 @@ impl<S: FleetStore> Server<S> {
                 self.nonces = self.nonces.wrapping_add(1);
                 let nonce = auth::nonce_prepared(&self.nonce_seed, self.nonces);
                 let hello = self.spare.boxed(hello);
-                self.set_phase(conn, Phase::AwaitProof { hello, nonce });
+                let hello_hash = *hello_hash;
+                self.set_phase(
+                    conn,
+                    Phase::AwaitProof {
+                        hello,
+                        nonce,
+                        hello_hash,
+                    },
+                );
                 self.send(
                     conn,
                     &Down::Challenge {
@@ -225,6 +255,11 @@ impl<S: FleetStore> Server<S> {
                         nonce,
                     },
                 );
+                // Every later frame of the session, both ways, carries the key.
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.key = frame::session_key(&nonce);
+                    s.decoder.set_key(s.key);
+                }
                 Ok(())
             }
             (Phase::AwaitProof { .. }, Up::Proof { mac }) => self.on_proof(conn, mac, now),
@@ -295,8 +330,11 @@ impl<S: FleetStore> Server<S> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return Ok(());
         };
-        let Phase::AwaitProof { hello, nonce } =
-            core::mem::replace(&mut s.phase, Phase::AwaitHello)
+        let Phase::AwaitProof {
+            hello,
+            nonce,
+            hello_hash,
+        } = core::mem::replace(&mut s.phase, Phase::AwaitHello)
         else {
             return Err(ServerError::Peer(PeerError::Unexpected));
         };
@@ -304,7 +342,7 @@ impl<S: FleetStore> Server<S> {
         // The MAC is always computed, so an unknown device and a wrong proof
         // take the same path and get the same answer.
         let secret = auth::derive_secret_prepared(&self.master, id, generation);
-        let proof_ok = auth::verify(&secret, &nonce, id, generation, &mac);
+        let proof_ok = auth::verify(&secret, &nonce, &hello_hash, &mac);
         let rec = self.store.device(id)?;
         let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
             return Err(ServerError::Peer(PeerError::AuthFailed));

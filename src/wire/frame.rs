@@ -8,6 +8,13 @@
 //! magic, so a stream cut or corrupted anywhere resynchronises on the next good
 //! frame. The buffered bytes are rescanned, never discarded wholesale, so a good
 //! frame that follows a bad header is not lost.
+//!
+//! From the `Challenge` on, both sides XOR every frame's CRC with the session
+//! key ([`session_key`], from the session's nonce; protocol version 2). A
+//! frame left over from an earlier session (a transport that keeps bytes
+//! across connections, a proxy that replays them) then fails the check and
+//! is dropped like a corrupted one. The key is public, so this is no MAC: it
+//! keeps sessions apart, and only TLS keeps an active attacker out.
 
 use serde::Serialize;
 
@@ -53,10 +60,31 @@ pub enum FrameError {
     BadCrc,
 }
 
+/// The key that separates the frames of the session whose nonce is `nonce`:
+/// its first four bytes, little-endian. Key 0 means no session (the frames
+/// before and including the `Challenge`).
+pub fn session_key(nonce: &[u8; 16]) -> u32 {
+    u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]])
+}
+
+/// The payload of a whole frame as [`encode`] wrote it (empty if `frame` is
+/// shorter than a frame's overhead).
+pub fn payload(frame: &[u8]) -> &[u8] {
+    frame
+        .get(HEADER..frame.len().saturating_sub(4))
+        .unwrap_or_default()
+}
+
 /// Writes `msg` as one frame into `out`; returns the frame's length. When `out`
 /// is too small, the error says exactly how long the frame is (counted in the
-/// same pass, so the message is serialized only once).
+/// same pass, so the message is serialized only once). Outside a session
+/// (key 0); see [`encode_keyed`].
 pub fn encode<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
+    encode_keyed(msg, out, 0)
+}
+
+/// [`encode`] for the session with key `key` (see [`session_key`]).
+pub fn encode_keyed<T: Serialize>(msg: &T, out: &mut [u8], key: u32) -> Result<usize, EncodeError> {
     let room = out.len().saturating_sub(OVERHEAD).min(MAX_PAYLOAD);
     let body = out.get_mut(HEADER..HEADER + room).unwrap_or_default();
     let len = super::encode_counting(msg, body);
@@ -68,15 +96,15 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeErro
             needed: len + OVERHEAD,
         });
     }
-    seal(out, len);
+    seal(out, len, key);
     Ok(len + OVERHEAD)
 }
 
 /// Writes header and CRC around a payload already placed at `out[4..4 + len]`.
-fn seal(out: &mut [u8], len: usize) {
+fn seal(out: &mut [u8], len: usize, key: u32) {
     out[..2].copy_from_slice(&MAGIC);
     out[2..HEADER].copy_from_slice(&(len as u16).to_le_bytes());
-    let crc = crc32(&out[2..HEADER + len]);
+    let crc = crc32(&out[2..HEADER + len]) ^ key;
     out[HEADER + len..HEADER + len + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -92,6 +120,8 @@ pub struct FrameDecoder<const N: usize = MAX_FRAME> {
     // needs the room.
     start: usize,
     end: usize,
+    // XORed into every CRC checked (the session key; 0 outside a session).
+    key: u32,
 }
 
 impl<const N: usize> Default for FrameDecoder<N> {
@@ -119,13 +149,21 @@ impl<const N: usize> FrameDecoder<N> {
             buf: [0; N],
             start: 0,
             end: 0,
+            key: 0,
         }
     }
 
-    /// Forgets everything buffered (for a new connection).
+    /// Forgets everything buffered and the session key (for a new connection).
     pub fn reset(&mut self) {
         self.start = 0;
         self.end = 0;
+        self.key = 0;
+    }
+
+    /// Checks the frames decoded from now on against session key `key` (see
+    /// [`session_key`]); frames already decoded are not affected.
+    pub fn set_key(&mut self, key: u32) {
+        self.key = key;
     }
 
     /// Bytes buffered and not yet decoded.
@@ -171,7 +209,7 @@ impl<const N: usize> FrameDecoder<N> {
             data[crc_at + 2],
             data[crc_at + 3],
         ]);
-        if !crc_ok(crc32(&data[2..crc_at]), want) {
+        if !crc_ok(crc32(&data[2..crc_at]) ^ self.key, want) {
             self.start += 1;
             return Some(Err(FrameError::BadCrc));
         }

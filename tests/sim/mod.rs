@@ -109,20 +109,7 @@ pub(crate) fn run<const O: usize, const I: usize>(
     trace: bool,
     verbose: bool,
 ) -> Result<Summary, Failure> {
-    let cross = std::env::var("SIM_CROSS_SESSION").is_ok_and(|v| v == "1");
-    run_with::<O, I>(s, trace, verbose, cross)
-}
-
-/// [`run`], choosing whether frames that version 1 does not bind to their
-/// session are replayed across sessions (see `net::known_gap`).
-pub(crate) fn run_with<const O: usize, const I: usize>(
-    s: &Schedule,
-    trace: bool,
-    verbose: bool,
-    cross_session: bool,
-) -> Result<Summary, Failure> {
     let mut sim = Sim::<O, I>::new(s.devices.clamp(1, 8) as usize, s.seed, trace, verbose);
-    sim.cross_session = cross_session;
     let outcome = catch_unwind(AssertUnwindSafe(|| sim.play(&s.ops)));
     let message = match outcome {
         Ok(Ok(summary)) => return Ok(summary),
@@ -317,9 +304,6 @@ pub(crate) struct Sim<const O: usize, const I: usize> {
     /// Time some clock lost (jumps back, standing still): timers run late by
     /// as much, so settling waits that much longer.
     lost_ms: u64,
-    /// Replays frames across sessions that version 1 cannot defend against
-    /// (see `net::known_gap`); set by `SIM_CROSS_SESSION=1`.
-    cross_session: bool,
 }
 
 type Res<T = ()> = Result<T, String>;
@@ -383,7 +367,6 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             op_index: 0,
             healed: false,
             lost_ms: 0,
-            cross_session: false,
         }
     }
 

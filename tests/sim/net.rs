@@ -76,20 +76,6 @@ pub(crate) fn split_frames(buf: &mut Vec<u8>) -> Res<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// Frames that, replayed from an earlier connection, break the guarantees
-/// because protocol version 1 does not bind them to their session: a `Hello`
-/// (the proof does not cover it, so the server believes an old task ledger)
-/// and a `Task` (the device cannot tell an old offer from a new one with the
-/// same delivery sequence). The simulator leaves these replays out unless
-/// `SIM_CROSS_SESSION=1`; `tests/stale_frames_across_sessions.rs` pins both.
-pub(crate) fn known_gap(dir: Dir, frame: &[u8]) -> bool {
-    let payload = frame.get(4..frame.len().saturating_sub(4)).unwrap_or(&[]);
-    match dir {
-        Dir::Up => matches!(wire::decode::<Up>(payload), Ok(Up::Hello(_))),
-        Dir::Down => matches!(wire::decode::<Down>(payload), Ok(Down::Task(_))),
-    }
-}
-
 /// A short description of a frame, for the trace.
 pub(crate) fn describe(dir: Dir, frame: &[u8]) -> String {
     let payload = frame.get(4..frame.len().saturating_sub(4)).unwrap_or(&[]);
@@ -211,15 +197,12 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                     else {
                         continue;
                     };
-                    if from != key && !self.cross_session && known_gap(dir, &old) {
-                        trace!(
-                            self,
-                            "  fault skipped (known gap): stale {}",
-                            describe(dir, &old)
-                        );
-                        continue;
-                    }
-                    trace!(self, "  fault: stale {}", describe(dir, &old));
+                    let when = if from == key {
+                        ""
+                    } else {
+                        " of an earlier connection"
+                    };
+                    trace!(self, "  fault: stale {}{when}", describe(dir, &old));
                     out.insert(0, old);
                 }
                 FrameFault::FlipBit(bit) => {

@@ -3,8 +3,9 @@
 //! the firmware needs no allocator (the real server engine needs `alloc`).
 //!
 //! It does what the protocol asks of a server, and checks it: answers `Hello`
-//! with a fresh nonce, verifies the HMAC proof, offers the tasks the device has
-//! not accepted yet, stores each report exactly once in sequence and acks it.
+//! with a fresh nonce, verifies the HMAC proof over that `Hello`, keys every
+//! later frame with the session key, offers the tasks the device has not
+//! accepted yet, stores each report exactly once in sequence and acks it.
 
 use cortex_m_semihosting::hprintln;
 use mdm_sync::auth::{self, Secret};
@@ -23,13 +24,12 @@ pub enum Seen {
 enum State {
     Closed,
     AwaitHello,
-    AwaitProof { nonce: [u8; 16] },
+    AwaitProof { nonce: [u8; 16], hello: [u8; 32] },
     Open,
 }
 
 pub struct Peer {
     device: DeviceId,
-    generation: u32,
     secret: Secret,
     nonce_seed: Secret,
     sessions: u64,
@@ -37,6 +37,8 @@ pub struct Peer {
     /// The device's highest accepted task sequence, from its `Hello`.
     offer_from: u32,
     decoder: FrameDecoder,
+    /// The session's frame key (0 until the challenge).
+    key: u32,
     /// Highest report sequence stored.
     pub stored: u32,
     tasks: heapless::Vec<(Task, Seen), 4>,
@@ -48,13 +50,13 @@ impl Peer {
     pub fn new(master: &Secret, device: DeviceId, generation: u32, nonce_seed: Secret) -> Self {
         Self {
             device,
-            generation,
             secret: auth::derive_secret(master, device, generation),
             nonce_seed,
             sessions: 0,
             state: State::Closed,
             offer_from: 0,
             decoder: FrameDecoder::new(),
+            key: 0,
             stored: 0,
             tasks: heapless::Vec::new(),
             compliance: 0,
@@ -85,6 +87,7 @@ impl Peer {
     pub fn accept(&mut self) {
         self.state = State::AwaitHello;
         self.decoder.reset();
+        self.key = 0;
     }
 
     pub fn close(&mut self) {
@@ -98,23 +101,35 @@ impl Peer {
             bytes = &bytes[n..];
             let mut replies: heapless::Vec<Down, 8> = heapless::Vec::new();
             while let Some(frame) = self.decoder.decode() {
-                let msg = frame.ok().and_then(|p| wire::decode::<Up>(p).ok());
-                let msg = msg.expect("server: a bad frame from the device");
-                self.on_message(msg, &mut replies);
+                let payload = frame.expect("server: a bad frame from the device");
+                let hello = auth::hello_hash(payload);
+                let msg = wire::decode::<Up>(payload).expect("server: a bad message");
+                self.on_message(msg, &hello, &mut replies);
             }
             for reply in replies {
-                send(&reply, out);
+                // The challenge goes out before the session has a key.
+                let key = match reply {
+                    Down::Challenge { .. } => 0,
+                    _ => self.key,
+                };
+                send(&reply, key, out);
             }
         }
     }
 
-    fn on_message(&mut self, msg: Up, replies: &mut heapless::Vec<Down, 8>) {
+    /// One message; `hello` is the SHA-256 of its payload (used if it is a `Hello`).
+    fn on_message(&mut self, msg: Up, hello: &[u8; 32], replies: &mut heapless::Vec<Down, 8>) {
         match (&self.state, msg) {
             (State::AwaitHello, Up::Hello(h)) => {
                 assert!(h.device == self.device && h.version == PROTOCOL_VERSION);
                 self.sessions += 1;
                 let nonce = auth::nonce(&self.nonce_seed, self.sessions);
-                self.state = State::AwaitProof { nonce };
+                self.state = State::AwaitProof {
+                    nonce,
+                    hello: *hello,
+                };
+                self.key = frame::session_key(&nonce);
+                self.decoder.set_key(self.key);
                 self.offer_from = h.last_task_seq;
                 push(
                     replies,
@@ -124,8 +139,8 @@ impl Peer {
                     },
                 );
             }
-            (State::AwaitProof { nonce }, Up::Proof { mac }) => {
-                let ok = auth::verify(&self.secret, nonce, self.device, self.generation, &mac);
+            (State::AwaitProof { nonce, hello }, Up::Proof { mac }) => {
+                let ok = auth::verify(&self.secret, nonce, hello, &mac);
                 assert!(ok, "server: proof rejected");
                 hprintln!(
                     "server: device {} authenticated (HMAC-SHA256 proof ok)",
@@ -253,8 +268,8 @@ fn push(replies: &mut heapless::Vec<Down, 8>, msg: Down) {
     assert!(replies.push(msg).is_ok(), "server: too many replies");
 }
 
-fn send(msg: &Down, out: &mut Pipe) {
+fn send(msg: &Down, key: u32, out: &mut Pipe) {
     let mut buf = [0u8; frame::MAX_FRAME];
-    let n = frame::encode(msg, &mut buf).expect("server: frame encodes");
+    let n = frame::encode_keyed(msg, &mut buf, key).expect("server: frame encodes");
     out.write(&buf[..n]);
 }
