@@ -9,7 +9,9 @@
 //! a "not now", a cancel, supersede keys, a reboot with a task running. Every
 //! connection's bytes in both directions and every snapshot are recorded and
 //! written as inputs in each harness's format (`OUT_DIR`, default
-//! `fuzz/corpus`, one folder per target). The output is deterministic.
+//! `fuzz/corpus`, one folder per target). Each target's folder is emptied
+//! first, so that no seed of an earlier wire format or of a longer recording
+//! stays behind. The output is deterministic.
 
 use std::path::{Path, PathBuf};
 
@@ -17,10 +19,11 @@ use mdm_sync::device::{pick_latest, Device, Event};
 use mdm_sync::server::{ConnId, MemoryStore, Server, ServerEvent, SupersedeKey, TaskOptions};
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
-    ComplianceEvent, PolicyOutcome, Setting, SettingFailure, TaskKind, TaskResult, TaskStatus,
-    MAX_FRAME,
+    self, frame, ComplianceEvent, Down, PolicyOutcome, Setting, SettingFailure, TaskKind,
+    TaskResult, TaskStatus, MAX_FRAME,
 };
 use mdm_sync_fuzz::device::{config, DEVICE};
+use mdm_sync_fuzz::frames::{frame_len, unframe};
 use mdm_sync_fuzz::script::{device as dop, server as sop, Script};
 use mdm_sync_fuzz::server::new_server;
 
@@ -29,6 +32,40 @@ use mdm_sync_fuzz::server::new_server;
 struct Recorded {
     up: Vec<u8>,
     down: Vec<u8>,
+}
+
+impl Recorded {
+    /// The session key, from the nonce of the server's first frame (the
+    /// `Challenge`); 0 if there was none.
+    fn key(&self) -> u32 {
+        let first = frame_len(&self.down).map(|n| unframe(&self.down[..n], 0));
+        match first.map(wire::decode::<Down>) {
+            Some(Ok(Down::Challenge { nonce, .. })) => frame::session_key(&nonce),
+            _ => 0,
+        }
+    }
+
+    /// The payloads the server sent, the first frame checked with key 0, the
+    /// others with `key`.
+    fn down_payloads(&self, key: u32) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut rest = &self.down[..];
+        while let Some(n) = frame_len(rest) {
+            let k = if out.is_empty() { 0 } else { key };
+            out.push(unframe(&rest[..n], k).to_vec());
+            rest = &rest[n..];
+        }
+        out
+    }
+}
+
+/// A `frame_decoder` input: mode, key, chunk plan, then `stream`.
+fn decoder_input(mode: u8, key: u32, plan: &[u8], stream: &[u8]) -> Vec<u8> {
+    let mut s = Script::starting_with(&[mode]);
+    s.u32(key).u8(plan.len() as u8);
+    s.0.extend_from_slice(plan);
+    s.0.extend_from_slice(stream);
+    s.0
 }
 
 struct World {
@@ -226,8 +263,20 @@ fn scripted_day() -> World {
     w
 }
 
+/// `out/target`, created, and emptied of the files an earlier run wrote.
+fn fresh(out: &Path, target: &str) -> PathBuf {
+    let dir = out.join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    dir
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
-    std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
@@ -239,29 +288,46 @@ fn main() {
     let w = scripted_day();
     let busy: Vec<&Recorded> = w.conns.iter().filter(|c| !c.down.is_empty()).collect();
 
-    // frame_decoder: whole streams in raw mode, in a few chunkings.
-    let dir = out.join("frame_decoder");
+    // frame_decoder: whole streams in raw mode, in a few chunkings, keyed
+    // as in the session (key 0 for the first frame, the session key after
+    // it: mode bit 1); and the server's payloads as segments, each after a
+    // copy framed with the other key, which must be dropped.
+    let dir = fresh(&out, "frame_decoder");
     for (k, c) in busy.iter().enumerate() {
+        let key = c.key();
         write(
             &dir,
             &format!("down-{k}"),
-            &[&[0u8, 0][..], &c.down].concat(),
+            &decoder_input(2, key, &[], &c.down),
         );
         write(
             &dir,
             &format!("up-{k}-bytewise"),
-            &[&[0u8, 1, 1][..], &c.up].concat(),
+            &decoder_input(2, key, &[1], &c.up),
         );
-        let mut noisy = vec![2u8, 3, 7, 64, 3];
-        noisy.extend_from_slice(b"\x00\xA5garbage\x5A");
+        let mut noisy = b"\x00\xA5garbage\x5A".to_vec();
         noisy.extend_from_slice(&c.up);
         noisy.extend_from_slice(&[0xA5, 0x5A, 0xFF, 0x7F]); // oversized length
         noisy.extend_from_slice(&c.down);
-        write(&dir, &format!("mixed-{k}"), &noisy);
+        write(
+            &dir,
+            &format!("mixed-{k}"),
+            &decoder_input(2, key, &[7, 64, 3], &noisy),
+        );
+        let mut segments = Script::default();
+        for p in c.down_payloads(key) {
+            segments.tag(3).blob(&p).tag(0).blob(&p);
+        }
+        segments.tag(1).blob(b"garbage");
+        write(
+            &dir,
+            &format!("segments-{k}"),
+            &decoder_input(3, key, &[5], &segments.0),
+        );
     }
 
     // device: the server's side of every session, fed in various chunkings.
-    let dir = out.join("device");
+    let dir = fresh(&out, "device");
     let mut all = Script::starting_with(&[0]);
     for (k, c) in busy.iter().enumerate() {
         let mut one = Script::starting_with(&[(k % 2) as u8]);
@@ -279,7 +345,7 @@ fn main() {
 
     // server: the operator's calls, then every session's device bytes, in
     // three chunkings (the proofs hold for these nonces, so in this order).
-    let dir = out.join("server");
+    let dir = fresh(&out, "server");
     for (name, chunk) in [("day", 0u8), ("day-chunked", 7), ("day-bytewise", 1)] {
         let mut day = w.operator.clone();
         for (k, c) in w.conns.iter().enumerate() {
@@ -294,7 +360,7 @@ fn main() {
     }
 
     // snapshot_restore: every distinct snapshot, and pairs as two slots.
-    let dir = out.join("snapshot_restore");
+    let dir = fresh(&out, "snapshot_restore");
     let mut snaps = w.snapshots.clone();
     snaps.dedup();
     for (k, s) in snaps.iter().enumerate().step_by(2) {

@@ -4,18 +4,31 @@
 //! Input: capacity choice (u8: even = outbox 16 / 4 tasks, odd = 4 / 2), then
 //! operations (see [`crate::script::device`]).
 //!
+//! The harness plays the server's side of the handshake as version 2 wants
+//! it: it reads the bytes it feeds for the first frame of each session (with
+//! a decoder like the device's), and once that is a `Challenge` the device
+//! takes, it frames the `Down` messages it builds itself with that nonce's
+//! session key and expects the device's frames with it too.
+//!
 //! Invariants: no panic; outbox and running tasks within the capacities; every
-//! transmitted frame is one valid frame holding a valid `Up` message; a task
+//! transmitted frame is one valid frame holding a valid `Up` message, with the
+//! session key from the challenge on (key 0 before it, when only the `Hello`
+//! may go out, once a session); the `Proof` verifies for the device's secret,
+//! the challenge's nonce and the `Hello` sent in that session; a task
 //! delivery sequence is handed out (`Execute`) at most once over the whole
 //! run, reboots and torn snapshot writes included; a snapshot the engine
 //! wrote completely always restores; `poll_timeout` always has a deadline and
 //! `handle_timeout` there does not leave it in the past.
 
-use mdm_sync::auth::Secret;
-use mdm_sync::device::{pick_latest, Device, DeviceConfig, Event};
+use mdm_sync::auth::{self, Secret};
+use mdm_sync::device::{pick_latest, Device, DeviceConfig, DeviceError, Event};
 use mdm_sync::time::Instant;
-use mdm_sync::wire::{self, frame, DeviceId, Down, FrameDecoder, Platform, TaskId, Up, MAX_FRAME};
+use mdm_sync::wire::{
+    self, frame, DeviceId, Down, FrameDecoder, Platform, TaskId, Up, MAX_DOWN_FRAME, MAX_FRAME,
+    PROTOCOL_VERSION,
+};
 
+use crate::frames::unframe;
 use crate::mirror::{kind, FCompliance, FDown, FOutcome, FStatus};
 use crate::script::device as op;
 use crate::{chunked, Input};
@@ -55,6 +68,7 @@ struct Harness<const O: usize, const I: usize> {
     crash: Option<u16>,
     refuse_next: bool,
     in_session: bool,
+    link: Link,
     running: Vec<TaskId>,
     /// Highest delivery sequence handed out, over the whole run.
     executed: Option<u32>,
@@ -76,6 +90,7 @@ impl<const O: usize, const I: usize> Harness<O, I> {
             crash: None,
             refuse_next: false,
             in_session: false,
+            link: Link::default(),
             running: Vec::new(),
             executed: None,
             handed_out: 0,
@@ -185,12 +200,16 @@ impl<const O: usize, const I: usize> Harness<O, I> {
 
     fn feed(&mut self, bytes: &[u8], chunk: u8) {
         let now = self.at();
-        let dev = &mut self.dev;
+        let (dev, link) = (&mut self.dev, &mut self.link);
         let mut session = self.in_session;
-        chunked(bytes, chunk, |part| {
-            if dev.handle_bytes(part, now).is_err() {
-                // Typed errors only; a failed session is over.
-                session &= dev.is_connected();
+        chunked(bytes, chunk, |part| match dev.handle_bytes(part, now) {
+            Err(DeviceError::NotConnected) => {}
+            result => {
+                link.observe(part);
+                if result.is_err() {
+                    // Typed errors only; a failed session is over.
+                    session &= dev.is_connected();
+                }
             }
         });
         self.in_session = session && self.dev.is_connected();
@@ -199,7 +218,8 @@ impl<const O: usize, const I: usize> Harness<O, I> {
 
     fn feed_msg(&mut self, msg: &Down) {
         let mut buf = [0u8; MAX_FRAME];
-        let n = frame::encode(msg, &mut buf).expect("every Down message fits a frame");
+        let n = frame::encode_keyed(msg, &mut buf, self.link.key())
+            .expect("every Down message fits a frame");
         self.feed(&buf[..n], 0);
     }
 
@@ -220,6 +240,7 @@ impl<const O: usize, const I: usize> Harness<O, I> {
                         self.dev.connect_failed(self.at());
                     } else {
                         self.in_session = true;
+                        self.link = Link::default();
                         self.dev.connected(self.at());
                     }
                 }
@@ -247,7 +268,7 @@ impl<const O: usize, const I: usize> Harness<O, I> {
         let mut buf = [0u8; MAX_FRAME];
         for _ in 0..1_000 {
             match self.dev.poll_transmit(&mut buf) {
-                Ok(Some(n)) => check_up_frame(&buf[..n]),
+                Ok(Some(n)) => self.link.sent(&buf[..n], &self.cfg.secret),
                 Ok(None) => break,
                 Err(e) => panic!("poll_transmit with a full-size buffer: {e:?}"),
             }
@@ -298,14 +319,66 @@ impl<const O: usize, const I: usize> Harness<O, I> {
     }
 }
 
-/// A device's output is exactly one valid frame with a valid `Up` message.
-fn check_up_frame(bytes: &[u8]) {
-    let mut dec = FrameDecoder::<MAX_FRAME>::new();
-    assert_eq!(dec.push(bytes), bytes.len());
-    let payload = match dec.decode() {
-        Some(Ok(p)) => p.to_vec(),
-        other => panic!("the device sent a bad frame: {other:?}"),
-    };
-    assert_eq!(dec.decode(), None, "more than one frame in one transmit");
-    wire::decode::<Up>(&payload).expect("the device sent an invalid Up message");
+/// The harness's view of the device's current session, from what it sent and
+/// was fed since the last `Connect`.
+#[derive(Default)]
+struct Link {
+    /// SHA-256 of the payload of the session's `Hello`, once sent.
+    hello: Option<[u8; 32]>,
+    /// The nonce of the `Challenge` the device took.
+    nonce: Option<[u8; 16]>,
+    /// Reads the bytes fed until the session's first frame, as the device does.
+    first: FrameDecoder<MAX_DOWN_FRAME>,
+    /// The first frame has come.
+    answered: bool,
+}
+
+impl Link {
+    /// The session key: from the challenge's nonce, 0 before it.
+    fn key(&self) -> u32 {
+        self.nonce.as_ref().map_or(0, frame::session_key)
+    }
+
+    /// Bytes the device took. Its first frame must be a `Challenge` of our
+    /// version to the `Hello` already sent; anything else ends the session.
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !self.answered && !bytes.is_empty() {
+            let n = self.first.push(bytes);
+            bytes = &bytes[n..];
+            while let Some(frame) = self.first.decode() {
+                let Ok(payload) = frame else { continue };
+                self.answered = true;
+                if let Ok(Down::Challenge { version, nonce }) = wire::decode::<Down>(payload) {
+                    if version == PROTOCOL_VERSION && self.hello.is_some() {
+                        self.nonce = Some(nonce);
+                    }
+                }
+                break;
+            }
+        }
+    }
+
+    /// A transmission: exactly one valid frame with a valid `Up` message and
+    /// the session's key, the `Hello` first and once, the `Proof` right.
+    fn sent(&mut self, bytes: &[u8], secret: &Secret) {
+        let payload = unframe(bytes, self.key());
+        let msg = wire::decode::<Up>(payload).expect("the device sent an invalid Up message");
+        match msg {
+            Up::Hello(_) => {
+                assert!(self.hello.is_none(), "a second Hello in one session");
+                self.hello = Some(auth::hello_hash(payload));
+            }
+            Up::Proof { mac } => {
+                let nonce = self.nonce.expect("a proof before the challenge");
+                let hello = self.hello.expect("a proof without a Hello");
+                assert!(
+                    auth::verify(secret, &nonce, &hello, &mac),
+                    "the proof does not cover the Hello sent"
+                );
+            }
+            Up::Report { .. } | Up::Progress { .. } => {
+                assert!(self.nonce.is_some(), "session data before the challenge");
+            }
+        }
+    }
 }

@@ -5,11 +5,17 @@
 //! enrolled before the first operation, with the fixed keys below, so that a
 //! recorded session's proofs verify (the corpus generator uses the same ones).
 //!
+//! The harness frames what it builds (messages, proofs, reports) as version 2
+//! wants: with key 0 until the server's `Challenge` on that connection, with
+//! that nonce's session key after it. A proof covers the payload of the last
+//! `Hello` the harness framed on the connection before the challenge.
+//!
 //! Invariants: no panic; every byte the server sends is a sequence of valid
-//! frames holding valid `Down` messages; a connection is only ever offered
-//! tasks, cancels and the policy of the device it proved to be; the session
-//! count matches the connections open and stays within the bound; a closed
-//! connection is an `UnknownConnection` error, not a crash.
+//! frames holding valid `Down` messages, with key 0 up to and including the
+//! `Challenge` and the connection's session key after it; a connection is
+//! only ever offered tasks, cancels and the policy of the device it proved to
+//! be; the session count matches the connections open and stays within the
+//! bound; a closed connection is an `UnknownConnection` error, not a crash.
 
 use std::collections::HashMap;
 
@@ -20,6 +26,7 @@ use mdm_sync::server::{
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{self, frame, DeviceId, Down, TaskId, Up, MAX_FRAME};
 
+use crate::frames::{frame_len, unframe};
 use crate::mirror::{kind, policy, FBody, FUp};
 use crate::script::server as op;
 use crate::{chunked, Input};
@@ -75,10 +82,20 @@ pub fn run_counting(data: &[u8]) -> usize {
 struct Conn {
     id: Option<ConnId>,
     open: bool,
-    hello: Option<(DeviceId, u32)>,
+    /// Device, generation and payload hash of the last `Hello` framed here
+    /// before the challenge.
+    hello: Option<(DeviceId, u32, [u8; 32])>,
+    /// The nonce of the server's `Challenge` here, once sent.
     nonce: Option<[u8; 16]>,
     device: Option<DeviceId>,
     pending: Vec<u8>,
+}
+
+impl Conn {
+    /// The session key: from the challenge's nonce, 0 before it.
+    fn key(&self) -> u32 {
+        self.nonce.as_ref().map_or(0, frame::session_key)
+    }
 }
 
 struct Harness {
@@ -149,9 +166,6 @@ impl Harness {
             op::FEED_MSG => {
                 let k = input.u8();
                 if let (Some(c), Some(m)) = (self.conn(k), input.arb::<FUp>()) {
-                    if let FUp::Hello(h) = m {
-                        self.conns[c].hello = Some((h.device(), h.generation()));
-                    }
                     self.send(c, &m.into());
                 }
             }
@@ -224,20 +238,29 @@ impl Harness {
         });
     }
 
+    /// Frames `msg` with the connection's key and feeds it; a `Hello` framed
+    /// before the challenge is kept for [`Self::prove`].
     fn send(&mut self, c: usize, msg: &Up) {
         let mut buf = [0u8; MAX_FRAME];
-        if let Ok(n) = frame::encode(msg, &mut buf) {
-            self.feed(c, &buf[..n], 0);
+        let conn = &mut self.conns[c];
+        let Ok(n) = frame::encode_keyed(msg, &mut buf, conn.key()) else {
+            return;
+        };
+        if let (Up::Hello(h), None) = (msg, conn.nonce) {
+            let hash = auth::hello_hash(frame::payload(&buf[..n]));
+            conn.hello = Some((h.device, h.generation, hash));
         }
+        self.feed(c, &buf[..n], 0);
     }
 
     fn prove(&mut self, c: usize) {
-        let (Some((device, generation)), Some(nonce)) = (self.conns[c].hello, self.conns[c].nonce)
+        let (Some((device, generation, hello)), Some(nonce)) =
+            (self.conns[c].hello, self.conns[c].nonce)
         else {
             return;
         };
         let secret = auth::derive_secret(&MASTER, device, generation);
-        let mac = auth::proof(&secret, &nonce, device, generation);
+        let mac = auth::proof(&secret, &nonce, &hello);
         self.send(c, &Up::Proof { mac });
     }
 
@@ -295,26 +318,17 @@ impl Harness {
         }
     }
 
+    /// Checks the whole frames sent on connection `c` so far, each with the
+    /// key in force: 0 up to the `Challenge`, the session key after it.
     fn check_output(&mut self, c: usize) {
         loop {
-            let pending = &self.conns[c].pending;
-            if pending.len() < 4 {
+            let conn = &mut self.conns[c];
+            let Some(total) = frame_len(&conn.pending).filter(|n| *n <= conn.pending.len()) else {
                 return;
-            }
-            assert_eq!(pending[..2], frame::MAGIC, "server output is not framed");
-            let len = usize::from(u16::from_le_bytes([pending[2], pending[3]]));
-            let total = len + frame::OVERHEAD;
-            if pending.len() < total {
-                return;
-            }
-            let f: Vec<u8> = self.conns[c].pending.drain(..total).collect();
-            let crc = u32::from_le_bytes([f[total - 4], f[total - 3], f[total - 2], f[total - 1]]);
-            assert_eq!(
-                crc,
-                wire::crc32(&f[2..total - 4]),
-                "server frame with a bad CRC"
-            );
-            let msg = wire::decode::<Down>(&f[4..total - 4]).expect("server sent an invalid Down");
+            };
+            let f: Vec<u8> = conn.pending.drain(..total).collect();
+            let payload = unframe(&f, conn.key());
+            let msg = wire::decode::<Down>(payload).expect("server sent an invalid Down");
             self.check_message(c, &msg);
         }
     }
