@@ -654,3 +654,48 @@ fn the_tokio_server_closes_silent_and_misbehaving_peers() {
         handle.shutdown().await;
     });
 }
+
+/// A client that sends a foreign `Hello` and half-closes at once still gets
+/// the version-mismatch answer: the link tells the engine of the end of input
+/// and writes what the engine still had before it lets go.
+#[test]
+fn the_tokio_server_answers_a_peer_that_half_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = Server::new(
+            ServerConfig::default(),
+            MemoryStore::new(),
+            [8; 32],
+            [9; 32],
+        );
+        let push = |_: DeviceId, _: Platform, _: &str| Ok(());
+        let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push).spawn();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
+        let mut foreign = vec![0xA5, 0x5A, 5, 0, 0x00, 0x09, 0xFF, 0xFF, 0xFF];
+        let crc = wire::crc32(&foreign[2..]);
+        foreign.extend_from_slice(&crc.to_le_bytes());
+        let supported = wire::PROTOCOL_VERSION;
+        let mut answered = 0;
+        for _ in 0..50 {
+            let mut early = tokio::net::TcpStream::connect(addr).await.unwrap();
+            early.write_all(&foreign).await.unwrap();
+            early.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            let limit = Wall::from_secs(5);
+            let read = tokio::time::timeout(limit, early.read_to_end(&mut got)).await;
+            assert!(matches!(read, Ok(Ok(_))), "closed in time: {read:?}");
+            let want = vec![Down::Error(ErrorCode::VersionMismatch { supported })];
+            answered += usize::from(down_messages(&got) == want);
+        }
+        assert_eq!(answered, 50, "half-closed peers left without an answer");
+        handle.shutdown().await;
+    });
+}

@@ -388,10 +388,24 @@ impl<S: FleetStore> Link<S> {
         let conn = self.conn;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = std::vec![0u8; self.read_buf];
+        // At the peer's end of input (a half-close) the engine is told at
+        // once (the device is offline: new work goes by push), and it hands
+        // over what it still had for the peer before it lets go of the
+        // connection; that is written for at most `write_timeout`. So an
+        // answer such as a version-mismatch error is not lost because the
+        // peer stopped sending first.
+        let mut linger: Option<tokio::time::Instant> = None;
         loop {
+            let until = linger.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
-                read = rd.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => break,
+                read = rd.read(&mut buf), if linger.is_none() => match read {
+                    Ok(0) => {
+                        if self.engine.send(Msg::Closed { conn }).await.is_err() {
+                            return;
+                        }
+                        linger = Some(tokio::time::Instant::now() + self.write_timeout);
+                    }
+                    Err(_) => break,
                     Ok(n) => {
                         let data = buf[..n].to_vec();
                         if self.engine.send(Msg::Bytes { conn, data }).await.is_err() {
@@ -412,9 +426,12 @@ impl<S: FleetStore> Link<S> {
                         return;
                     }
                 },
+                () = tokio::time::sleep_until(until), if linger.is_some() => return,
             }
         }
-        let _ = self.engine.send(Msg::Closed { conn }).await;
+        if linger.is_none() {
+            let _ = self.engine.send(Msg::Closed { conn }).await;
+        }
     }
 }
 
@@ -492,6 +509,9 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
                 Err(e) => debug!("connection {} failed: {:?}", conn.0, e),
             },
             Msg::Closed { conn } => {
+                // What the engine had for the peer goes out first (a
+                // half-closed peer still reads).
+                self.flush();
                 self.server.connection_closed(conn, now);
                 self.conns.remove(&conn);
             }
