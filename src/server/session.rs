@@ -347,6 +347,18 @@ impl<S: FleetStore> Server<S> {
         let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
             return Err(ServerError::Peer(PeerError::AuthFailed));
         };
+        self.store
+            .set_push_target(id, hello.platform, &hello.push_token)?;
+        if seq_newer(rec.last_task_seq, hello.last_task_seq) {
+            self.device_state_lost(id, now)?;
+        }
+        self.resolve_offers(id, hello.last_task_seq, now)?;
+        rec.last_task_seq = hello.last_task_seq;
+        rec.last_sync = Some((now, hello.trigger));
+        self.store.put_device(&rec)?;
+        // Only once the store took it all is the device online here: a store
+        // error above fails this session and leaves an older one, and the
+        // online map, as they were.
         if let Some(old) = self.online.insert(id, conn).filter(|old| *old != conn) {
             if let Some(s) = self.sessions.remove(&old) {
                 self.spare.keep(s);
@@ -357,15 +369,6 @@ impl<S: FleetStore> Server<S> {
                 device: Some(id),
             });
         }
-        self.store
-            .set_push_target(id, hello.platform, &hello.push_token)?;
-        if seq_newer(rec.last_task_seq, hello.last_task_seq) {
-            self.device_state_lost(id, now)?;
-        }
-        self.resolve_offers(id, hello.last_task_seq, now)?;
-        rec.last_task_seq = hello.last_task_seq;
-        rec.last_sync = Some((now, hello.trigger));
-        self.store.put_device(&rec)?;
 
         let sync = Sync {
             device: id,

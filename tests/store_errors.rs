@@ -1,0 +1,152 @@
+//! A store that fails: the server answers `Busy`, stays usable, and keeps its
+//! in-memory view consistent with the store (found by a breaker run: a store
+//! error in the handshake left the device "online" for good, so it was never
+//! reported overdue and a held-back push was never sent).
+
+use mdm_sync::device::{Device, DeviceConfig, Event};
+use mdm_sync::server::{
+    ConnId, DeviceRecord, FleetStore, MemoryStore, ReportCommit, Server, ServerConfig, ServerError,
+    ServerEvent, TaskRecord,
+};
+use mdm_sync::time::{Duration, Instant};
+use mdm_sync::wire::{DeviceId, Platform, Policy, TaskId};
+
+/// A `MemoryStore` whose next `set_push_target` fails when `fail` is set.
+#[derive(Default)]
+struct Flaky {
+    inner: MemoryStore,
+    fail: bool,
+}
+
+#[derive(Debug, PartialEq)]
+struct Down;
+
+impl FleetStore for Flaky {
+    type Error = Down;
+
+    fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Down> {
+        ok(self.inner.device(id))
+    }
+    fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Down> {
+        ok(self.inner.put_device(rec))
+    }
+    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Box<str>)>, Down> {
+        ok(self.inner.push_target(id))
+    }
+    fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<(), Down> {
+        if core::mem::take(&mut self.fail) {
+            return Err(Down);
+        }
+        ok(self.inner.set_push_target(id, p, token))
+    }
+    fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Down> {
+        ok(self.inner.task(id))
+    }
+    fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Down> {
+        ok(self.inner.put_task(rec))
+    }
+    fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Down> {
+        ok(self.inner.open_tasks(device, out))
+    }
+    fn next_task_id(&mut self) -> Result<TaskId, Down> {
+        ok(self.inner.next_task_id())
+    }
+    fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Down> {
+        ok(self.inner.policy(device))
+    }
+    fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Down> {
+        ok(self.inner.put_policy(device, policy))
+    }
+    fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Down> {
+        ok(self.inner.commit_report(commit))
+    }
+    fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Down> {
+        ok(self.inner.for_each_device(f))
+    }
+    fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Down> {
+        ok(self.inner.for_each_task(f))
+    }
+}
+
+/// `MemoryStore` cannot fail.
+fn ok<T>(r: Result<T, core::convert::Infallible>) -> Result<T, Down> {
+    r.map_err(|e| match e {})
+}
+
+const ID: DeviceId = DeviceId(3);
+
+/// Runs one sync attempt of `d` against `s` at `now`, over memory; returns
+/// the server's error if the handshake failed on its side.
+fn sync_once(d: &mut Device, s: &mut Server<Flaky>, now: Instant) -> Option<ServerError<Down>> {
+    d.handle_timeout(now);
+    let mut conn: Option<ConnId> = None;
+    let mut error = None;
+    let mut buf = [0u8; 1024];
+    for _ in 0..50 {
+        while let Some(ev) = d.poll_event() {
+            match ev {
+                Event::Connect => {
+                    conn = Some(s.connection_opened(now).unwrap());
+                    d.connected(now);
+                }
+                Event::Disconnect => {
+                    if let Some(c) = conn.take() {
+                        s.connection_closed(c, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(c) = conn else { break };
+        while let Some(n) = d.poll_transmit(&mut buf).unwrap() {
+            if let Err(e) = s.handle_bytes(c, &buf[..n], now) {
+                error = Some(e);
+            }
+        }
+        let mut moved = false;
+        while let Some(n) = s.poll_transmit_for(c, &mut buf) {
+            moved = true;
+            let _ = d.handle_bytes(&buf[..n], now);
+        }
+        while let Some(ev) = s.poll_event() {
+            if ev == (ServerEvent::Close { conn: c }) {
+                s.connection_closed(c, now);
+                d.disconnected(now);
+                conn = None;
+            }
+        }
+        if !moved && conn.is_some() && error.is_some() {
+            break;
+        }
+    }
+    if let Some(c) = conn {
+        s.connection_closed(c, now);
+        d.disconnected(now);
+    }
+    error
+}
+
+#[test]
+fn a_store_error_in_the_handshake_leaves_the_device_offline() {
+    let t0 = Instant::from_millis(1_000);
+    let mut s = Server::new(ServerConfig::default(), Flaky::default(), [1; 32], [2; 32]);
+    let secret = s.enroll(ID, t0).unwrap();
+    let mut d: Device = Device::new(DeviceConfig::new(ID, 0, secret, Platform::Android), t0);
+
+    s.store_mut().fail = true;
+    let err = sync_once(&mut d, &mut s, t0);
+    assert_eq!(err, Some(ServerError::Store(Down)));
+    assert_eq!(s.session_count(), 0);
+    assert!(!s.device_view(ID).unwrap().online, "still online");
+    assert_eq!(s.fleet_view().unwrap().online, 0);
+
+    // The engine stays usable: the next attempt syncs.
+    let later = t0 + Duration::from_secs(120);
+    assert_eq!(sync_once(&mut d, &mut s, later), None);
+    let view = s.device_view(ID).unwrap();
+    assert!(
+        view.last_sync.is_some_and(|(at, _)| at == later),
+        "{view:?}"
+    );
+    assert!(!view.online);
+}
