@@ -8,13 +8,13 @@ mod common;
 use core::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use mdm_sync::wire::{self, frame, Down, FrameDecoder, Up, MAX_FRAME};
 
 fn encode_decode<T>(c: &mut Criterion, name: &str, msg: &T)
 where
-    T: Serialize + DeserializeOwned + PartialEq + core::fmt::Debug,
+    T: Serialize + wire::Decode + PartialEq + core::fmt::Debug,
 {
     let mut g = c.benchmark_group(format!("wire/{name}"));
     let mut buf = [0u8; MAX_FRAME];
@@ -103,7 +103,7 @@ fn messages(c: &mut Criterion) {
 
 /// Feeds `stream` to a decoder in `chunk`-byte pieces and decodes every
 /// message; returns how many there were.
-fn stream_decode<T: DeserializeOwned>(stream: &[u8], chunk: usize) -> usize {
+fn stream_decode<T: wire::Decode>(stream: &[u8], chunk: usize) -> usize {
     let mut dec = FrameDecoder::<MAX_FRAME>::new();
     let mut count = 0;
     for mut part in stream.chunks(chunk) {
