@@ -32,8 +32,12 @@ struct Sync {
 pub(super) struct Session {
     phase: Phase,
     decoder: Box<FrameDecoder>,
+    // Pending output is `out[out_pos..out_end]`. The bytes past `out_end` are
+    // room already zeroed, kept for the next frames: `out` only grows, so a
+    // frame is encoded in place without zeroing a frame's worth first.
     out: Vec<u8>,
     out_pos: usize,
+    out_end: usize,
     last_rx: Instant,
     // The handshake deadline counts from here, not from the last byte.
     opened: Instant,
@@ -80,14 +84,14 @@ impl Spare {
 }
 
 impl Session {
-    fn with_buffers(now: Instant, mut decoder: Box<FrameDecoder>, mut out: Vec<u8>) -> Self {
+    fn with_buffers(now: Instant, mut decoder: Box<FrameDecoder>, out: Vec<u8>) -> Self {
         decoder.reset();
-        out.clear();
         Self {
             phase: Phase::AwaitHello,
             decoder,
             out,
             out_pos: 0,
+            out_end: 0,
             last_rx: now,
             opened: now,
             closing: false,
@@ -103,34 +107,38 @@ impl Session {
     }
 
     pub(super) fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        self.out_pos < self.out_end
+    }
+
+    /// Forgets the output not yet taken.
+    fn clear_output(&mut self) {
+        self.out_pos = 0;
+        self.out_end = 0;
     }
 
     pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
-        let pending = &self.out[self.out_pos..];
+        let pending = &self.out[self.out_pos..self.out_end];
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
         self.out_pos += n;
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
+        if self.out_pos == self.out_end {
+            self.clear_output();
             self.queued = false;
         }
         n
     }
 
     fn push_frame(&mut self, msg: &Down) -> bool {
-        let start = self.out.len();
-        self.out.resize(start + frame::MAX_FRAME, 0);
+        let start = self.out_end;
+        if self.out.len() < start + frame::MAX_FRAME {
+            self.out.resize(start + frame::MAX_FRAME, 0);
+        }
         match frame::encode(msg, &mut self.out[start..]) {
             Ok(n) => {
-                self.out.truncate(start + n);
+                self.out_end = start + n;
                 true
             }
-            Err(_) => {
-                self.out.truncate(start);
-                false
-            }
+            Err(_) => false,
         }
     }
 }
@@ -257,7 +265,7 @@ impl<S: FleetStore> Server<S> {
         if s.closing {
             return; // nothing follows our error frame
         }
-        if s.out.len() > self.cfg.max_pending_out {
+        if s.out_end > self.cfg.max_pending_out {
             // A reader this far behind is dropped; it will sync again.
             self.finish_close(conn);
             return;
@@ -611,8 +619,7 @@ impl<S: FleetStore> Server<S> {
             self.finish_close(conn);
             return;
         }
-        s.out.clear();
-        s.out_pos = 0;
+        s.clear_output();
         s.last_rx = now;
         self.send(conn, &Down::Error(ErrorCode::Timeout));
         if let Some(s) = self.sessions.get_mut(&conn) {
