@@ -42,8 +42,8 @@ use crate::log::{debug, trace, warning};
 use crate::time::{Duration, Instant};
 use crate::wire::{
     self, frame, reason, ComplianceEvent, DecodeError, Down, EncodeError, ErrorCode, FrameDecoder,
-    Hello, Policy, PolicyOutcome, PolicyReport, ReportBody, SyncTrigger, Task, TaskId, TaskStatus,
-    Up, PROTOCOL_VERSION,
+    Hello, Policy, PolicyOutcome, PolicyReport, ReportBody, SessionDown, SyncTrigger, Task, TaskId,
+    TaskStatus, Up, PROTOCOL_VERSION,
 };
 
 /// Default outbox length (reports waiting for the server's ack).
@@ -587,15 +587,21 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             let n = self.decoder.push(bytes);
             bytes = &bytes[n..];
             while let Some(r) = self.decoder.decode() {
+                let syncing = self.link == Link::Syncing;
                 let msg = match r {
-                    Ok(payload) => wire::decode::<Down>(payload),
+                    // Acks and tasks without building a whole `Down`.
+                    Ok(payload) => match wire::session_down(payload).filter(|_| syncing) {
+                        Some(m) => Ok(Incoming::Session(m)),
+                        None => wire::decode::<Down>(payload).map(Incoming::Any),
+                    },
                     Err(_) => {
                         self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
                         continue;
                     }
                 };
                 let result = match msg {
-                    Ok(msg) => self.on_message(msg, now),
+                    Ok(Incoming::Session(m)) => self.on_session_message(m, now),
+                    Ok(Incoming::Any(msg)) => self.on_message(msg, now),
                     Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
                 };
                 if let Err(e) = result {
@@ -662,6 +668,28 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 Ok(())
             }
             _ => Err(SessionError::Protocol(ProtocolError::Unexpected)),
+        }
+    }
+
+    /// A message in `Syncing`, read by hand: what `on_message` does with it.
+    fn on_session_message(&mut self, msg: SessionDown, now: Instant) -> Result<(), SessionError> {
+        match msg {
+            SessionDown::Ack { seq } => {
+                trace!("received ack {}", seq);
+                self.on_ack(seq);
+                Ok(())
+            }
+            SessionDown::Task(task) => {
+                trace!("received task seq {}", task.seq);
+                self.on_task(task)
+            }
+            SessionDown::SyncEnd => {
+                trace!("received sync end");
+                self.got_end = true;
+                Ok(())
+            }
+            // Rare: as any other message.
+            other => self.on_message(other.into(), now),
         }
     }
 
@@ -1068,6 +1096,14 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
         }
     }
+}
+
+/// A decoded frame: a session message read by hand, or any message.
+// reason: lives on the stack while one frame is handled, like `Down` itself.
+#[allow(clippy::large_enum_variant)]
+enum Incoming {
+    Session(SessionDown),
+    Any(Down),
 }
 
 fn busy_err() -> SessionError {

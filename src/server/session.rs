@@ -10,8 +10,8 @@ use super::{
 use crate::auth;
 use crate::time::Instant;
 use crate::wire::{
-    self, frame, seq_newer, Down, ErrorCode, FrameDecoder, Hello, ReportBody, Task, TaskId,
-    TaskStatus, Up, PROTOCOL_VERSION,
+    self, frame, seq_newer, Down, ErrorCode, FrameDecoder, Hello, ReportBody, SessionUp, Task,
+    TaskId, TaskStatus, Up, PROTOCOL_VERSION,
 };
 
 enum Phase {
@@ -143,6 +143,12 @@ impl Session {
     }
 }
 
+/// A decoded frame: a session message read by hand, or any message.
+enum Incoming {
+    Session(SessionUp),
+    Any(Up),
+}
+
 /// Decodes a frame's payload for a session in `phase`; a foreign Hello version
 /// is recognised even when the rest of the message does not decode.
 fn parse(payload: &[u8], awaiting_hello: bool) -> core::result::Result<Up, PeerError> {
@@ -184,13 +190,19 @@ impl<S: FleetStore> Server<S> {
             let n = s.decoder.push(bytes);
             bytes = &bytes[n..];
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
+            let syncing = matches!(s.phase, Phase::Syncing(_));
             let msg = match s.decoder.decode() {
                 None if bytes.is_empty() => return Ok(()),
                 None | Some(Err(_)) => continue, // garbage is skipped; the CRC guards content
-                Some(Ok(payload)) => parse(payload, awaiting_hello),
+                // Reports and progress without building a whole `Up`.
+                Some(Ok(payload)) => match wire::session_up(payload).filter(|_| syncing) {
+                    Some(m) => Ok(Incoming::Session(m)),
+                    None => parse(payload, awaiting_hello).map(Incoming::Any),
+                },
             };
             let result = match msg {
-                Ok(msg) => self.on_message(conn, msg, now),
+                Ok(Incoming::Session(m)) => self.on_session_message(conn, m, now),
+                Ok(Incoming::Any(msg)) => self.on_message(conn, msg, now),
                 Err(e) => Err(ServerError::Peer(e)),
             };
             if let Err(e) = result {
@@ -241,6 +253,16 @@ impl<S: FleetStore> Server<S> {
                 self.on_progress(conn, task, percent)
             }
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
+        }
+    }
+
+    /// A message of an authenticated session: what `on_message` does with it
+    /// in `Syncing`.
+    fn on_session_message(&mut self, conn: ConnId, msg: SessionUp, now: Instant) -> Result<(), S> {
+        match msg {
+            SessionUp::Report { seq, body } => self.on_report(conn, seq, body, now),
+            SessionUp::Progress { task, percent } => self.on_progress(conn, task, percent),
+            SessionUp::Proof { .. } => Err(ServerError::Peer(PeerError::Unexpected)),
         }
     }
 

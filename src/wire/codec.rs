@@ -28,9 +28,22 @@ impl Reader<'_> {
         Ok(b)
     }
 
-    /// A postcard varint of at most `MAX` bytes whose last byte is at most
-    /// `LAST` (the bits left for a type of `7 * (MAX - 1) + bits(LAST)` bits).
+    /// A postcard varint of at most `MAX` bytes (`MAX > 1`) whose last byte is
+    /// at most `LAST` (the bits left for a type of `7 * (MAX - 1) + bits(LAST)`
+    /// bits).
+    #[inline]
     fn varint<const MAX: usize, const LAST: u8>(&mut self) -> R<u64> {
+        // Most are one byte (tags, small numbers); that is valid for any MAX > 1.
+        match self.bytes.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
+                self.bytes = rest;
+                Ok(u64::from(b))
+            }
+            _ => self.long_varint::<MAX, LAST>(),
+        }
+    }
+
+    fn long_varint<const MAX: usize, const LAST: u8>(&mut self) -> R<u64> {
         let mut out = 0u64;
         for (i, &b) in self.bytes.iter().take(MAX).enumerate() {
             out |= u64::from(b & 0x7F) << (7 * i);
@@ -123,37 +136,74 @@ impl Reader<'_> {
         })
     }
 
-    /// The message read, if nothing is left after it.
-    fn end<T>(self, msg: T) -> R<Result<T, DecodeError>> {
-        Ok(if self.bytes.is_empty() {
-            Ok(msg)
-        } else {
-            Err(DecodeError::TrailingBytes)
-        })
+    /// `Some(msg)` when nothing is left after it (else trailing bytes).
+    fn end<T>(self, msg: T) -> R<Option<T>> {
+        Ok(self.bytes.is_empty().then_some(msg))
     }
 }
 
-fn down(bytes: &[u8]) -> R<Result<Down, DecodeError>> {
+/// The `Down` messages decoded by hand, in a small enum: a whole `Down` is
+/// the size of a policy, and is built only once, by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SessionDown {
+    Welcome { ack: u32, periodic_s: u32 },
+    Ack { seq: u32 },
+    Task(Task),
+    Cancel { task: TaskId },
+    SyncEnd,
+}
+
+impl From<SessionDown> for Down {
+    fn from(m: SessionDown) -> Down {
+        match m {
+            SessionDown::Welcome { ack, periodic_s } => Down::Welcome { ack, periodic_s },
+            SessionDown::Ack { seq } => Down::Ack { seq },
+            SessionDown::Task(t) => Down::Task(t),
+            SessionDown::Cancel { task } => Down::Cancel { task },
+            SessionDown::SyncEnd => Down::SyncEnd,
+        }
+    }
+}
+
+/// The `Up` messages decoded by hand (see [`SessionDown`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SessionUp {
+    Proof { mac: [u8; 32] },
+    Progress { task: TaskId, percent: Option<u8> },
+    Report { seq: u32, body: ReportBody },
+}
+
+impl From<SessionUp> for Up {
+    fn from(m: SessionUp) -> Up {
+        match m {
+            SessionUp::Proof { mac } => Up::Proof { mac },
+            SessionUp::Progress { task, percent } => Up::Progress { task, percent },
+            SessionUp::Report { seq, body } => Up::Report { seq, body },
+        }
+    }
+}
+
+fn down(bytes: &[u8]) -> R<Option<SessionDown>> {
     let mut r = Reader { bytes };
     let msg = match r.u32()? {
-        1 => Down::Welcome {
+        1 => SessionDown::Welcome {
             ack: r.u32()?,
             periodic_s: r.u32()?,
         },
-        2 => Down::Ack { seq: r.u32()? },
-        3 => Down::Task(Task {
+        2 => SessionDown::Ack { seq: r.u32()? },
+        3 => SessionDown::Task(Task {
             seq: r.u32()?,
             id: r.task_id()?,
             kind: r.task_kind()?,
         }),
-        4 => Down::Cancel { task: r.task_id()? },
-        6 => Down::SyncEnd,
+        4 => SessionDown::Cancel { task: r.task_id()? },
+        6 => SessionDown::SyncEnd,
         _ => return Err(Fallback),
     };
     r.end(msg)
 }
 
-fn up(bytes: &[u8]) -> R<Result<Up, DecodeError>> {
+fn up(bytes: &[u8]) -> R<Option<SessionUp>> {
     let mut r = Reader { bytes };
     let msg = match r.u32()? {
         1 => {
@@ -161,9 +211,9 @@ fn up(bytes: &[u8]) -> R<Result<Up, DecodeError>> {
             for b in &mut mac {
                 *b = r.byte()?;
             }
-            Up::Proof { mac }
+            SessionUp::Proof { mac }
         }
-        2 => Up::Progress {
+        2 => SessionUp::Progress {
             task: r.task_id()?,
             percent: if r.some()? { Some(r.byte()?) } else { None },
         },
@@ -176,21 +226,49 @@ fn up(bytes: &[u8]) -> R<Result<Up, DecodeError>> {
                 task: r.task_id()?,
                 status: r.task_status()?,
             };
-            Up::Report { seq, body }
+            SessionUp::Report { seq, body }
         }
         _ => return Err(Fallback),
     };
     r.end(msg)
 }
 
-/// Decodes a `Down` payload like `wire::decode`, by hand where it can.
-pub(super) fn decode_down(payload: &[u8]) -> Result<Down, DecodeError> {
-    down(payload).unwrap_or_else(|Fallback| super::decode_postcard(payload))
+/// A payload read by hand: `Ok(Some)` a message, `Ok(None)` one followed by
+/// trailing bytes, `Err` not one of the messages read by hand.
+type Hand<T> = Result<Option<T>, Fallback>;
+
+/// Decodes like `wire::decode`: by hand where it can, else through postcard.
+fn decode_with<T: Into<M>, M: serde::de::DeserializeOwned>(
+    hand: Hand<T>,
+    payload: &[u8],
+) -> Result<M, DecodeError> {
+    match hand {
+        Ok(Some(msg)) => Ok(msg.into()),
+        Ok(None) => Err(DecodeError::TrailingBytes),
+        Err(Fallback) => super::decode_postcard(payload),
+    }
 }
 
-/// Decodes an `Up` payload like `wire::decode`, by hand where it can.
+/// Decodes a `Down` payload like `wire::decode`.
+pub(super) fn decode_down(payload: &[u8]) -> Result<Down, DecodeError> {
+    decode_with(down(payload), payload)
+}
+
+/// Decodes an `Up` payload like `wire::decode`.
 pub(super) fn decode_up(payload: &[u8]) -> Result<Up, DecodeError> {
-    up(payload).unwrap_or_else(|Fallback| super::decode_postcard(payload))
+    decode_with(up(payload), payload)
+}
+
+/// A session message of a `Down` payload, when it is one and decodes with
+/// nothing left over; `None` for anything else (decode that with
+/// `wire::decode`, which gives the same message or the error).
+pub(crate) fn session_down(payload: &[u8]) -> Option<SessionDown> {
+    down(payload).ok().flatten()
+}
+
+/// A session message of an `Up` payload (see [`session_down`]).
+pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
+    up(payload).ok().flatten()
 }
 
 #[cfg(test)]
@@ -246,6 +324,12 @@ mod tests {
         fn same_as_postcard_on_any_bytes(bytes in payloads()) {
             prop_assert_eq!(decode_down(&bytes), decode_postcard::<Down>(&bytes));
             prop_assert_eq!(decode_up(&bytes), decode_postcard::<Up>(&bytes));
+            if let Some(m) = session_down(&bytes) {
+                prop_assert_eq!(Ok(Down::from(m)), decode_postcard::<Down>(&bytes));
+            }
+            if let Some(m) = session_up(&bytes) {
+                prop_assert_eq!(Ok(Up::from(m)), decode_postcard::<Up>(&bytes));
+            }
         }
 
         /// Every hand-decoded message comes back from its own encoding.
@@ -266,7 +350,7 @@ mod tests {
             let mut buf = [0u8; MAX_PAYLOAD];
             for msg in downs {
                 let n = encode_payload(&msg, &mut buf).unwrap();
-                prop_assert!(down(&buf[..n]).is_ok());
+                prop_assert_eq!(session_down(&buf[..n]).map(Down::from), Some(msg.clone()));
                 prop_assert_eq!(decode_down(&buf[..n]), Ok(msg));
             }
             let ups = [
@@ -276,7 +360,7 @@ mod tests {
             ];
             for msg in ups {
                 let n = encode_payload(&msg, &mut buf).unwrap();
-                prop_assert!(up(&buf[..n]).is_ok());
+                prop_assert_eq!(session_up(&buf[..n]).map(Up::from), Some(msg.clone()));
                 prop_assert_eq!(decode_up(&buf[..n]), Ok(msg));
             }
         }

@@ -10,6 +10,7 @@ pub mod frame;
 mod msg;
 mod ser;
 
+pub(crate) use codec::{session_down, session_up, SessionDown, SessionUp};
 pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
 pub use msg::*;
 

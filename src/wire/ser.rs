@@ -52,9 +52,14 @@ impl Writer<'_> {
 
     #[inline]
     fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.push(b);
+        let end = self.len + bytes.len();
+        match self.out.get_mut(self.len..end) {
+            // A loop, not `copy_from_slice`: these are a few bytes, and a
+            // call to `memcpy` costs more than copying them.
+            Some(dst) => dst.iter_mut().zip(bytes).for_each(|(d, s)| *d = *s),
+            None => bytes.iter().for_each(|&b| self.push(b)),
         }
+        self.len = end;
     }
 
     /// LEB128: seven bits a byte, least significant first.
