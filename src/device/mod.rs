@@ -590,7 +590,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 let syncing = self.link == Link::Syncing;
                 let msg = match r {
                     // Acks and tasks without building a whole `Down`.
-                    Ok(payload) => match wire::session_down(payload).filter(|_| syncing) {
+                    Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
                         Some(m) => Ok(Incoming::Session(m)),
                         None => wire::decode::<Down>(payload).map(Incoming::Any),
                     },

@@ -195,7 +195,7 @@ impl<S: FleetStore> Server<S> {
                 None if bytes.is_empty() => return Ok(()),
                 None | Some(Err(_)) => continue, // garbage is skipped; the CRC guards content
                 // Reports and progress without building a whole `Up`.
-                Some(Ok(payload)) => match wire::session_up(payload).filter(|_| syncing) {
+                Some(Ok(payload)) => match syncing.then(|| wire::session_up(payload)).flatten() {
                     Some(m) => Ok(Incoming::Session(m)),
                     None => parse(payload, awaiting_hello).map(Incoming::Any),
                 },
