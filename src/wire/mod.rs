@@ -13,6 +13,7 @@ mod ser;
 pub(crate) use codec::{session_down, session_up, SessionDown, SessionUp};
 pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
 pub use msg::*;
+pub(crate) use ser::Writer;
 
 use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
@@ -124,7 +125,7 @@ pub fn encode_payload<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, En
 /// the bytes and, when they do not fit, how many are needed: no second
 /// serialization (and no second copy of the serializer in flash) for the size.
 pub(crate) fn encode_counting<T: Serialize>(msg: &T, out: &mut [u8]) -> usize {
-    let mut w = ser::Writer { out, len: 0 };
+    let mut w = ser::Writer::new(out);
     match msg.serialize(&mut w) {
         Ok(()) => w.len,
         Err(_) => usize::MAX,

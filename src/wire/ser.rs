@@ -15,15 +15,16 @@ use serde::ser::{
     SerializeTuple, SerializeTupleStruct, SerializeTupleVariant,
 };
 
-/// Writes into `out` as far as it fits; `len` counts every byte.
-pub(super) struct Writer<'a> {
+/// Writes into `out` as far as it fits; `len` counts every byte. Also used
+/// directly, without serde, for the device snapshot.
+pub(crate) struct Writer<'a> {
     pub(super) out: &'a mut [u8],
     pub(super) len: usize,
 }
 
 /// Sequences and maps of unknown length, which postcard cannot encode either.
 #[derive(Debug)]
-pub(super) struct Unencodable;
+pub(crate) struct Unencodable;
 
 impl fmt::Display for Unencodable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,9 +42,19 @@ impl ser::Error for Unencodable {
 
 type Res = Result<(), Unencodable>;
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// A writer at the start of `out`.
+    pub(crate) fn new(out: &'a mut [u8]) -> Self {
+        Self { out, len: 0 }
+    }
+
+    /// Bytes written, or that would have been with room enough.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     #[inline]
-    fn push(&mut self, byte: u8) {
+    pub(crate) fn push(&mut self, byte: u8) {
         if let Some(slot) = self.out.get_mut(self.len) {
             *slot = byte;
         }
@@ -64,7 +75,7 @@ impl Writer<'_> {
 
     /// LEB128: seven bits a byte, least significant first.
     #[inline]
-    fn varint(&mut self, mut v: u64) -> Res {
+    pub(crate) fn varint(&mut self, mut v: u64) {
         // Room for the longest: no check per byte.
         if let Some(dst) = self.out.get_mut(self.len..self.len + 10) {
             let mut n = 0;
@@ -78,29 +89,26 @@ impl Writer<'_> {
                 v >>= 7;
             }
             self.len += n;
-            return Ok(());
+            return;
         }
         while v >= 0x80 {
             self.push(v as u8 | 0x80);
             v >>= 7;
         }
         self.push(v as u8);
-        Ok(())
     }
 
-    fn varint128(&mut self, mut v: u128) -> Res {
+    fn varint128(&mut self, mut v: u128) {
         while v >= 0x80 {
             self.push(v as u8 | 0x80);
             v >>= 7;
         }
         self.push(v as u8);
-        Ok(())
     }
 
-    fn len_prefixed(&mut self, bytes: &[u8]) -> Res {
-        self.varint(bytes.len() as u64)?;
+    pub(crate) fn len_prefixed(&mut self, bytes: &[u8]) {
+        self.varint(bytes.len() as u64);
         self.bytes(bytes);
-        Ok(())
     }
 }
 
@@ -149,32 +157,40 @@ impl ser::Serializer for &mut Writer<'_> {
         Ok(())
     }
     fn serialize_i16(self, v: i16) -> Res {
-        self.varint(zigzag(v.into()))
+        self.varint(zigzag(v.into()));
+        Ok(())
     }
     fn serialize_i32(self, v: i32) -> Res {
-        self.varint(zigzag(v.into()))
+        self.varint(zigzag(v.into()));
+        Ok(())
     }
     fn serialize_i64(self, v: i64) -> Res {
-        self.varint(zigzag(v))
+        self.varint(zigzag(v));
+        Ok(())
     }
     fn serialize_i128(self, v: i128) -> Res {
-        self.varint128(((v << 1) ^ (v >> 127)) as u128)
+        self.varint128(((v << 1) ^ (v >> 127)) as u128);
+        Ok(())
     }
     fn serialize_u8(self, v: u8) -> Res {
         self.push(v);
         Ok(())
     }
     fn serialize_u16(self, v: u16) -> Res {
-        self.varint(v.into())
+        self.varint(v.into());
+        Ok(())
     }
     fn serialize_u32(self, v: u32) -> Res {
-        self.varint(v.into())
+        self.varint(v.into());
+        Ok(())
     }
     fn serialize_u64(self, v: u64) -> Res {
-        self.varint(v)
+        self.varint(v);
+        Ok(())
     }
     fn serialize_u128(self, v: u128) -> Res {
-        self.varint128(v)
+        self.varint128(v);
+        Ok(())
     }
     fn serialize_f32(self, v: f32) -> Res {
         self.bytes(&v.to_bits().to_le_bytes());
@@ -186,13 +202,16 @@ impl ser::Serializer for &mut Writer<'_> {
     }
     fn serialize_char(self, v: char) -> Res {
         let mut buf = [0u8; 4];
-        self.len_prefixed(v.encode_utf8(&mut buf).as_bytes())
+        self.len_prefixed(v.encode_utf8(&mut buf).as_bytes());
+        Ok(())
     }
     fn serialize_str(self, v: &str) -> Res {
-        self.len_prefixed(v.as_bytes())
+        self.len_prefixed(v.as_bytes());
+        Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> Res {
-        self.len_prefixed(v)
+        self.len_prefixed(v);
+        Ok(())
     }
     fn serialize_none(self) -> Res {
         self.push(0);
@@ -209,7 +228,8 @@ impl ser::Serializer for &mut Writer<'_> {
         Ok(())
     }
     fn serialize_unit_variant(self, _name: &'static str, index: u32, _v: &'static str) -> Res {
-        self.varint(index.into())
+        self.varint(index.into());
+        Ok(())
     }
     fn serialize_newtype_struct<T: ?Sized + Serialize>(
         self,
@@ -225,11 +245,11 @@ impl ser::Serializer for &mut Writer<'_> {
         _variant: &'static str,
         value: &T,
     ) -> Res {
-        self.varint(index.into())?;
+        self.varint(index.into());
         value.serialize(self)
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<Self, Unencodable> {
-        self.varint(len.ok_or(Unencodable)? as u64)?;
+        self.varint(len.ok_or(Unencodable)? as u64);
         Ok(self)
     }
     fn serialize_tuple(self, _len: usize) -> Result<Self, Unencodable> {
@@ -245,7 +265,7 @@ impl ser::Serializer for &mut Writer<'_> {
         _variant: &'static str,
         _len: usize,
     ) -> Result<Self, Unencodable> {
-        self.varint(index.into())?;
+        self.varint(index.into());
         Ok(self)
     }
     fn serialize_map(self, len: Option<usize>) -> Result<Self, Unencodable> {
@@ -267,7 +287,7 @@ impl ser::Serializer for &mut Writer<'_> {
     fn collect_str<T: ?Sized + fmt::Display>(self, value: &T) -> Res {
         let mut count = CountDisplay(0);
         fmt::write(&mut count, format_args!("{value}")).map_err(|_| Unencodable)?;
-        self.varint(count.0 as u64)?;
+        self.varint(count.0 as u64);
         fmt::write(self, format_args!("{value}")).map_err(|_| Unencodable)
     }
 }
