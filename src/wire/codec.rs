@@ -274,6 +274,7 @@ pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ser::tests::varied;
     use crate::wire::{decode_postcard, encode_payload, TaskStatus, MAX_PAYLOAD};
     use proptest::prelude::*;
 
@@ -316,6 +317,40 @@ mod tests {
         ]
     }
 
+    /// Varints at every length boundary, non-canonical ones, too long and
+    /// too large ones, with and without bytes after them: as postcard.
+    #[test]
+    fn varint_edges_as_postcard() {
+        let mut cases: std::vec::Vec<std::vec::Vec<u8>> = std::vec::Vec::new();
+        for len in 1..=11usize {
+            for last in [0x00u8, 0x01, 0x02, 0x03, 0x04, 0x0F, 0x10, 0x7F] {
+                let mut v = std::vec![0xFFu8; len - 1];
+                v.push(last);
+                cases.push(v.clone());
+                let mut zeros = std::vec![0x80u8; len - 1];
+                zeros.push(last);
+                cases.push(zeros);
+            }
+        }
+        for varint in cases {
+            for pad in [0usize, 1, 7, 12] {
+                // Ack { seq: u32 }, Task { seq, id: u64, kind }, Scan threats: u16.
+                let mut ack = std::vec![2u8];
+                ack.extend(&varint);
+                let mut task = std::vec![3u8, 5];
+                task.extend(&varint);
+                task.push(1);
+                let mut scan = std::vec![3u8, 9, 0, 7, 1, 1, 1];
+                scan.extend(&varint);
+                for mut p in [ack, task, scan] {
+                    p.extend(core::iter::repeat_n(0u8, pad));
+                    assert_eq!(decode_down(&p), decode_postcard::<Down>(&p), "{p:02x?}");
+                    assert_eq!(decode_up(&p), decode_postcard::<Up>(&p), "{p:02x?}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
 
@@ -335,7 +370,7 @@ mod tests {
         /// Every hand-decoded message comes back from its own encoding.
         #[test]
         fn hot_messages_round_trip(
-            seq in any::<u32>(), id in any::<u64>(), kind in 0usize..5,
+            seq in varied::<u32>(), id in varied::<u64>(), kind in 0usize..5,
             status in status(), percent in proptest::option::of(any::<u8>()),
             mac in any::<[u8; 32]>(),
         ) {

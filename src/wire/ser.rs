@@ -337,7 +337,7 @@ impl SerializeMap for &mut Writer<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire::*;
     use proptest::prelude::*;
@@ -355,12 +355,19 @@ mod tests {
         assert_eq!(got[..w], want[..w], "{msg:?}");
     }
 
+    /// Values of every varint length, not mostly the longest.
+    pub(crate) fn varied<T: From<u8> + core::ops::Shr<u32, Output = T> + Arbitrary>(
+    ) -> impl Strategy<Value = T> {
+        let bits = core::mem::size_of::<T>() as u32 * 8;
+        (any::<T>(), 0..bits).prop_map(|(v, s)| v >> s)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
 
         #[test]
         fn writes_what_postcard_writes(
-            a in any::<u64>(), b in any::<u32>(), c in any::<u16>(), d in any::<i64>(),
+            a in varied::<u64>(), b in varied::<u32>(), c in varied::<u16>(), d in any::<i64>(),
             e in any::<i32>(), f in any::<u8>(), g in any::<bool>(), s in "\\PC{0,40}",
             n in 0usize..=MAX_SETTINGS, o in any::<Option<u32>>(),
             (x, y, z) in (any::<i128>(), any::<u128>(), any::<char>()),
