@@ -115,14 +115,12 @@ impl<S: FleetStore> Server<S> {
 
     /// Whether a device is overdue.
     pub fn is_overdue(&self, device: DeviceId) -> bool {
-        let due = self.pushes.get(&device).and_then(|p| p.due);
-        due.is_some_and(|d| d.overdue)
+        self.pushes.get(&device).is_some_and(PushState::is_overdue)
     }
 
     /// Devices overdue right now.
     pub fn overdue_devices(&self) -> Vec<DeviceId> {
-        let overdue = |p: &PushState| p.due.is_some_and(|d| d.overdue);
-        let devices = self.pushes.iter().filter(|(_, p)| overdue(p));
+        let devices = self.pushes.iter().filter(|(_, p)| p.is_overdue());
         devices.map(|(id, _)| *id).collect()
     }
 
