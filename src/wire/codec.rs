@@ -250,9 +250,22 @@ fn decode_with<T: Into<M>, M: serde::de::DeserializeOwned>(
 }
 
 /// Decodes a `Down` payload like `wire::decode`.
+#[cfg(feature = "hand-decode")]
 pub(super) fn decode_down(payload: &[u8]) -> Result<Down, DecodeError> {
     decode_with(down(payload), payload)
 }
+
+/// Decodes a `Down` payload like `wire::decode` (see [`HAND_DOWN`]).
+#[cfg(not(feature = "hand-decode"))]
+pub(super) fn decode_down(payload: &[u8]) -> Result<Down, DecodeError> {
+    super::decode_postcard(payload)
+}
+
+/// Whether `Down` payloads are read by hand: with the `hand-decode` feature
+/// (on with `std`: servers, phones). A microcontroller build leaves it off:
+/// there the hand decoder would add about 1 KB of flash beside postcard's,
+/// which challenges, policies and errors need anyway.
+const HAND_DOWN: bool = cfg!(feature = "hand-decode");
 
 /// Decodes an `Up` payload like `wire::decode`.
 pub(super) fn decode_up(payload: &[u8]) -> Result<Up, DecodeError> {
@@ -263,10 +276,16 @@ pub(super) fn decode_up(payload: &[u8]) -> Result<Up, DecodeError> {
 /// nothing left over; `None` for anything else (decode that with
 /// `wire::decode`, which gives the same message or the error).
 pub(crate) fn session_down(payload: &[u8]) -> Option<SessionDown> {
-    down(payload).ok().flatten()
+    if HAND_DOWN {
+        down(payload).ok().flatten()
+    } else {
+        None
+    }
 }
 
-/// A session message of an `Up` payload (see [`session_down`]).
+/// A session message of an `Up` payload (see [`session_down`]); for the
+/// server, so unused in a device-only build.
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
 pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
     up(payload).ok().flatten()
 }
@@ -385,7 +404,8 @@ mod tests {
             let mut buf = [0u8; MAX_PAYLOAD];
             for msg in downs {
                 let n = encode_payload(&msg, &mut buf).unwrap();
-                prop_assert_eq!(session_down(&buf[..n]).map(Down::from), Some(msg.clone()));
+                let hand = session_down(&buf[..n]).map(Down::from);
+                prop_assert_eq!(hand, HAND_DOWN.then(|| msg.clone()));
                 prop_assert_eq!(decode_down(&buf[..n]), Ok(msg));
             }
             let ups = [
