@@ -8,13 +8,13 @@ mod common;
 use core::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 
 use mdm_sync::wire::{self, frame, Down, FrameDecoder, Up, MAX_FRAME};
 
 fn encode_decode<T>(c: &mut Criterion, name: &str, msg: &T)
 where
-    T: Serialize + DeserializeOwned + PartialEq + core::fmt::Debug,
+    T: Serialize + wire::Decode + PartialEq + core::fmt::Debug,
 {
     let mut g = c.benchmark_group(format!("wire/{name}"));
     let mut buf = [0u8; MAX_FRAME];
@@ -103,7 +103,7 @@ fn messages(c: &mut Criterion) {
 
 /// Decodes every message of a recorded stream fed in `chunk`-byte pieces;
 /// returns how many there were.
-fn stream_decode<T: DeserializeOwned>(stream: &[u8], chunk: usize, key: u32) -> usize {
+fn stream_decode<T: wire::Decode>(stream: &[u8], chunk: usize, key: u32) -> usize {
     let mut count = 0;
     common::for_each_payload(stream, chunk, key, |p| {
         black_box(wire::decode::<T>(p).unwrap());

@@ -42,8 +42,8 @@ use crate::log::{debug, trace, warning};
 use crate::time::{Duration, Instant};
 use crate::wire::{
     self, frame, reason, ComplianceEvent, DecodeError, Down, EncodeError, ErrorCode, FrameDecoder,
-    Hello, Policy, PolicyOutcome, PolicyReport, ReportBody, SyncTrigger, Task, TaskId, TaskStatus,
-    Up, PROTOCOL_VERSION,
+    Hello, Policy, PolicyOutcome, PolicyReport, ReportBody, SessionDown, SyncTrigger, Task, TaskId,
+    TaskStatus, Up, PROTOCOL_VERSION,
 };
 
 /// Default outbox length (reports waiting for the server's ack).
@@ -594,15 +594,21 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             let n = self.decoder.push(bytes);
             bytes = &bytes[n..];
             while let Some(r) = self.decoder.decode() {
+                let syncing = self.link == Link::Syncing;
                 let msg = match r {
-                    Ok(payload) => wire::decode::<Down>(payload),
+                    // Acks and tasks without building a whole `Down`.
+                    Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
+                        Some(m) => Ok(Incoming::Session(m)),
+                        None => wire::decode::<Down>(payload).map(Incoming::Any),
+                    },
                     Err(_) => {
                         self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
                         continue;
                     }
                 };
                 let result = match msg {
-                    Ok(msg) => self.on_message(msg, now),
+                    Ok(Incoming::Session(m)) => self.on_session_message(m, now),
+                    Ok(Incoming::Any(msg)) => self.on_message(msg, now),
                     Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
                 };
                 if let Err(e) = result {
@@ -678,6 +684,28 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
     }
 
+    /// A message in `Syncing`, read by hand: what `on_message` does with it.
+    fn on_session_message(&mut self, msg: SessionDown, now: Instant) -> Result<(), SessionError> {
+        match msg {
+            SessionDown::Ack { seq } => {
+                trace!("received ack {}", seq);
+                self.on_ack(seq);
+                Ok(())
+            }
+            SessionDown::Task(task) => {
+                trace!("received task seq {}", task.seq);
+                self.on_task(task)
+            }
+            SessionDown::SyncEnd => {
+                trace!("received sync end");
+                self.got_end = true;
+                Ok(())
+            }
+            // Rare: as any other message.
+            other => self.on_message(other.into(), now),
+        }
+    }
+
     fn on_welcome(&mut self, ack: u32, periodic_s: u32, now: Instant) {
         debug!("authenticated, syncing; server holds reports up to {}", ack);
         self.link = Link::Syncing;
@@ -698,17 +726,26 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
     }
 
-    /// The server holds reports numbered beyond any this device assigned: the
-    /// device lost its state (both snapshot slots) but kept its identity. Its
-    /// reports are renumbered after the server's so that none is taken for a
-    /// resend and dropped.
+    /// The server's report numbering wins, both ways. It holds reports
+    /// numbered beyond any this device assigned: the device lost its state
+    /// (both snapshot slots) but kept its identity, and its reports must not
+    /// be taken for resends and dropped. Or it holds fewer than it once
+    /// acknowledged: its store went back (a restored backup), or the
+    /// `Welcome` was not the server's; reports numbered after its ack would
+    /// end every session in `SequenceGap`. Either way the outbox is renumbered
+    /// from `ack + 1`.
     fn adopt_server_numbering(&mut self, ack: u32) {
         let last_assigned = self.next_report_seq.wrapping_sub(1);
-        if !wire::seq_newer(ack, last_assigned) {
+        // Everything before the oldest report still held was acknowledged.
+        let acked = self
+            .outbox
+            .front()
+            .map_or(last_assigned, |e| e.seq.wrapping_sub(1));
+        if !wire::seq_newer(ack, last_assigned) && !wire::seq_newer(acked, ack) {
             return;
         }
         warning!(
-            "server holds reports up to {}, device only {}: renumbering",
+            "server holds reports up to {}, device assigned up to {}: renumbering",
             ack,
             last_assigned
         );
@@ -1086,6 +1123,14 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
         }
     }
+}
+
+/// A decoded frame: a session message read by hand, or any message.
+// reason: lives on the stack while one frame is handled, like `Down` itself.
+#[allow(clippy::large_enum_variant)]
+enum Incoming {
+    Session(SessionDown),
+    Any(Down),
 }
 
 fn busy_err() -> SessionError {

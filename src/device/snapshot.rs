@@ -7,13 +7,14 @@
 //! snapshot, taken before anything newer could leave the device.
 
 use heapless::Vec;
-use serde::ser::Serializer;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::Serialize;
 
 use super::{Device, DeviceConfig, Entry, Flag, Inflight};
 use crate::log::debug;
 use crate::time::{Duration, Instant};
-use crate::wire::{crc32, DeviceId, EncodeError, Task, MAX_REPORT_BODY};
+use crate::wire::{crc32, DeviceId, EncodeError, Task, Writer, MAX_REPORT_BODY};
 
 // 2: outbox reports as the bytes of their encoded body (1: decoded values).
 const FORMAT: u8 = 2;
@@ -37,7 +38,8 @@ pub enum SnapshotError {
     Inconsistent,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct Header {
     format: u8,
     counter: u64,
@@ -52,24 +54,6 @@ struct Header {
 // Report bodies are borrowed from the snapshot and copied, never decoded.
 type Decoded<'a, const O: usize, const I: usize> = (Header, Vec<Task, I>, Vec<(u32, &'a [u8]), O>);
 
-/// A byte string: a varint length, then the bytes.
-struct Bytes<'a>(&'a [u8]);
-
-impl Serialize for Bytes<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
-/// Serializes whatever the closure iterates as a sequence, without copying.
-struct Seq<F>(F);
-
-impl<F: Fn() -> It, It: Iterator<Item = T>, T: Serialize> Serialize for Seq<F> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq((self.0)())
-    }
-}
-
 impl<const O: usize, const I: usize> Device<O, I> {
     /// Upper bound of [`snapshot`](Self::snapshot)'s length for these capacities.
     pub const SNAPSHOT_MAX: usize = 64 + I * 20 + O * 48 + 4;
@@ -80,27 +64,43 @@ impl<const O: usize, const I: usize> Device<O, I> {
     }
 
     /// Writes the persistent state into `buf`; returns its length.
+    ///
+    /// Written by hand in the postcard encoding of `(Header, [Task],
+    /// [(u32, bytes)])`, which is what `restore` reads (a test checks the
+    /// bytes against serde's): a snapshot is taken for every report queued,
+    /// so it is on the path of every task.
     pub fn snapshot(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
-        let header = Header {
-            format: FORMAT,
-            counter: self.counter,
-            device: self.cfg.id,
-            generation: self.cfg.generation,
-            last_task_seq: self.last_task_seq,
-            next_report_seq: self.next_report_seq,
-            policy_version: self.policy_version,
-            periodic_ms: self.periodic.as_millis(),
-        };
-        let tasks = Seq(|| self.inflight.iter().map(|i| i.task));
-        let outbox = Seq(|| self.outbox.iter().map(|e| (e.seq, Bytes(&e.body))));
-        let body = (header, tasks, outbox);
         let room = buf.len().saturating_sub(4);
-        let n = crate::wire::encode_payload(&body, &mut buf[..room]).map_err(|e| match e {
-            EncodeError::BufferTooSmall { needed } => {
-                EncodeError::BufferTooSmall { needed: needed + 4 }
-            }
-            other => other,
-        })?;
+        let mut w = Writer::new(&mut buf[..room]);
+        w.push(FORMAT);
+        for v in [self.counter, self.cfg.id.0] {
+            w.varint(v);
+        }
+        let seqs = [
+            self.cfg.generation,
+            self.last_task_seq,
+            self.next_report_seq,
+            self.policy_version,
+        ];
+        for v in seqs {
+            w.varint(v.into());
+        }
+        w.varint(self.periodic.as_millis());
+        w.varint(self.inflight.len() as u64);
+        for Inflight { task, .. } in &self.inflight {
+            w.varint(task.seq.into());
+            w.varint(task.id.0);
+            w.varint(task.kind as u64); // its variant index
+        }
+        w.varint(self.outbox.len() as u64);
+        for e in &self.outbox {
+            w.varint(e.seq.into());
+            w.len_prefixed(&e.body);
+        }
+        let n = w.len();
+        if n > room {
+            return Err(EncodeError::BufferTooSmall { needed: n + 4 });
+        }
         let crc = crc32(&buf[..n]).to_le_bytes();
         buf[n..n + 4].copy_from_slice(&crc);
         Ok(n + 4)
@@ -202,5 +202,89 @@ pub fn pick_latest<'a>(a: &'a [u8], b: &'a [u8]) -> Option<&'a [u8]> {
         (Ok(_), Err(_)) => Some(a),
         (Err(_), Ok(_)) => Some(b),
         (Err(_), Err(_)) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{Device, DeviceConfig};
+    use crate::wire::{encode_payload, Platform, TaskId, TaskKind};
+    use serde::ser::Serializer;
+
+    /// A byte string: a varint length, then the bytes.
+    struct Bytes<'a>(&'a [u8]);
+
+    impl Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    /// Serializes whatever the closure iterates as a sequence.
+    struct Seq<F>(F);
+
+    impl<F: Fn() -> It, It: Iterator<Item = T>, T: Serialize> Serialize for Seq<F> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq((self.0)())
+        }
+    }
+
+    /// The snapshot as serde writes the tuple that `restore` reads.
+    fn by_serde(d: &Device, buf: &mut [u8]) -> usize {
+        let header = Header {
+            format: FORMAT,
+            counter: d.counter,
+            device: d.cfg.id,
+            generation: d.cfg.generation,
+            last_task_seq: d.last_task_seq,
+            next_report_seq: d.next_report_seq,
+            policy_version: d.policy_version,
+            periodic_ms: d.periodic.as_millis(),
+        };
+        let tasks = Seq(|| d.inflight.iter().map(|i| i.task));
+        let outbox = Seq(|| d.outbox.iter().map(|e| (e.seq, Bytes(&e.body))));
+        encode_payload(&(header, tasks, outbox), buf).unwrap()
+    }
+
+    #[test]
+    fn hand_written_snapshot_is_what_serde_writes() {
+        let t0 = Instant::from_millis(1_000);
+        let cfg = DeviceConfig::new(DeviceId(u64::MAX - 3), 7, [9; 32], Platform::Ios);
+        let mut d: Device = Device::new(cfg, t0);
+        let (mut want, mut got) = ([0u8; 1024], [0u8; 1024]);
+        for k in 0..4u32 {
+            d.counter = u64::from(k) << (20 * k);
+            d.last_task_seq = u32::MAX >> k;
+            d.next_report_seq = 1 << (9 * k);
+            d.policy_version = 300 * k;
+            d.periodic = Duration::from_millis(60_000 << k);
+            let task = Task {
+                seq: 1 << (10 * k),
+                id: TaskId(u64::MAX >> (13 * k)),
+                kind: TaskKind::ALL[k as usize],
+            };
+            d.inflight
+                .push(Inflight {
+                    task,
+                    announced: true,
+                    cancel: Flag::No,
+                    progress: None,
+                })
+                .unwrap();
+            let body = Vec::from_slice(&[k as u8; MAX_REPORT_BODY][..1 + 9 * k as usize]).unwrap();
+            let entry = Entry {
+                seq: 40_000 * k,
+                body,
+                sent: false,
+            };
+            d.outbox.push_back(entry).unwrap();
+            let w = by_serde(&d, &mut want);
+            let n = d.snapshot(&mut got).unwrap();
+            assert_eq!(got[..n - 4], want[..w]);
+            assert_eq!(n, w + 4);
+            let short = d.snapshot(&mut got[..n - 1]);
+            assert_eq!(short, Err(EncodeError::BufferTooSmall { needed: n }));
+        }
     }
 }

@@ -2,7 +2,9 @@
 
 use alloc::vec::Vec;
 
-use super::{FleetStore, PolicyState, Result, Server, ServerError, TaskRecord, TaskState};
+use super::{
+    FleetStore, PolicyState, PushState, Result, Server, ServerError, TaskRecord, TaskState,
+};
 use crate::time::Instant;
 use crate::wire::{DeviceId, SyncTrigger, TaskId};
 
@@ -113,16 +115,13 @@ impl<S: FleetStore> Server<S> {
 
     /// Whether a device is overdue.
     pub fn is_overdue(&self, device: DeviceId) -> bool {
-        self.due.get(&device).is_some_and(|d| d.overdue)
+        self.pushes.get(&device).is_some_and(PushState::is_overdue)
     }
 
     /// Devices overdue right now.
     pub fn overdue_devices(&self) -> Vec<DeviceId> {
-        self.due
-            .iter()
-            .filter(|(_, d)| d.overdue)
-            .map(|(id, _)| *id)
-            .collect()
+        let devices = self.pushes.iter().filter(|(_, p)| p.is_overdue());
+        devices.map(|(id, _)| *id).collect()
     }
 
     /// One device as the console shows it.

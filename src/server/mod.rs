@@ -232,19 +232,30 @@ enum Timer {
     Overdue(DeviceId),
 }
 
-#[derive(Clone, Copy, Debug)]
+/// What the engine keeps per device between sessions: the push rate limit
+/// and the check-in deadline. One map for both, so that a sync looks a device
+/// up once (at a million devices, one cache miss instead of two).
+/// Flat, 24 bytes (`Option`s of `Instant` would make it 40): a map slot per
+/// device that ever synced.
+#[derive(Clone, Copy, Debug, Default)]
 struct PushState {
+    /// When the last push was sent, if `pushed`.
     last: Instant,
+    /// The next check-in promised, if `due` (the device has checked in).
+    due_at: Instant,
     pending: bool,
+    pushed: bool,
+    due: bool,
+    overdue: bool,
+    // One overdue check queued per device at most: a check-in moves `due_at`
+    // and the check re-arms itself when it fires early.
+    armed: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Due {
-    at: Instant,
-    overdue: bool,
-    // One heap entry per device at most: a check-in moves `at` and the timer
-    // re-arms itself when it fires early.
-    armed: bool,
+impl PushState {
+    fn is_overdue(&self) -> bool {
+        self.due && self.overdue
+    }
 }
 
 /// The server-side engine.
@@ -258,8 +269,8 @@ pub struct Server<S: FleetStore> {
     next_conn: u64,
     sessions: HashMap<ConnId, Session>,
     online: HashMap<DeviceId, ConnId>,
+    /// Per device: pushes and check-in deadline (see `PushState`).
     pushes: HashMap<DeviceId, PushState>,
-    due: HashMap<DeviceId, Due>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Overdue checks, at most one per device that ever checked in. Each is
     /// armed `periodic_interval + overdue_slack` ahead, so a FIFO keeps them
@@ -290,7 +301,6 @@ impl<S: FleetStore> Server<S> {
             sessions: HashMap::new(),
             online: HashMap::new(),
             pushes: HashMap::new(),
-            due: HashMap::new(),
             timers: BinaryHeap::new(),
             overdue_checks: VecDeque::new(),
             timers_swept: 0,
@@ -340,7 +350,9 @@ impl<S: FleetStore> Server<S> {
             }
         };
         self.store.put_device(&DeviceRecord::new(id, generation))?;
-        self.due.remove(&id);
+        if let Some(p) = self.pushes.get_mut(&id) {
+            p.due = false;
+        }
         Ok(auth::derive_secret_prepared(&self.master, id, generation))
     }
 
@@ -507,12 +519,12 @@ impl<S: FleetStore> Server<S> {
 
     fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
         let min = self.cfg.push_min_interval;
-        match self.pushes.get_mut(&device) {
-            Some(p) if now < p.last + min => {
+        let p = self.pushes.get_mut(&device);
+        match p.filter(|p| p.pushed).map(|p| (p.last + min, p)) {
+            Some((next, p)) if now < next => {
                 if !p.pending {
                     p.pending = true;
-                    self.timers
-                        .push(Reverse((p.last + min, Timer::Push(device))));
+                    self.timers.push(Reverse((next, Timer::Push(device))));
                 }
                 Ok(())
             }
@@ -524,13 +536,10 @@ impl<S: FleetStore> Server<S> {
         let Some((platform, token)) = self.store.push_target(device)? else {
             return Ok(()); // never connected: its boot or periodic sync will come
         };
-        self.pushes.insert(
-            device,
-            PushState {
-                last: now,
-                pending: false,
-            },
-        );
+        let p = self.pushes.entry(device).or_default();
+        p.last = now;
+        p.pushed = true;
+        p.pending = false;
         self.events.push_back(ServerEvent::SendPush {
             device,
             platform,
@@ -700,15 +709,15 @@ impl<S: FleetStore> Server<S> {
 
     fn overdue_timer(&mut self, device: DeviceId, now: Instant) {
         let online = self.online.contains_key(&device);
-        let Some(due) = self.due.get_mut(&device) else {
+        let Some(p) = self.pushes.get_mut(&device).filter(|p| p.due) else {
             return;
         };
-        due.armed = false;
-        if now < due.at {
-            due.armed = true;
-            self.overdue_checks.push_back((due.at, device));
-        } else if !due.overdue && !online {
-            due.overdue = true;
+        p.armed = false;
+        if now < p.due_at {
+            p.armed = true;
+            self.overdue_checks.push_back((p.due_at, device));
+        } else if !p.overdue && !online {
+            p.overdue = true;
             self.events.push_back(ServerEvent::Overdue { device });
         }
     }
@@ -717,17 +726,16 @@ impl<S: FleetStore> Server<S> {
     /// periodic interval plus slack.
     fn checked_in(&mut self, device: DeviceId, now: Instant) {
         let at = now + self.cfg.periodic_interval + self.cfg.overdue_slack;
-        let due = self.due.entry(device).or_insert(Due {
-            at,
-            overdue: false,
-            armed: false,
-        });
-        due.at = at;
-        if core::mem::take(&mut due.overdue) {
+        let p = self.pushes.entry(device).or_default();
+        if !p.due {
+            (p.due, p.overdue, p.armed) = (true, false, false);
+        }
+        p.due_at = at;
+        if core::mem::take(&mut p.overdue) {
             self.events.push_back(ServerEvent::Back { device });
         }
-        if !due.armed {
-            due.armed = true;
+        if !p.armed {
+            p.armed = true;
             self.overdue_checks.push_back((at, device));
         }
     }

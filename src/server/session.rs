@@ -10,8 +10,8 @@ use super::{
 use crate::auth;
 use crate::time::Instant;
 use crate::wire::{
-    self, frame, seq_newer, Down, ErrorCode, FrameDecoder, Hello, ReportBody, Task, TaskId,
-    TaskStatus, Up, PROTOCOL_VERSION,
+    self, frame, seq_newer, Down, ErrorCode, FrameDecoder, Hello, ReportBody, SessionUp, Task,
+    TaskId, TaskStatus, Up, PROTOCOL_VERSION,
 };
 
 enum Phase {
@@ -37,8 +37,12 @@ struct Sync {
 pub(super) struct Session {
     phase: Phase,
     decoder: Box<FrameDecoder>,
+    // Pending output is `out[out_pos..out_end]`. The bytes past `out_end` are
+    // room already zeroed, kept for the next frames: `out` only grows, so a
+    // frame is encoded in place without zeroing a frame's worth first.
     out: Vec<u8>,
     out_pos: usize,
+    out_end: usize,
     last_rx: Instant,
     // The handshake deadline counts from here, not from the last byte.
     opened: Instant,
@@ -87,14 +91,14 @@ impl Spare {
 }
 
 impl Session {
-    fn with_buffers(now: Instant, mut decoder: Box<FrameDecoder>, mut out: Vec<u8>) -> Self {
+    fn with_buffers(now: Instant, mut decoder: Box<FrameDecoder>, out: Vec<u8>) -> Self {
         decoder.reset();
-        out.clear();
         Self {
             phase: Phase::AwaitHello,
             decoder,
             out,
             out_pos: 0,
+            out_end: 0,
             last_rx: now,
             opened: now,
             closing: false,
@@ -111,36 +115,46 @@ impl Session {
     }
 
     pub(super) fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        self.out_pos < self.out_end
+    }
+
+    /// Forgets the output not yet taken.
+    fn clear_output(&mut self) {
+        self.out_pos = 0;
+        self.out_end = 0;
     }
 
     pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
-        let pending = &self.out[self.out_pos..];
+        let pending = &self.out[self.out_pos..self.out_end];
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
         self.out_pos += n;
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
+        if self.out_pos == self.out_end {
+            self.clear_output();
             self.queued = false;
         }
         n
     }
 
     fn push_frame(&mut self, msg: &Down) -> bool {
-        let start = self.out.len();
-        self.out.resize(start + frame::MAX_FRAME, 0);
+        let start = self.out_end;
+        if self.out.len() < start + frame::MAX_FRAME {
+            self.out.resize(start + frame::MAX_FRAME, 0);
+        }
         match frame::encode_keyed(msg, &mut self.out[start..], self.key) {
             Ok(n) => {
-                self.out.truncate(start + n);
+                self.out_end = start + n;
                 true
             }
-            Err(_) => {
-                self.out.truncate(start);
-                false
-            }
+            Err(_) => false,
         }
     }
+}
+
+/// A decoded frame: a session message read by hand, or any message.
+enum Incoming {
+    Session(SessionUp),
+    Any(Up),
 }
 
 /// Decodes a frame's payload for a session in `phase`; a foreign Hello version
@@ -184,19 +198,25 @@ impl<S: FleetStore> Server<S> {
             let n = s.decoder.push(bytes);
             bytes = &bytes[n..];
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
+            let syncing = matches!(s.phase, Phase::Syncing(_));
             let mut hello_hash = [0; 32];
             let msg = match s.decoder.decode() {
                 None if bytes.is_empty() => return Ok(()),
                 None | Some(Err(_)) => continue, // garbage is skipped; the CRC guards content
-                Some(Ok(payload)) => {
-                    if awaiting_hello {
-                        hello_hash = auth::hello_hash(payload);
+                // Reports and progress without building a whole `Up`.
+                Some(Ok(payload)) => match syncing.then(|| wire::session_up(payload)).flatten() {
+                    Some(m) => Ok(Incoming::Session(m)),
+                    None => {
+                        if awaiting_hello {
+                            hello_hash = auth::hello_hash(payload);
+                        }
+                        parse(payload, awaiting_hello).map(Incoming::Any)
                     }
-                    parse(payload, awaiting_hello)
-                }
+                },
             };
             let result = match msg {
-                Ok(msg) => self.on_message(conn, msg, &hello_hash, now),
+                Ok(Incoming::Session(m)) => self.on_session_message(conn, m, now),
+                Ok(Incoming::Any(msg)) => self.on_message(conn, msg, &hello_hash, now),
                 Err(e) => Err(ServerError::Peer(e)),
             };
             if let Err(e) = result {
@@ -271,6 +291,16 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
+    /// A message of an authenticated session: what `on_message` does with it
+    /// in `Syncing`.
+    fn on_session_message(&mut self, conn: ConnId, msg: SessionUp, now: Instant) -> Result<(), S> {
+        match msg {
+            SessionUp::Report { seq, body } => self.on_report(conn, seq, body, now),
+            SessionUp::Progress { task, percent } => self.on_progress(conn, task, percent),
+            SessionUp::Proof { .. } => Err(ServerError::Peer(PeerError::Unexpected)),
+        }
+    }
+
     fn set_phase(&mut self, conn: ConnId, phase: Phase) {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.phase = phase;
@@ -292,7 +322,7 @@ impl<S: FleetStore> Server<S> {
         if s.closing {
             return; // nothing follows our error frame
         }
-        if s.out.len() > self.cfg.max_pending_out {
+        if s.out_end > self.cfg.max_pending_out {
             // A reader this far behind is dropped; it will sync again.
             self.finish_close(conn);
             return;
@@ -652,8 +682,7 @@ impl<S: FleetStore> Server<S> {
             self.finish_close(conn);
             return;
         }
-        s.out.clear();
-        s.out_pos = 0;
+        s.clear_output();
         s.last_rx = now;
         self.send(conn, &Down::Error(ErrorCode::Timeout));
         if let Some(s) = self.sessions.get_mut(&conn) {

@@ -5,11 +5,17 @@
 //! device) message. The bounds below are part of the protocol: both sides must
 //! agree on them, and `PROTOCOL.md` lists them with the message catalogue.
 
+mod codec;
 pub mod frame;
 mod msg;
+mod ser;
 
+pub(crate) use codec::{session_down, SessionDown};
+#[cfg(feature = "alloc")]
+pub(crate) use codec::{session_up, SessionUp};
 pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
 pub use msg::*;
+pub(crate) use ser::Writer;
 
 use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
@@ -70,8 +76,37 @@ pub enum DecodeError {
     TrailingBytes,
 }
 
+/// A type [`decode`] reads: the postcard encoding of its serde form.
+pub trait Decode: DeserializeOwned {
+    /// Decodes one value from a frame payload, rejecting trailing bytes.
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        decode_postcard(payload)
+    }
+}
+
+/// By hand for the messages of an open session (see `codec`).
+impl Decode for Down {
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_down(payload)
+    }
+}
+
+/// By hand for the messages of an open session (see `codec`).
+impl Decode for Up {
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode_up(payload)
+    }
+}
+
+impl Decode for ReportBody {}
+
 /// Decodes one message from a frame payload, rejecting trailing bytes.
-pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+pub fn decode<T: Decode>(payload: &[u8]) -> Result<T, DecodeError> {
+    T::decode(payload)
+}
+
+/// [`decode`] through postcard and the derived `Deserialize`.
+fn decode_postcard<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     match postcard::take_from_bytes::<T>(payload) {
         Ok((msg, [])) => Ok(msg),
         Ok(_) => Err(DecodeError::TrailingBytes),
@@ -92,37 +127,10 @@ pub fn encode_payload<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, En
 /// the bytes and, when they do not fit, how many are needed: no second
 /// serialization (and no second copy of the serializer in flash) for the size.
 pub(crate) fn encode_counting<T: Serialize>(msg: &T, out: &mut [u8]) -> usize {
-    postcard::serialize_with_flavor(msg, Counting { out, len: 0 }).unwrap_or(usize::MAX)
-}
-
-/// A postcard flavor that writes while `out` has room and counts every byte.
-struct Counting<'a> {
-    out: &'a mut [u8],
-    len: usize,
-}
-
-impl postcard::ser_flavors::Flavor for Counting<'_> {
-    type Output = usize;
-
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        if let Some(slot) = self.out.get_mut(self.len) {
-            *slot = byte;
-        }
-        self.len += 1;
-        Ok(())
-    }
-
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        let end = self.len + bytes.len();
-        if let Some(dst) = self.out.get_mut(self.len..end) {
-            dst.copy_from_slice(bytes);
-        }
-        self.len = end;
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<usize> {
-        Ok(self.len)
+    let mut w = ser::Writer::new(out);
+    match msg.serialize(&mut w) {
+        Ok(()) => w.len,
+        Err(_) => usize::MAX,
     }
 }
 

@@ -1,0 +1,423 @@
+//! Hand-written decoders for the messages of an open session.
+//!
+//! They read exactly the postcard encoding that the derived `Deserialize`
+//! impls read (same accepted inputs, same values, same errors), but build the
+//! message in place: no serde visitor layers, and no moves of a whole `Down`
+//! (the size of its largest variant, a policy) through `Result`s. Only the
+//! messages that every sync carries are decoded here: `Welcome`, `Ack`,
+//! `Task`, `Cancel`, `SyncEnd`; `Proof`, `Progress` and task status reports.
+//! Anything else (handshake openers, policies, errors, other reports and all
+//! malformed input) goes to postcard, which has the last word.
+
+use super::{DecodeError, Down, ReportBody, Task, TaskId, TaskKind, TaskResult, TaskStatus, Up};
+
+/// The hand-written decoder could not read the payload; postcard decides.
+struct Fallback;
+
+type R<T> = Result<T, Fallback>;
+
+/// A cursor over a payload.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> R<u8> {
+        let (&b, rest) = self.bytes.split_first().ok_or(Fallback)?;
+        self.bytes = rest;
+        Ok(b)
+    }
+
+    /// A postcard varint of at most `MAX` bytes (`MAX > 1`) whose last byte is
+    /// at most `LAST` (the bits left for a type of `7 * (MAX - 1) + bits(LAST)`
+    /// bits).
+    #[inline]
+    fn varint<const MAX: usize, const LAST: u8>(&mut self) -> R<u64> {
+        // Most are one byte (tags, small numbers); that is valid for any MAX > 1.
+        match self.bytes.split_first() {
+            Some((&b, rest)) if b < 0x80 => {
+                self.bytes = rest;
+                Ok(u64::from(b))
+            }
+            _ => self.long_varint::<MAX, LAST>(),
+        }
+    }
+
+    fn long_varint<const MAX: usize, const LAST: u8>(&mut self) -> R<u64> {
+        let mut out = 0u64;
+        for (i, &b) in self.bytes.iter().take(MAX).enumerate() {
+            out |= u64::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                if i == MAX - 1 && b > LAST {
+                    return Err(Fallback);
+                }
+                self.bytes = self.bytes.get(i + 1..).ok_or(Fallback)?;
+                return Ok(out);
+            }
+        }
+        Err(Fallback)
+    }
+
+    fn u16(&mut self) -> R<u16> {
+        Ok(self.varint::<3, 0x03>()? as u16)
+    }
+
+    fn u32(&mut self) -> R<u32> {
+        Ok(self.varint::<5, 0x0F>()? as u32)
+    }
+
+    fn u64(&mut self) -> R<u64> {
+        self.varint::<10, 0x01>()
+    }
+
+    fn i32(&mut self) -> R<i32> {
+        let n = self.u32()?;
+        Ok((n >> 1) as i32 ^ -((n & 1) as i32))
+    }
+
+    /// An `Option` tag: 0 for `None`, 1 for `Some`.
+    fn some(&mut self) -> R<bool> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(Fallback),
+        }
+    }
+
+    fn opt_u32(&mut self) -> R<Option<u32>> {
+        Ok(if self.some()? {
+            Some(self.u32()?)
+        } else {
+            None
+        })
+    }
+
+    fn task_id(&mut self) -> R<TaskId> {
+        Ok(TaskId(self.u64()?))
+    }
+
+    fn task_kind(&mut self) -> R<TaskKind> {
+        let tag = self.u32()?;
+        TaskKind::ALL.get(tag as usize).copied().ok_or(Fallback)
+    }
+
+    fn task_result(&mut self) -> R<TaskResult> {
+        Ok(match self.u32()? {
+            0 => TaskResult::Location {
+                lat_e7: self.i32()?,
+                lon_e7: self.i32()?,
+                accuracy_m: self.u32()?,
+            },
+            1 => TaskResult::Scan {
+                threats: self.u16()?,
+            },
+            _ => return Err(Fallback),
+        })
+    }
+
+    fn task_status(&mut self) -> R<TaskStatus> {
+        Ok(match self.u32()? {
+            0 => TaskStatus::Received,
+            1 => TaskStatus::Succeeded {
+                result: if self.some()? {
+                    Some(self.task_result()?)
+                } else {
+                    None
+                },
+            },
+            2 => TaskStatus::Failed {
+                reason: self.u16()?,
+            },
+            3 => TaskStatus::Deferred {
+                retry_after_s: self.opt_u32()?,
+            },
+            4 => TaskStatus::Cancelled,
+            _ => return Err(Fallback),
+        })
+    }
+
+    /// `Some(msg)` when nothing is left after it (else trailing bytes).
+    fn end<T>(self, msg: T) -> R<Option<T>> {
+        Ok(self.bytes.is_empty().then_some(msg))
+    }
+}
+
+/// The `Down` messages decoded by hand, in a small enum: a whole `Down` is
+/// the size of a policy, and is built only once, by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SessionDown {
+    Welcome { ack: u32, periodic_s: u32 },
+    Ack { seq: u32 },
+    Task(Task),
+    Cancel { task: TaskId },
+    SyncEnd,
+}
+
+impl From<SessionDown> for Down {
+    fn from(m: SessionDown) -> Down {
+        match m {
+            SessionDown::Welcome { ack, periodic_s } => Down::Welcome { ack, periodic_s },
+            SessionDown::Ack { seq } => Down::Ack { seq },
+            SessionDown::Task(t) => Down::Task(t),
+            SessionDown::Cancel { task } => Down::Cancel { task },
+            SessionDown::SyncEnd => Down::SyncEnd,
+        }
+    }
+}
+
+/// The `Up` messages decoded by hand (see [`SessionDown`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SessionUp {
+    Proof { mac: [u8; 32] },
+    Progress { task: TaskId, percent: Option<u8> },
+    Report { seq: u32, body: ReportBody },
+}
+
+impl From<SessionUp> for Up {
+    fn from(m: SessionUp) -> Up {
+        match m {
+            SessionUp::Proof { mac } => Up::Proof { mac },
+            SessionUp::Progress { task, percent } => Up::Progress { task, percent },
+            SessionUp::Report { seq, body } => Up::Report { seq, body },
+        }
+    }
+}
+
+fn down(bytes: &[u8]) -> R<Option<SessionDown>> {
+    let mut r = Reader { bytes };
+    let msg = match r.u32()? {
+        1 => SessionDown::Welcome {
+            ack: r.u32()?,
+            periodic_s: r.u32()?,
+        },
+        2 => SessionDown::Ack { seq: r.u32()? },
+        3 => SessionDown::Task(Task {
+            seq: r.u32()?,
+            id: r.task_id()?,
+            kind: r.task_kind()?,
+        }),
+        4 => SessionDown::Cancel { task: r.task_id()? },
+        6 => SessionDown::SyncEnd,
+        _ => return Err(Fallback),
+    };
+    r.end(msg)
+}
+
+fn up(bytes: &[u8]) -> R<Option<SessionUp>> {
+    let mut r = Reader { bytes };
+    let msg = match r.u32()? {
+        1 => {
+            let mut mac = [0u8; 32];
+            for b in &mut mac {
+                *b = r.byte()?;
+            }
+            SessionUp::Proof { mac }
+        }
+        2 => SessionUp::Progress {
+            task: r.task_id()?,
+            percent: if r.some()? { Some(r.byte()?) } else { None },
+        },
+        3 => {
+            let seq = r.u32()?;
+            if r.u32()? != 0 {
+                return Err(Fallback); // a compliance or policy report
+            }
+            let body = ReportBody::Task {
+                task: r.task_id()?,
+                status: r.task_status()?,
+            };
+            SessionUp::Report { seq, body }
+        }
+        _ => return Err(Fallback),
+    };
+    r.end(msg)
+}
+
+/// A payload read by hand: `Ok(Some)` a message, `Ok(None)` one followed by
+/// trailing bytes, `Err` not one of the messages read by hand.
+type Hand<T> = Result<Option<T>, Fallback>;
+
+/// Decodes like `wire::decode`: by hand where it can, else through postcard.
+fn decode_with<T: Into<M>, M: serde::de::DeserializeOwned>(
+    hand: Hand<T>,
+    payload: &[u8],
+) -> Result<M, DecodeError> {
+    match hand {
+        Ok(Some(msg)) => Ok(msg.into()),
+        Ok(None) => Err(DecodeError::TrailingBytes),
+        Err(Fallback) => super::decode_postcard(payload),
+    }
+}
+
+/// Decodes a `Down` payload like `wire::decode`.
+#[cfg(feature = "hand-decode")]
+pub(super) fn decode_down(payload: &[u8]) -> Result<Down, DecodeError> {
+    decode_with(down(payload), payload)
+}
+
+/// Decodes a `Down` payload like `wire::decode` (see [`HAND_DOWN`]).
+#[cfg(not(feature = "hand-decode"))]
+pub(super) fn decode_down(payload: &[u8]) -> Result<Down, DecodeError> {
+    super::decode_postcard(payload)
+}
+
+/// Whether `Down` payloads are read by hand: with the `hand-decode` feature
+/// (on with `std`: servers, phones). A microcontroller build leaves it off:
+/// there the hand decoder would add about 1 KB of flash beside postcard's,
+/// which challenges, policies and errors need anyway.
+const HAND_DOWN: bool = cfg!(feature = "hand-decode");
+
+/// Decodes an `Up` payload like `wire::decode`.
+pub(super) fn decode_up(payload: &[u8]) -> Result<Up, DecodeError> {
+    decode_with(up(payload), payload)
+}
+
+/// A session message of a `Down` payload, when it is one and decodes with
+/// nothing left over; `None` for anything else (decode that with
+/// `wire::decode`, which gives the same message or the error).
+pub(crate) fn session_down(payload: &[u8]) -> Option<SessionDown> {
+    if HAND_DOWN {
+        down(payload).ok().flatten()
+    } else {
+        None
+    }
+}
+
+/// A session message of an `Up` payload (see [`session_down`]); for the
+/// server, so unused in a device-only build.
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
+    up(payload).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ser::tests::varied;
+    use crate::wire::{decode_postcard, encode_payload, TaskStatus, MAX_PAYLOAD};
+    use proptest::prelude::*;
+
+    /// Payloads that start like the hand-decoded messages, then anything.
+    fn payloads() -> impl Strategy<Value = std::vec::Vec<u8>> {
+        let head = prop_oneof![
+            Just(std::vec![]),
+            (0u8..9).prop_map(|t| std::vec![t]),
+            (0u8..9, 0u32..3).prop_map(|(t, b)| std::vec![3, t, b as u8]),
+        ];
+        let tail = proptest::collection::vec(
+            prop_oneof![any::<u8>(), 0u8..5, Just(0x80u8), Just(0xFFu8)],
+            0..40,
+        );
+        (head, tail).prop_map(|(mut h, t)| {
+            h.extend(t);
+            h
+        })
+    }
+
+    fn status() -> impl Strategy<Value = TaskStatus> {
+        let result = prop_oneof![
+            Just(None),
+            (any::<i32>(), any::<i32>(), any::<u32>()).prop_map(|(a, b, c)| Some(
+                TaskResult::Location {
+                    lat_e7: a,
+                    lon_e7: b,
+                    accuracy_m: c
+                }
+            )),
+            any::<u16>().prop_map(|t| Some(TaskResult::Scan { threats: t })),
+        ];
+        prop_oneof![
+            Just(TaskStatus::Received),
+            result.prop_map(|result| TaskStatus::Succeeded { result }),
+            any::<u16>().prop_map(|reason| TaskStatus::Failed { reason }),
+            proptest::option::of(any::<u32>())
+                .prop_map(|retry_after_s| TaskStatus::Deferred { retry_after_s }),
+            Just(TaskStatus::Cancelled),
+        ]
+    }
+
+    /// Varints at every length boundary, non-canonical ones, too long and
+    /// too large ones, with and without bytes after them: as postcard.
+    #[test]
+    fn varint_edges_as_postcard() {
+        let mut cases: std::vec::Vec<std::vec::Vec<u8>> = std::vec::Vec::new();
+        for len in 1..=11usize {
+            for last in [0x00u8, 0x01, 0x02, 0x03, 0x04, 0x0F, 0x10, 0x7F] {
+                let mut v = std::vec![0xFFu8; len - 1];
+                v.push(last);
+                cases.push(v.clone());
+                let mut zeros = std::vec![0x80u8; len - 1];
+                zeros.push(last);
+                cases.push(zeros);
+            }
+        }
+        for varint in cases {
+            for pad in [0usize, 1, 7, 12] {
+                // Ack { seq: u32 }, Task { seq, id: u64, kind }, Scan threats: u16.
+                let mut ack = std::vec![2u8];
+                ack.extend(&varint);
+                let mut task = std::vec![3u8, 5];
+                task.extend(&varint);
+                task.push(1);
+                let mut scan = std::vec![3u8, 9, 0, 7, 1, 1, 1];
+                scan.extend(&varint);
+                for mut p in [ack, task, scan] {
+                    p.extend(core::iter::repeat_n(0u8, pad));
+                    assert_eq!(decode_down(&p), decode_postcard::<Down>(&p), "{p:02x?}");
+                    assert_eq!(decode_up(&p), decode_postcard::<Up>(&p), "{p:02x?}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Any bytes: the same message or the same error as postcard.
+        #[test]
+        fn same_as_postcard_on_any_bytes(bytes in payloads()) {
+            prop_assert_eq!(decode_down(&bytes), decode_postcard::<Down>(&bytes));
+            prop_assert_eq!(decode_up(&bytes), decode_postcard::<Up>(&bytes));
+            if let Some(m) = session_down(&bytes) {
+                prop_assert_eq!(Ok(Down::from(m)), decode_postcard::<Down>(&bytes));
+            }
+            if let Some(m) = session_up(&bytes) {
+                prop_assert_eq!(Ok(Up::from(m)), decode_postcard::<Up>(&bytes));
+            }
+        }
+
+        /// Every hand-decoded message comes back from its own encoding.
+        #[test]
+        fn hot_messages_round_trip(
+            seq in varied::<u32>(), id in varied::<u64>(), kind in 0usize..5,
+            status in status(), percent in proptest::option::of(any::<u8>()),
+            mac in any::<[u8; 32]>(),
+        ) {
+            let task = TaskId(id);
+            let downs = [
+                Down::Welcome { ack: seq, periodic_s: seq / 3 },
+                Down::Ack { seq },
+                Down::Task(Task { seq, id: task, kind: TaskKind::ALL[kind] }),
+                Down::Cancel { task },
+                Down::SyncEnd,
+            ];
+            let mut buf = [0u8; MAX_PAYLOAD];
+            for msg in downs {
+                let n = encode_payload(&msg, &mut buf).unwrap();
+                let hand = session_down(&buf[..n]).map(Down::from);
+                prop_assert_eq!(hand, HAND_DOWN.then(|| msg.clone()));
+                prop_assert_eq!(decode_down(&buf[..n]), Ok(msg));
+            }
+            let ups = [
+                Up::Proof { mac },
+                Up::Progress { task, percent },
+                Up::Report { seq, body: ReportBody::Task { task, status } },
+            ];
+            for msg in ups {
+                let n = encode_payload(&msg, &mut buf).unwrap();
+                prop_assert_eq!(session_up(&buf[..n]).map(Up::from), Some(msg.clone()));
+                prop_assert_eq!(decode_up(&buf[..n]), Ok(msg));
+            }
+        }
+    }
+}

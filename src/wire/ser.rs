@@ -1,0 +1,396 @@
+//! A serde serializer that writes the postcard encoding (PROTOCOL.md, section
+//! 3) straight into a byte slice, byte for byte what `postcard` writes.
+//!
+//! Postcard goes through a flavor: every varint is built in a scratch buffer
+//! and then extended into the output, one call per value. Here a varint is a
+//! loop of pushes into the slice, and everything inlines into the derived
+//! `Serialize` impls. Like the old `Counting` flavor it writes while `out` has
+//! room and counts every byte, so one pass tells both the bytes and, when they
+//! do not fit, how many are needed.
+
+use core::fmt;
+
+use serde::ser::{
+    self, Serialize, SerializeMap, SerializeSeq, SerializeStruct, SerializeStructVariant,
+    SerializeTuple, SerializeTupleStruct, SerializeTupleVariant,
+};
+
+/// Writes into `out` as far as it fits; `len` counts every byte. Also used
+/// directly, without serde, for the device snapshot.
+pub(crate) struct Writer<'a> {
+    pub(super) out: &'a mut [u8],
+    pub(super) len: usize,
+}
+
+/// Sequences and maps of unknown length, which postcard cannot encode either.
+#[derive(Debug)]
+pub(crate) struct Unencodable;
+
+impl fmt::Display for Unencodable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not encodable as postcard")
+    }
+}
+
+impl core::error::Error for Unencodable {}
+
+impl ser::Error for Unencodable {
+    fn custom<T: fmt::Display>(_msg: T) -> Self {
+        Unencodable
+    }
+}
+
+type Res = Result<(), Unencodable>;
+
+impl<'a> Writer<'a> {
+    /// A writer at the start of `out`.
+    pub(crate) fn new(out: &'a mut [u8]) -> Self {
+        Self { out, len: 0 }
+    }
+
+    /// Bytes written, or that would have been with room enough.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.out.get_mut(self.len) {
+            *slot = byte;
+        }
+        self.len += 1;
+    }
+
+    #[inline]
+    fn bytes(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        match self.out.get_mut(self.len..end) {
+            // A loop, not `copy_from_slice`: these are a few bytes, and a
+            // call to `memcpy` costs more than copying them.
+            Some(dst) => dst.iter_mut().zip(bytes).for_each(|(d, s)| *d = *s),
+            None => bytes.iter().for_each(|&b| self.push(b)),
+        }
+        self.len = end;
+    }
+
+    /// LEB128: seven bits a byte, least significant first.
+    #[inline]
+    pub(crate) fn varint(&mut self, mut v: u64) {
+        // Room for the longest: no check per byte.
+        if let Some(dst) = self.out.get_mut(self.len..self.len + 10) {
+            let mut n = 0;
+            for slot in dst {
+                n += 1;
+                if v < 0x80 {
+                    *slot = v as u8;
+                    break;
+                }
+                *slot = v as u8 | 0x80;
+                v >>= 7;
+            }
+            self.len += n;
+            return;
+        }
+        while v >= 0x80 {
+            self.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.push(v as u8);
+    }
+
+    fn varint128(&mut self, mut v: u128) {
+        while v >= 0x80 {
+            self.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.push(v as u8);
+    }
+
+    pub(crate) fn len_prefixed(&mut self, bytes: &[u8]) {
+        self.varint(bytes.len() as u64);
+        self.bytes(bytes);
+    }
+}
+
+/// Counts the bytes of a `Display`, then writes them.
+impl fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+struct CountDisplay(usize);
+
+impl fmt::Write for CountDisplay {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0 += s.len();
+        Ok(())
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+impl ser::Serializer for &mut Writer<'_> {
+    type Ok = ();
+    type Error = Unencodable;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn serialize_bool(self, v: bool) -> Res {
+        self.push(u8::from(v));
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Res {
+        self.push(v as u8);
+        Ok(())
+    }
+    fn serialize_i16(self, v: i16) -> Res {
+        self.varint(zigzag(v.into()));
+        Ok(())
+    }
+    fn serialize_i32(self, v: i32) -> Res {
+        self.varint(zigzag(v.into()));
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> Res {
+        self.varint(zigzag(v));
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Res {
+        self.varint128(((v << 1) ^ (v >> 127)) as u128);
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Res {
+        self.push(v);
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Res {
+        self.varint(v.into());
+        Ok(())
+    }
+    fn serialize_u32(self, v: u32) -> Res {
+        self.varint(v.into());
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> Res {
+        self.varint(v);
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> Res {
+        self.varint128(v);
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Res {
+        self.bytes(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Res {
+        self.bytes(&v.to_bits().to_le_bytes());
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Res {
+        let mut buf = [0u8; 4];
+        self.len_prefixed(v.encode_utf8(&mut buf).as_bytes());
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Res {
+        self.len_prefixed(v.as_bytes());
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Res {
+        self.len_prefixed(v);
+        Ok(())
+    }
+    fn serialize_none(self) -> Res {
+        self.push(0);
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Res {
+        self.push(1);
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Res {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Res {
+        Ok(())
+    }
+    fn serialize_unit_variant(self, _name: &'static str, index: u32, _v: &'static str) -> Res {
+        self.varint(index.into());
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Res {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        index: u32,
+        _variant: &'static str,
+        value: &T,
+    ) -> Res {
+        self.varint(index.into());
+        value.serialize(self)
+    }
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self, Unencodable> {
+        self.varint(len.ok_or(Unencodable)? as u64);
+        Ok(self)
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Self, Unencodable> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _name: &'static str, _len: usize) -> Result<Self, Unencodable> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self, Unencodable> {
+        self.varint(index.into());
+        Ok(self)
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<Self, Unencodable> {
+        self.serialize_seq(len) // a length, then the entries
+    }
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Self, Unencodable> {
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        index: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self, Unencodable> {
+        // The tag, then the fields: the same as a tuple variant.
+        self.serialize_tuple_variant(name, index, variant, len)
+    }
+    fn collect_str<T: ?Sized + fmt::Display>(self, value: &T) -> Res {
+        let mut count = CountDisplay(0);
+        fmt::write(&mut count, format_args!("{value}")).map_err(|_| Unencodable)?;
+        self.varint(count.0 as u64);
+        fmt::write(self, format_args!("{value}")).map_err(|_| Unencodable)
+    }
+}
+
+/// Every compound is its elements one after the other, with nothing between
+/// and nothing at the end: one impl body serves them all.
+macro_rules! elements {
+    ($($trait:ident :: $method:ident $(($key:ident))?),*) => {$(
+        impl $trait for &mut Writer<'_> {
+            type Ok = ();
+            type Error = Unencodable;
+            fn $method<T: ?Sized + Serialize>(
+                &mut self,
+                $($key: &'static str,)?
+                value: &T,
+            ) -> Res {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> Res {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field,
+    SerializeStruct::serialize_field(_key),
+    SerializeStructVariant::serialize_field(_key)
+);
+
+impl SerializeMap for &mut Writer<'_> {
+    type Ok = ();
+    type Error = Unencodable;
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Res {
+        key.serialize(&mut **self)
+    }
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Res {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> Res {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::wire::*;
+    use proptest::prelude::*;
+
+    fn same<T: Serialize + fmt::Debug>(msg: &T) {
+        let mut want = [0u8; 1024];
+        let w = postcard::to_slice(msg, &mut want).unwrap().len();
+        let mut got = [0u8; 1024];
+        let mut writer = Writer {
+            out: &mut got,
+            len: 0,
+        };
+        msg.serialize(&mut writer).unwrap();
+        assert_eq!(writer.len, w, "{msg:?}");
+        assert_eq!(got[..w], want[..w], "{msg:?}");
+    }
+
+    /// Values of every varint length, not mostly the longest.
+    pub(crate) fn varied<T: From<u8> + core::ops::Shr<u32, Output = T> + Arbitrary>(
+    ) -> impl Strategy<Value = T> {
+        let bits = core::mem::size_of::<T>() as u32 * 8;
+        (any::<T>(), 0..bits).prop_map(|(v, s)| v >> s)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn writes_what_postcard_writes(
+            a in varied::<u64>(), b in varied::<u32>(), c in varied::<u16>(), d in any::<i64>(),
+            e in any::<i32>(), f in any::<u8>(), g in any::<bool>(), s in "\\PC{0,40}",
+            n in 0usize..=MAX_SETTINGS, o in any::<Option<u32>>(),
+            (x, y, z) in (any::<i128>(), any::<u128>(), any::<char>()),
+            (p, q) in (any::<f32>(), any::<f64>()),
+        ) {
+            same(&(a, b, c, d, e, f, g, &*s, o, x, y));
+            same(&(z, p, q, &[f, 1, 2][..]));
+            let settings = (0..n).map(|k| Setting { key: c ^ k as u16, value: d >> k }).collect();
+            same(&Down::Policy(Policy { version: b, settings }));
+            same(&Down::Task(Task { seq: b, id: TaskId(a), kind: TaskKind::ALL[f as usize % 5] }));
+            same(&Down::Error(ErrorCode::VersionMismatch { supported: c }));
+            same(&Up::Report { seq: b, body: ReportBody::Task { task: TaskId(a), status:
+                TaskStatus::Succeeded { result: Some(TaskResult::Location {
+                    lat_e7: e, lon_e7: e.wrapping_neg(), accuracy_m: b }) } } });
+            same(&Up::Progress { task: TaskId(a), percent: Some(f) });
+            let token = heapless::String::try_from(&s[..s.len().min(PUSH_TOKEN_MAX)])
+                .unwrap_or_default();
+            same(&Up::Hello(Hello {
+                version: c, device: DeviceId(a), generation: b, platform: Platform::Ios,
+                push_token: token, trigger: SyncTrigger::Manual, last_task_seq: b,
+                policy_version: b / 2,
+            }));
+            same(&Up::Proof { mac: [f; 32] });
+        }
+    }
+}
