@@ -476,3 +476,30 @@ fn bytes_for_an_idle_device_are_a_typed_error() {
     assert_eq!(err, Err(DeviceError::NotConnected));
     l.recovers();
 }
+
+/// A peer that sends nothing but headers announcing whole frames makes the
+/// decoder check a CRC over up to a whole frame per bad header. The server
+/// closes such a connection after `max_frame_errors` frame errors (with
+/// `BadMessage`).
+#[test]
+fn a_flood_of_bad_frames_closes_the_connection() {
+    let mut l = Link::new();
+    let conn = l.server.connection_opened(l.now).unwrap();
+    let flood: Vec<u8> = [0xA5, 0x5A, 0x00, 0x02].repeat(1 << 18); // 1 MiB
+    let err = l.server.handle_bytes(conn, &flood, l.now);
+    assert_eq!(
+        err,
+        Err(ServerError::Peer(mdm_sync::server::PeerError::Malformed))
+    );
+    let mut buf = [0u8; 64];
+    let n = l.server.poll_transmit_for(conn, &mut buf).unwrap();
+    let msg = wire::decode::<Down>(frame::payload(&buf[..n])).unwrap();
+    assert_eq!(msg, Down::Error(wire::ErrorCode::BadMessage));
+    let closed =
+        core::iter::from_fn(|| l.server.poll_event()).any(|e| e == ServerEvent::Close { conn });
+    assert!(closed, "the connection is closed after the error frame");
+    // A few frame errors (a noisy serial link) stay within the budget.
+    let conn = l.server.connection_opened(l.now).unwrap();
+    let noise: Vec<u8> = [0xA5, 0x5A, 0x00, 0x02].repeat(10);
+    assert_eq!(l.server.handle_bytes(conn, &noise, l.now), Ok(()));
+}

@@ -270,3 +270,23 @@ fn a_device_rejects_a_server_of_another_version() {
     assert!(events.contains(&Event::Disconnect));
     assert!(events.contains(&Event::SyncFailed { error: want }));
 }
+
+/// A handshake that times out before the device read its challenge: the
+/// challenge still goes out first (key 0), then the `Timeout` error with the
+/// session key, so a device that reads both learns why the session ended.
+#[test]
+fn a_handshake_timeout_keeps_the_unread_challenge_ahead_of_the_error() {
+    let mut s = server();
+    let conn = s.connection_opened(NOW).unwrap();
+    send(&mut s, conn, &hello(1, wire::PROTOCOL_VERSION)).unwrap();
+    let late = NOW + s.config().handshake_timeout + mdm_sync::time::Duration::from_secs(1);
+    s.handle_timeout(late).unwrap();
+    let bytes = drained(&mut s, conn);
+    let challenge = decoded(&bytes, 0);
+    let nonce = match challenge[..] {
+        [Down::Challenge { nonce, .. }] => nonce,
+        ref other => panic!("expected the challenge first, got {other:?}"),
+    };
+    let key = frame::session_key(&nonce);
+    assert_eq!(decoded(&bytes, key), vec![Down::Error(ErrorCode::Timeout)]);
+}

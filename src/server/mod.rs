@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub max_open_tasks: usize,
     /// Most bytes queued for one connection before it is closed as too slow (64 KiB).
     pub max_pending_out: usize,
+    /// Most frame errors (garbage runs, bad lengths, bad CRCs) one connection
+    /// may cause before it is closed with `BadMessage` (64). TCP and TLS cause
+    /// none; the bound stops a peer that sends bad headers on purpose, each
+    /// of which costs a CRC over up to a whole frame.
+    pub max_frame_errors: u32,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +91,7 @@ impl Default for ServerConfig {
             max_sessions: 65_536,
             max_open_tasks: 64,
             max_pending_out: 64 * 1024,
+            max_frame_errors: 64,
         }
     }
 }

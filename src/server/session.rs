@@ -50,6 +50,8 @@ pub(super) struct Session {
     queued: bool,
     // The session's frame key, from the Challenge on (0 before).
     key: u32,
+    // Frame errors (garbage, bad lengths, bad CRCs) seen on this connection.
+    frame_errors: u32,
 }
 
 /// Buffers of closed sessions kept for new ones, so that a server in steady
@@ -104,6 +106,7 @@ impl Session {
             closing: false,
             queued: false,
             key: 0,
+            frame_errors: 0,
         }
     }
 
@@ -202,7 +205,17 @@ impl<S: FleetStore> Server<S> {
             let mut hello_hash = [0; 32];
             let msg = match s.decoder.decode() {
                 None if bytes.is_empty() => return Ok(()),
-                None | Some(Err(_)) => continue, // garbage is skipped; the CRC guards content
+                None => continue,
+                // Garbage is skipped (the CRC guards content), within a budget:
+                // each bad frame costs a CRC over up to a whole frame, so a
+                // peer that sends nothing but bad headers is cut off.
+                Some(Err(_)) => {
+                    s.frame_errors = s.frame_errors.saturating_add(1);
+                    if s.frame_errors <= self.cfg.max_frame_errors {
+                        continue;
+                    }
+                    Err(PeerError::Malformed)
+                }
                 // Reports and progress without building a whole `Up`.
                 Some(Ok(payload)) => match syncing.then(|| wire::session_up(payload)).flatten() {
                     Some(m) => Ok(Incoming::Session(m)),
@@ -682,7 +695,10 @@ impl<S: FleetStore> Server<S> {
             self.finish_close(conn);
             return;
         }
-        s.clear_output();
+        // What is queued stays ahead of the error: a challenge not yet read
+        // (the error after it carries the session key), a frame partly
+        // handed out. A peer that reads nothing is dropped by `send` once
+        // the queue passes `max_pending_out`.
         s.last_rx = now;
         self.send(conn, &Down::Error(ErrorCode::Timeout));
         if let Some(s) = self.sessions.get_mut(&conn) {
