@@ -253,6 +253,13 @@ impl fmt::Debug for Schedule {
             "Schedule {{ devices: {}, seed: {}, ops: vec![",
             self.devices, self.seed
         )?;
+        if self
+            .ops
+            .iter()
+            .any(|op| format!("{op:?}").contains("dev: "))
+        {
+            writeln!(f, "    // `dev` is taken modulo `devices`")?;
+        }
         for op in &self.ops {
             writeln!(f, "    {op:?},")?;
         }
