@@ -600,6 +600,30 @@ fn down_messages(mut bytes: &[u8]) -> Vec<Down> {
     out
 }
 
+/// A tokio server engine on `clock`, with no push service, accepting on an
+/// ephemeral port of 127.0.0.1 (call inside a runtime).
+async fn loopback_server(
+    clock: ScaledClock,
+) -> (
+    mdm_sync::adapters::tokio::ServerHandle<MemoryStore>,
+    core::net::SocketAddr,
+) {
+    let server = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [8; 32],
+        [9; 32],
+    );
+    let push = |_: DeviceId, _: Platform, _: &str| Ok(());
+    let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push)
+        .clock(clock)
+        .spawn();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
+    (handle, addr)
+}
+
 #[test]
 fn the_tokio_server_closes_silent_and_misbehaving_peers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -610,20 +634,7 @@ fn the_tokio_server_closes_silent_and_misbehaving_peers() {
         .unwrap();
     rt.block_on(async {
         // 1000x: the 30-second handshake timeout takes 30 ms.
-        let clock = ScaledClock::scaled(1000.0);
-        let server = Server::new(
-            ServerConfig::default(),
-            MemoryStore::new(),
-            [8; 32],
-            [9; 32],
-        );
-        let push = |_: DeviceId, _: Platform, _: &str| Ok(());
-        let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push)
-            .clock(clock)
-            .spawn();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
+        let (handle, addr) = loopback_server(ScaledClock::scaled(1000.0)).await;
         let limit = Wall::from_secs(5);
 
         // Silent: a timeout error frame, then the connection is closed.
@@ -668,17 +679,7 @@ fn the_tokio_server_answers_a_peer_that_half_closed() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let server = Server::new(
-            ServerConfig::default(),
-            MemoryStore::new(),
-            [8; 32],
-            [9; 32],
-        );
-        let push = |_: DeviceId, _: Platform, _: &str| Ok(());
-        let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push).spawn();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
+        let (handle, addr) = loopback_server(ScaledClock::new()).await;
         let mut foreign = vec![0xA5, 0x5A, 5, 0, 0x00, 0x09, 0xFF, 0xFF, 0xFF];
         let crc = wire::crc32(&foreign[2..]);
         foreign.extend_from_slice(&crc.to_le_bytes());

@@ -9,6 +9,19 @@ use mdm_sync::server::{ServerEvent, TaskState};
 use mdm_sync::time::Duration;
 use mdm_sync::wire::{reason, ComplianceEvent, TaskKind};
 
+/// How many `UsbDebugging` compliance events the server stored.
+fn usb_events_stored(p: &Pair) -> usize {
+    p.count_events(|e| {
+        matches!(
+            e,
+            ServerEvent::Compliance {
+                event: ComplianceEvent::UsbDebugging { .. },
+                ..
+            }
+        )
+    })
+}
+
 #[test]
 fn a_device_that_lost_its_state_neither_loses_reports_nor_reruns_tasks() {
     let mut p = Pair::new(1);
@@ -28,15 +41,7 @@ fn a_device_that_lost_its_state_neither_loses_reports_nor_reruns_tasks() {
     p.raise(0, ComplianceEvent::UsbDebugging { enabled: true });
     p.run_for(Duration::from_mins(5));
 
-    let usb = p.count_events(|e| {
-        matches!(
-            e,
-            ServerEvent::Compliance {
-                event: ComplianceEvent::UsbDebugging { .. },
-                ..
-            }
-        )
-    });
+    let usb = usb_events_stored(&p);
     assert_eq!(usb, 1, "the new report is stored, not taken for a resend");
     assert_eq!(
         p.state(0, scan),
@@ -73,15 +78,7 @@ fn a_server_store_that_went_back_still_takes_new_reports() {
 
     p.raise(0, ComplianceEvent::UsbDebugging { enabled: true });
     p.run_for(Duration::from_mins(5));
-    let usb = p.count_events(|e| {
-        matches!(
-            e,
-            ServerEvent::Compliance {
-                event: ComplianceEvent::UsbDebugging { .. },
-                ..
-            }
-        )
-    });
+    let usb = usb_events_stored(&p);
     assert_eq!(usb, 1, "the new report is stored once");
     let rec = p.server.store().device(id).unwrap().unwrap();
     assert_eq!(rec.last_report_seq, 2, "numbered after the server's ack");

@@ -395,8 +395,11 @@ impl<S: FleetStore> Link<S> {
         // answer such as a version-mismatch error is not lost because the
         // peer stopped sending first.
         let mut linger: Option<tokio::time::Instant> = None;
+        // The linger timer's future is built on every pass, polled only once
+        // lingering; a fixed instant spares a clock read per read.
+        let idle = tokio::time::Instant::now();
         loop {
-            let until = linger.unwrap_or_else(tokio::time::Instant::now);
+            let until = linger.unwrap_or(idle);
             tokio::select! {
                 read = rd.read(&mut buf), if linger.is_none() => match read {
                     Ok(0) => {

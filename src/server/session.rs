@@ -121,7 +121,7 @@ impl Session {
         self.out_pos < self.out_end
     }
 
-    /// Forgets the output not yet taken.
+    /// Empties the output buffer once everything in it was taken.
     fn clear_output(&mut self) {
         self.out_pos = 0;
         self.out_end = 0;
