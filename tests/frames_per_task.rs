@@ -1,8 +1,9 @@
-//! A task that is done before its `Received` leaves the device costs one
-//! report: the final status takes the `Received`'s place and sequence number.
-//! A `Received` that was, or may have been, on the wire is never replaced; an
-//! acknowledgement asks for no persist, and a reboot after one records nothing
-//! twice.
+//! Frames a task costs in an open session. A task that is done before its
+//! `Received` leaves the device costs one report: the final status takes the
+//! `Received`'s place and sequence number. A `Received` that was, or may have
+//! been, on the wire is never replaced; an acknowledgement asks for no
+//! persist, and a reboot after one records nothing twice. Reports read
+//! together get one cumulative `Ack`.
 //!
 //! A device and a server driven by hand on a virtual clock that stands still,
 //! so that each test decides which frames arrive.
@@ -110,6 +111,19 @@ impl Link {
                 let _ = self.server.handle_bytes(conn, &buf[..n], self.now);
             }
         }
+        sent
+    }
+
+    /// Everything the device sends now, handed to the server in one read.
+    fn up_together(&mut self) -> Vec<Up> {
+        let (mut sent, mut bytes) = (Vec::new(), Vec::new());
+        let mut buf = [0u8; 1024];
+        while let Some(n) = self.d.dev.poll_transmit(&mut buf).unwrap() {
+            sent.push(wire::decode::<Up>(frame::payload(&buf[..n])).unwrap());
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        let conn = self.d.conn.unwrap();
+        self.server.handle_bytes(conn, &bytes, self.now).unwrap();
         sent
     }
 
@@ -346,4 +360,46 @@ fn a_reboot_after_an_unpersisted_ack_records_nothing_twice() {
     let recorded = l.states_of(lock).iter().filter(|s| **s == done).count();
     assert_eq!(recorded, 1);
     assert_eq!(l.last_report_seq(), seq + 2);
+}
+
+#[test]
+fn reports_read_together_get_one_ack() {
+    let mut l = Link::in_session();
+    let seq = l.last_report_seq() + 1;
+    let tasks = [l.queue(TaskKind::Locate), l.queue(TaskKind::Scan)];
+    l.down(true);
+    l.events(); // persisted, both handed out and held
+    let want: Vec<Up> = (0..2)
+        .map(|k| report(seq + k, tasks[k as usize], TaskStatus::Received))
+        .collect();
+    assert_eq!(l.up_together(), want);
+    assert_eq!(l.down(true), vec![Down::Ack { seq: seq + 1 }]);
+    assert_eq!(l.d.dev.outbox_len(), 0);
+    assert_eq!(l.last_report_seq(), seq + 1);
+    for t in tasks {
+        assert_eq!(l.state(t), TaskState::Delivered);
+    }
+}
+
+#[test]
+fn a_report_read_with_a_bad_frame_is_acknowledged_before_the_error() {
+    let mut l = Link::in_session();
+    l.quick();
+    let seq = l.last_report_seq() + 1;
+    let lock = l.queue(TaskKind::Lock);
+    l.down(true);
+    l.events();
+    let mut bytes = vec![0u8; 128];
+    let n = frame::encode_keyed(&report(seq, lock, DONE), &mut bytes, l.key).unwrap();
+    let proof = Up::Proof { mac: [0; 32] }; // not allowed once syncing
+    let m = frame::encode_keyed(&proof, &mut bytes[n..], l.key).unwrap();
+    let conn = l.d.conn.unwrap();
+    let r = l.server.handle_bytes(conn, &bytes[..n + m], l.now);
+    assert!(r.is_err());
+    let down = l.down(false);
+    assert_eq!(
+        down,
+        vec![Down::Ack { seq }, Down::Error(wire::ErrorCode::BadMessage)]
+    );
+    assert_eq!(l.state(lock), TaskState::Succeeded { result: None });
 }
