@@ -224,7 +224,7 @@ fn a_quick_task_costs_one_report_and_the_server_records_its_final_status() {
 
     assert_eq!(up, vec![report(seq, lock, DONE)]);
     assert!(
-        matches!(down[..], [Down::Task(t), Down::SyncEnd, Down::Ack { seq: a }] if t.id == lock && a == seq),
+        matches!(down[..], [Down::Task(t), Down::Ack { seq: a }] if t.id == lock && a == seq),
         "{down:?}"
     );
     assert_eq!(l.state(lock), TaskState::Succeeded { result: None });

@@ -32,6 +32,8 @@ struct Sync {
     next_seq: u32,
     policy_sent: u32,
     cancels_sent: Vec<TaskId>,
+    // `SyncEnd` went out after the first burst; later bursts need none.
+    end_sent: bool,
 }
 
 pub(super) struct Session {
@@ -460,6 +462,7 @@ impl<S: FleetStore> Server<S> {
             next_seq: hello.last_task_seq.wrapping_add(1),
             policy_sent: hello.policy_version,
             cancels_sent: Vec::new(),
+            end_sent: false,
         };
         self.set_phase(conn, Phase::Syncing(sync));
         let periodic_s = self
@@ -556,7 +559,10 @@ impl<S: FleetStore> Server<S> {
                 self.send(conn, &Down::Policy(p));
             }
         }
-        self.send(conn, &Down::SyncEnd);
+        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+        if !core::mem::replace(&mut sync.end_sent, true) {
+            self.send(conn, &Down::SyncEnd);
+        }
         Ok(())
     }
 
