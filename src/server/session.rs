@@ -559,6 +559,28 @@ impl<S: FleetStore> Server<S> {
                 self.send(conn, &Down::Policy(p));
             }
         }
+        self.end_burst(conn)
+    }
+
+    /// Offers a task just queued, not yet stored, in the device's open session
+    /// (stored as offered before it is sent), then the session's `SyncEnd` if
+    /// it still owes one.
+    pub(super) fn offer_new(
+        &mut self,
+        conn: ConnId,
+        t: &mut TaskRecord,
+        now: Instant,
+    ) -> Result<(), S> {
+        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+        if t.generation != sync.generation {
+            return Ok(self.store.put_task(t)?); // never offered to another enrollment
+        }
+        self.offer_one(conn, t, now)?;
+        self.end_burst(conn)
+    }
+
+    /// `SyncEnd`, once per session: the device needs no other.
+    fn end_burst(&mut self, conn: ConnId) -> Result<(), S> {
         let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
         if !core::mem::replace(&mut sync.end_sent, true) {
             self.send(conn, &Down::SyncEnd);
