@@ -517,15 +517,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// it goes into the slot reserved for it when the task was accepted.
     fn queue_final(&mut self, task: TaskId, status: TaskStatus) -> Result<(), DeviceError> {
         let body = ReportBody::Task { task, status };
-        let received = encode_body(&ReportBody::Task {
-            task,
-            status: TaskStatus::Received,
-        })?;
         for e in self.outbox.iter_mut().rev() {
-            if e.wire != Wire::New || !is_received(&e.body) {
+            let Some(id) = received_task(&e.body).filter(|_| e.wire == Wire::New) else {
                 break;
-            }
-            if e.body == received {
+            };
+            if id == task {
                 e.body = encode_body(&body)?;
                 self.persist = true;
                 return Ok(());
@@ -1192,19 +1188,26 @@ fn encode_body(body: &ReportBody) -> Result<Vec<u8, { wire::MAX_REPORT_BODY }, u
     Ok(bytes)
 }
 
-/// Whether an encoded report body is a task's `Received`: `ReportBody::Task`
-/// (tag 0), the task id (a varint), `TaskStatus::Received` (tag 0).
-fn is_received(body: &[u8]) -> bool {
+/// The task of an encoded report body that is a task's `Received`:
+/// `ReportBody::Task` (tag 0), the task id (a varint), `TaskStatus::Received`
+/// (tag 0). Read here rather than decoded, on the path of every task.
+fn received_task(body: &[u8]) -> Option<TaskId> {
     let [0, id @ .., 0] = body else {
-        return false;
+        return None;
     };
-    // Only continuation bytes before the id's last byte: so the final 0 is the
-    // status, not a field of a longer one (`Succeeded { result: None }` ends
-    // in `01 00`).
-    match id.split_last() {
-        Some((last, head)) => last & 0x80 == 0 && head.iter().all(|b| b & 0x80 != 0),
-        None => false,
+    // Continuation bytes up to the id's last: so the final 0 is the status,
+    // not a field of a longer one (`Succeeded { result: None }` ends `01 00`).
+    if id.is_empty() || id.len() > 10 {
+        return None;
     }
+    let mut value = 0u64;
+    for (k, b) in id.iter().enumerate() {
+        if (b & 0x80 == 0) != (k + 1 == id.len()) {
+            return None;
+        }
+        value |= u64::from(b & 0x7F).checked_shl(7 * k as u32)?;
+    }
+    Some(TaskId(value))
 }
 
 fn busy_err() -> SessionError {

@@ -342,15 +342,14 @@ fn only_a_received_body_is_taken_for_one() {
                 status,
             })
             .unwrap();
-            assert_eq!(
-                is_received(&body),
-                status == TaskStatus::Received,
-                "{id} {status:?}"
-            );
+            let want = (status == TaskStatus::Received).then_some(TaskId(id));
+            assert_eq!(received_task(&body), want, "{id} {status:?}");
         }
     }
     let compliance = encode_body(&ReportBody::Compliance(ComplianceEvent::ProfileChanged));
-    assert!(!is_received(&compliance.unwrap()));
-    assert!(!is_received(&[]));
-    assert!(!is_received(&[0, 0]));
+    assert_eq!(received_task(&compliance.unwrap()), None);
+    assert_eq!(received_task(&[]), None);
+    assert_eq!(received_task(&[0, 0]), None);
+    assert_eq!(received_task(&[0; 13]), None);
+    assert_eq!(received_task(&[0, 0xFF, 0xFF, 0]), None);
 }
