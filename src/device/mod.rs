@@ -27,6 +27,16 @@
 //! - Every final task status, compliance event and policy report goes into a
 //!   bounded outbox and is resent until the server acknowledges it. A final
 //!   status always fits: the outbox reserves one slot per running task.
+//! - An accepted task gets a `Received` report, queued by the engine. When the
+//!   application reports the final status before that `Received` was ever
+//!   transmitted (the normal case for a quick task, reported while draining
+//!   events, before [`poll_transmit`](Device::poll_transmit)), the final status
+//!   takes its place and its sequence number: one report instead of two. A
+//!   report that was transmitted, or restored from a snapshot, is never changed.
+//! - An acknowledgement trims the outbox without asking for a
+//!   [`Event::Persist`]: after a reboot the acknowledged reports come back
+//!   from the older snapshot and are sent again; the server recognises their
+//!   sequence numbers, acknowledges them again and records nothing twice.
 //! - Progress is best effort: coalesced to the latest value per task and sent
 //!   while connected.
 
@@ -187,13 +197,32 @@ impl Wants {
 struct Entry {
     seq: u32,
     body: Vec<u8, { wire::MAX_REPORT_BODY }, u8>,
-    sent: bool,
+    wire: Wire,
 }
 
 impl Entry {
     fn is_compliance(&self) -> bool {
         self.body.first() == Some(&wire::REPORT_COMPLIANCE)
     }
+
+    fn sent(&self) -> bool {
+        self.wire == Wire::Sent
+    }
+}
+
+/// Where an outbox report stands with the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    /// Never put on the wire, by this engine or any before it: no server has
+    /// seen its sequence number, so its body may still be replaced (a task's
+    /// `Received` by the task's final status).
+    New,
+    /// Sent in this session; waits for its ack.
+    Sent,
+    /// Perhaps seen by the server (sent in an earlier session, or restored
+    /// from a snapshot): sent again as it is, never changed, since the server
+    /// takes a known sequence number for a resend and drops its body.
+    Again,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,8 +484,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             core::mem::swap(slot, last);
         }
         self.inflight.pop();
-        // A slot was reserved for this report when the task was accepted.
-        self.enqueue(ReportBody::Task { task, status }, 0)?;
+        self.queue_final(task, status)?;
         if let TaskStatus::Deferred {
             retry_after_s: Some(s),
         } = status
@@ -478,6 +506,28 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         self.kick(now);
         Ok(())
+    }
+
+    /// Queues a task's final status. When the task's `Received` was never put
+    /// on the wire and only other tasks' unsent `Received`s follow it, the
+    /// final status takes its place (its sequence number, so no gap): one
+    /// report instead of two, the normal case for a task that finishes before
+    /// the next transmit. It then passes no report the application raised, so
+    /// those still reach the server in the order they were raised. Otherwise
+    /// it goes into the slot reserved for it when the task was accepted.
+    fn queue_final(&mut self, task: TaskId, status: TaskStatus) -> Result<(), DeviceError> {
+        let body = ReportBody::Task { task, status };
+        for e in self.outbox.iter_mut().rev() {
+            let Some(id) = received_task(&e.body).filter(|_| e.wire == Wire::New) else {
+                break;
+            };
+            if id == task {
+                e.body = encode_body(&body)?;
+                self.persist = true;
+                return Ok(());
+            }
+        }
+        self.enqueue(body, 0)
     }
 
     /// The policy waiting to be applied, if any.
@@ -518,14 +568,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.outbox.len() + spare >= OUTBOX {
             return Err(DeviceError::OutboxFull);
         }
-        let mut bytes = Vec::from_array([0; wire::MAX_REPORT_BODY]);
-        let n = wire::encode_payload(&body, &mut bytes).map_err(DeviceError::Encode)?;
-        bytes.truncate(n);
         let seq = self.next_report_seq;
         let entry = Entry {
             seq,
-            body: bytes,
-            sent: false,
+            body: encode_body(&body)?,
+            wire: Wire::New,
         };
         self.outbox
             .push_back(entry)
@@ -711,8 +758,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.link = Link::Syncing;
         self.adopt_server_numbering(ack);
         self.on_ack(ack);
-        for e in self.outbox.iter_mut() {
-            e.sent = false;
+        for e in self.outbox.iter_mut().filter(|e| e.sent()) {
+            e.wire = Wire::Again;
         }
         if periodic_s != 0 {
             let s = u64::from(periodic_s).clamp(60, 7 * 24 * 3600);
@@ -865,7 +912,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     fn waiting_for_server(&self) -> bool {
-        self.link != Link::Syncing || !self.got_end || self.outbox.iter().any(|e| e.sent)
+        self.link != Link::Syncing || !self.got_end || self.outbox.iter().any(Entry::sent)
     }
 
     fn session_deadline(&self) -> Option<Instant> {
@@ -1035,7 +1082,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 body: &e.body,
             };
             let n = frame::encode_keyed(&report, buf, key).map_err(DeviceError::Encode)?;
-            e.sent = true;
+            e.wire = Wire::Sent;
             return Ok(Some(n));
         }
         let Some(msg) = self.next_message() else {
@@ -1072,7 +1119,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.link != Link::Syncing || self.send_hello {
             return None;
         }
-        self.outbox.iter_mut().find(|e| !e.sent)
+        self.outbox.iter_mut().find(|e| !e.sent())
     }
 
     fn mark_sent(&mut self, msg: &Up) {
@@ -1131,6 +1178,36 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 enum Incoming {
     Session(SessionDown),
     Any(Down),
+}
+
+/// A report body as the outbox keeps it.
+fn encode_body(body: &ReportBody) -> Result<Vec<u8, { wire::MAX_REPORT_BODY }, u8>, DeviceError> {
+    let mut bytes = Vec::from_array([0; wire::MAX_REPORT_BODY]);
+    let n = wire::encode_payload(body, &mut bytes).map_err(DeviceError::Encode)?;
+    bytes.truncate(n);
+    Ok(bytes)
+}
+
+/// The task of an encoded report body that is a task's `Received`:
+/// `ReportBody::Task` (tag 0), the task id (a varint), `TaskStatus::Received`
+/// (tag 0). Read here rather than decoded, on the path of every task.
+fn received_task(body: &[u8]) -> Option<TaskId> {
+    let [0, id @ .., 0] = body else {
+        return None;
+    };
+    // Continuation bytes up to the id's last: so the final 0 is the status,
+    // not a field of a longer one (`Succeeded { result: None }` ends `01 00`).
+    if id.is_empty() || id.len() > 10 {
+        return None;
+    }
+    let mut value = 0u64;
+    for (k, b) in id.iter().enumerate() {
+        if (b & 0x80 == 0) != (k + 1 == id.len()) {
+            return None;
+        }
+        value |= u64::from(b & 0x7F).checked_shl(7 * k as u32)?;
+    }
+    Some(TaskId(value))
 }
 
 fn busy_err() -> SessionError {

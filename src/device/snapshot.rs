@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[cfg(test)]
 use serde::Serialize;
 
-use super::{Device, DeviceConfig, Entry, Flag, Inflight};
+use super::{Device, DeviceConfig, Entry, Flag, Inflight, Wire};
 use crate::log::debug;
 use crate::time::{Duration, Instant};
 use crate::wire::{crc32, DeviceId, EncodeError, Task, Writer, MAX_REPORT_BODY};
@@ -146,7 +146,8 @@ impl<const O: usize, const I: usize> Device<O, I> {
             let entry = Entry {
                 seq,
                 body: Vec::from_slice(body).map_err(|_| SnapshotError::Inconsistent)?,
-                sent: false,
+                // It may have left before the reboot: never replaced.
+                wire: Wire::Again,
             };
             d.outbox
                 .push_back(entry)
@@ -276,7 +277,7 @@ mod tests {
             let entry = Entry {
                 seq: 40_000 * k,
                 body,
-                sent: false,
+                wire: Wire::New,
             };
             d.outbox.push_back(entry).unwrap();
             let w = by_serde(&d, &mut want);

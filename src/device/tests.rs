@@ -131,6 +131,9 @@ fn snapshot_round_trips_and_restores_running_tasks_as_interrupted() {
             status
         })
     );
+    // What was restored may have left before the reboot: never replaced.
+    let wire: std::vec::Vec<Wire> = r.outbox.iter().map(|e| e.wire).collect();
+    assert_eq!(wire, [Wire::Again, Wire::Again, Wire::New]);
 }
 
 #[test]
@@ -319,4 +322,34 @@ fn a_policy_answer_refused_for_lack_of_room_is_asked_again_after_an_ack() {
     assert_eq!(drain(&mut d), [Event::ApplyPolicy { version: 1 }]);
     assert_eq!(d.policy_applied(1, PolicyOutcome::Applied, T0), Ok(()));
     assert_eq!(d.policy_version(), 1);
+}
+
+#[test]
+fn only_a_received_body_is_taken_for_one() {
+    let statuses = [
+        TaskStatus::Received,
+        TaskStatus::Succeeded { result: None },
+        TaskStatus::Failed { reason: 0 },
+        TaskStatus::Deferred {
+            retry_after_s: None,
+        },
+        TaskStatus::Cancelled,
+    ];
+    for id in [0, 1, 127, 128, 300, 1 << 40, u64::MAX] {
+        for status in statuses {
+            let body = encode_body(&ReportBody::Task {
+                task: TaskId(id),
+                status,
+            })
+            .unwrap();
+            let want = (status == TaskStatus::Received).then_some(TaskId(id));
+            assert_eq!(received_task(&body), want, "{id} {status:?}");
+        }
+    }
+    let compliance = encode_body(&ReportBody::Compliance(ComplianceEvent::ProfileChanged));
+    assert_eq!(received_task(&compliance.unwrap()), None);
+    assert_eq!(received_task(&[]), None);
+    assert_eq!(received_task(&[0, 0]), None);
+    assert_eq!(received_task(&[0; 13]), None);
+    assert_eq!(received_task(&[0, 0xFF, 0xFF, 0]), None);
 }

@@ -427,7 +427,14 @@ impl<S: FleetStore> Server<S> {
         let open = self.open_task_ids(device)?;
         let id = self.store.next_task_id()?;
         let mut live = 0;
-        for tid in &open {
+        // Without a supersede key every open task stays: no need to read them.
+        let superseding = if opts.supersede.is_some() {
+            &open[..]
+        } else {
+            &[]
+        };
+        live += open.len() - superseding.len();
+        for tid in superseding {
             let Some(mut t) = self.store.task(*tid)? else {
                 continue;
             };
@@ -445,7 +452,7 @@ impl<S: FleetStore> Server<S> {
         if live >= self.cfg.max_open_tasks {
             return Err(ServerError::QueueFull);
         }
-        let t = TaskRecord {
+        let mut t = TaskRecord {
             id,
             device,
             generation: rec.generation,
@@ -459,12 +466,19 @@ impl<S: FleetStore> Server<S> {
             created_at: now,
             finished_at: None,
         };
-        self.store.put_task(&t)?;
         self.task_changed(&t);
+        match self.open_session(device) {
+            // Everything else pending went out when the session opened, or
+            // when it arrived: only this task is new (stored once, as offered).
+            Some(conn) => self.offer_new(conn, &mut t, now)?,
+            None => {
+                self.store.put_task(&t)?;
+                self.request_push(device, now)?;
+            }
+        }
         if let Some(at) = opts.expires_at {
             self.timers.push(Reverse((at, Timer::Expire(id))));
         }
-        self.work_arrived(device, now)?;
         Ok(id)
     }
 
@@ -516,11 +530,16 @@ impl<S: FleetStore> Server<S> {
 
     /// New work for a device: offer it in its open session, or push.
     fn work_arrived(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        let conn = self.online.get(&device).copied();
-        match conn.filter(|c| self.sessions.get(c).is_some_and(|s| !s.closing)) {
+        match self.open_session(device) {
             Some(conn) => self.offer_work(conn, now),
             None => self.request_push(device, now),
         }
+    }
+
+    /// The device's session, if it has one that is not closing.
+    fn open_session(&self, device: DeviceId) -> Option<ConnId> {
+        let conn = self.online.get(&device).copied();
+        conn.filter(|c| self.sessions.get(c).is_some_and(|s| !s.closing))
     }
 
     fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {

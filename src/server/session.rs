@@ -32,6 +32,8 @@ struct Sync {
     next_seq: u32,
     policy_sent: u32,
     cancels_sent: Vec<TaskId>,
+    // `SyncEnd` went out after the first burst; later bursts need none.
+    end_sent: bool,
 }
 
 pub(super) struct Session {
@@ -188,7 +190,31 @@ fn error_code(e: PeerError) -> ErrorCode {
 impl<S: FleetStore> Server<S> {
     /// Bytes read from `conn`, in any chunking. A peer error closes the
     /// session (after an `Error` frame) and is returned; the engine stays usable.
-    pub fn handle_bytes(&mut self, conn: ConnId, mut bytes: &[u8], now: Instant) -> Result<(), S> {
+    ///
+    /// The reports in `bytes` are acknowledged together, by one `Ack` of the
+    /// last of them, once all of `bytes` is read (each is stored before).
+    pub fn handle_bytes(&mut self, conn: ConnId, bytes: &[u8], now: Instant) -> Result<(), S> {
+        let mut ack = None;
+        let r = self.read_frames(conn, bytes, now, &mut ack);
+        self.send_ack(conn, ack);
+        r
+    }
+
+    fn send_ack(&mut self, conn: ConnId, ack: Option<u32>) {
+        if let Some(seq) = ack {
+            self.send(conn, &Down::Ack { seq });
+        }
+    }
+
+    /// Handles the frames in `bytes`; `ack` is set to the report sequence to
+    /// acknowledge once they are all read.
+    fn read_frames(
+        &mut self,
+        conn: ConnId,
+        mut bytes: &[u8],
+        now: Instant,
+        ack: &mut Option<u32>,
+    ) -> Result<(), S> {
         loop {
             let s = self
                 .sessions
@@ -232,9 +258,15 @@ impl<S: FleetStore> Server<S> {
                 Ok(Incoming::Any(msg)) => self.on_message(conn, msg, &hello_hash, now),
                 Err(e) => Err(ServerError::Peer(e)),
             };
-            if let Err(e) = result {
-                self.fail_session(conn, &e);
-                return Err(e);
+            match result {
+                Ok(Some(seq)) => *ack = Some(seq),
+                Ok(None) => {}
+                Err(e) => {
+                    // What was stored before the error is acknowledged first.
+                    self.send_ack(conn, ack.take());
+                    self.fail_session(conn, &e);
+                    return Err(e);
+                }
             }
         }
     }
@@ -254,14 +286,14 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// One decoded message; `hello_hash` is the payload's SHA-256 when it may
-    /// be a `Hello`.
+    /// be a `Hello`. Returns the report sequence to acknowledge, if any.
     fn on_message(
         &mut self,
         conn: ConnId,
         msg: Up,
         hello_hash: &[u8; 32],
         now: Instant,
-    ) -> Result<(), S> {
+    ) -> Result<Option<u32>, S> {
         let phase = &self
             .sessions
             .get(&conn)
@@ -293,12 +325,16 @@ impl<S: FleetStore> Server<S> {
                     s.key = frame::session_key(&nonce);
                     s.decoder.set_key(s.key);
                 }
-                Ok(())
+                Ok(None)
             }
-            (Phase::AwaitProof { .. }, Up::Proof { mac }) => self.on_proof(conn, mac, now),
-            (Phase::Syncing(_), Up::Report { seq, body }) => self.on_report(conn, seq, body, now),
+            (Phase::AwaitProof { .. }, Up::Proof { mac }) => {
+                self.on_proof(conn, mac, now).map(|()| None)
+            }
+            (Phase::Syncing(_), Up::Report { seq, body }) => {
+                self.on_report(conn, seq, body, now).map(Some)
+            }
             (Phase::Syncing(_), Up::Progress { task, percent }) => {
-                self.on_progress(conn, task, percent)
+                self.on_progress(conn, task, percent).map(|()| None)
             }
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
         }
@@ -306,10 +342,17 @@ impl<S: FleetStore> Server<S> {
 
     /// A message of an authenticated session: what `on_message` does with it
     /// in `Syncing`.
-    fn on_session_message(&mut self, conn: ConnId, msg: SessionUp, now: Instant) -> Result<(), S> {
+    fn on_session_message(
+        &mut self,
+        conn: ConnId,
+        msg: SessionUp,
+        now: Instant,
+    ) -> Result<Option<u32>, S> {
         match msg {
-            SessionUp::Report { seq, body } => self.on_report(conn, seq, body, now),
-            SessionUp::Progress { task, percent } => self.on_progress(conn, task, percent),
+            SessionUp::Report { seq, body } => self.on_report(conn, seq, body, now).map(Some),
+            SessionUp::Progress { task, percent } => {
+                self.on_progress(conn, task, percent).map(|()| None)
+            }
             SessionUp::Proof { .. } => Err(ServerError::Peer(PeerError::Unexpected)),
         }
     }
@@ -419,6 +462,7 @@ impl<S: FleetStore> Server<S> {
             next_seq: hello.last_task_seq.wrapping_add(1),
             policy_sent: hello.policy_version,
             cancels_sent: Vec::new(),
+            end_sent: false,
         };
         self.set_phase(conn, Phase::Syncing(sync));
         let periodic_s = self
@@ -515,7 +559,32 @@ impl<S: FleetStore> Server<S> {
                 self.send(conn, &Down::Policy(p));
             }
         }
-        self.send(conn, &Down::SyncEnd);
+        self.end_burst(conn)
+    }
+
+    /// Offers a task just queued, not yet stored, in the device's open session
+    /// (stored as offered before it is sent), then the session's `SyncEnd` if
+    /// it still owes one.
+    pub(super) fn offer_new(
+        &mut self,
+        conn: ConnId,
+        t: &mut TaskRecord,
+        now: Instant,
+    ) -> Result<(), S> {
+        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+        if t.generation != sync.generation {
+            return Ok(self.store.put_task(t)?); // never offered to another enrollment
+        }
+        self.offer_one(conn, t, now)?;
+        self.end_burst(conn)
+    }
+
+    /// `SyncEnd`, once per session: the device needs no other.
+    fn end_burst(&mut self, conn: ConnId) -> Result<(), S> {
+        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+        if !core::mem::replace(&mut sync.end_sent, true) {
+            self.send(conn, &Down::SyncEnd);
+        }
         Ok(())
     }
 
@@ -551,13 +620,15 @@ impl<S: FleetStore> Server<S> {
         Ok(())
     }
 
+    /// Records a report; returns the sequence to acknowledge (after the
+    /// bytes at hand are read: `handle_bytes` sends one `Ack` for them all).
     fn on_report(
         &mut self,
         conn: ConnId,
         seq: u32,
         body: ReportBody,
         now: Instant,
-    ) -> Result<(), S> {
+    ) -> Result<u32, S> {
         let device = self
             .sync_of(conn)
             .map(|s| s.device)
@@ -571,13 +642,7 @@ impl<S: FleetStore> Server<S> {
             if seq_newer(seq, expected) {
                 return Err(ServerError::Peer(PeerError::SequenceGap));
             }
-            self.send(
-                conn,
-                &Down::Ack {
-                    seq: rec.last_report_seq,
-                },
-            ); // a resend
-            return Ok(());
+            return Ok(rec.last_report_seq); // a resend
         }
         rec.last_report_seq = seq;
         let (mut task, mut compliance, mut event) = (None, None, None);
@@ -615,13 +680,12 @@ impl<S: FleetStore> Server<S> {
             compliance,
         };
         self.store.commit_report(commit)?;
-        // Durable now: acknowledge, then tell the console.
-        self.send(conn, &Down::Ack { seq });
+        // Durable now: to be acknowledged; tell the console.
         if let Some(t) = &task {
             self.task_changed(t);
         }
         self.events.extend(event);
-        Ok(())
+        Ok(seq)
     }
 
     /// The task record a status report leads to, or `None` when it changes

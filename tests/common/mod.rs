@@ -212,17 +212,7 @@ impl Pair {
 
     /// Powers a device off (its connection drops) and back on from its slots.
     pub fn reboot(&mut self, i: usize) {
-        let now = self.now;
-        let d = &mut self.devices[i];
-        if let Some(conn) = d.conn.take() {
-            self.server.connection_closed(conn, now);
-        }
-        d.held.clear();
-        let latest = pick_latest(&d.slots[0], &d.slots[1]).map(|s| s.to_vec());
-        d.dev = match latest {
-            Some(bytes) => Device::restore(d.cfg.clone(), &bytes, now).unwrap(),
-            None => Device::new(d.cfg.clone(), now),
-        };
+        self.devices[i].reboot(&mut self.server, self.now);
     }
 
     /// Takes a device off the network (its connection drops).
@@ -286,7 +276,21 @@ impl SimDevice {
         }
     }
 
-    fn on_event(&mut self, ev: Event, server: &mut Server<MemoryStore>, now: Instant) {
+    /// Powers off (the connection drops) and back on from the latest slot.
+    pub fn reboot(&mut self, server: &mut Server<MemoryStore>, now: Instant) {
+        if let Some(conn) = self.conn.take() {
+            server.connection_closed(conn, now);
+        }
+        self.held.clear();
+        let latest = pick_latest(&self.slots[0], &self.slots[1]).map(|s| s.to_vec());
+        self.dev = match latest {
+            Some(bytes) => Device::restore(self.cfg.clone(), &bytes, now).unwrap(),
+            None => Device::new(self.cfg.clone(), now),
+        };
+    }
+
+    /// Does what the application does for `ev`.
+    pub fn on_event(&mut self, ev: Event, server: &mut Server<MemoryStore>, now: Instant) {
         match ev {
             Event::Persist => {
                 let mut buf = [0u8; 2048];

@@ -54,6 +54,11 @@ pub(crate) struct DevTruth {
     pub(crate) busy_pending: HashSet<TaskId>,
     /// Report sequence numbers seen leaving the device.
     pub(crate) seen_reports: HashSet<u32>,
+    /// Tasks whose final status from the application was seen leaving the
+    /// device. A device may send it with no `Received` before it, so the
+    /// server can go from Offered straight to Cancelled on a report (a
+    /// `Cancelled`, or a "not now" to a cancel), not only by its own verdict.
+    pub(crate) final_sent: HashSet<TaskId>,
 }
 
 #[derive(Debug)]
@@ -160,6 +165,8 @@ impl Truth {
         {
             // The application always gives a hint, so this is the engine's own.
             dev.busy_pending.insert(task);
+        } else if status != TaskStatus::Received {
+            dev.final_sent.insert(task);
         }
     }
 
@@ -196,6 +203,15 @@ impl Truth {
         let on_device =
             |s: TaskState| matches!(s, TaskState::Delivered | TaskState::InProgress { .. });
         let dev = &mut self.devs[d];
+        // A state a device's final status leads to takes that report off the
+        // set, so that a later verdict of the server is not taken for it.
+        let final_report = matches!(
+            state,
+            TaskState::Succeeded { .. }
+                | TaskState::Failed { .. }
+                | TaskState::Deferred { .. }
+                | TaskState::Cancelled
+        ) && dev.final_sent.remove(&task);
         let reported = match state {
             TaskState::Deferred {
                 retry_after_s: None,
@@ -210,7 +226,7 @@ impl Truth {
             TaskState::Succeeded { .. } | TaskState::Failed { .. } | TaskState::Deferred { .. } => {
                 true
             }
-            TaskState::Cancelled => on_device(prev),
+            TaskState::Cancelled => on_device(prev) || (prev == TaskState::Offered && final_report),
             _ => false,
         };
         if reported {
