@@ -238,6 +238,14 @@ enum Timer {
     Overdue(DeviceId),
 }
 
+/// Where a due timer is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerSource {
+    Heap,
+    Overdue,
+    Handshake,
+}
+
 /// What the engine keeps per device between sessions: the push rate limit
 /// and the check-in deadline. One map for both, so that a sync looks a device
 /// up once (at a million devices, one cache miss instead of two).
@@ -284,6 +292,13 @@ pub struct Server<S: FleetStore> {
     /// `timers` so that session timers do not pay for a heap of a million
     /// entries in a fleet of a million devices.
     overdue_checks: VecDeque<(Instant, DeviceId)>,
+    /// Handshake deadlines, one per opened connection. Each is armed
+    /// `handshake_timeout` after its connection opened, so a FIFO keeps them
+    /// in time order (as for `overdue_checks`), and a short session costs a
+    /// push and a pop at its ends instead of two walks through `timers`.
+    /// Deadlines of closed sessions stay until they fall due or a sweep
+    /// (see `connection_opened`) drops them.
+    handshake_checks: VecDeque<(Instant, ConnId)>,
     /// Length of `timers` after its last sweep (see `arm_session_timer`).
     timers_swept: usize,
     /// Buffers of closed sessions, reused by new ones.
@@ -309,6 +324,7 @@ impl<S: FleetStore> Server<S> {
             pushes: HashMap::new(),
             timers: BinaryHeap::new(),
             overdue_checks: VecDeque::new(),
+            handshake_checks: VecDeque::new(),
             timers_swept: 0,
             spare: session::Spare::default(),
             ready: VecDeque::new(),
@@ -587,7 +603,15 @@ impl<S: FleetStore> Server<S> {
         let conn = ConnId(self.next_conn);
         let session = self.spare.session(now);
         self.sessions.insert(conn, session);
-        self.arm_session_timer(now + self.cfg.handshake_timeout, conn);
+        let checks = &mut self.handshake_checks;
+        checks.push_back((now + self.cfg.handshake_timeout, conn));
+        // Deadlines of closed sessions are dropped once they outnumber the
+        // open sessions: O(1) per connection amortized, and the queue stays
+        // bounded by the sessions when the clock stands still.
+        if checks.len() > 2 * self.sessions.len() + 1024 {
+            let sessions = &self.sessions;
+            checks.retain(|(_, c)| sessions.contains_key(c));
+        }
         Ok(conn)
     }
 
@@ -661,27 +685,36 @@ impl<S: FleetStore> Server<S> {
         self.next_timer().map(|(at, _, _)| at)
     }
 
-    /// The earliest timer of the heap and of the overdue FIFO, and which.
-    fn next_timer(&self) -> Option<(Instant, Timer, bool)> {
-        let heap = self.timers.peek().map(|Reverse((at, t))| (*at, *t, false));
-        let fifo = self.overdue_checks.front();
-        let fifo = fifo.map(|&(at, d)| (at, Timer::Overdue(d), true));
-        match (heap, fifo) {
-            (Some(h), Some(f)) => Some(if f.0 < h.0 { f } else { h }),
-            (h, f) => h.or(f),
-        }
+    /// The earliest timer of the heap and of the FIFOs, and where it is.
+    fn next_timer(&self) -> Option<(Instant, Timer, TimerSource)> {
+        let heap = self.timers.peek();
+        let heap = heap.map(|Reverse((at, t))| (*at, *t, TimerSource::Heap));
+        let overdue = self.overdue_checks.front();
+        let overdue = overdue.map(|&(at, d)| (at, Timer::Overdue(d), TimerSource::Overdue));
+        let handshake = self.handshake_checks.front();
+        let handshake = handshake.map(|&(at, c)| (at, Timer::Session(c), TimerSource::Handshake));
+        [heap, overdue, handshake]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _, _)| *at)
     }
 
     /// Runs every timer due at `now`. Harmless early, late or twice.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), S> {
-        while let Some((at, timer, from_fifo)) = self.next_timer() {
+        while let Some((at, timer, source)) = self.next_timer() {
             if at > now {
                 break;
             }
-            if from_fifo {
-                self.overdue_checks.pop_front();
-            } else {
-                self.timers.pop();
+            match source {
+                TimerSource::Heap => {
+                    self.timers.pop();
+                }
+                TimerSource::Overdue => {
+                    self.overdue_checks.pop_front();
+                }
+                TimerSource::Handshake => {
+                    self.handshake_checks.pop_front();
+                }
             }
             match timer {
                 Timer::Session(conn) => self.session_timer(conn, now),
