@@ -244,6 +244,7 @@ enum TimerSource {
     Heap,
     Overdue,
     Handshake,
+    Push,
 }
 
 /// What the engine keeps per device between sessions: the push rate limit
@@ -299,6 +300,12 @@ pub struct Server<S: FleetStore> {
     /// Deadlines of closed sessions stay until they fall due or a sweep
     /// (see `connection_opened`) drops them.
     handshake_checks: VecDeque<(Instant, ConnId)>,
+    /// One check per push sent, `push_min_interval` after it: when it falls
+    /// due, a push requested meanwhile (`PushState::pending`) goes out. Sends
+    /// happen in time order, so a FIFO keeps the checks in order, and a
+    /// push held back by the rate limit costs no timer at all. At most one
+    /// check per device pushed within the interval.
+    push_checks: VecDeque<(Instant, DeviceId)>,
     /// Length of `timers` after its last sweep (see `arm_session_timer`).
     timers_swept: usize,
     /// Buffers of closed sessions, reused by new ones.
@@ -325,6 +332,7 @@ impl<S: FleetStore> Server<S> {
             timers: BinaryHeap::new(),
             overdue_checks: VecDeque::new(),
             handshake_checks: VecDeque::new(),
+            push_checks: VecDeque::new(),
             timers_swept: 0,
             spare: session::Spare::default(),
             ready: VecDeque::new(),
@@ -544,10 +552,8 @@ impl<S: FleetStore> Server<S> {
         let p = self.pushes.get_mut(&device);
         match p.filter(|p| p.pushed).map(|p| (p.last + min, p)) {
             Some((next, p)) if now < next => {
-                if !p.pending {
-                    p.pending = true;
-                    self.timers.push(Reverse((next, Timer::Push(device))));
-                }
+                // The check queued with the last push sends it.
+                p.pending = true;
                 Ok(())
             }
             _ => self.send_push(device, now),
@@ -562,6 +568,8 @@ impl<S: FleetStore> Server<S> {
         p.last = now;
         p.pushed = true;
         p.pending = false;
+        let check = now + self.cfg.push_min_interval;
+        self.push_checks.push_back((check, device));
         self.events.push_back(ServerEvent::SendPush {
             device,
             platform,
@@ -693,7 +701,9 @@ impl<S: FleetStore> Server<S> {
         let overdue = overdue.map(|&(at, d)| (at, Timer::Overdue(d), TimerSource::Overdue));
         let handshake = self.handshake_checks.front();
         let handshake = handshake.map(|&(at, c)| (at, Timer::Session(c), TimerSource::Handshake));
-        [heap, overdue, handshake]
+        let push = self.push_checks.front();
+        let push = push.map(|&(at, d)| (at, Timer::Push(d), TimerSource::Push));
+        [heap, overdue, handshake, push]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _, _)| *at)
@@ -715,6 +725,9 @@ impl<S: FleetStore> Server<S> {
                 TimerSource::Handshake => {
                     self.handshake_checks.pop_front();
                 }
+                TimerSource::Push => {
+                    self.push_checks.pop_front();
+                }
             }
             match timer {
                 Timer::Session(conn) => self.session_timer(conn, now),
@@ -727,13 +740,20 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn push_timer(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        let pending = self.pushes.get(&device).is_some_and(|p| p.pending);
-        if pending && !self.online.contains_key(&device) {
-            self.send_push(device, now)?;
-        } else if let Some(p) = self.pushes.get_mut(&device) {
-            p.pending = false;
+        let min = self.cfg.push_min_interval;
+        let Some(p) = self.pushes.get_mut(&device).filter(|p| p.pending) else {
+            return Ok(());
+        };
+        if now < p.last + min {
+            // The check of an older push, which fell due after a newer one
+            // was sent: the newer one's check comes later.
+            return Ok(());
         }
-        Ok(())
+        if self.online.contains_key(&device) {
+            p.pending = false;
+            return Ok(());
+        }
+        self.send_push(device, now)
     }
 
     fn expire_timer(&mut self, task: TaskId, now: Instant) -> Result<(), S> {
