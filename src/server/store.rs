@@ -285,7 +285,7 @@ pub trait FleetStore {
 /// Final tasks and the compliance log are kept until the application drains
 /// them ([`MemoryStore::prune_finished`], [`MemoryStore::take_compliance`]).
 ///
-/// Devices are kept packed (see `Row`): about 50 bytes of resident memory per
+/// Devices are kept packed (see `Row`): about 43 bytes of resident memory per
 /// idle device at a million devices, against 170 for a map of
 /// [`DeviceRecord`]s. Records go in and come out unchanged.
 #[derive(Debug, Default)]
