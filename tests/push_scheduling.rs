@@ -42,3 +42,49 @@ fn no_push_while_the_device_is_connected_or_before_it_sent_a_token() {
     assert_eq!(p.devices[0].executed.len(), 1);
     assert_eq!(pushes(&p), 0);
 }
+
+/// The check that follows a push may fall due late (the application calls
+/// `handle_timeout` when it gets round to it); by then a newer push may have
+/// gone out, and work held back behind that one waits for its interval.
+#[test]
+fn a_late_push_check_keeps_the_interval_of_a_newer_push() {
+    use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig};
+    use mdm_sync::time::Instant;
+    use mdm_sync::wire::{DeviceId, Platform};
+
+    let mut s = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [1; 32],
+        [2; 32],
+    );
+    let d = DeviceId(7);
+    let t0 = Instant::from_millis(1_000_000);
+    s.enroll(d, t0).unwrap();
+    s.store_mut()
+        .set_push_target(d, Platform::Android, "token")
+        .unwrap();
+    let mut pushed = 0;
+    let mut queue_at = |s: &mut Server<MemoryStore>, at: Instant| {
+        s.enqueue_task(d, TaskKind::Lock, Default::default(), at)
+            .unwrap();
+        while let Some(e) = s.poll_event() {
+            pushed += usize::from(matches!(e, ServerEvent::SendPush { .. }));
+        }
+        pushed
+    };
+    assert_eq!(queue_at(&mut s, t0), 1);
+    // Past the interval, with the first check not yet run: a push at once.
+    let t1 = t0 + Duration::from_secs(70);
+    assert_eq!(queue_at(&mut s, t1), 2);
+    // Within the second push's interval: held back, even when the first
+    // push's check runs now.
+    let t2 = t1 + Duration::from_secs(10);
+    assert_eq!(queue_at(&mut s, t2), 2);
+    s.handle_timeout(t2).unwrap();
+    assert_eq!(queue_at(&mut s, t2), 2);
+    // The second push's check sends it.
+    let t3 = t1 + Duration::from_secs(60);
+    s.handle_timeout(t3).unwrap();
+    assert_eq!(queue_at(&mut s, t3), 3);
+}

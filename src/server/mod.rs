@@ -238,6 +238,15 @@ enum Timer {
     Overdue(DeviceId),
 }
 
+/// Where a due timer is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerSource {
+    Heap,
+    Overdue,
+    Handshake,
+    Push,
+}
+
 /// What the engine keeps per device between sessions: the push rate limit
 /// and the check-in deadline. One map for both, so that a sync looks a device
 /// up once (at a million devices, one cache miss instead of two).
@@ -284,6 +293,19 @@ pub struct Server<S: FleetStore> {
     /// `timers` so that session timers do not pay for a heap of a million
     /// entries in a fleet of a million devices.
     overdue_checks: VecDeque<(Instant, DeviceId)>,
+    /// Handshake deadlines, one per opened connection. Each is armed
+    /// `handshake_timeout` after its connection opened, so a FIFO keeps them
+    /// in time order (as for `overdue_checks`), and a short session costs a
+    /// push and a pop at its ends instead of two walks through `timers`.
+    /// Deadlines of closed sessions stay until they fall due or a sweep
+    /// (see `connection_opened`) drops them.
+    handshake_checks: VecDeque<(Instant, ConnId)>,
+    /// One check per push sent, `push_min_interval` after it: when it falls
+    /// due, a push requested meanwhile (`PushState::pending`) goes out. Sends
+    /// happen in time order, so a FIFO keeps the checks in order, and a
+    /// push held back by the rate limit costs no timer at all. At most one
+    /// check per device pushed within the interval.
+    push_checks: VecDeque<(Instant, DeviceId)>,
     /// Length of `timers` after its last sweep (see `arm_session_timer`).
     timers_swept: usize,
     /// Buffers of closed sessions, reused by new ones.
@@ -309,6 +331,8 @@ impl<S: FleetStore> Server<S> {
             pushes: HashMap::new(),
             timers: BinaryHeap::new(),
             overdue_checks: VecDeque::new(),
+            handshake_checks: VecDeque::new(),
+            push_checks: VecDeque::new(),
             timers_swept: 0,
             spare: session::Spare::default(),
             ready: VecDeque::new(),
@@ -420,6 +444,10 @@ impl<S: FleetStore> Server<S> {
         opts: TaskOptions,
         now: Instant,
     ) -> Result<TaskId, S> {
+        // The device's push state is read here, next to its record, though
+        // only `work_arrived` needs it: at a million devices both loads miss
+        // the cache, and issued together their misses overlap.
+        core::hint::black_box(self.pushes.get(&device).map(|p| p.last));
         let rec = self
             .store
             .device(device)?
@@ -547,10 +575,8 @@ impl<S: FleetStore> Server<S> {
         let p = self.pushes.get_mut(&device);
         match p.filter(|p| p.pushed).map(|p| (p.last + min, p)) {
             Some((next, p)) if now < next => {
-                if !p.pending {
-                    p.pending = true;
-                    self.timers.push(Reverse((next, Timer::Push(device))));
-                }
+                // The check queued with the last push sends it.
+                p.pending = true;
                 Ok(())
             }
             _ => self.send_push(device, now),
@@ -565,6 +591,8 @@ impl<S: FleetStore> Server<S> {
         p.last = now;
         p.pushed = true;
         p.pending = false;
+        let check = now + self.cfg.push_min_interval;
+        self.push_checks.push_back((check, device));
         self.events.push_back(ServerEvent::SendPush {
             device,
             platform,
@@ -606,7 +634,15 @@ impl<S: FleetStore> Server<S> {
         let conn = ConnId(self.next_conn);
         let session = self.spare.session(now);
         self.sessions.insert(conn, session);
-        self.arm_session_timer(now + self.cfg.handshake_timeout, conn);
+        let checks = &mut self.handshake_checks;
+        checks.push_back((now + self.cfg.handshake_timeout, conn));
+        // Deadlines of closed sessions are dropped once they outnumber the
+        // open sessions: O(1) per connection amortized, and the queue stays
+        // bounded by the sessions when the clock stands still.
+        if checks.len() > 2 * self.sessions.len() + 1024 {
+            let sessions = &self.sessions;
+            checks.retain(|(_, c)| sessions.contains_key(c));
+        }
         Ok(conn)
     }
 
@@ -680,27 +716,41 @@ impl<S: FleetStore> Server<S> {
         self.next_timer().map(|(at, _, _)| at)
     }
 
-    /// The earliest timer of the heap and of the overdue FIFO, and which.
-    fn next_timer(&self) -> Option<(Instant, Timer, bool)> {
-        let heap = self.timers.peek().map(|Reverse((at, t))| (*at, *t, false));
-        let fifo = self.overdue_checks.front();
-        let fifo = fifo.map(|&(at, d)| (at, Timer::Overdue(d), true));
-        match (heap, fifo) {
-            (Some(h), Some(f)) => Some(if f.0 < h.0 { f } else { h }),
-            (h, f) => h.or(f),
-        }
+    /// The earliest timer of the heap and of the FIFOs, and where it is.
+    fn next_timer(&self) -> Option<(Instant, Timer, TimerSource)> {
+        let heap = self.timers.peek();
+        let heap = heap.map(|Reverse((at, t))| (*at, *t, TimerSource::Heap));
+        let overdue = self.overdue_checks.front();
+        let overdue = overdue.map(|&(at, d)| (at, Timer::Overdue(d), TimerSource::Overdue));
+        let handshake = self.handshake_checks.front();
+        let handshake = handshake.map(|&(at, c)| (at, Timer::Session(c), TimerSource::Handshake));
+        let push = self.push_checks.front();
+        let push = push.map(|&(at, d)| (at, Timer::Push(d), TimerSource::Push));
+        [heap, overdue, handshake, push]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _, _)| *at)
     }
 
     /// Runs every timer due at `now`. Harmless early, late or twice.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), S> {
-        while let Some((at, timer, from_fifo)) = self.next_timer() {
+        while let Some((at, timer, source)) = self.next_timer() {
             if at > now {
                 break;
             }
-            if from_fifo {
-                self.overdue_checks.pop_front();
-            } else {
-                self.timers.pop();
+            match source {
+                TimerSource::Heap => {
+                    self.timers.pop();
+                }
+                TimerSource::Overdue => {
+                    self.overdue_checks.pop_front();
+                }
+                TimerSource::Handshake => {
+                    self.handshake_checks.pop_front();
+                }
+                TimerSource::Push => {
+                    self.push_checks.pop_front();
+                }
             }
             match timer {
                 Timer::Session(conn) => self.session_timer(conn, now),
@@ -713,13 +763,20 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn push_timer(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        let pending = self.pushes.get(&device).is_some_and(|p| p.pending);
-        if pending && !self.online.contains_key(&device) {
-            self.send_push(device, now)?;
-        } else if let Some(p) = self.pushes.get_mut(&device) {
-            p.pending = false;
+        let min = self.cfg.push_min_interval;
+        let Some(p) = self.pushes.get_mut(&device).filter(|p| p.pending) else {
+            return Ok(());
+        };
+        if now < p.last + min {
+            // The check of an older push, which fell due after a newer one
+            // was sent: the newer one's check comes later.
+            return Ok(());
         }
-        Ok(())
+        if self.online.contains_key(&device) {
+            p.pending = false;
+            return Ok(());
+        }
+        self.send_push(device, now)
     }
 
     fn expire_timer(&mut self, task: TaskId, now: Instant) -> Result<(), S> {

@@ -83,6 +83,22 @@ impl Spare {
         }
     }
 
+    /// A `Hello` to decode into: the spare one, or a new one.
+    fn blank_hello(&mut self) -> Box<Hello> {
+        self.hello.take().unwrap_or_else(|| {
+            Box::new(Hello {
+                version: 0,
+                device: wire::DeviceId(0),
+                generation: 0,
+                platform: wire::Platform::Android,
+                push_token: heapless::String::new(),
+                trigger: wire::SyncTrigger::Push,
+                last_task_seq: 0,
+                policy_version: 0,
+            })
+        })
+    }
+
     fn boxed(&mut self, hello: Hello) -> Box<Hello> {
         match self.hello.take() {
             Some(mut b) => {
@@ -156,9 +172,11 @@ impl Session {
     }
 }
 
-/// A decoded frame: a session message read by hand, or any message.
+/// A decoded frame: a session message or a `Hello` read by hand, or any
+/// message.
 enum Incoming {
     Session(SessionUp),
+    Hello(Box<Hello>),
     Any(Up),
 }
 
@@ -245,16 +263,28 @@ impl<S: FleetStore> Server<S> {
                 // Reports and progress without building a whole `Up`.
                 Some(Ok(payload)) => match syncing.then(|| wire::session_up(payload)).flatten() {
                     Some(m) => Ok(Incoming::Session(m)),
-                    None => {
-                        if awaiting_hello {
-                            hello_hash = auth::hello_hash(payload);
+                    None if awaiting_hello => {
+                        hello_hash = auth::hello_hash(payload);
+                        // Read by hand into a reused box; anything else
+                        // (another version, malformed) goes to `parse`.
+                        let mut hello = self.spare.blank_hello();
+                        if wire::hello_into(payload, &mut hello)
+                            && hello.version == PROTOCOL_VERSION
+                        {
+                            Ok(Incoming::Hello(hello))
+                        } else {
+                            self.spare.hello = Some(hello);
+                            parse(payload, awaiting_hello).map(Incoming::Any)
                         }
-                        parse(payload, awaiting_hello).map(Incoming::Any)
                     }
+                    None => parse(payload, awaiting_hello).map(Incoming::Any),
                 },
             };
             let result = match msg {
                 Ok(Incoming::Session(m)) => self.on_session_message(conn, m, now),
+                Ok(Incoming::Hello(hello)) => {
+                    self.on_hello(conn, hello, &hello_hash).map(|()| None)
+                }
                 Ok(Incoming::Any(msg)) => self.on_message(conn, msg, &hello_hash, now),
                 Err(e) => Err(ServerError::Peer(e)),
             };
@@ -301,31 +331,8 @@ impl<S: FleetStore> Server<S> {
             .phase;
         match (phase, msg) {
             (Phase::AwaitHello, Up::Hello(hello)) => {
-                self.nonces = self.nonces.wrapping_add(1);
-                let nonce = auth::nonce_prepared(&self.nonce_seed, self.nonces);
                 let hello = self.spare.boxed(hello);
-                let hello_hash = *hello_hash;
-                self.set_phase(
-                    conn,
-                    Phase::AwaitProof {
-                        hello,
-                        nonce,
-                        hello_hash,
-                    },
-                );
-                self.send(
-                    conn,
-                    &Down::Challenge {
-                        version: PROTOCOL_VERSION,
-                        nonce,
-                    },
-                );
-                // Every later frame of the session, both ways, carries the key.
-                if let Some(s) = self.sessions.get_mut(&conn) {
-                    s.key = frame::session_key(&nonce);
-                    s.decoder.set_key(s.key);
-                }
-                Ok(None)
+                self.on_hello(conn, hello, hello_hash).map(|()| None)
             }
             (Phase::AwaitProof { .. }, Up::Proof { mac }) => {
                 self.on_proof(conn, mac, now).map(|()| None)
@@ -338,6 +345,42 @@ impl<S: FleetStore> Server<S> {
             }
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
         }
+    }
+
+    /// A `Hello` on a connection awaiting one: answer with a challenge.
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        hello: Box<Hello>,
+        hello_hash: &[u8; 32],
+    ) -> Result<(), S> {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return Err(ServerError::UnknownConnection);
+        };
+        if !matches!(s.phase, Phase::AwaitHello) {
+            self.spare.hello = Some(hello);
+            return Err(ServerError::Peer(PeerError::Unexpected));
+        }
+        self.nonces = self.nonces.wrapping_add(1);
+        let nonce = auth::nonce_prepared(&self.nonce_seed, self.nonces);
+        s.phase = Phase::AwaitProof {
+            hello,
+            nonce,
+            hello_hash: *hello_hash,
+        };
+        self.send(
+            conn,
+            &Down::Challenge {
+                version: PROTOCOL_VERSION,
+                nonce,
+            },
+        );
+        // Every later frame of the session, both ways, carries the key.
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.key = frame::session_key(&nonce);
+            s.decoder.set_key(s.key);
+        }
+        Ok(())
     }
 
     /// A message of an authenticated session: what `on_message` does with it

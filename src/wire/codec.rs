@@ -9,7 +9,10 @@
 //! Anything else (handshake openers, policies, errors, other reports and all
 //! malformed input) goes to postcard, which has the last word.
 
-use super::{DecodeError, Down, ReportBody, Task, TaskId, TaskKind, TaskResult, TaskStatus, Up};
+use super::{
+    DecodeError, DeviceId, Down, Hello, Platform, ReportBody, SyncTrigger, Task, TaskId, TaskKind,
+    TaskResult, TaskStatus, Up,
+};
 
 /// The hand-written decoder could not read the payload; postcard decides.
 struct Fallback;
@@ -68,6 +71,16 @@ impl Reader<'_> {
 
     fn u64(&mut self) -> R<u64> {
         self.varint::<10, 0x01>()
+    }
+
+    /// A `usize` as postcard reads it on this target.
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+    fn usize(&mut self) -> R<usize> {
+        #[cfg(target_pointer_width = "64")]
+        let n = self.u64()?;
+        #[cfg(not(target_pointer_width = "64"))]
+        let n = u64::from(self.u32()?);
+        usize::try_from(n).map_err(|_| Fallback)
     }
 
     fn i32(&mut self) -> R<i32> {
@@ -290,6 +303,45 @@ pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
     up(payload).ok().flatten()
 }
 
+/// Reads a `Hello` payload (an `Up::Hello`) by hand into `out`, reusing its
+/// push token's storage: no serde layers and no moves of a whole `Up` (which
+/// is the size of a `Hello`, token storage included). `true` when the payload
+/// is exactly one `Hello`; on `false`, `out` holds a partial message and the
+/// payload goes to `wire::decode`, which gives the error (or, for input this
+/// reader does not know, the message). For the server, so unused in a
+/// device-only build.
+#[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+pub(crate) fn hello_into(payload: &[u8], out: &mut Hello) -> bool {
+    let mut r = Reader { bytes: payload };
+    read_hello(&mut r, out).is_ok() && r.bytes.is_empty()
+}
+
+fn read_hello(r: &mut Reader<'_>, out: &mut Hello) -> R<()> {
+    if r.u32()? != 0 {
+        return Err(Fallback); // not `Up::Hello`
+    }
+    out.version = r.u16()?;
+    out.device = DeviceId(r.u64()?);
+    out.generation = r.u32()?;
+    out.platform = match r.u32()? {
+        0 => Platform::Android,
+        1 => Platform::Ios,
+        _ => return Err(Fallback),
+    };
+    // A string: its length then UTF-8 bytes.
+    let len = r.usize()?;
+    let (token, rest) = r.bytes.split_at_checked(len).ok_or(Fallback)?;
+    let token = core::str::from_utf8(token).map_err(|_| Fallback)?;
+    out.push_token.clear();
+    out.push_token.push_str(token).map_err(|_| Fallback)?;
+    r.bytes = rest;
+    let trigger = r.u32()?;
+    out.trigger = *SyncTrigger::ALL.get(trigger as usize).ok_or(Fallback)?;
+    out.last_task_seq = r.u32()?;
+    out.policy_version = r.u32()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +386,48 @@ mod tests {
                 .prop_map(|retry_after_s| TaskStatus::Deferred { retry_after_s }),
             Just(TaskStatus::Cancelled),
         ]
+    }
+
+    fn hello() -> impl Strategy<Value = Hello> {
+        (
+            (
+                varied::<u16>(),
+                varied::<u64>(),
+                varied::<u32>(),
+                any::<bool>(),
+            ),
+            "\\PC{0,50}",
+            (0usize..6, varied::<u32>(), varied::<u32>()),
+        )
+            .prop_map(
+                |((version, device, generation, ios), token, (t, last, policy))| Hello {
+                    version,
+                    device: DeviceId(device),
+                    generation,
+                    platform: if ios {
+                        Platform::Ios
+                    } else {
+                        Platform::Android
+                    },
+                    push_token: heapless::String::try_from(token.as_str()).unwrap(),
+                    trigger: SyncTrigger::ALL[t],
+                    last_task_seq: last,
+                    policy_version: policy,
+                },
+            )
+    }
+
+    fn blank_hello() -> Hello {
+        Hello {
+            version: 0,
+            device: DeviceId(0),
+            generation: 0,
+            platform: Platform::Android,
+            push_token: heapless::String::new(),
+            trigger: SyncTrigger::Push,
+            last_task_seq: 0,
+            policy_version: 0,
+        }
     }
 
     /// Varints at every length boundary, non-canonical ones, too long and
@@ -383,6 +477,37 @@ mod tests {
             }
             if let Some(m) = session_up(&bytes) {
                 prop_assert_eq!(Ok(Up::from(m)), decode_postcard::<Up>(&bytes));
+            }
+            let mut hello = blank_hello();
+            if hello_into(&bytes, &mut hello) {
+                prop_assert_eq!(Ok(Up::Hello(hello)), decode_postcard::<Up>(&bytes));
+            }
+        }
+
+        /// A `Hello` read by hand is postcard's `Up::Hello`, on any bytes that
+        /// start like one: encoded, then cut short, grown or with a byte changed.
+        #[test]
+        fn hello_as_postcard(
+            hello in hello(), cut in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(), byte in any::<u8>(), how in 0u8..4,
+        ) {
+            let mut buf = [0u8; MAX_PAYLOAD];
+            let n = encode_payload(&Up::Hello(hello.clone()), &mut buf).unwrap();
+            let mut p = buf[..n].to_vec();
+            let mut out = blank_hello();
+            prop_assert!(hello_into(&p, &mut out));
+            prop_assert_eq!(&out, &hello);
+            match how {
+                0 => p.truncate(cut.index(n)),
+                1 => p.push(byte),
+                2 => p[at.index(n)] = byte,
+                _ => p.insert(at.index(n), byte),
+            }
+            let mut out = blank_hello();
+            let hand = hello_into(&p, &mut out).then_some(Up::Hello(out));
+            match decode_postcard::<Up>(&p) {
+                Ok(Up::Hello(h)) => prop_assert_eq!(hand, Some(Up::Hello(h))),
+                _ => prop_assert_eq!(hand, None),
             }
         }
 

@@ -10,9 +10,9 @@ pub mod frame;
 mod msg;
 mod ser;
 
-pub(crate) use codec::{session_down, SessionDown};
 #[cfg(feature = "alloc")]
-pub(crate) use codec::{session_up, SessionUp};
+pub(crate) use codec::{hello_into, session_up, SessionUp};
+pub(crate) use codec::{session_down, SessionDown};
 pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
 pub use msg::*;
 pub(crate) use ser::Writer;
