@@ -8,13 +8,12 @@ mod common;
 use core::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use serde::Serialize;
 
 use mdm_sync::wire::{self, frame, Down, FrameDecoder, Up, MAX_FRAME};
 
 fn encode_decode<T>(c: &mut Criterion, name: &str, msg: &T)
 where
-    T: Serialize + wire::Decode + PartialEq + core::fmt::Debug,
+    T: wire::Encode + wire::Decode + PartialEq + core::fmt::Debug,
 {
     let mut g = c.benchmark_group(format!("wire/{name}"));
     let mut buf = [0u8; MAX_FRAME];
