@@ -151,13 +151,13 @@ impl Link {
     }
 }
 
-fn frame_of<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+fn frame_of<T: wire::Encode>(msg: &T) -> Vec<u8> {
     let mut buf = [0u8; MAX_FRAME];
     let n = frame::encode(msg, &mut buf).unwrap();
     buf[..n].to_vec()
 }
 
-fn payload_of<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+fn payload_of<T: wire::Encode>(msg: &T) -> Vec<u8> {
     let mut buf = [0u8; 2 * MAX_FRAME];
     let n = wire::encode_payload(msg, &mut buf).unwrap();
     buf[..n].to_vec()

@@ -210,7 +210,7 @@ fn raw(name: &str, message: String, bytes: Vec<u8>) -> Vector {
     }
 }
 
-fn encode_frame<T: serde::Serialize>(msg: &T, key: u32) -> Vec<u8> {
+fn encode_frame<T: wire::Encode>(msg: &T, key: u32) -> Vec<u8> {
     let mut buf = [0u8; frame::MAX_FRAME];
     let n = frame::encode_keyed(msg, &mut buf, key).expect("every vector fits a frame");
     buf[..n].to_vec()
@@ -563,7 +563,7 @@ fn handshake<const O: usize, const I: usize>(d: &mut Device<O, I>, now: Instant)
 
 // ---- bounds -------------------------------------------------------------------
 
-fn payload_len<T: serde::Serialize>(msg: &T) -> usize {
+fn payload_len<T: wire::Encode>(msg: &T) -> usize {
     let mut buf = [0u8; MAX_PAYLOAD];
     wire::encode_payload(msg, &mut buf).expect("every message fits MAX_PAYLOAD")
 }

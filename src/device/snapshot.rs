@@ -210,7 +210,7 @@ pub fn pick_latest<'a>(a: &'a [u8], b: &'a [u8]) -> Option<&'a [u8]> {
 mod tests {
     use super::*;
     use crate::device::{Device, DeviceConfig};
-    use crate::wire::{encode_payload, Platform, TaskId, TaskKind};
+    use crate::wire::{encode_serde, Platform, TaskId, TaskKind};
     use serde::ser::Serializer;
 
     /// A byte string: a varint length, then the bytes.
@@ -245,7 +245,7 @@ mod tests {
         };
         let tasks = Seq(|| d.inflight.iter().map(|i| i.task));
         let outbox = Seq(|| d.outbox.iter().map(|e| (e.seq, Bytes(&e.body))));
-        encode_payload(&(header, tasks, outbox), buf).unwrap()
+        encode_serde(&(header, tasks, outbox), buf)
     }
 
     #[test]

@@ -46,15 +46,20 @@ impl Reader<'_> {
         }
     }
 
+    /// The rest of a varint whose first byte has its continuation bit set.
+    /// Indexes below `min(len, MAX)`, so no byte read is checked twice.
+    #[inline]
     fn long_varint<const MAX: usize, const LAST: u8>(&mut self) -> R<u64> {
+        let bytes = self.bytes;
         let mut out = 0u64;
-        for (i, &b) in self.bytes.iter().take(MAX).enumerate() {
+        for i in 0..bytes.len().min(MAX) {
+            let b = bytes[i];
             out |= u64::from(b & 0x7F) << (7 * i);
-            if b & 0x80 == 0 {
+            if b < 0x80 {
                 if i == MAX - 1 && b > LAST {
                     return Err(Fallback);
                 }
-                self.bytes = self.bytes.get(i + 1..).ok_or(Fallback)?;
+                self.bytes = &bytes[i + 1..];
                 return Ok(out);
             }
         }
@@ -196,26 +201,32 @@ impl From<SessionUp> for Up {
     }
 }
 
-fn down(bytes: &[u8]) -> R<Option<SessionDown>> {
+/// Builds `M` (a `SessionDown` or a whole `Down`) in the arm that read it,
+/// so that no other copy of the message is made on the way.
+#[inline(always)]
+fn down<M: From<SessionDown>>(bytes: &[u8]) -> R<Option<M>> {
     let mut r = Reader { bytes };
     let msg = match r.u32()? {
         1 => SessionDown::Welcome {
             ack: r.u32()?,
             periodic_s: r.u32()?,
-        },
-        2 => SessionDown::Ack { seq: r.u32()? },
+        }
+        .into(),
+        2 => SessionDown::Ack { seq: r.u32()? }.into(),
         3 => SessionDown::Task(Task {
             seq: r.u32()?,
             id: r.task_id()?,
             kind: r.task_kind()?,
-        }),
-        4 => SessionDown::Cancel { task: r.task_id()? },
-        6 => SessionDown::SyncEnd,
+        })
+        .into(),
+        4 => SessionDown::Cancel { task: r.task_id()? }.into(),
+        6 => SessionDown::SyncEnd.into(),
         _ => return Err(Fallback),
     };
     r.end(msg)
 }
 
+#[inline(always)]
 fn up(bytes: &[u8]) -> R<Option<SessionUp>> {
     let mut r = Reader { bytes };
     let msg = match r.u32()? {
@@ -251,6 +262,7 @@ fn up(bytes: &[u8]) -> R<Option<SessionUp>> {
 type Hand<T> = Result<Option<T>, Fallback>;
 
 /// Decodes like `wire::decode`: by hand where it can, else through postcard.
+#[inline]
 fn decode_with<T: Into<M>, M: serde::de::DeserializeOwned>(
     hand: Hand<T>,
     payload: &[u8],
@@ -258,14 +270,22 @@ fn decode_with<T: Into<M>, M: serde::de::DeserializeOwned>(
     match hand {
         Ok(Some(msg)) => Ok(msg.into()),
         Ok(None) => Err(DecodeError::TrailingBytes),
-        Err(Fallback) => super::decode_postcard(payload),
+        Err(Fallback) => fallback(payload),
     }
+}
+
+/// Postcard's answer, out of line and cold: the hand-decoded path keeps a
+/// small stack frame and never copies a whole message out of a temporary.
+#[cold]
+#[inline(never)]
+fn fallback<M: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<M, DecodeError> {
+    super::decode_postcard(payload)
 }
 
 /// Decodes a `Down` payload like `wire::decode`.
 #[cfg(feature = "hand-decode")]
 pub(super) fn decode_down(payload: &[u8]) -> Result<Down, DecodeError> {
-    decode_with(down(payload), payload)
+    decode_with(down::<Down>(payload), payload)
 }
 
 /// Decodes a `Down` payload like `wire::decode` (see [`HAND_DOWN`]).
@@ -290,7 +310,7 @@ pub(super) fn decode_up(payload: &[u8]) -> Result<Up, DecodeError> {
 /// `wire::decode`, which gives the same message or the error).
 pub(crate) fn session_down(payload: &[u8]) -> Option<SessionDown> {
     if HAND_DOWN {
-        down(payload).ok().flatten()
+        down::<SessionDown>(payload).ok().flatten()
     } else {
         None
     }
@@ -345,8 +365,8 @@ fn read_hello(r: &mut Reader<'_>, out: &mut Hello) -> R<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ser::tests::varied;
-    use crate::wire::{decode_postcard, encode_payload, TaskStatus, MAX_PAYLOAD};
+    use crate::wire::ser::tests::{status, varied};
+    use crate::wire::{decode_postcard, encode_payload, MAX_PAYLOAD};
     use proptest::prelude::*;
 
     /// Payloads that start like the hand-decoded messages, then anything.
@@ -364,28 +384,6 @@ mod tests {
             h.extend(t);
             h
         })
-    }
-
-    fn status() -> impl Strategy<Value = TaskStatus> {
-        let result = prop_oneof![
-            Just(None),
-            (any::<i32>(), any::<i32>(), any::<u32>()).prop_map(|(a, b, c)| Some(
-                TaskResult::Location {
-                    lat_e7: a,
-                    lon_e7: b,
-                    accuracy_m: c
-                }
-            )),
-            any::<u16>().prop_map(|t| Some(TaskResult::Scan { threats: t })),
-        ];
-        prop_oneof![
-            Just(TaskStatus::Received),
-            result.prop_map(|result| TaskStatus::Succeeded { result }),
-            any::<u16>().prop_map(|reason| TaskStatus::Failed { reason }),
-            proptest::option::of(any::<u32>())
-                .prop_map(|retry_after_s| TaskStatus::Deferred { retry_after_s }),
-            Just(TaskStatus::Cancelled),
-        ]
     }
 
     fn hello() -> impl Strategy<Value = Hello> {

@@ -16,9 +16,7 @@
 //! is dropped like a corrupted one. The key is public, so this is no MAC: it
 //! keeps sessions apart, and only TLS keeps an active attacker out.
 
-use serde::Serialize;
-
-use super::{EncodeError, MAX_PAYLOAD};
+use super::{Encode, EncodeError, MAX_PAYLOAD};
 
 /// The two bytes that start every frame.
 pub const MAGIC: [u8; 2] = [0xA5, 0x5A];
@@ -84,15 +82,19 @@ pub fn payload(frame: &[u8]) -> &[u8] {
 /// is too small, the error says exactly how long the frame is (counted in the
 /// same pass, so the message is serialized only once). Outside a session
 /// (key 0); see [`encode_keyed`].
-pub fn encode<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
+pub fn encode<T: Encode + ?Sized>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
     encode_keyed(msg, out, 0)
 }
 
 /// [`encode`] for the session with key `key` (see [`session_key`]).
-pub fn encode_keyed<T: Serialize>(msg: &T, out: &mut [u8], key: u32) -> Result<usize, EncodeError> {
+pub fn encode_keyed<T: Encode + ?Sized>(
+    msg: &T,
+    out: &mut [u8],
+    key: u32,
+) -> Result<usize, EncodeError> {
     let room = out.len().saturating_sub(OVERHEAD).min(MAX_PAYLOAD);
     let body = out.get_mut(HEADER..HEADER + room).unwrap_or_default();
-    let len = super::encode_counting(msg, body);
+    let len = msg.encode(body);
     if len > MAX_PAYLOAD {
         return Err(EncodeError::TooLarge { len });
     }
@@ -179,7 +181,11 @@ impl<const N: usize> FrameDecoder<N> {
     /// Copies as much of `input` as fits; returns how many bytes were taken.
     /// Call [`decode`](Self::decode) until `None` before pushing the rest.
     pub fn push(&mut self, input: &[u8]) -> usize {
-        if input.len() > N - self.end {
+        if self.start == self.end {
+            // Nothing left to keep: start over at the front, for free.
+            self.start = 0;
+            self.end = 0;
+        } else if input.len() > N - self.end {
             self.compact();
         }
         let n = input.len().min(N - self.end);
@@ -195,31 +201,21 @@ impl<const N: usize> FrameDecoder<N> {
             return Some(Err(e));
         }
         let data = &self.buf[self.start..self.end];
-        if data.len() < HEADER {
+        let [_, _, lo, hi, ..] = *data else {
             return None;
-        }
-        let plen = u16::from_le_bytes([data[2], data[3]]) as usize;
+        };
+        let plen = usize::from(u16::from_le_bytes([lo, hi]));
         if plen == 0 || plen > Self::MAX_PAYLOAD {
             self.start += 1;
             return Some(Err(FrameError::BadLength { len: plen }));
         }
-        let total = plen + OVERHEAD;
-        if data.len() < total {
-            return None;
-        }
-        let crc_at = HEADER + plen;
-        let want = u32::from_le_bytes([
-            data[crc_at],
-            data[crc_at + 1],
-            data[crc_at + 2],
-            data[crc_at + 3],
-        ]);
-        if !crc_ok(crc32(&data[2..crc_at]) ^ self.key, want) {
+        let (covered, crc) = data.get(..plen + OVERHEAD)?.split_last_chunk::<4>()?;
+        if !crc_ok(crc32(&covered[2..]) ^ self.key, u32::from_le_bytes(*crc)) {
             self.start += 1;
             return Some(Err(FrameError::BadCrc));
         }
-        let payload = self.start + HEADER..self.start + crc_at;
-        self.start += total;
+        let payload = self.start + HEADER..self.start + HEADER + plen;
+        self.start += plen + OVERHEAD;
         Some(Ok(&self.buf[payload]))
     }
 
@@ -236,12 +232,15 @@ impl<const N: usize> FrameDecoder<N> {
     }
 
     /// Drops bytes before the first possible magic; a lone trailing `A5` stays.
+    /// The first position is tried first: a frame is usually where one is
+    /// expected.
     fn sync_to_magic(&mut self) -> Result<(), FrameError> {
+        const M0: u8 = MAGIC[0];
+        const M1: u8 = MAGIC[1];
         let data = &self.buf[self.start..self.end];
-        let skip = data
-            .windows(2)
-            .position(|w| w == MAGIC)
-            .unwrap_or(data.len() - usize::from(data.last() == Some(&MAGIC[0])));
+        let skip = (0..data.len())
+            .find(|&i| matches!(data[i..], [M0, M1, ..] | [M0]))
+            .unwrap_or(data.len());
         if skip == 0 {
             return Ok(());
         }
@@ -408,18 +407,24 @@ mod tests {
         assert_eq!(dec.buffered(), 0);
     }
 
+    /// Any serializable value, encoded through serde.
+    #[derive(serde::Serialize)]
+    struct Any<T>(T);
+
+    impl<T: serde::Serialize> Encode for Any<T> {}
+
     #[test]
     fn encode_reports_the_size_it_needs() {
         let mut small = [0u8; 6];
         assert_eq!(
-            encode(&7u32, &mut small),
+            encode(&Any(7u32), &mut small),
             Err(EncodeError::BufferTooSmall { needed: 9 })
         );
         let mut buf = [0u8; 16];
-        let n = encode(&7u32, &mut buf).unwrap();
+        let n = encode(&Any(7u32), &mut buf).unwrap();
         assert_eq!(&buf[..n], frame(&[7]).as_slice());
         // Exact for every buffer that is too small, even by one byte.
-        let msg = [0xABu8; 30];
+        let msg = Any([0xABu8; 30]);
         for len in 0..38 {
             let mut out = [0u8; 38];
             let r = encode(&msg, &mut out[..len]);
@@ -429,10 +434,10 @@ mod tests {
         let mut out = [0u8; 1024];
         // Length varint (2 bytes) + 600 bytes.
         assert_eq!(
-            encode(&big, &mut out),
+            encode(&Any(big), &mut out),
             Err(EncodeError::TooLarge { len: 602 })
         );
         // A buffer shorter than a frame's overhead is an error, not a panic.
-        assert!(encode(&(), &mut out[..7]).is_err());
+        assert!(encode(&Any(()), &mut out[..7]).is_err());
     }
 }

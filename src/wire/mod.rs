@@ -6,6 +6,8 @@
 //! agree on them, and `PROTOCOL.md` lists them with the message catalogue.
 
 mod codec;
+#[cfg(feature = "hand-encode")]
+mod encode;
 pub mod frame;
 mod msg;
 mod ser;
@@ -114,19 +116,57 @@ fn decode_postcard<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError
     }
 }
 
-/// Encodes one message as a bare postcard payload (no frame) into `out`.
-pub fn encode_payload<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
-    match encode_counting(msg, out) {
+/// A type [`encode_payload`] and [`frame::encode`] write: the postcard
+/// encoding of its serde form (PROTOCOL.md, section 3).
+///
+/// With the `hand-encode` feature (on with `std`), `Up`, `Down` and
+/// [`ReportBody`] write the messages of an open session by hand and the rest
+/// through serde; without it, and for any other type that keeps the provided
+/// method, everything goes through serde. The bytes are the same either way.
+pub trait Encode: Serialize {
+    /// Writes the postcard encoding of `self` into `out` as far as it fits and
+    /// returns its whole length, also when that is more than `out.len()` (then
+    /// `out` holds only a part of it); `usize::MAX` if it cannot be encoded at
+    /// all (a sequence of unknown length). One pass tells both the bytes and,
+    /// when they do not fit, how many are needed.
+    fn encode(&self, out: &mut [u8]) -> usize {
+        encode_serde(self, out)
+    }
+}
+
+/// `Encode` for the message types that the `encode` module writes by hand
+/// with the `hand-encode` feature; through serde without it.
+macro_rules! hand_encoded {
+    ($($msg:ty => $hand:path),*) => {$(
+        impl Encode for $msg {
+            #[cfg(feature = "hand-encode")]
+            #[inline]
+            fn encode(&self, out: &mut [u8]) -> usize {
+                $hand(self, out)
+            }
+        }
+    )*};
+}
+
+hand_encoded!(
+    Down => encode::down,
+    Up => encode::up,
+    ReportBody => encode::report_body
+);
+
+/// Encodes one message as a bare postcard payload (no frame) into `out`;
+/// returns its length. When `out` is too small, the error says how many bytes
+/// the payload needs.
+pub fn encode_payload<T: Encode + ?Sized>(msg: &T, out: &mut [u8]) -> Result<usize, EncodeError> {
+    match msg.encode(out) {
         n if n <= out.len() => Ok(n),
         needed => Err(EncodeError::BufferTooSmall { needed }),
     }
 }
 
-/// Encodes `msg` into `out` as far as it fits and returns its whole encoded
-/// length (`usize::MAX` if it cannot be encoded at all). One pass tells both
-/// the bytes and, when they do not fit, how many are needed: no second
-/// serialization (and no second copy of the serializer in flash) for the size.
-pub(crate) fn encode_counting<T: Serialize>(msg: &T, out: &mut [u8]) -> usize {
+/// [`Encode::encode`] through the serde serializer (`ser`), for any
+/// serializable value.
+pub(crate) fn encode_serde<T: Serialize + ?Sized>(msg: &T, out: &mut [u8]) -> usize {
     let mut w = ser::Writer::new(out);
     match msg.serialize(&mut w) {
         Ok(()) => w.len,
@@ -147,6 +187,19 @@ pub(crate) struct EncodedReport<'a> {
 const UP_REPORT: u32 = 3;
 /// The first byte of an encoded [`ReportBody::Compliance`]: its variant index.
 pub(crate) const REPORT_COMPLIANCE: u8 = 1;
+
+/// By hand, with or without `hand-encode`: `Up::Report`'s tag, the sequence
+/// number, the body as it is (no larger in flash than the serde path).
+impl Encode for EncodedReport<'_> {
+    #[inline]
+    fn encode(&self, out: &mut [u8]) -> usize {
+        let mut w = ser::Writer::new(out);
+        w.push(UP_REPORT as u8);
+        w.varint(self.seq.into());
+        w.bytes(self.body);
+        w.len()
+    }
+}
 
 impl Serialize for EncodedReport<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

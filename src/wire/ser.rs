@@ -62,7 +62,7 @@ impl<'a> Writer<'a> {
     }
 
     #[inline]
-    fn bytes(&mut self, bytes: &[u8]) {
+    pub(super) fn bytes(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
         match self.out.get_mut(self.len..end) {
             // A loop, not `copy_from_slice`: these are a few bytes, and a
@@ -342,17 +342,37 @@ pub(crate) mod tests {
     use crate::wire::*;
     use proptest::prelude::*;
 
-    fn same<T: Serialize + fmt::Debug>(msg: &T) {
+    /// What postcard writes for `msg`.
+    fn postcard_bytes<T: Serialize>(msg: &T) -> heapless::Vec<u8, 1024> {
         let mut want = [0u8; 1024];
         let w = postcard::to_slice(msg, &mut want).unwrap().len();
+        heapless::Vec::from_slice(&want[..w]).unwrap()
+    }
+
+    fn same<T: Serialize + fmt::Debug>(msg: &T) {
+        let want = postcard_bytes(msg);
         let mut got = [0u8; 1024];
         let mut writer = Writer {
             out: &mut got,
             len: 0,
         };
         msg.serialize(&mut writer).unwrap();
-        assert_eq!(writer.len, w, "{msg:?}");
-        assert_eq!(got[..w], want[..w], "{msg:?}");
+        assert_eq!(writer.len, want.len(), "{msg:?}");
+        assert_eq!(got[..want.len()], want[..], "{msg:?}");
+    }
+
+    /// `encode` into a buffer of every length short of the message: the
+    /// whole length is counted and the part that fits is written.
+    fn by_hand<T: Encode + fmt::Debug>(msg: &T) {
+        let want = postcard_bytes(msg);
+        let mut got = [0u8; 1024];
+        assert_eq!(msg.encode(&mut got), want.len(), "{msg:?}");
+        assert_eq!(got[..want.len()], want[..], "{msg:?}");
+        for short in 0..want.len() {
+            let mut got = [0u8; 1024];
+            assert_eq!(msg.encode(&mut got[..short]), want.len(), "{msg:?}");
+            assert_eq!(got[..short], want[..short], "{msg:?}");
+        }
     }
 
     /// Values of every varint length, not mostly the longest.
@@ -360,6 +380,29 @@ pub(crate) mod tests {
     ) -> impl Strategy<Value = T> {
         let bits = core::mem::size_of::<T>() as u32 * 8;
         (any::<T>(), 0..bits).prop_map(|(v, s)| v >> s)
+    }
+
+    /// Task statuses of every kind, with and without results.
+    pub(crate) fn status() -> impl Strategy<Value = TaskStatus> {
+        let result = prop_oneof![
+            Just(None),
+            (any::<i32>(), any::<i32>(), any::<u32>()).prop_map(|(a, b, c)| Some(
+                TaskResult::Location {
+                    lat_e7: a,
+                    lon_e7: b,
+                    accuracy_m: c
+                }
+            )),
+            any::<u16>().prop_map(|t| Some(TaskResult::Scan { threats: t })),
+        ];
+        prop_oneof![
+            Just(TaskStatus::Received),
+            result.prop_map(|result| TaskStatus::Succeeded { result }),
+            any::<u16>().prop_map(|reason| TaskStatus::Failed { reason }),
+            proptest::option::of(any::<u32>())
+                .prop_map(|retry_after_s| TaskStatus::Deferred { retry_after_s }),
+            Just(TaskStatus::Cancelled),
+        ]
     }
 
     proptest! {
@@ -391,6 +434,60 @@ pub(crate) mod tests {
                 policy_version: b / 2,
             }));
             same(&Up::Proof { mac: [f; 32] });
+        }
+
+        /// The hand-written encoders (and the serde fallback behind
+        /// `Encode`) write what postcard writes, for every message kind.
+        #[test]
+        fn encodes_what_postcard_writes(
+            seq in varied::<u32>(), id in varied::<u64>(), kind in 0usize..5,
+            status in status(), percent in proptest::option::of(any::<u8>()),
+            mac in any::<[u8; 32]>(), c in varied::<u16>(), b in any::<bool>(),
+        ) {
+            let task = TaskId(id);
+            let downs = [
+                Down::Challenge { version: c, nonce: [mac[0]; 16] },
+                Down::Welcome { ack: seq, periodic_s: seq / 3 },
+                Down::Ack { seq },
+                Down::Task(Task { seq, id: task, kind: TaskKind::ALL[kind] }),
+                Down::Cancel { task },
+                Down::Policy(Policy { version: seq, settings: heapless::Vec::new() }),
+                Down::SyncEnd,
+                Down::Error(ErrorCode::VersionMismatch { supported: c }),
+            ];
+            for msg in &downs {
+                by_hand(msg);
+            }
+            let failed = heapless::Vec::from_slice(&[SettingFailure { key: c, reason: c }])
+                .unwrap();
+            let bodies = [
+                ReportBody::Task { task, status },
+                ReportBody::Compliance(ComplianceEvent::UsbDebugging { enabled: b }),
+                ReportBody::Policy(PolicyReport {
+                    version: seq,
+                    outcome: PolicyOutcome::Partial { failed },
+                }),
+            ];
+            for body in bodies {
+                by_hand(&body);
+                let mut bytes = [0u8; MAX_REPORT_BODY];
+                let n = body.encode(&mut bytes);
+                let report = Up::Report { seq, body };
+                by_hand(&report);
+                let want = postcard_bytes(&report);
+                let mut got = [0u8; 64];
+                let encoded = EncodedReport { seq, body: &bytes[..n] };
+                let len = encoded.encode(&mut got);
+                prop_assert_eq!(&got[..len], &want[..]);
+            }
+            let hello = Hello {
+                version: c, device: DeviceId(id), generation: seq, platform: Platform::Android,
+                push_token: heapless::String::new(), trigger: SyncTrigger::Push,
+                last_task_seq: seq, policy_version: seq,
+            };
+            for msg in [Up::Hello(hello), Up::Proof { mac }, Up::Progress { task, percent }] {
+                by_hand(&msg);
+            }
         }
     }
 }
