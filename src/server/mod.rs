@@ -648,8 +648,13 @@ impl<S: FleetStore> Server<S> {
     /// Copies pending output of some connection into `buf`.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(ConnId, usize)> {
         while let Some(conn) = self.ready.pop_front() {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue; // closed since
+            };
+            s.queued = false;
             if let Some(n) = self.poll_transmit_for(conn, buf) {
-                if self.sessions.get(&conn).is_some_and(|s| s.has_output()) {
+                if let Some(s) = self.sessions.get_mut(&conn).filter(|s| s.has_output()) {
+                    s.queued = true;
                     self.ready.push_front(conn);
                 }
                 return Some((conn, n));

@@ -49,7 +49,9 @@ pub(super) struct Session {
     // The handshake deadline counts from here, not from the last byte.
     opened: Instant,
     pub(super) closing: bool,
-    queued: bool,
+    // `Server::ready` holds an entry for this connection (perhaps one whose
+    // output was since taken through `poll_transmit_for`): `send` adds none.
+    pub(super) queued: bool,
     // The session's frame key, from the Challenge on (0 before).
     key: u32,
     // Frame errors (garbage, bad lengths, bad CRCs) seen on this connection.
@@ -136,7 +138,6 @@ impl Session {
         self.out_pos += n;
         if self.out_pos == self.out_end {
             self.clear_output();
-            self.queued = false;
         }
         n
     }
@@ -391,8 +392,9 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
-    /// Drops stale entries from `ready`: a connection drained through
-    /// `poll_transmit_for`, or closed, leaves its entry behind. Runs once the
+    /// Drops stale entries from `ready`: a closed connection leaves its entry
+    /// behind. (One drained through `poll_transmit_for` keeps its entry, and
+    /// its next `send` adds none: one entry per connection.) Runs once the
     /// queue holds more than twice the open sessions, so it costs O(1) per
     /// send amortized and the queue stays bounded by the sessions.
     fn compact_ready(&mut self) {
@@ -575,8 +577,12 @@ impl<S: FleetStore> Server<S> {
         if t.generation != sync.generation {
             return Ok(self.store.put_task(t)?); // never offered to another enrollment
         }
+        let owes_end = !sync.end_sent;
         self.offer_one(conn, t, now)?;
-        self.end_burst(conn)
+        if owes_end {
+            self.end_burst(conn)?;
+        }
+        Ok(())
     }
 
     /// `SyncEnd`, once per session: the device needs no other.
@@ -684,7 +690,9 @@ impl<S: FleetStore> Server<S> {
         if let Some(t) = &task {
             self.task_changed(t);
         }
-        self.events.extend(event);
+        if let Some(e) = event {
+            self.events.push_back(e);
+        }
         Ok(seq)
     }
 
