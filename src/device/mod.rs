@@ -1180,10 +1180,22 @@ enum Incoming {
     Any(Down),
 }
 
-/// A report body as the outbox keeps it.
+/// A report body as the outbox keeps it. A task's report, on the path of
+/// every task, has its variant index and task id written here and only its
+/// status by serde (a test checks the bytes against serde's whole body).
 fn encode_body(body: &ReportBody) -> Result<Vec<u8, { wire::MAX_REPORT_BODY }, u8>, DeviceError> {
     let mut bytes = Vec::from_array([0; wire::MAX_REPORT_BODY]);
-    let n = wire::encode_payload(body, &mut bytes).map_err(DeviceError::Encode)?;
+    let n = match body {
+        ReportBody::Task { task, status } => {
+            let mut w = wire::Writer::new(&mut bytes);
+            w.push(wire::REPORT_TASK);
+            w.varint(task.0);
+            let head = w.len();
+            let rest = bytes.get_mut(head..).unwrap_or_default();
+            head + wire::encode_payload(status, rest).map_err(DeviceError::Encode)?
+        }
+        _ => wire::encode_payload(body, &mut bytes).map_err(DeviceError::Encode)?,
+    };
     bytes.truncate(n);
     Ok(bytes)
 }
@@ -1192,7 +1204,7 @@ fn encode_body(body: &ReportBody) -> Result<Vec<u8, { wire::MAX_REPORT_BODY }, u
 /// `ReportBody::Task` (tag 0), the task id (a varint), `TaskStatus::Received`
 /// (tag 0). Read here rather than decoded, on the path of every task.
 fn received_task(body: &[u8]) -> Option<TaskId> {
-    let [0, id @ .., 0] = body else {
+    let [wire::REPORT_TASK, id @ .., 0] = body else {
         return None;
     };
     // Continuation bytes up to the id's last: so the final 0 is the status,
