@@ -420,10 +420,16 @@ impl<S: FleetStore> Server<S> {
         opts: TaskOptions,
         now: Instant,
     ) -> Result<TaskId, S> {
-        let rec = self
-            .store
-            .device(device)?
-            .ok_or(ServerError::UnknownDevice)?;
+        // A device in session was read at its handshake, and re-enrollment
+        // ends the session: its generation is the session's, no read needed.
+        let session = self.session_of(device);
+        let generation = match session {
+            Some((_, generation)) => generation,
+            None => {
+                let rec = self.store.device(device)?;
+                rec.ok_or(ServerError::UnknownDevice)?.generation
+            }
+        };
         let open = self.open_task_ids(device)?;
         let id = self.store.next_task_id()?;
         let mut live = 0;
@@ -455,7 +461,7 @@ impl<S: FleetStore> Server<S> {
         let mut t = TaskRecord {
             id,
             device,
-            generation: rec.generation,
+            generation,
             kind,
             state: TaskState::Queued,
             seq: 0,
@@ -467,10 +473,10 @@ impl<S: FleetStore> Server<S> {
             finished_at: None,
         };
         self.task_changed(&t);
-        match self.open_session(device) {
+        match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
-            Some(conn) => self.offer_new(conn, &mut t, now)?,
+            Some((conn, _)) => self.offer_new(conn, &mut t, now)?,
             None => {
                 self.store.put_task(&t)?;
                 self.request_push(device, now)?;
@@ -530,16 +536,10 @@ impl<S: FleetStore> Server<S> {
 
     /// New work for a device: offer it in its open session, or push.
     fn work_arrived(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        match self.open_session(device) {
-            Some(conn) => self.offer_work(conn, now),
+        match self.session_of(device) {
+            Some((conn, _)) => self.offer_work(conn, now),
             None => self.request_push(device, now),
         }
-    }
-
-    /// The device's session, if it has one that is not closing.
-    fn open_session(&self, device: DeviceId) -> Option<ConnId> {
-        let conn = self.online.get(&device).copied();
-        conn.filter(|c| self.sessions.get(c).is_some_and(|s| !s.closing))
     }
 
     fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {

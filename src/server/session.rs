@@ -132,6 +132,9 @@ impl Session {
     }
 
     pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
+        if !self.has_output() {
+            return 0; // the usual answer once drained: no copy to set up
+        }
         let pending = &self.out[self.out_pos..self.out_end];
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
@@ -361,6 +364,20 @@ impl<S: FleetStore> Server<S> {
     fn set_phase(&mut self, conn: ConnId, phase: Phase) {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.phase = phase;
+        }
+    }
+
+    /// The device's open session (not closing) and the enrollment
+    /// generation it authenticated with.
+    pub(super) fn session_of(&self, device: wire::DeviceId) -> Option<(ConnId, u32)> {
+        let conn = *self.online.get(&device)?;
+        match self.sessions.get(&conn)? {
+            Session {
+                closing: false,
+                phase: Phase::Syncing(sync),
+                ..
+            } => Some((conn, sync.generation)),
+            _ => None,
         }
     }
 
