@@ -228,8 +228,10 @@ impl<S: FleetStore> Server<S> {
                 return Ok(()); // input after our error frame is ignored
             }
             s.last_rx = now;
-            let n = s.decoder.push(bytes);
-            bytes = &bytes[n..];
+            if !bytes.is_empty() {
+                let n = s.decoder.push(bytes);
+                bytes = &bytes[n..];
+            }
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
             let syncing = matches!(s.phase, Phase::Syncing(_));
             let mut hello_hash = [0; 32];
