@@ -798,3 +798,39 @@ impl<S: FleetStore> Server<S> {
         self.arm_session_timer(now + limit, conn);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{MemoryStore, ServerConfig};
+
+    /// A connection drained through `poll_transmit_for` keeps its one entry
+    /// in the ready queue; `poll_transmit` still finds every connection with
+    /// output once, and leaves no entry behind.
+    #[test]
+    fn a_connection_drained_by_id_keeps_one_ready_entry() {
+        let cfg = ServerConfig::default();
+        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let t0 = Instant::from_millis(0);
+        let a = s.connection_opened(t0).unwrap();
+        let b = s.connection_opened(t0).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..1000 {
+            s.send(a, &Down::SyncEnd);
+            assert!(s.poll_transmit_for(a, &mut buf).is_some());
+            assert_eq!(s.poll_transmit_for(a, &mut buf), None);
+        }
+        assert_eq!(s.ready.len(), 1, "one entry, reused by every send");
+        s.send(b, &Down::SyncEnd);
+        s.send(a, &Down::SyncEnd);
+        let mut got = alloc::vec::Vec::new();
+        while let Some((conn, _)) = s.poll_transmit(&mut buf) {
+            got.push(conn);
+        }
+        got.sort();
+        assert_eq!(got, [a, b]);
+        assert!(s.ready.is_empty());
+        s.send(b, &Down::SyncEnd);
+        assert_eq!(s.ready.len(), 1);
+    }
+}
