@@ -642,21 +642,19 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             bytes = &bytes[n..];
             while let Some(r) = self.decoder.decode() {
                 let syncing = self.link == Link::Syncing;
-                let msg = match r {
+                let result = match r {
                     // Acks and tasks without building a whole `Down`.
                     Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
-                        Some(m) => Ok(Incoming::Session(m)),
-                        None => wire::decode::<Down>(payload).map(Incoming::Any),
+                        Some(m) => self.on_session_message(m, now),
+                        None => match wire::decode::<Down>(payload) {
+                            Ok(msg) => self.on_message(msg, now),
+                            Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
+                        },
                     },
                     Err(_) => {
                         self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
                         continue;
                     }
-                };
-                let result = match msg {
-                    Ok(Incoming::Session(m)) => self.on_session_message(m, now),
-                    Ok(Incoming::Any(msg)) => self.on_message(msg, now),
-                    Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
                 };
                 if let Err(e) = result {
                     self.fail(e, now);
@@ -1170,14 +1168,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
         }
     }
-}
-
-/// A decoded frame: a session message read by hand, or any message.
-// reason: lives on the stack while one frame is handled, like `Down` itself.
-#[allow(clippy::large_enum_variant)]
-enum Incoming {
-    Session(SessionDown),
-    Any(Down),
 }
 
 /// A report body as the outbox keeps it. With `hand-decode`, a task's
