@@ -642,21 +642,19 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             bytes = &bytes[n..];
             while let Some(r) = self.decoder.decode() {
                 let syncing = self.link == Link::Syncing;
-                let msg = match r {
+                let result = match r {
                     // Acks and tasks without building a whole `Down`.
                     Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
-                        Some(m) => Ok(Incoming::Session(m)),
-                        None => wire::decode::<Down>(payload).map(Incoming::Any),
+                        Some(m) => self.on_session_message(m, now),
+                        None => match wire::decode::<Down>(payload) {
+                            Ok(msg) => self.on_message(msg, now),
+                            Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
+                        },
                     },
                     Err(_) => {
                         self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
                         continue;
                     }
-                };
-                let result = match msg {
-                    Ok(Incoming::Session(m)) => self.on_session_message(m, now),
-                    Ok(Incoming::Any(msg)) => self.on_message(msg, now),
-                    Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
                 };
                 if let Err(e) = result {
                     self.fail(e, now);
@@ -1172,15 +1170,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 }
 
-/// A decoded frame: a session message read by hand, or any message.
-// reason: lives on the stack while one frame is handled, like `Down` itself.
-#[allow(clippy::large_enum_variant)]
-enum Incoming {
-    Session(SessionDown),
-    Any(Down),
-}
-
-/// A report body as the outbox keeps it.
+/// A report body as the outbox keeps it (a task's report written by hand with
+/// the `hand-encode` feature, see `wire::Encode`).
 fn encode_body(body: &ReportBody) -> Result<Vec<u8, { wire::MAX_REPORT_BODY }, u8>, DeviceError> {
     let mut bytes = Vec::from_array([0; wire::MAX_REPORT_BODY]);
     let n = wire::encode_payload(body, &mut bytes).map_err(DeviceError::Encode)?;
@@ -1192,7 +1183,7 @@ fn encode_body(body: &ReportBody) -> Result<Vec<u8, { wire::MAX_REPORT_BODY }, u
 /// `ReportBody::Task` (tag 0), the task id (a varint), `TaskStatus::Received`
 /// (tag 0). Read here rather than decoded, on the path of every task.
 fn received_task(body: &[u8]) -> Option<TaskId> {
-    let [0, id @ .., 0] = body else {
+    let [wire::REPORT_TASK, id @ .., 0] = body else {
         return None;
     };
     // Continuation bytes up to the id's last: so the final 0 is the status,

@@ -346,6 +346,34 @@ fn only_a_received_body_is_taken_for_one() {
             assert_eq!(received_task(&body), want, "{id} {status:?}");
         }
     }
+    let results = [
+        TaskResult::Location {
+            lat_e7: i32::MIN,
+            lon_e7: i32::MAX,
+            accuracy_m: u32::MAX,
+        },
+        TaskResult::Scan { threats: 300 },
+    ];
+    let retry = TaskStatus::Deferred {
+        retry_after_s: Some(u32::MAX),
+    };
+    let more = results.map(|r| TaskStatus::Succeeded { result: Some(r) });
+    for id in [0, 127, 128, u64::MAX] {
+        for status in statuses.into_iter().chain(more).chain([retry]) {
+            let report = ReportBody::Task {
+                task: TaskId(id),
+                status,
+            };
+            let mut want = [0u8; wire::MAX_REPORT_BODY];
+            let n = wire::encode_payload(&report, &mut want).unwrap();
+            let got = encode_body(&report).unwrap();
+            assert_eq!(
+                got[..],
+                want[..n],
+                "{report:?}: written by hand as serde does"
+            );
+        }
+    }
     let compliance = encode_body(&ReportBody::Compliance(ComplianceEvent::ProfileChanged));
     assert_eq!(received_task(&compliance.unwrap()), None);
     assert_eq!(received_task(&[]), None);

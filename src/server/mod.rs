@@ -444,14 +444,21 @@ impl<S: FleetStore> Server<S> {
         opts: TaskOptions,
         now: Instant,
     ) -> Result<TaskId, S> {
-        // The device's push state is read here, next to its record, though
-        // only `work_arrived` needs it: at a million devices both loads miss
-        // the cache, and issued together their misses overlap.
-        core::hint::black_box(self.pushes.get(&device).map(|p| p.last));
-        let rec = self
-            .store
-            .device(device)?
-            .ok_or(ServerError::UnknownDevice)?;
+        // A device in session was read at its handshake, and re-enrollment
+        // ends the session: its generation is the session's, no read needed.
+        let session = self.session_of(device);
+        let generation = match session {
+            Some((_, generation)) => generation,
+            None => {
+                // The device's push state is read here, next to its record,
+                // though only `request_push` needs it: at a million devices
+                // both loads miss the cache, and issued together their
+                // misses overlap.
+                core::hint::black_box(self.pushes.get(&device).map(|p| p.last));
+                let rec = self.store.device(device)?;
+                rec.ok_or(ServerError::UnknownDevice)?.generation
+            }
+        };
         let open = self.open_task_ids(device)?;
         let id = self.store.next_task_id()?;
         let mut live = 0;
@@ -483,7 +490,7 @@ impl<S: FleetStore> Server<S> {
         let mut t = TaskRecord {
             id,
             device,
-            generation: rec.generation,
+            generation,
             kind,
             state: TaskState::Queued,
             seq: 0,
@@ -495,10 +502,10 @@ impl<S: FleetStore> Server<S> {
             finished_at: None,
         };
         self.task_changed(&t);
-        match self.open_session(device) {
+        match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
-            Some(conn) => self.offer_new(conn, &mut t, now)?,
+            Some((conn, _)) => self.offer_new(conn, &mut t, now)?,
             None => {
                 self.store.put_task(&t)?;
                 self.request_push(device, now)?;
@@ -558,16 +565,10 @@ impl<S: FleetStore> Server<S> {
 
     /// New work for a device: offer it in its open session, or push.
     fn work_arrived(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        match self.open_session(device) {
-            Some(conn) => self.offer_work(conn, now),
+        match self.session_of(device) {
+            Some((conn, _)) => self.offer_work(conn, now),
             None => self.request_push(device, now),
         }
-    }
-
-    /// The device's session, if it has one that is not closing.
-    fn open_session(&self, device: DeviceId) -> Option<ConnId> {
-        let conn = self.online.get(&device).copied();
-        conn.filter(|c| self.sessions.get(c).is_some_and(|s| !s.closing))
     }
 
     fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
@@ -684,8 +685,13 @@ impl<S: FleetStore> Server<S> {
     /// Copies pending output of some connection into `buf`.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(ConnId, usize)> {
         while let Some(conn) = self.ready.pop_front() {
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue; // closed since
+            };
+            s.queued = false;
             if let Some(n) = self.poll_transmit_for(conn, buf) {
-                if self.sessions.get(&conn).is_some_and(|s| s.has_output()) {
+                if let Some(s) = self.sessions.get_mut(&conn).filter(|s| s.has_output()) {
+                    s.queued = true;
                     self.ready.push_front(conn);
                 }
                 return Some((conn, n));

@@ -49,7 +49,9 @@ pub(super) struct Session {
     // The handshake deadline counts from here, not from the last byte.
     opened: Instant,
     pub(super) closing: bool,
-    queued: bool,
+    // `Server::ready` holds an entry for this connection (perhaps one whose
+    // output was since taken through `poll_transmit_for`): `send` adds none.
+    pub(super) queued: bool,
     // The session's frame key, from the Challenge on (0 before).
     key: u32,
     // Frame errors (garbage, bad lengths, bad CRCs) seen on this connection.
@@ -146,13 +148,15 @@ impl Session {
     }
 
     pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
+        if !self.has_output() {
+            return 0; // the usual answer once drained: no copy to set up
+        }
         let pending = &self.out[self.out_pos..self.out_end];
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
         self.out_pos += n;
         if self.out_pos == self.out_end {
             self.clear_output();
-            self.queued = false;
         }
         n
     }
@@ -242,8 +246,10 @@ impl<S: FleetStore> Server<S> {
                 return Ok(()); // input after our error frame is ignored
             }
             s.last_rx = now;
-            let n = s.decoder.push(bytes);
-            bytes = &bytes[n..];
+            if !bytes.is_empty() {
+                let n = s.decoder.push(bytes);
+                bytes = &bytes[n..];
+            }
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
             let syncing = matches!(s.phase, Phase::Syncing(_));
             let mut hello_hash = [0; 32];
@@ -406,6 +412,20 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
+    /// The device's open session (not closing) and the enrollment
+    /// generation it authenticated with.
+    pub(super) fn session_of(&self, device: wire::DeviceId) -> Option<(ConnId, u32)> {
+        let conn = *self.online.get(&device)?;
+        match self.sessions.get(&conn)? {
+            Session {
+                closing: false,
+                phase: Phase::Syncing(sync),
+                ..
+            } => Some((conn, sync.generation)),
+            _ => None,
+        }
+    }
+
     fn sync_of(&mut self, conn: ConnId) -> Option<&mut Sync> {
         match &mut self.sessions.get_mut(&conn)?.phase {
             Phase::Syncing(s) => Some(s),
@@ -434,8 +454,9 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
-    /// Drops stale entries from `ready`: a connection drained through
-    /// `poll_transmit_for`, or closed, leaves its entry behind. Runs once the
+    /// Drops stale entries from `ready`: a closed connection leaves its entry
+    /// behind. (One drained through `poll_transmit_for` keeps its entry, and
+    /// its next `send` adds none: one entry per connection.) Runs once the
     /// queue holds more than twice the open sessions, so it costs O(1) per
     /// send amortized and the queue stays bounded by the sessions.
     fn compact_ready(&mut self) {
@@ -618,8 +639,12 @@ impl<S: FleetStore> Server<S> {
         if t.generation != sync.generation {
             return Ok(self.store.put_task(t)?); // never offered to another enrollment
         }
+        let owes_end = !sync.end_sent;
         self.offer_one(conn, t, now)?;
-        self.end_burst(conn)
+        if owes_end {
+            self.end_burst(conn)?;
+        }
+        Ok(())
     }
 
     /// `SyncEnd`, once per session: the device needs no other.
@@ -727,7 +752,9 @@ impl<S: FleetStore> Server<S> {
         if let Some(t) = &task {
             self.task_changed(t);
         }
-        self.events.extend(event);
+        if let Some(e) = event {
+            self.events.push_back(e);
+        }
         Ok(seq)
     }
 
@@ -812,5 +839,41 @@ impl<S: FleetStore> Server<S> {
             s.closing = true;
         }
         self.arm_session_timer(now + limit, conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{MemoryStore, ServerConfig};
+
+    /// A connection drained through `poll_transmit_for` keeps its one entry
+    /// in the ready queue; `poll_transmit` still finds every connection with
+    /// output once, and leaves no entry behind.
+    #[test]
+    fn a_connection_drained_by_id_keeps_one_ready_entry() {
+        let cfg = ServerConfig::default();
+        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let t0 = Instant::from_millis(0);
+        let a = s.connection_opened(t0).unwrap();
+        let b = s.connection_opened(t0).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..1000 {
+            s.send(a, &Down::SyncEnd);
+            assert!(s.poll_transmit_for(a, &mut buf).is_some());
+            assert_eq!(s.poll_transmit_for(a, &mut buf), None);
+        }
+        assert_eq!(s.ready.len(), 1, "one entry, reused by every send");
+        s.send(b, &Down::SyncEnd);
+        s.send(a, &Down::SyncEnd);
+        let mut got = alloc::vec::Vec::new();
+        while let Some((conn, _)) = s.poll_transmit(&mut buf) {
+            got.push(conn);
+        }
+        got.sort();
+        assert_eq!(got, [a, b]);
+        assert!(s.ready.is_empty());
+        s.send(b, &Down::SyncEnd);
+        assert_eq!(s.ready.len(), 1);
     }
 }

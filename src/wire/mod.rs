@@ -185,6 +185,8 @@ pub(crate) struct EncodedReport<'a> {
 
 /// `Up::Report`'s variant index (the order of `Up`'s variants is frozen).
 const UP_REPORT: u32 = 3;
+/// The first byte of an encoded [`ReportBody::Task`]: its variant index.
+pub(crate) const REPORT_TASK: u8 = 0;
 /// The first byte of an encoded [`ReportBody::Compliance`]: its variant index.
 pub(crate) const REPORT_COMPLIANCE: u8 = 1;
 
