@@ -522,7 +522,13 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 break;
             };
             if id == task {
-                e.body = encode_body(&body)?;
+                // Copied in, not assigned: assigning the returned vector links
+                // `memmove` (1.5 KB of Cortex-M flash).
+                let bytes = encode_body(&body)?;
+                e.body.clear();
+                e.body
+                    .extend_from_slice(&bytes)
+                    .map_err(|_| DeviceError::OutboxFull)?;
                 self.persist = true;
                 return Ok(());
             }
