@@ -507,15 +507,28 @@ impl<S: FleetStore> Server<S> {
             created_at: now,
             finished_at: None,
         };
-        self.task_changed(&t);
-        match session {
+        let announced = self.events.len();
+        let stored = match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
-            Some((conn, _)) => self.offer_new(conn, &mut t, now)?,
-            None => {
-                self.store.put_task(&t)?;
-                self.request_push(device, now)?;
-            }
+            Some((conn, _)) => self.offer_new(conn, &mut t, now),
+            None => self.store.put_task(&t).map_err(ServerError::Store),
+        };
+        // The console hears of the task once the store holds it, ahead of
+        // what storing it announced (its offer). A task the store refused was
+        // never queued; one stored before a later error was.
+        if stored.is_ok() || self.events.len() > announced {
+            let state = TaskState::Queued;
+            let queued = ServerEvent::TaskChanged {
+                device,
+                task: id,
+                state,
+            };
+            self.events.insert(announced, queued);
+        }
+        stored?;
+        if session.is_none() {
+            self.request_push(device, now)?;
         }
         if let Some(at) = opts.expires_at {
             self.timers.push(Reverse((at, Timer::Expire(id))));
