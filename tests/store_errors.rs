@@ -11,11 +11,13 @@ use mdm_sync::server::{
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{DeviceId, Platform, Policy, TaskId};
 
-/// A `MemoryStore` whose next `set_push_target` fails when `fail` is set.
+/// A `MemoryStore` whose next `set_push_target` fails when `fail` is set,
+/// and whose next `put_task` fails when `fail_task` is set.
 #[derive(Default)]
 struct Flaky {
     inner: MemoryStore,
     fail: bool,
+    fail_task: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -43,6 +45,9 @@ impl FleetStore for Flaky {
         ok(self.inner.task(id))
     }
     fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Down> {
+        if core::mem::take(&mut self.fail_task) {
+            return Err(Down);
+        }
         ok(self.inner.put_task(rec))
     }
     fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Down> {
@@ -149,4 +154,25 @@ fn a_store_error_in_the_handshake_leaves_the_device_offline() {
         "{view:?}"
     );
     assert!(!view.online);
+}
+
+/// A task the store failed to take is no task: the operator gets the error
+/// and the console hears of nothing.
+#[test]
+fn a_task_the_store_refused_is_not_announced() {
+    let t0 = Instant::from_millis(1_000);
+    let mut s = Server::new(ServerConfig::default(), Flaky::default(), [1; 32], [2; 32]);
+    s.enroll(ID, t0).unwrap();
+    while s.poll_event().is_some() {}
+    s.store_mut().fail_task = true;
+    let kind = mdm_sync::wire::TaskKind::Lock;
+    let r = s.enqueue_task(ID, kind, Default::default(), t0);
+    assert_eq!(r, Err(ServerError::Store(Down)));
+    let events: Vec<ServerEvent> = core::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::TaskChanged { .. })),
+        "{events:?}"
+    );
 }

@@ -289,7 +289,8 @@ pub struct Server<S: FleetStore> {
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Overdue checks, at most one per device that ever checked in. Each is
     /// armed `periodic_interval + overdue_slack` ahead, so a FIFO keeps them
-    /// in time order (a clock going backwards only delays some). Kept out of
+    /// in time order (one armed after the clock went back goes to the heap,
+    /// see `in_order`). Kept out of
     /// `timers` so that session timers do not pay for a heap of a million
     /// entries in a fleet of a million devices.
     overdue_checks: VecDeque<(Instant, DeviceId)>,
@@ -302,12 +303,16 @@ pub struct Server<S: FleetStore> {
     handshake_checks: VecDeque<(Instant, ConnId)>,
     /// One check per push sent, `push_min_interval` after it: when it falls
     /// due, a push requested meanwhile (`PushState::pending`) goes out. Sends
-    /// happen in time order, so a FIFO keeps the checks in order, and a
+    /// happen in time order, so a FIFO keeps the checks in order (see
+    /// `in_order` for a clock that went back), and a
     /// push held back by the rate limit costs no timer at all. At most one
     /// check per device pushed within the interval.
     push_checks: VecDeque<(Instant, DeviceId)>,
     /// Length of `timers` after its last sweep (see `arm_session_timer`).
     timers_swept: usize,
+    /// The latest `now` given to `handle_timeout`: every FIFO check armed at
+    /// or before it has run.
+    timers_ran_to: Instant,
     /// Buffers of closed sessions, reused by new ones.
     spare: session::Spare,
     ready: VecDeque<ConnId>,
@@ -334,6 +339,7 @@ impl<S: FleetStore> Server<S> {
             handshake_checks: VecDeque::new(),
             push_checks: VecDeque::new(),
             timers_swept: 0,
+            timers_ran_to: Instant::ZERO,
             spare: session::Spare::default(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
@@ -501,15 +507,28 @@ impl<S: FleetStore> Server<S> {
             created_at: now,
             finished_at: None,
         };
-        self.task_changed(&t);
-        match session {
+        let announced = self.events.len();
+        let stored = match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
-            Some((conn, _)) => self.offer_new(conn, &mut t, now)?,
-            None => {
-                self.store.put_task(&t)?;
-                self.request_push(device, now)?;
-            }
+            Some((conn, _)) => self.offer_new(conn, &mut t, now),
+            None => self.store.put_task(&t).map_err(ServerError::Store),
+        };
+        // The console hears of the task once the store holds it, ahead of
+        // what storing it announced (its offer). A task the store refused was
+        // never queued; one stored before a later error was.
+        if stored.is_ok() || self.events.len() > announced {
+            let state = TaskState::Queued;
+            let queued = ServerEvent::TaskChanged {
+                device,
+                task: id,
+                state,
+            };
+            self.events.insert(announced, queued);
+        }
+        stored?;
+        if session.is_none() {
+            self.request_push(device, now)?;
         }
         if let Some(at) = opts.expires_at {
             self.timers.push(Reverse((at, Timer::Expire(id))));
@@ -576,8 +595,12 @@ impl<S: FleetStore> Server<S> {
         let p = self.pushes.get_mut(&device);
         match p.filter(|p| p.pushed).map(|p| (p.last + min, p)) {
             Some((next, p)) if now < next => {
-                // The check queued with the last push sends it.
-                p.pending = true;
+                // The check queued with the last push sends it, unless it
+                // already ran and the clock then went back: then a check of
+                // its own (in the heap: rare, and out of the FIFO's order).
+                if !core::mem::replace(&mut p.pending, true) && next <= self.timers_ran_to {
+                    self.timers.push(Reverse((next, Timer::Push(device))));
+                }
                 Ok(())
             }
             _ => self.send_push(device, now),
@@ -593,7 +616,9 @@ impl<S: FleetStore> Server<S> {
         p.pushed = true;
         p.pending = false;
         let check = now + self.cfg.push_min_interval;
-        self.push_checks.push_back((check, device));
+        if !in_order(&mut self.push_checks, check, device) {
+            self.timers.push(Reverse((check, Timer::Push(device))));
+        }
         self.events.push_back(ServerEvent::SendPush {
             device,
             platform,
@@ -635,8 +660,11 @@ impl<S: FleetStore> Server<S> {
         let conn = ConnId(self.next_conn);
         let session = self.spare.session(now);
         self.sessions.insert(conn, session);
+        let at = now + self.cfg.handshake_timeout;
+        if !in_order(&mut self.handshake_checks, at, conn) {
+            self.arm_session_timer(at, conn);
+        }
         let checks = &mut self.handshake_checks;
-        checks.push_back((now + self.cfg.handshake_timeout, conn));
         // Deadlines of closed sessions are dropped once they outnumber the
         // open sessions: O(1) per connection amortized, and the queue stays
         // bounded by the sessions when the clock stands still.
@@ -740,6 +768,7 @@ impl<S: FleetStore> Server<S> {
 
     /// Runs every timer due at `now`. Harmless early, late or twice.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), S> {
+        self.timers_ran_to = self.timers_ran_to.max(now);
         while let Some((at, timer, source)) = self.next_timer() {
             if at > now {
                 break;
@@ -803,7 +832,10 @@ impl<S: FleetStore> Server<S> {
         p.armed = false;
         if now < p.due_at {
             p.armed = true;
-            self.overdue_checks.push_back((p.due_at, device));
+            let at = p.due_at;
+            if !in_order(&mut self.overdue_checks, at, device) {
+                self.timers.push(Reverse((at, Timer::Overdue(device))));
+            }
         } else if !p.overdue && !online {
             p.overdue = true;
             self.events.push_back(ServerEvent::Overdue { device });
@@ -824,7 +856,20 @@ impl<S: FleetStore> Server<S> {
         }
         if !p.armed {
             p.armed = true;
-            self.overdue_checks.push_back((at, device));
+            if !in_order(&mut self.overdue_checks, at, device) {
+                self.timers.push(Reverse((at, Timer::Overdue(device))));
+            }
         }
     }
+}
+
+/// Queues a check at the back of a time-ordered FIFO if that keeps it in
+/// order; `false` when the clock went back since the last one was queued (the
+/// caller then arms it in the heap, so that it is not held behind later ones).
+fn in_order<T>(fifo: &mut VecDeque<(Instant, T)>, at: Instant, item: T) -> bool {
+    if fifo.back().is_some_and(|&(last, _)| at < last) {
+        return false;
+    }
+    fifo.push_back((at, item));
+    true
 }
