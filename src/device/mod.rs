@@ -1089,32 +1089,45 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             e.wire = Wire::Sent;
             return Ok(Some(n));
         }
-        let Some(msg) = self.next_message() else {
+        if self.link != Link::Syncing || self.send_hello {
+            return self.transmit_handshake(buf, key);
+        }
+        let Some(i) = self.inflight.iter_mut().find(|i| i.progress.is_some()) else {
+            return Ok(None);
+        };
+        let msg = Up::Progress {
+            task: i.task.id,
+            percent: i.progress.flatten(),
+        };
+        let n = frame::encode_keyed(&msg, buf, key).map_err(DeviceError::Encode)?;
+        i.progress = None;
+        Ok(Some(n))
+    }
+
+    /// The hello and the proof: out of line, so that the calls of an open
+    /// session (most of them with nothing to send) do not set up the stack
+    /// frame of an `Up::Hello` and its push token.
+    #[inline(never)]
+    fn transmit_handshake(
+        &mut self,
+        buf: &mut [u8],
+        key: u32,
+    ) -> Result<Option<usize>, DeviceError> {
+        let msg = if self.send_hello {
+            Up::Hello(self.hello())
+        } else if let Some(mac) = self.proof.filter(|_| self.link == Link::AwaitWelcome) {
+            Up::Proof { mac }
+        } else {
             return Ok(None);
         };
         let n = frame::encode_keyed(&msg, buf, key).map_err(DeviceError::Encode)?;
         if let Up::Hello(_) = msg {
             self.hello_hash = crate::auth::hello_hash(frame::payload(&buf[..n]));
+            self.send_hello = false;
+        } else {
+            self.proof = None;
         }
-        self.mark_sent(&msg);
         Ok(Some(n))
-    }
-
-    fn next_message(&self) -> Option<Up> {
-        if self.send_hello {
-            return Some(Up::Hello(self.hello()));
-        }
-        if let Some(mac) = self.proof.filter(|_| self.link == Link::AwaitWelcome) {
-            return Some(Up::Proof { mac });
-        }
-        if self.link != Link::Syncing {
-            return None;
-        }
-        let i = self.inflight.iter().find(|i| i.progress.is_some())?;
-        Some(Up::Progress {
-            task: i.task.id,
-            percent: i.progress.flatten(),
-        })
     }
 
     /// The first report not sent in this session, once the session is syncing
@@ -1124,19 +1137,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             return None;
         }
         self.outbox.iter_mut().find(|e| !e.sent())
-    }
-
-    fn mark_sent(&mut self, msg: &Up) {
-        match msg {
-            Up::Hello(_) => self.send_hello = false,
-            Up::Proof { .. } => self.proof = None,
-            Up::Report { .. } => {} // sent from their bytes by `poll_transmit`
-            Up::Progress { task, .. } => {
-                if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == *task) {
-                    i.progress = None;
-                }
-            }
-        }
     }
 
     fn hello(&self) -> Hello {

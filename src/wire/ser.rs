@@ -76,21 +76,6 @@ impl<'a> Writer<'a> {
     /// LEB128: seven bits a byte, least significant first.
     #[inline]
     pub(crate) fn varint(&mut self, mut v: u64) {
-        // Room for the longest: no check per byte.
-        if let Some(dst) = self.out.get_mut(self.len..self.len + 10) {
-            let mut n = 0;
-            for slot in dst {
-                n += 1;
-                if v < 0x80 {
-                    *slot = v as u8;
-                    break;
-                }
-                *slot = v as u8 | 0x80;
-                v >>= 7;
-            }
-            self.len += n;
-            return;
-        }
         while v >= 0x80 {
             self.push(v as u8 | 0x80);
             v >>= 7;
