@@ -506,10 +506,8 @@ impl<S: FleetStore> Server<S> {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
             Some((conn, _)) => self.offer_new(conn, &mut t, now)?,
-            None => {
-                self.store.put_task(&t)?;
-                self.request_push(device, now)?;
-            }
+            // Stored once: as pushed if a push goes out, else as queued.
+            None => self.request_push(device, now, Some(&mut t))?,
         }
         if let Some(at) = opts.expires_at {
             self.timers.push(Reverse((at, Timer::Expire(id))));
@@ -567,26 +565,50 @@ impl<S: FleetStore> Server<S> {
     fn work_arrived(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
         match self.session_of(device) {
             Some((conn, _)) => self.offer_work(conn, now),
-            None => self.request_push(device, now),
+            None => self.request_push(device, now, None),
         }
     }
 
-    fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+    /// Asks for a push to `device`, now or when the rate limit allows.
+    /// `fresh` is a task just queued and not yet stored: it is stored here,
+    /// once, in the state the push leaves it in.
+    fn request_push(
+        &mut self,
+        device: DeviceId,
+        now: Instant,
+        fresh: Option<&mut TaskRecord>,
+    ) -> Result<(), S> {
         let min = self.cfg.push_min_interval;
         let p = self.pushes.get_mut(&device);
         match p.filter(|p| p.pushed).map(|p| (p.last + min, p)) {
             Some((next, p)) if now < next => {
                 // The check queued with the last push sends it.
                 p.pending = true;
-                Ok(())
+                self.store_fresh(fresh)
             }
-            _ => self.send_push(device, now),
+            _ => self.send_push(device, now, fresh),
         }
     }
 
-    fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+    /// Stores the task `request_push` was given, if any, as it stands.
+    fn store_fresh(&mut self, fresh: Option<&mut TaskRecord>) -> Result<(), S> {
+        match fresh {
+            Some(t) => Ok(self.store.put_task(t)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a push to `device` and marks its queued tasks pushed; `fresh` as
+    /// for `request_push` (it comes last: it is the newest open task).
+    fn send_push(
+        &mut self,
+        device: DeviceId,
+        now: Instant,
+        fresh: Option<&mut TaskRecord>,
+    ) -> Result<(), S> {
         let Some((platform, token)) = self.store.push_target(device)? else {
-            return Ok(()); // never connected: its boot or periodic sync will come
+            // Never connected: its boot or periodic sync will come.
+            return self.store_fresh(fresh);
         };
         let p = self.pushes.entry(device).or_default();
         p.last = now;
@@ -608,6 +630,9 @@ impl<S: FleetStore> Server<S> {
             }
         }
         self.scratch = ids;
+        if let Some(t) = fresh {
+            self.set_state(t, TaskState::PushSent, now)?;
+        }
         Ok(())
     }
 
@@ -782,7 +807,7 @@ impl<S: FleetStore> Server<S> {
             p.pending = false;
             return Ok(());
         }
-        self.send_push(device, now)
+        self.send_push(device, now, None)
     }
 
     fn expire_timer(&mut self, task: TaskId, now: Instant) -> Result<(), S> {
@@ -811,10 +836,11 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// Records a check-in: the device promises the next one within its
-    /// periodic interval plus slack.
+    /// periodic interval plus slack, and a push still pending is not needed.
     fn checked_in(&mut self, device: DeviceId, now: Instant) {
         let at = now + self.cfg.periodic_interval + self.cfg.overdue_slack;
         let p = self.pushes.entry(device).or_default();
+        p.pending = false;
         if !p.due {
             (p.due, p.overdue, p.armed) = (true, false, false);
         }
