@@ -512,12 +512,11 @@ impl<S: FleetStore> Server<S> {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
             Some((conn, _)) => self.offer_new(conn, &mut t, now),
-            // Stored once: as pushed if a push goes out, else as queued.
-            None => self.request_push(device, now, Some(&mut t)),
+            None => self.store.put_task(&t).map_err(ServerError::Store),
         };
         // The console hears of the task once the store holds it, ahead of
-        // what storing it announced (its offer or push). A task the store
-        // refused was never queued; one stored before a later error was.
+        // what storing it announced (its offer). A task the store refused was
+        // never queued; one stored before a later error was.
         if stored.is_ok() || self.events.len() > announced {
             let state = TaskState::Queued;
             let queued = ServerEvent::TaskChanged {
@@ -528,6 +527,9 @@ impl<S: FleetStore> Server<S> {
             self.events.insert(announced, queued);
         }
         stored?;
+        if session.is_none() {
+            self.request_push(device, now)?;
+        }
         if let Some(at) = opts.expires_at {
             self.timers.push(Reverse((at, Timer::Expire(id))));
         }
@@ -584,19 +586,11 @@ impl<S: FleetStore> Server<S> {
     fn work_arrived(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
         match self.session_of(device) {
             Some((conn, _)) => self.offer_work(conn, now),
-            None => self.request_push(device, now, None),
+            None => self.request_push(device, now),
         }
     }
 
-    /// Asks for a push to `device`, now or when the rate limit allows.
-    /// `fresh` is a task just queued and not yet stored: it is stored here,
-    /// once, in the state the push leaves it in.
-    fn request_push(
-        &mut self,
-        device: DeviceId,
-        now: Instant,
-        fresh: Option<&mut TaskRecord>,
-    ) -> Result<(), S> {
+    fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
         let min = self.cfg.push_min_interval;
         let p = self.pushes.get_mut(&device);
         match p.filter(|p| p.pushed).map(|p| (p.last + min, p)) {
@@ -607,31 +601,15 @@ impl<S: FleetStore> Server<S> {
                 if !core::mem::replace(&mut p.pending, true) && next <= self.timers_ran_to {
                     self.timers.push(Reverse((next, Timer::Push(device))));
                 }
-                self.store_fresh(fresh)
+                Ok(())
             }
-            _ => self.send_push(device, now, fresh),
+            _ => self.send_push(device, now),
         }
     }
 
-    /// Stores the task `request_push` was given, if any, as it stands.
-    fn store_fresh(&mut self, fresh: Option<&mut TaskRecord>) -> Result<(), S> {
-        match fresh {
-            Some(t) => Ok(self.store.put_task(t)?),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends a push to `device` and marks its queued tasks pushed; `fresh` as
-    /// for `request_push` (it comes last: it is the newest open task).
-    fn send_push(
-        &mut self,
-        device: DeviceId,
-        now: Instant,
-        fresh: Option<&mut TaskRecord>,
-    ) -> Result<(), S> {
+    fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
         let Some((platform, token)) = self.store.push_target(device)? else {
-            // Never connected: its boot or periodic sync will come.
-            return self.store_fresh(fresh);
+            return Ok(()); // never connected: its boot or periodic sync will come
         };
         let p = self.pushes.entry(device).or_default();
         p.last = now;
@@ -655,9 +633,6 @@ impl<S: FleetStore> Server<S> {
             }
         }
         self.scratch = ids;
-        if let Some(t) = fresh {
-            self.set_state(t, TaskState::PushSent, now)?;
-        }
         Ok(())
     }
 
@@ -836,7 +811,7 @@ impl<S: FleetStore> Server<S> {
             p.pending = false;
             return Ok(());
         }
-        self.send_push(device, now, None)
+        self.send_push(device, now)
     }
 
     fn expire_timer(&mut self, task: TaskId, now: Instant) -> Result<(), S> {
@@ -868,11 +843,10 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// Records a check-in: the device promises the next one within its
-    /// periodic interval plus slack, and a push still pending is not needed.
+    /// periodic interval plus slack.
     fn checked_in(&mut self, device: DeviceId, now: Instant) {
         let at = now + self.cfg.periodic_interval + self.cfg.overdue_slack;
         let p = self.pushes.entry(device).or_default();
-        p.pending = false;
         if !p.due {
             (p.due, p.overdue, p.armed) = (true, false, false);
         }

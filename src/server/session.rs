@@ -266,11 +266,8 @@ impl<S: FleetStore> Server<S> {
                     }
                     Err(PeerError::Malformed)
                 }
-                // Proofs, reports and progress without building a whole `Up`.
-                Some(Ok(payload)) => match (!awaiting_hello)
-                    .then(|| wire::session_up(payload))
-                    .flatten()
-                {
+                // Reports and progress without building a whole `Up`.
+                Some(Ok(payload)) => match syncing.then(|| wire::session_up(payload)).flatten() {
                     Some(m) => Ok(Incoming::Session(m)),
                     None if awaiting_hello => {
                         hello_hash = auth::hello_hash(payload);
@@ -290,7 +287,7 @@ impl<S: FleetStore> Server<S> {
                 },
             };
             let result = match msg {
-                Ok(Incoming::Session(m)) => self.on_session_message(conn, m, syncing, now),
+                Ok(Incoming::Session(m)) => self.on_session_message(conn, m, now),
                 Ok(Incoming::Hello(hello)) => {
                     self.on_hello(conn, hello, &hello_hash).map(|()| None)
                 }
@@ -392,24 +389,20 @@ impl<S: FleetStore> Server<S> {
         Ok(())
     }
 
-    /// A message read by hand on a session past its `Hello` (`syncing`: in
-    /// `Syncing`, else awaiting the proof): what `on_message` does with it.
+    /// A message of an authenticated session: what `on_message` does with it
+    /// in `Syncing`.
     fn on_session_message(
         &mut self,
         conn: ConnId,
         msg: SessionUp,
-        syncing: bool,
         now: Instant,
     ) -> Result<Option<u32>, S> {
-        match (syncing, msg) {
-            (true, SessionUp::Report { seq, body }) => {
-                self.on_report(conn, seq, body, now).map(Some)
-            }
-            (true, SessionUp::Progress { task, percent }) => {
+        match msg {
+            SessionUp::Report { seq, body } => self.on_report(conn, seq, body, now).map(Some),
+            SessionUp::Progress { task, percent } => {
                 self.on_progress(conn, task, percent).map(|()| None)
             }
-            (false, SessionUp::Proof { mac }) => self.on_proof(conn, mac, now).map(|()| None),
-            _ => Err(ServerError::Peer(PeerError::Unexpected)),
+            SessionUp::Proof { .. } => Err(ServerError::Peer(PeerError::Unexpected)),
         }
     }
 
@@ -556,6 +549,9 @@ impl<S: FleetStore> Server<S> {
             trigger,
         });
         self.checked_in(id, now);
+        if let Some(p) = self.pushes.get_mut(&id) {
+            p.pending = false;
+        }
         self.offer_work(conn, now)
     }
 
@@ -620,15 +616,11 @@ impl<S: FleetStore> Server<S> {
             }
         }
         self.scratch = ids;
-        // The version first: the whole policy is read only to be sent.
-        if let Some(version) = self.store.policy_version(device)? {
+        if let Some(p) = self.store.policy(device)? {
             let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
-            if seq_newer(version, sync.policy_sent) {
-                if let Some(p) = self.store.policy(device)? {
-                    let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
-                    sync.policy_sent = p.version;
-                    self.send(conn, &Down::Policy(p));
-                }
+            if seq_newer(p.version, sync.policy_sent) {
+                sync.policy_sent = p.version;
+                self.send(conn, &Down::Policy(p));
             }
         }
         self.end_burst(conn)

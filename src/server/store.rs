@@ -270,12 +270,6 @@ pub trait FleetStore {
     fn next_task_id(&mut self) -> Result<TaskId, Self::Error>;
     /// The policy assigned to a device.
     fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Self::Error>;
-    /// The version of the policy assigned to a device: what
-    /// [`policy`](Self::policy) gives, without the settings. A store can
-    /// answer it without copying them.
-    fn policy_version(&self, device: DeviceId) -> Result<Option<u32>, Self::Error> {
-        Ok(self.policy(device)?.map(|p| p.version))
-    }
     /// Assigns a policy to a device.
     fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Self::Error>;
     /// Stores one accepted report atomically (device, task, compliance log).
@@ -597,10 +591,6 @@ impl FleetStore for MemoryStore {
 
     fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Infallible> {
         Ok(self.policies.get(&device).cloned())
-    }
-
-    fn policy_version(&self, device: DeviceId) -> Result<Option<u32>, Infallible> {
-        Ok(self.policies.get(&device).map(|p| p.version))
     }
 
     fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Infallible> {
