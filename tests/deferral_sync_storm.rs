@@ -12,24 +12,14 @@
 
 mod sim;
 
-use mdm_sync::wire::TaskKind;
 use sim::{Op, Schedule, Style};
-
-fn lock(dev: u8) -> Op {
-    Op::Enqueue {
-        dev,
-        kind: TaskKind::Lock,
-        expires_in_s: None,
-        supersede: None,
-    }
-}
 
 fn deferring_app_with(tasks: usize, chunk: Option<u16>) -> Schedule {
     let mut ops = vec![Op::App {
         dev: 0,
         style: Style::Defer { retry_s: 30 },
     }];
-    ops.extend((0..tasks).map(|_| lock(0)));
+    ops.extend((0..tasks).map(|_| Op::lock(0)));
     ops.extend(chunk.map(|max| Op::Chunk { max }));
     ops.push(Op::Advance { ms: 0 });
     ops.push(Op::Advance { ms: 600_000 });

@@ -11,17 +11,8 @@
 
 mod sim;
 
-use mdm_sync::wire::{ComplianceEvent, TaskKind};
+use mdm_sync::wire::ComplianceEvent;
 use sim::{Op, Schedule, Who};
-
-fn lock(dev: u8) -> Op {
-    Op::Enqueue {
-        dev,
-        kind: TaskKind::Lock,
-        expires_in_s: None,
-        supersede: None,
-    }
-}
 
 fn profile(dev: u8) -> Op {
     Op::Compliance {
@@ -42,21 +33,21 @@ fn schedule() -> Schedule {
             PushDup { dev: 0 },
             Policy { dev: 2 },
             Advance { ms: 1 },
-            lock(0),
+            Op::lock(0),
             Advance { ms: 120000 },
             profile(0),
             Step { chunks: 6 },
             profile(2),
             Reboot { dev: 0 },
             Reboot { dev: 1 },
-            lock(2),
+            Op::lock(2),
             Step { chunks: 6 },
             Chunk { max: 1 },
             ClockJump {
                 who: Who::Device(2),
                 ms: 30000,
             },
-            lock(0),
+            Op::lock(0),
             Reboot { dev: 2 },
             Step { chunks: 14 },
             profile(2),

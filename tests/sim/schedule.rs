@@ -234,6 +234,18 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// The operator queues a lock for `dev`, no expiry, no supersede key.
+    pub(crate) fn lock(dev: u8) -> Self {
+        Op::Enqueue {
+            dev,
+            kind: TaskKind::Lock,
+            expires_in_s: None,
+            supersede: None,
+        }
+    }
+}
+
 /// A whole simulated run: devices, the simulator's own seed (chunk sizes,
 /// which connection moves next, ...), and the operations.
 #[derive(Clone, PartialEq)]
