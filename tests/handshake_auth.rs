@@ -123,7 +123,7 @@ fn proof_for(secret: &[u8; 32], nonce: &[u8; 16], hello: &Up) -> Up {
 }
 
 /// Opens a session with `hello`; returns the connection and its nonce.
-fn challenged(s: &mut Server<MemoryStore>, hello: &Up) -> (ConnId, [u8; 16]) {
+fn challenged(s: &mut Server<MemoryStore>, hello: &Up) -> Challenged {
     let conn = s.connection_opened(NOW).unwrap();
     send(s, conn, hello).unwrap();
     (conn, nonce_of(&replies(s, conn)))
@@ -287,4 +287,99 @@ fn a_handshake_timeout_keeps_the_unread_challenge_ahead_of_the_error() {
     };
     let key = frame::session_key(&nonce);
     assert_eq!(decoded(&bytes, key), vec![Down::Error(ErrorCode::Timeout)]);
+}
+
+/// A connection and the nonce it was challenged with.
+type Challenged = (ConnId, [u8; 16]);
+
+/// A server with device 1 enrolled and two handshakes of it open, both
+/// challenged: the older `a`, then `b`. Returns the device's secret and
+/// `Hello`, and each connection with its nonce.
+fn two_handshakes() -> (Server<MemoryStore>, [u8; 32], Up, [Challenged; 2]) {
+    let mut s = server();
+    let secret = s.enroll(DeviceId(1), NOW).unwrap();
+    let h = hello(1, wire::PROTOCOL_VERSION);
+    let a = challenged(&mut s, &h);
+    let b = challenged(&mut s, &h);
+    (s, secret, h, [a, b])
+}
+
+/// Sends the right proof for `hello` on a challenged connection.
+fn prove(
+    s: &mut Server<MemoryStore>,
+    secret: &[u8; 32],
+    hello: &Up,
+    at: (ConnId, [u8; 16]),
+) -> Answer {
+    let (conn, nonce) = at;
+    let key = frame::session_key(&nonce);
+    send_keyed(s, conn, &proof_for(secret, &nonce, hello), key)
+}
+
+/// A device gave connection A up after reading its challenge and synced on
+/// B. A's proof, delivered late, must not be taken: its `Hello` holds an old
+/// task ledger, which would fail B's open task as "device state lost" and
+/// renumber offers under a sequence the device already spent.
+#[test]
+fn a_proof_for_a_handshake_the_device_gave_up_is_refused() {
+    use mdm_sync::server::TaskState;
+    use mdm_sync::wire::{ReportBody, TaskKind, TaskStatus};
+
+    let (mut s, secret, h, [a, b]) = two_handshakes();
+    let b_key = frame::session_key(&b.1);
+
+    // Session B: one task done (the server's ledger moves to 1), one offered.
+    let done = s.enqueue_task(DeviceId(1), TaskKind::Lock, Default::default(), NOW);
+    prove(&mut s, &secret, &h, b).unwrap();
+    let report = Up::Report {
+        seq: 1,
+        body: ReportBody::Task {
+            task: done.unwrap(),
+            status: TaskStatus::Succeeded { result: None },
+        },
+    };
+    send_keyed(&mut s, b.0, &report, b_key).unwrap();
+    let open = s
+        .enqueue_task(DeviceId(1), TaskKind::Scan, Default::default(), NOW)
+        .unwrap();
+    let down = replies_keyed(&mut s, b.0, b_key);
+    assert!(down
+        .iter()
+        .any(|m| matches!(m, Down::Task(t) if t.id == open && t.seq == 2)));
+    s.connection_closed(b.0, NOW);
+
+    let late = prove(&mut s, &secret, &h, a);
+    assert_eq!(late, Err(ServerError::Peer(PeerError::Superseded)));
+    assert_eq!(
+        replies_keyed(&mut s, a.0, frame::session_key(&a.1)),
+        vec![Down::Error(ErrorCode::BadMessage)]
+    );
+    assert_eq!(s.task_state(DeviceId(1), open), Some(TaskState::Offered));
+
+    // The device's next session (it never read the second task) gets the
+    // task again, under the same sequence.
+    let Up::Hello(mut now_hello) = h else {
+        unreachable!()
+    };
+    now_hello.last_task_seq = 1;
+    let h = Up::Hello(now_hello);
+    let c = challenged(&mut s, &h);
+    prove(&mut s, &secret, &h, c).unwrap();
+    let down = replies_keyed(&mut s, c.0, frame::session_key(&c.1));
+    assert!(down
+        .iter()
+        .any(|m| matches!(m, Down::Task(t) if t.id == open && t.seq == 2)));
+}
+
+/// The other order: the older handshake authenticates first, then the newer
+/// one replaces it, as any new session of the device does.
+#[test]
+fn a_newer_handshake_after_an_older_one_authenticates() {
+    let (mut s, secret, h, [a, b]) = two_handshakes();
+    prove(&mut s, &secret, &h, a).unwrap();
+    prove(&mut s, &secret, &h, b).unwrap();
+    assert!(matches!(
+        replies_keyed(&mut s, b.0, frame::session_key(&b.1)).first(),
+        Some(Down::Welcome { .. })
+    ));
 }

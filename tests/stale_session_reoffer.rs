@@ -3,11 +3,11 @@
 //! of the same device. Found by the simulator (`--tight`, seed 60935),
 //! shrunk to this schedule.
 //!
-//! Not fixed: it fails the same at 7f0e538, before the recent sync and
-//! timer changes, so it is older than them. Known shortcoming: the server
-//! numbers a session's offers from its `Hello` (`Sync::next_seq`), and a stale
-//! `Hello` makes it reuse a sequence the device spent in a newer session.
-//! Run with `cargo test --release --test stale_session_reoffer -- --ignored`.
+//! The server used to number that session's offers from its stale `Hello`
+//! and reuse a sequence the device had spent in the newer session. It now
+//! refuses a proof for a handshake older than the device's latest
+//! authenticated one (PROTOCOL.md 6.4; `tests/handshake_auth.rs` has the
+//! same case step by step).
 
 mod sim;
 
@@ -58,12 +58,11 @@ fn schedule() -> Schedule {
     }
 }
 
-/// The late session re-offered a task the device had deferred in the newer
-/// session under the delivery sequence it had already used there; the
-/// device's next `Hello` then made the server mark it delivered, and it never
-/// ran ("no convergence ...: task 2 of dev0 is Delivered").
+/// Before the fix, the late session re-offered a task the device had deferred
+/// in the newer session under the delivery sequence it had already used
+/// there; the device's next `Hello` then made the server mark it delivered,
+/// and it never ran ("no convergence ...: task 2 of dev0 is Delivered").
 #[test]
-#[ignore = "known fault, see the module docs"]
 fn a_late_session_does_not_reoffer_under_a_used_sequence() {
     if let Err(f) = sim::run::<4, 2>(&schedule(), true, false) {
         panic!("{f}");

@@ -196,6 +196,9 @@ pub enum PeerError {
     AuthFailed,
     /// A report sequence number skipped ahead.
     SequenceGap,
+    /// A proof for a handshake older than the device's latest authenticated
+    /// session: it came late on a connection the device had given up.
+    Superseded,
 }
 
 /// Errors of the server engine, generic over the store's error.
@@ -315,6 +318,8 @@ pub struct Server<S: FleetStore> {
     timers_ran_to: Instant,
     /// Buffers of closed sessions, reused by new ones.
     spare: session::Spare,
+    /// Refuses proofs of handshakes older than a device's latest session.
+    handshakes: session::HandshakeOrder,
     ready: VecDeque<ConnId>,
     events: VecDeque<ServerEvent>,
     scratch: Vec<TaskId>,
@@ -341,6 +346,7 @@ impl<S: FleetStore> Server<S> {
             timers_swept: 0,
             timers_ran_to: Instant::ZERO,
             spare: session::Spare::default(),
+            handshakes: session::HandshakeOrder::default(),
             ready: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),

@@ -1,7 +1,10 @@
 //! One connection's session: handshake, reports in, work out.
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+
+use hashbrown::HashMap;
 
 use super::{
     ConnId, FleetStore, PeerError, PolicyState, ReportCommit, Result, Server, ServerError,
@@ -21,6 +24,9 @@ enum Phase {
         nonce: [u8; 16],
         // SHA-256 of the Hello payload as read: the proof must cover it.
         hello_hash: [u8; 32],
+        // The challenge's number (`Server::nonces` when it was sent): orders
+        // the handshakes of one device (see `HandshakeOrder`).
+        challenge: u64,
     },
     Syncing(Sync),
 }
@@ -205,7 +211,57 @@ fn error_code(e: PeerError) -> ErrorCode {
         },
         PeerError::AuthFailed => ErrorCode::AuthFailed,
         PeerError::SequenceGap => ErrorCode::SequenceGap,
-        PeerError::Malformed | PeerError::Unexpected => ErrorCode::BadMessage,
+        PeerError::Malformed | PeerError::Unexpected | PeerError::Superseded => {
+            ErrorCode::BadMessage
+        }
+    }
+}
+
+/// Orders the handshakes of each device by their challenges, so that a proof
+/// answering a challenge older than the one of the device's latest
+/// authenticated session is refused.
+///
+/// A device runs one connection at a time, and it reads a challenge before
+/// it gives its connection up and opens the next; so its later sessions'
+/// challenges are numbered higher. A proof for a lower number comes from a
+/// connection the device abandoned, delivered late. Its `Hello` is stale, and
+/// taken as current it would renumber tasks the device already holds.
+///
+/// Bounded: a device's latest number is kept only while an older challenge is
+/// still unanswered, and challenges leave the queue once answered or closed
+/// (from the front: one handshake held open until its deadline keeps the
+/// challenges sent after it, at most those of one `handshake_timeout`).
+#[derive(Default)]
+pub(super) struct HandshakeOrder {
+    /// Challenges sent, in order: (number, connection). Entries of answered
+    /// or closed handshakes leave from the front (`Server::note_authenticated`).
+    open: VecDeque<(u64, ConnId)>,
+    /// Per device, the challenge number of its latest authenticated session,
+    /// while an older challenge may still be answered.
+    latest: HashMap<wire::DeviceId, u64>,
+    /// The entries of `latest` in the order they were made, for pruning.
+    made: VecDeque<(u64, wire::DeviceId)>,
+}
+
+impl HandshakeOrder {
+    /// Whether a newer handshake of `device` than `number` authenticated.
+    fn superseded(&self, device: wire::DeviceId, number: u64) -> bool {
+        !self.latest.is_empty() && self.latest.get(&device).is_some_and(|&n| n > number)
+    }
+
+    /// Forgets the devices' latest numbers that no open challenge is older
+    /// than: no proof can be refused by them any more.
+    fn prune(&mut self) {
+        let oldest = self.open.front().map_or(u64::MAX, |e| e.0);
+        while let Some(&(n, device)) = self.made.front() {
+            if n > oldest {
+                break;
+            }
+            self.made.pop_front();
+            if self.latest.get(&device) == Some(&n) {
+                self.latest.remove(&device);
+            }
+        }
     }
 }
 
@@ -373,7 +429,12 @@ impl<S: FleetStore> Server<S> {
             hello,
             nonce,
             hello_hash: *hello_hash,
+            challenge: self.nonces,
         };
+        // Dropped here too, so that failed handshakes do not pile up while
+        // no device authenticates.
+        self.drop_answered_challenges();
+        self.handshakes.open.push_back((self.nonces, conn));
         self.send(
             conn,
             &Down::Challenge {
@@ -484,6 +545,7 @@ impl<S: FleetStore> Server<S> {
             hello,
             nonce,
             hello_hash,
+            challenge,
         } = core::mem::replace(&mut s.phase, Phase::AwaitHello)
         else {
             return Err(ServerError::Peer(PeerError::Unexpected));
@@ -497,6 +559,13 @@ impl<S: FleetStore> Server<S> {
         let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
             return Err(ServerError::Peer(PeerError::AuthFailed));
         };
+        // A handshake older than the device's latest authenticated one: its
+        // `Hello` is stale (the device gave that connection up), and its
+        // `last_task_seq` must neither renumber offers nor look like lost
+        // device state. Refused before anything changes.
+        if self.handshakes.superseded(id, challenge) {
+            return Err(ServerError::Peer(PeerError::Superseded));
+        }
         self.store
             .set_push_target(id, hello.platform, &hello.push_token)?;
         if seq_newer(rec.last_task_seq, hello.last_task_seq) {
@@ -520,6 +589,7 @@ impl<S: FleetStore> Server<S> {
             });
         }
 
+        self.note_authenticated(id, challenge);
         let sync = Sync {
             device: id,
             generation,
@@ -553,6 +623,36 @@ impl<S: FleetStore> Server<S> {
             p.pending = false;
         }
         self.offer_work(conn, now)
+    }
+
+    /// `device` authenticated on the challenge numbered `challenge`: handshakes
+    /// still open with an older challenge can no longer authenticate it.
+    fn note_authenticated(&mut self, device: wire::DeviceId, challenge: u64) {
+        self.drop_answered_challenges();
+        let order = &mut self.handshakes;
+        order.prune();
+        if order.open.front().is_some_and(|e| e.0 < challenge) {
+            order.latest.insert(device, challenge);
+            order.made.push_back((challenge, device));
+        }
+    }
+
+    /// Drops the challenges at the front of `HandshakeOrder::open` that were
+    /// answered or whose connection closed: the front is then the oldest
+    /// challenge that may still be answered.
+    fn drop_answered_challenges(&mut self) {
+        let open = &mut self.handshakes.open;
+        while let Some(&(n, conn)) = open.front() {
+            let waiting = matches!(
+                self.sessions.get(&conn),
+                Some(Session { closing: false, phase: Phase::AwaitProof { challenge: c, .. }, .. })
+                    if *c == n
+            );
+            if waiting {
+                break;
+            }
+            open.pop_front();
+        }
     }
 
     /// The device's task ledger went backwards: it lost its state. Whether it
@@ -875,5 +975,65 @@ mod tests {
         assert!(s.ready.is_empty());
         s.send(b, &Down::SyncEnd);
         assert_eq!(s.ready.len(), 1);
+    }
+
+    /// Handshakes that fail, or stay open while others authenticate, leave
+    /// the challenge order bounded: failed ones are dropped as new challenges
+    /// go out; a device's latest number goes once no older challenge is open.
+    #[test]
+    fn the_challenge_order_stays_bounded() {
+        let cfg = ServerConfig::default();
+        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let t0 = Instant::from_millis(0);
+        let mut buf = [0u8; 600];
+        let hello = |id| {
+            Up::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                device: wire::DeviceId(id),
+                generation: 0,
+                platform: wire::Platform::Android,
+                push_token: heapless::String::new(),
+                trigger: wire::SyncTrigger::Manual,
+                last_task_seq: 0,
+                policy_version: 0,
+            })
+        };
+        let mut open = |s: &mut Server<MemoryStore>, id| {
+            let conn = s.connection_opened(t0).unwrap();
+            let n = frame::encode(&hello(id), &mut buf).unwrap();
+            s.handle_bytes(conn, &buf[..n], t0).unwrap();
+            conn
+        };
+        for _ in 0..1000 {
+            let conn = open(&mut s, 7); // not enrolled: every proof fails
+            s.on_proof(conn, [0; 32], t0).unwrap_err();
+            s.connection_closed(conn, t0);
+        }
+        assert!(s.handshakes.open.len() <= 1, "{}", s.handshakes.open.len());
+
+        // One handshake held open while a device authenticates after it.
+        let secret = s.enroll(wire::DeviceId(1), t0).unwrap();
+        let held = open(&mut s, 1);
+        let conn = open(&mut s, 1);
+        let Some(Session {
+            phase: Phase::AwaitProof {
+                nonce, hello_hash, ..
+            },
+            ..
+        }) = s.sessions.get(&conn)
+        else {
+            panic!("not challenged");
+        };
+        let mac = auth::proof(&secret, nonce, hello_hash);
+        s.on_proof(conn, mac, t0).unwrap();
+        assert_eq!(s.handshakes.latest.len(), 1, "kept while `held` is open");
+        s.connection_closed(held, t0);
+        s.connection_closed(conn, t0);
+        // The next authentication (of device 2, with a challenge open before
+        // it) prunes device 1's entry: no challenge older than it is open.
+        open(&mut s, 7);
+        s.note_authenticated(wire::DeviceId(2), u64::MAX);
+        assert!(s.handshakes.latest.get(&wire::DeviceId(1)).is_none());
+        assert_eq!(s.handshakes.latest.len(), 1);
     }
 }
