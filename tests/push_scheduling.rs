@@ -4,9 +4,27 @@
 mod common;
 
 use common::Pair;
-use mdm_sync::server::ServerEvent;
-use mdm_sync::time::Duration;
-use mdm_sync::wire::TaskKind;
+use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig, ServerEvent};
+use mdm_sync::time::{Duration, Instant};
+use mdm_sync::wire::{DeviceId, Platform, TaskKind};
+
+/// A server with device 7 enrolled at `t0` and its push target stored;
+/// returns them and the device's secret.
+fn pushable_device() -> (Server<MemoryStore>, DeviceId, Instant, [u8; 32]) {
+    let mut s = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [1; 32],
+        [2; 32],
+    );
+    let d = DeviceId(7);
+    let t0 = Instant::from_millis(1_000_000);
+    let secret = s.enroll(d, t0).unwrap();
+    s.store_mut()
+        .set_push_target(d, Platform::Android, "token")
+        .unwrap();
+    (s, d, t0, secret)
+}
 
 fn pushes(p: &Pair) -> usize {
     p.count_events(|e| matches!(e, ServerEvent::SendPush { .. }))
@@ -48,22 +66,7 @@ fn no_push_while_the_device_is_connected_or_before_it_sent_a_token() {
 /// gone out, and work held back behind that one waits for its interval.
 #[test]
 fn a_late_push_check_keeps_the_interval_of_a_newer_push() {
-    use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig};
-    use mdm_sync::time::Instant;
-    use mdm_sync::wire::{DeviceId, Platform};
-
-    let mut s = Server::new(
-        ServerConfig::default(),
-        MemoryStore::new(),
-        [1; 32],
-        [2; 32],
-    );
-    let d = DeviceId(7);
-    let t0 = Instant::from_millis(1_000_000);
-    s.enroll(d, t0).unwrap();
-    s.store_mut()
-        .set_push_target(d, Platform::Android, "token")
-        .unwrap();
+    let (mut s, d, t0, _) = pushable_device();
     let mut pushed = 0;
     let mut queue_at = |s: &mut Server<MemoryStore>, at: Instant| {
         s.enqueue_task(d, TaskKind::Lock, Default::default(), at)
@@ -87,4 +90,77 @@ fn a_late_push_check_keeps_the_interval_of_a_newer_push() {
     let t3 = t1 + Duration::from_secs(60);
     s.handle_timeout(t3).unwrap();
     assert_eq!(queue_at(&mut s, t3), 3);
+}
+
+/// Work that arrives while the device's session is failing (its error frame
+/// sent, the transport not yet closed) and is held back by the push interval
+/// still gets its push when the interval ends: the failing session does not
+/// count as the device being online.
+#[test]
+fn work_held_back_while_a_session_fails_still_gets_its_push() {
+    use mdm_sync::wire::{self, frame, Down, Hello, Platform, ReportBody, SyncTrigger, Up};
+
+    let (mut s, d, t0, secret) = pushable_device();
+    let mut pushed = 0;
+    let mut count = |s: &mut Server<MemoryStore>| {
+        while let Some(e) = s.poll_event() {
+            pushed += usize::from(matches!(e, ServerEvent::SendPush { .. }));
+        }
+        pushed
+    };
+    s.enqueue_task(d, TaskKind::Lock, Default::default(), t0)
+        .unwrap();
+    assert_eq!(count(&mut s), 1);
+
+    // The device answers the push; then its session fails on a report
+    // sequence gap. The server has sent its error frame; the transport is
+    // still open.
+    let t1 = t0 + Duration::from_secs(2);
+    let conn = s.connection_opened(t1).unwrap();
+    let mut buf = [0u8; 600];
+    let hello = Up::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        device: d,
+        generation: 0,
+        platform: Platform::Android,
+        push_token: heapless::String::try_from("token").unwrap(),
+        trigger: SyncTrigger::Push,
+        last_task_seq: 0,
+        policy_version: 0,
+    });
+    let n = frame::encode(&hello, &mut buf).unwrap();
+    let hash = mdm_sync::auth::hello_hash(frame::payload(&buf[..n]));
+    s.handle_bytes(conn, &buf[..n], t1).unwrap();
+    let n = s.poll_transmit_for(conn, &mut buf).unwrap();
+    let mut dec = wire::FrameDecoder::<600>::new();
+    dec.push(&buf[..n]);
+    let Ok(Down::Challenge { nonce, .. }) = wire::decode::<Down>(dec.decode().unwrap().unwrap())
+    else {
+        panic!("no challenge");
+    };
+    let key = frame::session_key(&nonce);
+    let proof = Up::Proof {
+        mac: mdm_sync::auth::proof(&secret, &nonce, &hash),
+    };
+    let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
+    s.handle_bytes(conn, &buf[..n], t1).unwrap();
+    let gap = Up::Report {
+        seq: 5,
+        body: ReportBody::Policy(wire::PolicyReport {
+            version: 1,
+            outcome: wire::PolicyOutcome::Applied,
+        }),
+    };
+    let n = frame::encode_keyed(&gap, &mut buf, key).unwrap();
+    assert!(s.handle_bytes(conn, &buf[..n], t1).is_err());
+
+    // New work within the push interval: held back.
+    let t2 = t1 + Duration::from_secs(1);
+    s.enqueue_task(d, TaskKind::Scan, Default::default(), t2)
+        .unwrap();
+    assert_eq!(count(&mut s), 1);
+    // The interval ends while the failing session is still not closed.
+    let t3 = t0 + Duration::from_secs(61);
+    s.handle_timeout(t3).unwrap();
+    assert_eq!(count(&mut s), 2, "the held-back push goes out");
 }

@@ -813,8 +813,13 @@ impl<S: FleetStore> Server<S> {
             // was sent: the newer one's check comes later.
             return Ok(());
         }
-        if self.online.contains_key(&device) {
-            p.pending = false;
+        // An open session got the work offered; one that is failing (its
+        // error frame sent, the transport not yet closed) did not.
+        let in_session = self.session_of(device).is_some();
+        if in_session {
+            if let Some(p) = self.pushes.get_mut(&device) {
+                p.pending = false;
+            }
             return Ok(());
         }
         self.send_push(device, now)
