@@ -98,7 +98,7 @@ fn a_late_push_check_keeps_the_interval_of_a_newer_push() {
 /// count as the device being online.
 #[test]
 fn work_held_back_while_a_session_fails_still_gets_its_push() {
-    use mdm_sync::wire::{self, frame, Down, Hello, Platform, ReportBody, SyncTrigger, Up};
+    use mdm_sync::wire::{self, frame, ReportBody, Up};
 
     let (mut s, d, t0, secret) = pushable_device();
     let mut pushed = 0;
@@ -116,34 +116,8 @@ fn work_held_back_while_a_session_fails_still_gets_its_push() {
     // sequence gap. The server has sent its error frame; the transport is
     // still open.
     let t1 = t0 + Duration::from_secs(2);
-    let conn = s.connection_opened(t1).unwrap();
-    let mut buf = [0u8; 600];
-    let hello = Up::Hello(Hello {
-        version: wire::PROTOCOL_VERSION,
-        device: d,
-        generation: 0,
-        platform: Platform::Android,
-        push_token: heapless::String::try_from("token").unwrap(),
-        trigger: SyncTrigger::Push,
-        last_task_seq: 0,
-        policy_version: 0,
-    });
-    let n = frame::encode(&hello, &mut buf).unwrap();
-    let hash = mdm_sync::auth::hello_hash(frame::payload(&buf[..n]));
-    s.handle_bytes(conn, &buf[..n], t1).unwrap();
-    let n = s.poll_transmit_for(conn, &mut buf).unwrap();
-    let mut dec = wire::FrameDecoder::<600>::new();
-    dec.push(&buf[..n]);
-    let Ok(Down::Challenge { nonce, .. }) = wire::decode::<Down>(dec.decode().unwrap().unwrap())
-    else {
-        panic!("no challenge");
-    };
-    let key = frame::session_key(&nonce);
-    let proof = Up::Proof {
-        mac: mdm_sync::auth::proof(&secret, &nonce, &hash),
-    };
-    let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
-    s.handle_bytes(conn, &buf[..n], t1).unwrap();
+    let (conn, key, answer) = common::raw_handshake(&mut s, d, &secret, t1);
+    answer.unwrap();
     let gap = Up::Report {
         seq: 5,
         body: ReportBody::Policy(wire::PolicyReport {
@@ -151,6 +125,7 @@ fn work_held_back_while_a_session_fails_still_gets_its_push() {
             outcome: wire::PolicyOutcome::Applied,
         }),
     };
+    let mut buf = [0u8; 64];
     let n = frame::encode_keyed(&gap, &mut buf, key).unwrap();
     assert!(s.handle_bytes(conn, &buf[..n], t1).is_err());
 

@@ -717,7 +717,9 @@ impl<S: FleetStore> Server<S> {
         }
         self.scratch = ids;
         if let Some(p) = self.store.policy(device)? {
-            let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+            let Some(sync) = self.sync_of(conn) else {
+                return Ok(()); // dropped in this burst, see `offer_one`
+            };
             if seq_newer(p.version, sync.policy_sent) {
                 sync.policy_sent = p.version;
                 self.send(conn, &Down::Policy(p));
@@ -749,15 +751,23 @@ impl<S: FleetStore> Server<S> {
 
     /// `SyncEnd`, once per session: the device needs no other.
     fn end_burst(&mut self, conn: ConnId) -> Result<(), S> {
-        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+        let Some(sync) = self.sync_of(conn) else {
+            return Ok(()); // dropped in this burst, see `offer_one`
+        };
         if !core::mem::replace(&mut sync.end_sent, true) {
             self.send(conn, &Down::SyncEnd);
         }
         Ok(())
     }
 
+    /// Offers a stored task in the session, if it is offerable there.
     fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<(), S> {
-        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
+        let Some(sync) = self.sync_of(conn) else {
+            // `send` dropped the session earlier in this burst (a reader too
+            // far behind). The work stays stored for the device's next
+            // session; the operator's call that brought it succeeded.
+            return Ok(());
+        };
         if t.cancel_requested && t.state.maybe_on_device() {
             if !sync.cancels_sent.contains(&t.id) {
                 sync.cancels_sent.push(t.id);

@@ -335,3 +335,53 @@ impl SimDevice {
         }
     }
 }
+
+/// A device's handshake done by hand on a new connection of `server` (no
+/// device engine): `Hello` with an empty ledger, then the right proof for
+/// `secret`. Returns the connection, its session key, and the server's answer
+/// to the proof. The challenge has been read; the rest of the server's output
+/// is left for the caller.
+pub fn raw_handshake<S: mdm_sync::server::FleetStore>(
+    server: &mut Server<S>,
+    device: DeviceId,
+    secret: &[u8; 32],
+    now: Instant,
+) -> (
+    ConnId,
+    u32,
+    Result<(), mdm_sync::server::ServerError<S::Error>>,
+) {
+    use mdm_sync::wire::{self, frame, Down, Hello, SyncTrigger, Up};
+
+    let Ok(conn) = server.connection_opened(now) else {
+        panic!("no connection");
+    };
+    let mut buf = [0u8; 600];
+    let hello = Up::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        device,
+        generation: 0,
+        platform: Platform::Android,
+        push_token: heapless::String::try_from("token").unwrap(),
+        trigger: SyncTrigger::Push,
+        last_task_seq: 0,
+        policy_version: 0,
+    });
+    let n = frame::encode(&hello, &mut buf).unwrap();
+    let hash = mdm_sync::auth::hello_hash(frame::payload(&buf[..n]));
+    assert!(server.handle_bytes(conn, &buf[..n], now).is_ok());
+    let n = server.poll_transmit_for(conn, &mut buf).unwrap();
+    let mut dec = wire::FrameDecoder::<600>::new();
+    dec.push(&buf[..n]);
+    let Ok(Down::Challenge { nonce, .. }) = wire::decode::<Down>(dec.decode().unwrap().unwrap())
+    else {
+        panic!("no challenge");
+    };
+    let key = frame::session_key(&nonce);
+    let proof = Up::Proof {
+        mac: mdm_sync::auth::proof(secret, &nonce, &hash),
+    };
+    let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
+    let answer = server.handle_bytes(conn, &buf[..n], now);
+    (conn, key, answer)
+}

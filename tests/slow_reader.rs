@@ -1,0 +1,57 @@
+//! A connection that falls more than `max_pending_out` behind is dropped in
+//! the middle of a burst of work. The operator call that caused the burst
+//! still succeeds (its work is stored), and the device gets everything in its
+//! next session.
+
+mod common;
+
+use mdm_sync::server::{MemoryStore, Server, ServerConfig, ServerEvent, TaskState};
+use mdm_sync::time::Instant;
+use mdm_sync::wire::{DeviceId, Setting, TaskKind};
+
+#[test]
+fn an_operator_call_that_overflows_a_slow_reader_succeeds() {
+    let cfg = ServerConfig {
+        max_pending_out: 200,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+    let d = DeviceId(3);
+    let t0 = Instant::from_millis(1_000);
+    let secret = s.enroll(d, t0).unwrap();
+    let (conn, _, answer) = common::raw_handshake(&mut s, d, &secret, t0);
+    answer.unwrap();
+
+    // The device reads nothing more: each policy goes out in its session
+    // until the output passes the bound and the connection is dropped.
+    let mut dropped = false;
+    for v in 1..=20i64 {
+        let settings = [Setting { key: 1, value: v }; 8];
+        let r = s.assign_policy(d, &settings, t0);
+        assert!(r.is_ok(), "policy {v}: {r:?}");
+        while let Some(e) = s.poll_event() {
+            dropped |= matches!(e, ServerEvent::Close { conn: c } if c == conn);
+        }
+    }
+    assert!(dropped, "the slow reader was dropped");
+    let task = s.enqueue_task(d, TaskKind::Lock, Default::default(), t0);
+    assert_eq!(s.task_state(d, task.unwrap()), Some(TaskState::Queued));
+
+    // Its next session gets the newest policy and the task.
+    let (conn, key, answer) = common::raw_handshake(&mut s, d, &secret, t0);
+    answer.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.poll_transmit_for(conn, &mut buf).unwrap();
+    let mut dec = mdm_sync::wire::FrameDecoder::<600>::new();
+    dec.set_key(key);
+    dec.push(&buf[..n]);
+    let mut got = Vec::new();
+    while let Some(Ok(p)) = dec.decode() {
+        got.push(mdm_sync::wire::decode::<mdm_sync::wire::Down>(p).unwrap());
+    }
+    use mdm_sync::wire::Down;
+    assert!(got
+        .iter()
+        .any(|m| matches!(m, Down::Policy(p) if p.version == 20)));
+    assert!(got.iter().any(|m| matches!(m, Down::Task(_))));
+}
