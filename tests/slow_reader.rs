@@ -5,12 +5,14 @@
 
 mod common;
 
-use mdm_sync::server::{MemoryStore, Server, ServerConfig, ServerEvent, TaskState};
+use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerEvent, TaskState};
 use mdm_sync::time::Instant;
 use mdm_sync::wire::{DeviceId, Setting, TaskKind};
 
-#[test]
-fn an_operator_call_that_overflows_a_slow_reader_succeeds() {
+/// A server that drops a reader 200 bytes behind, and device 3 in session
+/// on a connection made by hand: the server, the device, the time, the
+/// device's secret and the connection.
+fn slow_reader() -> (Server<MemoryStore>, DeviceId, Instant, [u8; 32], ConnId) {
     let cfg = ServerConfig {
         max_pending_out: 200,
         ..ServerConfig::default()
@@ -21,6 +23,12 @@ fn an_operator_call_that_overflows_a_slow_reader_succeeds() {
     let secret = s.enroll(d, t0).unwrap();
     let (conn, _, answer) = common::raw_handshake(&mut s, d, &secret, t0);
     answer.unwrap();
+    (s, d, t0, secret, conn)
+}
+
+#[test]
+fn an_operator_call_that_overflows_a_slow_reader_succeeds() {
+    let (mut s, d, t0, secret, conn) = slow_reader();
 
     // The device reads nothing more: each policy goes out in its session
     // until the output passes the bound and the connection is dropped.
@@ -54,4 +62,55 @@ fn an_operator_call_that_overflows_a_slow_reader_succeeds() {
         .iter()
         .any(|m| matches!(m, Down::Policy(p) if p.version == 20)));
     assert!(got.iter().any(|m| matches!(m, Down::Task(_))));
+}
+
+/// The work whose burst dropped the slow reader stays stored, and the device
+/// is asked to come back for it: it saw its connection close, and with nothing
+/// of its own pending it would not retry before its periodic sync (3 h).
+/// Found by a breaker run.
+#[test]
+fn work_that_dropped_a_slow_reader_gets_a_push() {
+    use mdm_sync::time::Duration;
+
+    let (mut s, d, t0, _, conn) = slow_reader();
+    while s.poll_event().is_some() {}
+
+    // Tasks queued while the device reads nothing, until one of them
+    // overflows its output and the connection is dropped.
+    let mut last = None;
+    let mut pushes = 0;
+    let mut count = |e: &ServerEvent| {
+        pushes += usize::from(matches!(e, ServerEvent::SendPush { device, .. } if *device == d));
+    };
+    for _ in 0..40 {
+        last = Some(
+            s.enqueue_task(d, TaskKind::Lock, Default::default(), t0)
+                .unwrap(),
+        );
+        let mut dropped = false;
+        while let Some(e) = s.poll_event() {
+            dropped |= matches!(e, ServerEvent::Close { conn: c } if c == conn);
+            count(&e);
+        }
+        if dropped {
+            break;
+        }
+    }
+    let last = last.unwrap();
+    assert_eq!(s.session_count(), 0, "the slow reader was dropped");
+
+    // At once or when the push interval allows, the device is asked to sync.
+    let mut t = t0;
+    while t < t0 + Duration::from_mins(10) {
+        s.handle_timeout(t).unwrap();
+        while let Some(e) = s.poll_event() {
+            count(&e);
+        }
+        t = t + Duration::from_secs(1);
+    }
+    assert!(
+        pushes > 0,
+        "no push for task {last:?} ({:?}) left by the dropped session",
+        s.task_state(d, last)
+    );
 }

@@ -645,7 +645,7 @@ impl<S: FleetStore> Server<S> {
     fn close_device_session(&mut self, device: DeviceId) {
         if let Some(conn) = self.online.remove(&device) {
             if let Some(s) = self.sessions.remove(&conn) {
-                self.spare.keep(s);
+                self.recycle(s);
             }
             self.events.push_back(ServerEvent::Close { conn });
             self.events.push_back(ServerEvent::SessionEnded {
@@ -707,7 +707,7 @@ impl<S: FleetStore> Server<S> {
             }
             self.events
                 .push_back(ServerEvent::SessionEnded { conn, device });
-            self.spare.keep(s);
+            self.recycle(s);
         }
     }
 

@@ -1,7 +1,6 @@
 //! One connection's session: handshake, reports in, work out.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 use hashbrown::HashMap;
@@ -227,40 +226,45 @@ fn error_code(e: PeerError) -> ErrorCode {
 /// connection the device abandoned, delivered late. Its `Hello` is stale, and
 /// taken as current it would renumber tasks the device already holds.
 ///
-/// Bounded: a device's latest number is kept only while an older challenge is
-/// still unanswered, and challenges leave the queue once answered or closed
-/// (from the front: one handshake held open until its deadline keeps the
-/// challenges sent after it, at most those of one `handshake_timeout`).
+/// Bounded by the sessions: an entry exists only for a device with a
+/// handshake awaiting its proof, and goes with the last such handshake.
 #[derive(Default)]
 pub(super) struct HandshakeOrder {
-    /// Challenges sent, in order: (number, connection). Entries of answered
-    /// or closed handshakes leave from the front (`Server::note_authenticated`).
-    open: VecDeque<(u64, ConnId)>,
-    /// Per device, the challenge number of its latest authenticated session,
-    /// while an older challenge may still be answered.
-    latest: HashMap<wire::DeviceId, u64>,
-    /// The entries of `latest` in the order they were made, for pruning.
-    made: VecDeque<(u64, wire::DeviceId)>,
+    /// Per device with handshakes awaiting their proof: how many, and the
+    /// challenge number of the latest session of the device that
+    /// authenticated meanwhile (0: none).
+    waiting: HashMap<wire::DeviceId, (u32, u64)>,
 }
 
 impl HandshakeOrder {
-    /// Whether a newer handshake of `device` than `number` authenticated.
-    fn superseded(&self, device: wire::DeviceId, number: u64) -> bool {
-        !self.latest.is_empty() && self.latest.get(&device).is_some_and(|&n| n > number)
+    /// A handshake of `device` got its challenge and awaits the proof.
+    fn challenged(&mut self, device: wire::DeviceId) {
+        self.waiting.entry(device).or_default().0 += 1;
     }
 
-    /// Forgets the devices' latest numbers that no open challenge is older
-    /// than: no proof can be refused by them any more.
-    fn prune(&mut self) {
-        let oldest = self.open.front().map_or(u64::MAX, |e| e.0);
-        while let Some(&(n, device)) = self.made.front() {
-            if n > oldest {
-                break;
-            }
-            self.made.pop_front();
-            if self.latest.get(&device) == Some(&n) {
-                self.latest.remove(&device);
-            }
+    /// A handshake of `device` that got challenge `number` no longer awaits
+    /// its proof (it came, or the connection closed). Returns whether a
+    /// newer handshake of the device authenticated meanwhile.
+    fn answered(&mut self, device: wire::DeviceId, number: u64) -> bool {
+        let Some(w) = self.waiting.get_mut(&device) else {
+            return false;
+        };
+        let superseded = w.1 > number;
+        w.0 = w.0.saturating_sub(1);
+        if w.0 == 0 {
+            self.waiting.remove(&device);
+        }
+        superseded
+    }
+
+    /// `device` authenticated on challenge `number`: its handshakes still
+    /// awaiting a proof are older (see the type's docs).
+    fn authenticated(&mut self, device: wire::DeviceId, number: u64) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        if let Some(w) = self.waiting.get_mut(&device) {
+            w.1 = w.1.max(number);
         }
     }
 }
@@ -425,16 +429,14 @@ impl<S: FleetStore> Server<S> {
         }
         self.nonces = self.nonces.wrapping_add(1);
         let nonce = auth::nonce_prepared(&self.nonce_seed, self.nonces);
+        let device = hello.device;
         s.phase = Phase::AwaitProof {
             hello,
             nonce,
             hello_hash: *hello_hash,
             challenge: self.nonces,
         };
-        // Dropped here too, so that failed handshakes do not pile up while
-        // no device authenticates.
-        self.drop_answered_challenges();
-        self.handshakes.open.push_back((self.nonces, conn));
+        self.handshakes.challenged(device);
         self.send(
             conn,
             &Down::Challenge {
@@ -551,6 +553,7 @@ impl<S: FleetStore> Server<S> {
             return Err(ServerError::Peer(PeerError::Unexpected));
         };
         let (id, generation) = (hello.device, hello.generation);
+        let superseded = self.handshakes.answered(id, challenge);
         // The MAC is always computed, so an unknown device and a wrong proof
         // take the same path and get the same answer.
         let secret = auth::derive_secret_prepared(&self.master, id, generation);
@@ -563,7 +566,7 @@ impl<S: FleetStore> Server<S> {
         // `Hello` is stale (the device gave that connection up), and its
         // `last_task_seq` must neither renumber offers nor look like lost
         // device state. Refused before anything changes.
-        if self.handshakes.superseded(id, challenge) {
+        if superseded {
             return Err(ServerError::Peer(PeerError::Superseded));
         }
         self.store
@@ -580,7 +583,7 @@ impl<S: FleetStore> Server<S> {
         // online map, as they were.
         if let Some(old) = self.online.insert(id, conn).filter(|old| *old != conn) {
             if let Some(s) = self.sessions.remove(&old) {
-                self.spare.keep(s);
+                self.recycle(s);
             }
             self.events.push_back(ServerEvent::Close { conn: old });
             self.events.push_back(ServerEvent::SessionEnded {
@@ -589,7 +592,7 @@ impl<S: FleetStore> Server<S> {
             });
         }
 
-        self.note_authenticated(id, challenge);
+        self.handshakes.authenticated(id, challenge);
         let sync = Sync {
             device: id,
             generation,
@@ -625,34 +628,16 @@ impl<S: FleetStore> Server<S> {
         self.offer_work(conn, now)
     }
 
-    /// `device` authenticated on the challenge numbered `challenge`: handshakes
-    /// still open with an older challenge can no longer authenticate it.
-    fn note_authenticated(&mut self, device: wire::DeviceId, challenge: u64) {
-        self.drop_answered_challenges();
-        let order = &mut self.handshakes;
-        order.prune();
-        if order.open.front().is_some_and(|e| e.0 < challenge) {
-            order.latest.insert(device, challenge);
-            order.made.push_back((challenge, device));
+    /// A session that was removed from `sessions`: its handshake no longer
+    /// awaits a proof, and its buffers serve the next one.
+    pub(super) fn recycle(&mut self, s: Session) {
+        if let Phase::AwaitProof {
+            hello, challenge, ..
+        } = &s.phase
+        {
+            self.handshakes.answered(hello.device, *challenge);
         }
-    }
-
-    /// Drops the challenges at the front of `HandshakeOrder::open` that were
-    /// answered or whose connection closed: the front is then the oldest
-    /// challenge that may still be answered.
-    fn drop_answered_challenges(&mut self) {
-        let open = &mut self.handshakes.open;
-        while let Some(&(n, conn)) = open.front() {
-            let waiting = matches!(
-                self.sessions.get(&conn),
-                Some(Session { closing: false, phase: Phase::AwaitProof { challenge: c, .. }, .. })
-                    if *c == n
-            );
-            if waiting {
-                break;
-            }
-            open.pop_front();
-        }
+        self.spare.keep(s);
     }
 
     /// The device's task ledger went backwards: it lost its state. Whether it
@@ -717,15 +702,14 @@ impl<S: FleetStore> Server<S> {
         }
         self.scratch = ids;
         if let Some(p) = self.store.policy(device)? {
-            let Some(sync) = self.sync_of(conn) else {
-                return Ok(()); // dropped in this burst, see `offer_one`
-            };
-            if seq_newer(p.version, sync.policy_sent) {
-                sync.policy_sent = p.version;
-                self.send(conn, &Down::Policy(p));
+            if let Some(sync) = self.sync_of(conn) {
+                if seq_newer(p.version, sync.policy_sent) {
+                    sync.policy_sent = p.version;
+                    self.send(conn, &Down::Policy(p));
+                }
             }
         }
-        self.end_burst(conn)
+        self.end_burst(conn, device, now)
     }
 
     /// Offers a task just queued, not yet stored, in the device's open session
@@ -741,21 +725,24 @@ impl<S: FleetStore> Server<S> {
         if t.generation != sync.generation {
             return Ok(self.store.put_task(t)?); // never offered to another enrollment
         }
-        let owes_end = !sync.end_sent;
         self.offer_one(conn, t, now)?;
-        if owes_end {
-            self.end_burst(conn)?;
-        }
-        Ok(())
+        self.end_burst(conn, t.device, now)
     }
 
-    /// `SyncEnd`, once per session: the device needs no other.
-    fn end_burst(&mut self, conn: ConnId) -> Result<(), S> {
+    /// Ends a burst of work for `device` on `conn`: `SyncEnd`, once per
+    /// session (the device needs no other). If `send` dropped the session in
+    /// the burst (see `offer_one`), the device is asked to come back: it saw
+    /// its connection close, and may have nothing of its own to sync.
+    fn end_burst(&mut self, conn: ConnId, device: wire::DeviceId, now: Instant) -> Result<(), S> {
         let Some(sync) = self.sync_of(conn) else {
-            return Ok(()); // dropped in this burst, see `offer_one`
+            return self.request_push(device, now);
         };
-        if !core::mem::replace(&mut sync.end_sent, true) {
-            self.send(conn, &Down::SyncEnd);
+        if core::mem::replace(&mut sync.end_sent, true) {
+            return Ok(());
+        }
+        self.send(conn, &Down::SyncEnd);
+        if self.sync_of(conn).is_none() {
+            return self.request_push(device, now);
         }
         Ok(())
     }
@@ -987,44 +974,28 @@ mod tests {
         assert_eq!(s.ready.len(), 1);
     }
 
-    /// Handshakes that fail, or stay open while others authenticate, leave
-    /// the challenge order bounded: failed ones are dropped as new challenges
-    /// go out; a device's latest number goes once no older challenge is open.
-    #[test]
-    fn the_challenge_order_stays_bounded() {
-        let cfg = ServerConfig::default();
-        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
-        let t0 = Instant::from_millis(0);
+    /// A new connection of `s` that sent a `Hello` of device `id` and got
+    /// its challenge.
+    fn challenged(s: &mut Server<MemoryStore>, id: u64, now: Instant) -> ConnId {
+        let hello = Up::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            device: wire::DeviceId(id),
+            generation: 0,
+            platform: wire::Platform::Android,
+            push_token: heapless::String::new(),
+            trigger: wire::SyncTrigger::Manual,
+            last_task_seq: 0,
+            policy_version: 0,
+        });
         let mut buf = [0u8; 600];
-        let hello = |id| {
-            Up::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                device: wire::DeviceId(id),
-                generation: 0,
-                platform: wire::Platform::Android,
-                push_token: heapless::String::new(),
-                trigger: wire::SyncTrigger::Manual,
-                last_task_seq: 0,
-                policy_version: 0,
-            })
-        };
-        let mut open = |s: &mut Server<MemoryStore>, id| {
-            let conn = s.connection_opened(t0).unwrap();
-            let n = frame::encode(&hello(id), &mut buf).unwrap();
-            s.handle_bytes(conn, &buf[..n], t0).unwrap();
-            conn
-        };
-        for _ in 0..1000 {
-            let conn = open(&mut s, 7); // not enrolled: every proof fails
-            s.on_proof(conn, [0; 32], t0).unwrap_err();
-            s.connection_closed(conn, t0);
-        }
-        assert!(s.handshakes.open.len() <= 1, "{}", s.handshakes.open.len());
+        let conn = s.connection_opened(now).unwrap();
+        let n = frame::encode(&hello, &mut buf).unwrap();
+        s.handle_bytes(conn, &buf[..n], now).unwrap();
+        conn
+    }
 
-        // One handshake held open while a device authenticates after it.
-        let secret = s.enroll(wire::DeviceId(1), t0).unwrap();
-        let held = open(&mut s, 1);
-        let conn = open(&mut s, 1);
+    /// Answers the challenge of `conn` with the right proof for `secret`.
+    fn prove(s: &mut Server<MemoryStore>, conn: ConnId, secret: &auth::Secret, now: Instant) {
         let Some(Session {
             phase: Phase::AwaitProof {
                 nonce, hello_hash, ..
@@ -1034,16 +1005,39 @@ mod tests {
         else {
             panic!("not challenged");
         };
-        let mac = auth::proof(&secret, nonce, hello_hash);
-        s.on_proof(conn, mac, t0).unwrap();
-        assert_eq!(s.handshakes.latest.len(), 1, "kept while `held` is open");
+        let mac = auth::proof(secret, nonce, hello_hash);
+        s.on_proof(conn, mac, now).unwrap();
+    }
+
+    /// The challenge order holds an entry only for a device with a handshake
+    /// awaiting its proof: failed and closed handshakes leave none, and one
+    /// handshake held open keeps one entry however many syncs follow it.
+    #[test]
+    fn the_challenge_order_is_bounded_by_the_waiting_handshakes() {
+        let cfg = ServerConfig::default();
+        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let t0 = Instant::from_millis(0);
+        for _ in 0..100 {
+            let conn = challenged(&mut s, 7, t0); // not enrolled: every proof fails
+            s.on_proof(conn, [0; 32], t0).unwrap_err();
+            s.connection_closed(conn, t0);
+            let conn = challenged(&mut s, 8, t0); // closed unanswered
+            s.connection_closed(conn, t0);
+        }
+        assert!(s.handshakes.waiting.is_empty());
+
+        let secret = s.enroll(wire::DeviceId(1), t0).unwrap();
+        let other = s.enroll(wire::DeviceId(2), t0).unwrap();
+        let held = challenged(&mut s, 1, t0);
+        for _ in 0..1000 {
+            for (id, secret) in [(1, &secret), (2, &other)] {
+                let conn = challenged(&mut s, id, t0);
+                prove(&mut s, conn, secret, t0);
+                s.connection_closed(conn, t0);
+            }
+        }
+        assert_eq!(s.handshakes.waiting.len(), 1, "device 1, for `held`");
         s.connection_closed(held, t0);
-        s.connection_closed(conn, t0);
-        // The next authentication (of device 2, with a challenge open before
-        // it) prunes device 1's entry: no challenge older than it is open.
-        open(&mut s, 7);
-        s.note_authenticated(wire::DeviceId(2), u64::MAX);
-        assert!(s.handshakes.latest.get(&wire::DeviceId(1)).is_none());
-        assert_eq!(s.handshakes.latest.len(), 1);
+        assert!(s.handshakes.waiting.is_empty());
     }
 }
