@@ -306,6 +306,10 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // Its hint, or a task that runs, decides then.
     refused_resync: bool,
     app_deferred: bool,
+    // The server answered a report with `SequenceGap` in the last session:
+    // it holds fewer reports than it once acknowledged, and the next
+    // `Welcome`'s lower ack is believed (see `adopt_server_numbering`).
+    server_behind: bool,
     stats: DeviceStats,
 }
 
@@ -351,6 +355,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             policy_refused: false,
             refused: false,
             refused_resync: false,
+            server_behind: false,
             app_deferred: false,
             stats: DeviceStats::default(),
         };
@@ -675,7 +680,12 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     fn on_message(&mut self, msg: Down, now: Instant) -> Result<(), SessionError> {
         trace!("received {:?} in {:?}", msg, self.link);
         match (self.link, msg) {
-            (_, Down::Error(code)) => Err(SessionError::Rejected(code)),
+            (link, Down::Error(code)) => {
+                if link == Link::Syncing && code == ErrorCode::SequenceGap {
+                    self.server_behind = true;
+                }
+                Err(SessionError::Rejected(code))
+            }
             (Link::AwaitChallenge, Down::Challenge { version, nonce }) => {
                 if version != PROTOCOL_VERSION {
                     let server = version;
@@ -777,22 +787,31 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
     }
 
-    /// The server's report numbering wins, both ways. It holds reports
-    /// numbered beyond any this device assigned: the device lost its state
-    /// (both snapshot slots) but kept its identity, and its reports must not
-    /// be taken for resends and dropped. Or it holds fewer than it once
-    /// acknowledged: its store went back (a restored backup), or the
-    /// `Welcome` was not the server's; reports numbered after its ack would
-    /// end every session in `SequenceGap`. Either way the outbox is renumbered
-    /// from `ack + 1`.
+    /// The server's report numbering wins when it holds reports numbered
+    /// beyond any this device assigned: the device lost its state (both
+    /// snapshot slots) but kept its identity, and its reports must not be
+    /// taken for resends and dropped.
+    ///
+    /// A lower ack than the device once had acknowledged wins only after the
+    /// server answered `SequenceGap` in the last session: then its store went
+    /// back (a restored backup), and reports numbered after what it acked
+    /// would end every session in that error. Without that evidence a lower
+    /// ack is ignored: it can come from a stale `Welcome` of an earlier
+    /// session, accepted after a stale `Challenge` gave its key, and
+    /// renumbering down would make the server take new reports for resends.
+    ///
+    /// Either way the outbox is renumbered from `ack + 1`.
     fn adopt_server_numbering(&mut self, ack: u32) {
+        let server_behind = core::mem::take(&mut self.server_behind);
         let last_assigned = self.next_report_seq.wrapping_sub(1);
         // Everything before the oldest report still held was acknowledged.
         let acked = self
             .outbox
             .front()
             .map_or(last_assigned, |e| e.seq.wrapping_sub(1));
-        if !wire::seq_newer(ack, last_assigned) && !wire::seq_newer(acked, ack) {
+        let ahead = wire::seq_newer(ack, last_assigned);
+        let behind = server_behind && wire::seq_newer(acked, ack);
+        if !ahead && !behind {
             return;
         }
         warning!(
