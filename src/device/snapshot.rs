@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[cfg(test)]
 use serde::Serialize;
 
-use super::{Device, DeviceConfig, Entry, Flag, Inflight, Wire};
+use super::{Body, Device, DeviceConfig, Entry, Flag, Inflight, Wire};
 use crate::log::debug;
 use crate::time::{Duration, Instant};
 use crate::wire::{crc32, DeviceId, EncodeError, Task, Writer, MAX_REPORT_BODY};
@@ -145,7 +145,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         for (seq, body) in outbox {
             let entry = Entry {
                 seq,
-                body: Vec::from_slice(body).map_err(|_| SnapshotError::Inconsistent)?,
+                body: Body::from_slice(body).ok_or(SnapshotError::Inconsistent)?,
                 // It may have left before the reboot: never replaced.
                 wire: Wire::Again,
             };
@@ -273,7 +273,7 @@ mod tests {
                     progress: None,
                 })
                 .unwrap();
-            let body = Vec::from_slice(&[k as u8; MAX_REPORT_BODY][..1 + 9 * k as usize]).unwrap();
+            let body = Body::from_slice(&[k as u8; MAX_REPORT_BODY][..1 + 9 * k as usize]).unwrap();
             let entry = Entry {
                 seq: 40_000 * k,
                 body,

@@ -275,22 +275,52 @@ impl<const N: usize> FrameDecoder<N> {
             return Some(Err(e));
         }
         let data = &self.buf[self.start..self.end];
+        match self.check(data)? {
+            Ok(plen) => {
+                let payload = self.start + HEADER..self.start + HEADER + plen;
+                self.start += plen + OVERHEAD;
+                Some(Ok(&self.buf[payload]))
+            }
+            Err(e) => {
+                self.start += 1;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// When nothing is buffered and `input` starts with a whole, intact frame:
+    /// its payload, read where it is (no copy into the buffer), and `input`
+    /// advanced past it. `None` for anything else (a partial frame, garbage, a
+    /// bad frame, bytes already buffered), with `input` untouched: then
+    /// [`push`](Self::push) it and [`decode`](Self::decode), which give the
+    /// same frames and errors, in the same order, as without this call.
+    pub fn decode_in_place<'a>(&self, input: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let data: &'a [u8] = input;
+        if self.start != self.end || !data.starts_with(&MAGIC) {
+            return None;
+        }
+        let plen = self.check(data)?.ok()?;
+        let (frame, rest) = data.split_at_checked(plen + OVERHEAD)?;
+        *input = rest;
+        frame.get(HEADER..HEADER + plen)
+    }
+
+    /// Of `data`, which starts with the magic: the payload length of the whole,
+    /// intact frame it starts with, the error that frame has, or `None` when
+    /// its bytes have not all arrived.
+    fn check(&self, data: &[u8]) -> Option<Result<usize, FrameError>> {
         let [_, _, lo, hi, ..] = *data else {
             return None;
         };
         let plen = usize::from(u16::from_le_bytes([lo, hi]));
         if plen == 0 || plen > Self::MAX_PAYLOAD {
-            self.start += 1;
             return Some(Err(FrameError::BadLength { len: plen }));
         }
         let (covered, crc) = data.get(..plen + OVERHEAD)?.split_last_chunk::<4>()?;
         if !crc_ok(crc32(&covered[2..]) ^ self.key, u32::from_le_bytes(*crc)) {
-            self.start += 1;
             return Some(Err(FrameError::BadCrc));
         }
-        let payload = self.start + HEADER..self.start + HEADER + plen;
-        self.start += plen + OVERHEAD;
-        Some(Ok(&self.buf[payload]))
+        Some(Ok(plen))
     }
 
     /// Moves the bytes not yet decoded to the front of the buffer. A byte loop,
@@ -447,6 +477,57 @@ mod tests {
             }
             assert_eq!(got, want, "chunk {chunk}");
         }
+    }
+
+    type Events = std::vec::Vec<Result<std::vec::Vec<u8>, FrameError>>;
+
+    /// Feeds `stream` in chunks as the device does, whole frames read in
+    /// place when `in_place`; returns what came out and how many frames were
+    /// read in place.
+    fn events(stream: &[u8], chunk: usize, in_place: bool) -> (Events, usize) {
+        let mut dec = FrameDecoder::<64>::new();
+        let (mut out, mut direct) = (Events::new(), 0);
+        for mut part in stream.chunks(chunk) {
+            loop {
+                if let Some(p) = in_place.then(|| dec.decode_in_place(&mut part)).flatten() {
+                    out.push(Ok(p.to_vec()));
+                    direct += 1;
+                } else if let Some(r) = dec.decode() {
+                    out.push(r.map(<[u8]>::to_vec));
+                } else if part.is_empty() {
+                    break;
+                } else {
+                    let n = dec.push(part);
+                    part = &part[n..];
+                }
+            }
+        }
+        (out, direct)
+    }
+
+    #[test]
+    fn reading_in_place_gives_the_same_frames_and_errors() {
+        let mut stream = std::vec::Vec::new();
+        stream.extend_from_slice(&frame(b"one"));
+        stream.extend_from_slice(b"\x00\xA5garbage");
+        stream.extend_from_slice(&frame(b"two"));
+        let mut bad = frame(b"three");
+        bad[5] ^= 0x01;
+        stream.extend_from_slice(&bad);
+        stream.extend_from_slice(&[0xA5, 0x5A, 0, 0]); // length 0
+        stream.extend_from_slice(&frame(&[0xA5; 40]));
+        stream.extend_from_slice(&frame(&[9; 57])); // too long for the decoder
+        stream.extend_from_slice(&frame(b"four"));
+        for chunk in 1..=stream.len() {
+            let (want, _) = events(&stream, chunk, false);
+            let (got, _) = events(&stream, chunk, true);
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+        let (got, direct) = events(&stream, stream.len(), true);
+        assert_eq!(direct, 1, "in one chunk, the first frame is read in place");
+        assert_eq!(got.iter().filter(|e| e.is_ok()).count(), 4);
+        let whole = [frame(b"a"), frame(b"b")].concat();
+        assert_eq!(events(&whole, whole.len(), true).1, 2);
     }
 
     #[test]
