@@ -63,7 +63,8 @@ impl<const O: usize, const I: usize> Device<O, I> {
         (self.counter % 2) as usize
     }
 
-    /// Writes the persistent state into `buf`; returns its length.
+    /// Writes the persistent state into `buf`; returns its length. Bytes of
+    /// `buf` after that length may be overwritten too (scratch).
     ///
     /// Written by hand in the postcard encoding of `(Header, [Task],
     /// [(u32, bytes)])`, which is what `restore` reads (a test checks the
@@ -95,7 +96,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         w.varint(self.outbox.len() as u64);
         for e in &self.outbox {
             w.varint(e.seq.into());
-            w.len_prefixed(&e.body);
+            w.len_prefixed_of(&e.body.bytes, e.body.len());
         }
         let n = w.len();
         if n > room {

@@ -91,6 +91,28 @@ impl<'a> Writer<'a> {
         self.push(v as u8);
     }
 
+    /// [`len_prefixed`](Self::len_prefixed) of `array[..len]` (all of it if
+    /// `len > N`). Where the whole array fits, it is copied whole, a
+    /// fixed-size copy that needs no call to `memcpy`: the bytes after `len`
+    /// are then overwritten by whatever is written next, or left past the end
+    /// as scratch.
+    #[inline]
+    pub(crate) fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        let len = len.min(N);
+        self.varint(len as u64);
+        match self
+            .out
+            .get_mut(self.len..)
+            .and_then(|s| s.first_chunk_mut::<N>())
+        {
+            Some(dst) => {
+                *dst = *array;
+                self.len += len;
+            }
+            None => self.bytes(array.get(..len).unwrap_or_default()),
+        }
+    }
+
     pub(crate) fn len_prefixed(&mut self, bytes: &[u8]) {
         self.varint(bytes.len() as u64);
         self.bytes(bytes);
