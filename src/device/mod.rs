@@ -702,6 +702,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             // the rest goes through the decoder's buffer.
             let r = if let Some(payload) = self.decoder.decode_in_place(&mut bytes) {
                 Ok(payload)
+            } else if bytes.is_empty() && self.decoder.buffered() == 0 {
+                break; // all read in place: no call to find nothing
             } else if let Some(r) = self.decoder.decode() {
                 r
             } else if bytes.is_empty() {
@@ -1120,12 +1122,19 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if core::mem::take(&mut self.connect) {
             return Some(Event::Connect);
         }
-        if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
-            i.announced = true;
-            self.stats.executed = self.stats.executed.wrapping_add(1);
-            return Some(Event::Execute(i.task));
+        // One pass: a task to hand out comes before any cancel request.
+        let mut cancel = None;
+        for i in self.inflight.iter_mut() {
+            if !i.announced {
+                i.announced = true;
+                self.stats.executed = self.stats.executed.wrapping_add(1);
+                return Some(Event::Execute(i.task));
+            }
+            if cancel.is_none() && i.cancel == Flag::Pending {
+                cancel = Some(i);
+            }
         }
-        if let Some(i) = self.inflight.iter_mut().find(|i| i.cancel == Flag::Pending) {
+        if let Some(i) = cancel {
             i.cancel = Flag::Announced;
             return Some(Event::Cancel(i.task.id));
         }
