@@ -76,11 +76,14 @@ impl<'a> Writer<'a> {
     /// LEB128: seven bits a byte, least significant first.
     #[inline]
     pub(crate) fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.push(v as u8 | 0x80);
+        loop {
+            let low = v as u8 & 0x7F;
             v >>= 7;
+            if v == 0 {
+                return self.push(low);
+            }
+            self.push(low | 0x80);
         }
-        self.push(v as u8);
     }
 
     fn varint128(&mut self, mut v: u128) {
