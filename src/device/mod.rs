@@ -196,9 +196,60 @@ impl Wants {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     seq: u32,
-    body: Vec<u8, { wire::MAX_REPORT_BODY }, u8>,
+    body: Body,
     wire: Wire,
 }
+
+/// An encoded report body, written in place: encoding into the outbox slot
+/// itself spares a copy through the stack on the path of every task.
+#[derive(Clone, Debug)]
+struct Body {
+    len: u8,
+    bytes: [u8; wire::MAX_REPORT_BODY],
+}
+
+const _: () = assert!(wire::MAX_REPORT_BODY <= u8::MAX as usize);
+
+impl Body {
+    const EMPTY: Self = Self {
+        len: 0,
+        bytes: [0; wire::MAX_REPORT_BODY],
+    };
+
+    /// `bytes` as a body; `None` when longer than any report body.
+    fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let mut b = Self::EMPTY;
+        b.bytes.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        b.len = bytes.len() as u8;
+        Some(b)
+    }
+
+    /// Replaces the body with `report` (a task's report written by hand with
+    /// the `hand-encode` feature, see `wire::Encode`). Cannot fail in
+    /// practice: every `ReportBody` fits (a wire test checks that the bound
+    /// is tight); if it did, the bytes would be left half-written.
+    fn put(&mut self, report: &ReportBody) -> Result<(), DeviceError> {
+        let n = wire::encode_payload(report, &mut self.bytes).map_err(DeviceError::Encode)?;
+        self.len = n as u8;
+        Ok(())
+    }
+}
+
+impl core::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Body {}
 
 impl Entry {
     fn is_compliance(&self) -> bool {
@@ -527,13 +578,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 break;
             };
             if id == task {
-                // Copied in, not assigned: assigning the returned vector links
-                // `memmove` (1.5 KB of Cortex-M flash).
-                let bytes = encode_body(&body)?;
-                e.body.clear();
-                e.body
-                    .extend_from_slice(&bytes)
-                    .map_err(|_| DeviceError::OutboxFull)?;
+                e.body.put(&body)?;
                 self.persist = true;
                 return Ok(());
             }
@@ -582,12 +627,20 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let seq = self.next_report_seq;
         let entry = Entry {
             seq,
-            body: encode_body(&body)?,
+            body: Body::EMPTY,
             wire: Wire::New,
         };
         self.outbox
             .push_back(entry)
             .map_err(|_| DeviceError::OutboxFull)?;
+        let written = match self.outbox.back_mut() {
+            Some(e) => e.body.put(&body),
+            None => Err(DeviceError::OutboxFull),
+        };
+        if let Err(e) = written {
+            self.outbox.pop_back();
+            return Err(e);
+        }
         self.next_report_seq = seq.wrapping_add(1);
         self.persist = true;
         Ok(())
@@ -648,29 +701,41 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             return Err(DeviceError::NotConnected);
         }
         self.last_rx = now;
-        while !bytes.is_empty() {
-            let n = self.decoder.push(bytes);
-            bytes = &bytes[n..];
-            while let Some(r) = self.decoder.decode() {
-                let syncing = self.link == Link::Syncing;
-                let result = match r {
-                    // Acks and tasks without building a whole `Down`.
-                    Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
-                        Some(m) => self.on_session_message(m, now),
-                        None => match wire::decode::<Down>(payload) {
-                            Ok(msg) => self.on_message(msg, now),
-                            Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
-                        },
+        loop {
+            // Whole frames are read from `bytes` where they are while nothing
+            // is buffered (the usual case: one or more whole frames per read);
+            // the rest goes through the decoder's buffer.
+            let r = if let Some(payload) = self.decoder.decode_in_place(&mut bytes) {
+                Ok(payload)
+            } else if bytes.is_empty() && self.decoder.buffered() == 0 {
+                break; // all read in place: no call to find nothing
+            } else if let Some(r) = self.decoder.decode() {
+                r
+            } else if bytes.is_empty() {
+                break;
+            } else {
+                let n = self.decoder.push(bytes);
+                bytes = &bytes[n..];
+                continue;
+            };
+            let syncing = self.link == Link::Syncing;
+            let result = match r {
+                // Acks and tasks without building a whole `Down`.
+                Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
+                    Some(m) => self.on_session_message(m, now),
+                    None => match wire::decode::<Down>(payload) {
+                        Ok(msg) => self.on_message(msg, now),
+                        Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
                     },
-                    Err(_) => {
-                        self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
-                        continue;
-                    }
-                };
-                if let Err(e) = result {
-                    self.fail(e, now);
-                    return Err(DeviceError::Session(e));
+                },
+                Err(_) => {
+                    self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
+                    continue;
                 }
+            };
+            if let Err(e) = result {
+                self.fail(e, now);
+                return Err(DeviceError::Session(e));
             }
         }
         self.check_done(now);
@@ -1076,12 +1141,19 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if core::mem::take(&mut self.connect) {
             return Some(Event::Connect);
         }
-        if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
-            i.announced = true;
-            self.stats.executed = self.stats.executed.wrapping_add(1);
-            return Some(Event::Execute(i.task));
+        // One pass: a task to hand out comes before any cancel request.
+        let mut cancel = None;
+        for i in self.inflight.iter_mut() {
+            if !i.announced {
+                i.announced = true;
+                self.stats.executed = self.stats.executed.wrapping_add(1);
+                return Some(Event::Execute(i.task));
+            }
+            if cancel.is_none() && i.cancel == Flag::Pending {
+                cancel = Some(i);
+            }
         }
-        if let Some(i) = self.inflight.iter_mut().find(|i| i.cancel == Flag::Pending) {
+        if let Some(i) = cancel {
             i.cancel = Flag::Announced;
             return Some(Event::Cancel(i.task.id));
         }
@@ -1193,15 +1265,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
         }
     }
-}
-
-/// A report body as the outbox keeps it (a task's report written by hand with
-/// the `hand-encode` feature, see `wire::Encode`).
-fn encode_body(body: &ReportBody) -> Result<Vec<u8, { wire::MAX_REPORT_BODY }, u8>, DeviceError> {
-    let mut bytes = Vec::from_array([0; wire::MAX_REPORT_BODY]);
-    let n = wire::encode_payload(body, &mut bytes).map_err(DeviceError::Encode)?;
-    bytes.truncate(n);
-    Ok(bytes)
 }
 
 /// The task of an encoded report body that is a task's `Received`:

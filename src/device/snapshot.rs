@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[cfg(test)]
 use serde::Serialize;
 
-use super::{Device, DeviceConfig, Entry, Flag, Inflight, Wire};
+use super::{Body, Device, DeviceConfig, Entry, Flag, Inflight, Wire};
 use crate::log::debug;
 use crate::time::{Duration, Instant};
 use crate::wire::{crc32, DeviceId, EncodeError, Task, Writer, MAX_REPORT_BODY};
@@ -63,7 +63,8 @@ impl<const O: usize, const I: usize> Device<O, I> {
         (self.counter % 2) as usize
     }
 
-    /// Writes the persistent state into `buf`; returns its length.
+    /// Writes the persistent state into `buf`; returns its length. Bytes of
+    /// `buf` after that length may be overwritten too (scratch).
     ///
     /// Written by hand in the postcard encoding of `(Header, [Task],
     /// [(u32, bytes)])`, which is what `restore` reads (a test checks the
@@ -95,7 +96,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         w.varint(self.outbox.len() as u64);
         for e in &self.outbox {
             w.varint(e.seq.into());
-            w.len_prefixed(&e.body);
+            w.len_prefixed_of(&e.body.bytes, e.body.len());
         }
         let n = w.len();
         if n > room {
@@ -145,7 +146,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         for (seq, body) in outbox {
             let entry = Entry {
                 seq,
-                body: Vec::from_slice(body).map_err(|_| SnapshotError::Inconsistent)?,
+                body: Body::from_slice(body).ok_or(SnapshotError::Inconsistent)?,
                 // It may have left before the reboot: never replaced.
                 wire: Wire::Again,
             };
@@ -273,7 +274,7 @@ mod tests {
                     progress: None,
                 })
                 .unwrap();
-            let body = Vec::from_slice(&[k as u8; MAX_REPORT_BODY][..1 + 9 * k as usize]).unwrap();
+            let body = Body::from_slice(&[k as u8; MAX_REPORT_BODY][..1 + 9 * k as usize]).unwrap();
             let entry = Entry {
                 seq: 40_000 * k,
                 body,

@@ -324,6 +324,13 @@ fn a_policy_answer_refused_for_lack_of_room_is_asked_again_after_an_ack() {
     assert_eq!(d.policy_version(), 1);
 }
 
+/// A report body as the outbox keeps it.
+fn encode_body(body: &ReportBody) -> Result<Body, DeviceError> {
+    let mut out = Body::EMPTY;
+    out.put(body)?;
+    Ok(out)
+}
+
 #[test]
 fn only_a_received_body_is_taken_for_one() {
     let statuses = [

@@ -69,6 +69,7 @@ impl Writer<'_> {
     }
 
     /// A report body by hand when it is a task report; `false` for the rest.
+    #[inline]
     fn report_body(&mut self, body: &ReportBody) -> bool {
         let ReportBody::Task { task, status } = body else {
             return false;

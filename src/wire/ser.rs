@@ -76,11 +76,14 @@ impl<'a> Writer<'a> {
     /// LEB128: seven bits a byte, least significant first.
     #[inline]
     pub(crate) fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.push(v as u8 | 0x80);
+        loop {
+            let low = v as u8 & 0x7F;
             v >>= 7;
+            if v == 0 {
+                return self.push(low);
+            }
+            self.push(low | 0x80);
         }
-        self.push(v as u8);
     }
 
     fn varint128(&mut self, mut v: u128) {
@@ -89,6 +92,28 @@ impl<'a> Writer<'a> {
             v >>= 7;
         }
         self.push(v as u8);
+    }
+
+    /// [`len_prefixed`](Self::len_prefixed) of `array[..len]` (all of it if
+    /// `len > N`). Where the whole array fits, it is copied whole, a
+    /// fixed-size copy that needs no call to `memcpy`: the bytes after `len`
+    /// are then overwritten by whatever is written next, or left past the end
+    /// as scratch.
+    #[inline]
+    pub(crate) fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        let len = len.min(N);
+        self.varint(len as u64);
+        match self
+            .out
+            .get_mut(self.len..)
+            .and_then(|s| s.first_chunk_mut::<N>())
+        {
+            Some(dst) => {
+                *dst = *array;
+                self.len += len;
+            }
+            None => self.bytes(array.get(..len).unwrap_or_default()),
+        }
     }
 
     pub(crate) fn len_prefixed(&mut self, bytes: &[u8]) {
