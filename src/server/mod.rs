@@ -320,6 +320,9 @@ pub struct Server<S: FleetStore> {
     spare: session::Spare,
     /// Refuses proofs of handshakes older than a device's latest session.
     handshakes: session::HandshakeOrder,
+    /// Connections dropped for falling `max_pending_out` behind, ever: tells
+    /// a burst of work whether `send` dropped its session.
+    readers_dropped: u64,
     ready: VecDeque<ConnId>,
     events: VecDeque<ServerEvent>,
     scratch: Vec<TaskId>,
@@ -347,6 +350,7 @@ impl<S: FleetStore> Server<S> {
             timers_ran_to: Instant::ZERO,
             spare: session::Spare::default(),
             handshakes: session::HandshakeOrder::default(),
+            readers_dropped: 0,
             ready: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),

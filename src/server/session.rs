@@ -505,7 +505,10 @@ impl<S: FleetStore> Server<S> {
             return; // nothing follows our error frame
         }
         if s.out_end > self.cfg.max_pending_out {
-            // A reader this far behind is dropped; it will sync again.
+            // A reader this far behind is dropped. It syncs again on its own
+            // when it has reports unacknowledged; for new work, `end_burst`
+            // asks for a push.
+            self.readers_dropped = self.readers_dropped.wrapping_add(1);
             self.finish_close(conn);
             return;
         }
@@ -725,8 +728,13 @@ impl<S: FleetStore> Server<S> {
         if t.generation != sync.generation {
             return Ok(self.store.put_task(t)?); // never offered to another enrollment
         }
+        let owes_end = !sync.end_sent;
+        let dropped = self.readers_dropped;
         self.offer_one(conn, t, now)?;
-        self.end_burst(conn, t.device, now)
+        if owes_end || self.readers_dropped != dropped {
+            self.end_burst(conn, t.device, now)?;
+        }
+        Ok(())
     }
 
     /// Ends a burst of work for `device` on `conn`: `SyncEnd`, once per
