@@ -9,10 +9,19 @@
 //! `--tight` seed 1038451), shrunk to the schedules below. The device now
 //! believes a lower ack only after the server answered `SequenceGap`
 //! (PROTOCOL.md 9.4).
+//!
+//! Not fixed, and ignored: a whole earlier session replayed in order can
+//! still run a task twice (the last test). Known shortcoming of protocol
+//! version 2: the `Challenge` carries no key, so the device cannot tell a
+//! stale one; the fix is a per-connection value of the device in the `Hello`
+//! that keys the `Challenge` (a version change, PROTOCOL.md 16).
 
+mod common;
 mod sim;
 
-use mdm_sync::wire::ComplianceEvent;
+use common::Pair;
+use mdm_sync::time::Duration;
+use mdm_sync::wire::{ComplianceEvent, TaskKind};
 use sim::{Op, Schedule};
 
 fn profile(dev: u8) -> Op {
@@ -97,4 +106,84 @@ fn a_stale_challenge_answered_then_a_stale_welcome_lose_no_report() {
     if let Err(f) = sim::run::<4, 2>(&schedule, true, false) {
         panic!("{f}");
     }
+}
+
+/// Runs the device's timers and answers its events as its application.
+fn device_events(p: &mut Pair) {
+    let now = p.now;
+    p.devices[0].dev.handle_timeout(now);
+    while let Some(ev) = p.devices[0].dev.poll_event() {
+        p.devices[0].on_event(ev, &mut p.server, now);
+    }
+}
+
+/// Hands what the device has to send to the server.
+fn up(p: &mut Pair) {
+    let conn = p.devices[0].conn.expect("connected");
+    let mut buf = [0u8; 1024];
+    while let Some(n) = p.devices[0].dev.poll_transmit(&mut buf).unwrap() {
+        let _ = p.server.handle_bytes(conn, &buf[..n], p.now);
+    }
+}
+
+/// What the server has for the device, not delivered.
+fn down(p: &mut Pair) -> Vec<u8> {
+    let conn = p.devices[0].conn.expect("connected");
+    let mut buf = [0u8; 1024];
+    let mut out = Vec::new();
+    while let Some(n) = p.server.poll_transmit_for(conn, &mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// The same hole reaches at-most-once. A whole earlier session (its
+/// `Challenge`, `Welcome` and `Task`s, none of which reached the device)
+/// replayed on a later connection: the device takes it for its session and
+/// runs a task again that it already ran under the same sequence number's
+/// successor. Session 1 offers t1 (seq 1) and t2 (seq 2) but is cut after
+/// its `Challenge`; t1 is cancelled; session 2 offers t2 as seq 1 and the
+/// device runs it; session 3 receives session 1's frames, and t2 arrives as
+/// seq 2, the next the device expects.
+#[test]
+#[ignore = "fault: a replayed earlier session (stale Challenge, Welcome, Task) runs a task twice"]
+fn a_replayed_session_does_not_run_a_task_twice() {
+    let mut p = Pair::new(1);
+    p.tick(); // boot sync
+    p.pushes_lost = true;
+    let t1 = p.queue(0, TaskKind::Lock);
+    let t2 = p.queue(0, TaskKind::Scan);
+
+    // Session 1, by hand: only the challenge reaches the device; the rest of
+    // the server's answer is recorded, then the connection is cut.
+    let now = p.now;
+    p.devices[0].dev.manual_sync(now);
+    device_events(&mut p);
+    up(&mut p); // Hello
+    let mut recorded = down(&mut p); // Challenge
+    p.devices[0].dev.handle_bytes(&recorded, now).unwrap();
+    device_events(&mut p);
+    up(&mut p); // Proof
+    recorded.extend(down(&mut p)); // Welcome, Task t1 seq 1, Task t2 seq 2, SyncEnd
+    let conn = p.devices[0].conn.take().unwrap();
+    p.server.connection_closed(conn, now);
+    p.devices[0].dev.disconnected(now);
+    assert_eq!(p.times_executed(0, t2), 0);
+
+    // t1 is cancelled; session 2 (a retry) offers t2 as seq 1: it runs.
+    p.server.cancel_task(t1, now).unwrap();
+    p.run_for(Duration::from_mins(2));
+    assert_eq!(p.times_executed(0, t2), 1);
+    assert_eq!(p.devices[0].dev.last_task_seq(), 1);
+
+    // Session 3: the device gets session 1's frames instead of its answer.
+    p.advance(Duration::from_secs(1));
+    let now = p.now;
+    p.devices[0].dev.manual_sync(now);
+    device_events(&mut p);
+    up(&mut p); // Hello; the server's real challenge is not delivered
+    let _ = down(&mut p);
+    let _ = p.devices[0].dev.handle_bytes(&recorded, now);
+    device_events(&mut p);
+    assert_eq!(p.times_executed(0, t2), 1, "task {t2:?} ran twice");
 }

@@ -220,9 +220,10 @@ fn error_code(e: PeerError) -> ErrorCode {
 /// answering a challenge older than the one of the device's latest
 /// authenticated session is refused.
 ///
-/// A device runs one connection at a time, and it reads a challenge before
-/// it gives its connection up and opens the next; so its later sessions'
-/// challenges are numbered higher. A proof for a lower number comes from a
+/// A device runs one connection at a time. A valid proof answers a challenge
+/// the device read on that connection, sent before the device gave it up and
+/// so before its next `Hello`: its later sessions' challenges are numbered
+/// higher. A proof for a lower number comes from a
 /// connection the device abandoned, delivered late. Its `Hello` is stale, and
 /// taken as current it would renumber tasks the device already holds.
 ///
