@@ -1,7 +1,8 @@
 //! A connection that falls more than `max_pending_out` behind is dropped in
 //! the middle of a burst of work. The operator call that caused the burst
 //! still succeeds (its work is stored), and the device gets everything in its
-//! next session.
+//! next session. A session that falls silent is closed, and the device asked
+//! back.
 
 mod common;
 
@@ -13,10 +14,14 @@ use mdm_sync::wire::{DeviceId, Setting, TaskKind};
 /// on a connection made by hand: the server, the device, the time, the
 /// device's secret and the connection.
 fn slow_reader() -> (Server<MemoryStore>, DeviceId, Instant, [u8; 32], ConnId) {
-    let cfg = ServerConfig {
+    in_session(ServerConfig {
         max_pending_out: 200,
         ..ServerConfig::default()
-    };
+    })
+}
+
+/// A server with `cfg` and device 3 in session on a connection made by hand.
+fn in_session(cfg: ServerConfig) -> (Server<MemoryStore>, DeviceId, Instant, [u8; 32], ConnId) {
     let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
     let d = DeviceId(3);
     let t0 = Instant::from_millis(1_000);
@@ -113,4 +118,31 @@ fn work_that_dropped_a_slow_reader_gets_a_push() {
         "no push for task {last:?} ({:?}) left by the dropped session",
         s.task_state(d, last)
     );
+}
+
+/// A session that falls silent may be half-open: the device never saw the
+/// task offered in it and, its sync done, waits for its periodic sync. When
+/// the session times out, the device is asked to come back. Found by a
+/// breaker run (no test then).
+#[test]
+fn a_silent_session_with_work_offered_gets_a_push_when_it_times_out() {
+    use mdm_sync::time::Duration;
+
+    let cfg = ServerConfig::default();
+    let (mut s, d, t0, _, conn) = in_session(cfg);
+    let task = s.enqueue_task(d, TaskKind::Lock, Default::default(), t0);
+    assert_eq!(s.task_state(d, task.unwrap()), Some(TaskState::Offered));
+    let mut pushes = 0;
+    let mut closed = false;
+    let mut t = t0;
+    while t < t0 + cfg.idle_timeout + cfg.idle_timeout + cfg.idle_timeout {
+        t = t + Duration::from_secs(1);
+        s.handle_timeout(t).unwrap();
+        while let Some(e) = s.poll_event() {
+            pushes += usize::from(matches!(e, ServerEvent::SendPush { device, .. } if device == d));
+            closed |= matches!(e, ServerEvent::Close { conn: c } if c == conn);
+        }
+    }
+    assert!(closed, "the silent session was closed");
+    assert_eq!(pushes, 1, "one push brings the device back");
 }

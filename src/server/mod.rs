@@ -798,7 +798,7 @@ impl<S: FleetStore> Server<S> {
                 }
             }
             match timer {
-                Timer::Session(conn) => self.session_timer(conn, now),
+                Timer::Session(conn) => self.session_timer(conn, now)?,
                 Timer::Push(device) => self.push_timer(device, now)?,
                 Timer::Expire(task) => self.expire_timer(task, now)?,
                 Timer::Overdue(device) => self.overdue_timer(device, now),

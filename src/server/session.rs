@@ -917,23 +917,23 @@ impl<S: FleetStore> Server<S> {
 
     /// A session's deadline timer: a silent session gets a `Timeout` error
     /// frame; one that is still there a full period later is dropped.
-    pub(super) fn session_timer(&mut self, conn: ConnId, now: Instant) {
+    pub(super) fn session_timer(&mut self, conn: ConnId, now: Instant) -> Result<(), S> {
         let Some(s) = self.sessions.get_mut(&conn) else {
-            return;
+            return Ok(());
         };
-        let (since, limit) = match s.phase {
-            Phase::Syncing(_) => (s.last_rx, self.cfg.idle_timeout),
+        let (since, limit, device) = match &s.phase {
+            Phase::Syncing(sync) => (s.last_rx, self.cfg.idle_timeout, Some(sync.device)),
             // Trickled bytes must not keep an unproven connection open.
-            _ => (s.opened, self.cfg.handshake_timeout),
+            _ => (s.opened, self.cfg.handshake_timeout, None),
         };
         let deadline = since + limit;
         if now < deadline {
             self.arm_session_timer(deadline, conn);
-            return;
+            return Ok(());
         }
         if s.closing {
             self.finish_close(conn);
-            return;
+            return Ok(());
         }
         // What is queued stays ahead of the error: a challenge not yet read
         // (the error after it carries the session key), a frame partly
@@ -945,6 +945,13 @@ impl<S: FleetStore> Server<S> {
             s.closing = true;
         }
         self.arm_session_timer(now + limit, conn);
+        match device {
+            // A silent session may be half-open: the device never saw what
+            // was offered in it and, believing its sync done, would wait for
+            // its periodic sync. A push (rate-limited) brings it back.
+            Some(device) => self.request_push(device, now),
+            None => Ok(()),
+        }
     }
 }
 
