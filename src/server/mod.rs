@@ -277,10 +277,9 @@ impl PushState {
 pub struct Server<S: FleetStore> {
     cfg: ServerConfig,
     store: S,
-    // Prepared once: deriving a secret or a nonce then hashes half the blocks.
+    // Prepared once: deriving a secret then hashes half the blocks.
     master: auth::PreparedKey,
-    nonce_seed: auth::PreparedKey,
-    nonces: u64,
+    nonces: auth::Nonces,
     next_conn: u64,
     sessions: HashMap<ConnId, Session>,
     online: HashMap<DeviceId, ConnId>,
@@ -328,8 +327,7 @@ impl<S: FleetStore> Server<S> {
             cfg,
             store,
             master: auth::PreparedKey::new(&master),
-            nonce_seed: auth::PreparedKey::new(&nonce_seed),
-            nonces: 0,
+            nonces: auth::Nonces::new(&nonce_seed),
             next_conn: 0,
             sessions: HashMap::new(),
             online: HashMap::new(),

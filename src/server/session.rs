@@ -367,8 +367,7 @@ impl<S: FleetStore> Server<S> {
             self.spare.hello = Some(hello);
             return Err(ServerError::Peer(PeerError::Unexpected));
         }
-        self.nonces = self.nonces.wrapping_add(1);
-        let nonce = auth::nonce_prepared(&self.nonce_seed, self.nonces);
+        let nonce = self.nonces.next_nonce();
         s.phase = Phase::AwaitProof {
             hello,
             nonce,
