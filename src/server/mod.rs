@@ -33,8 +33,8 @@ pub use store::{
     TaskState,
 };
 
-use alloc::boxed::Box;
 use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
@@ -115,8 +115,9 @@ pub enum ServerEvent {
         device: DeviceId,
         /// Its platform (FCM or APNs).
         platform: Platform,
-        /// Its push token.
-        token: Box<str>,
+        /// Its push token, shared with the store (see
+        /// [`FleetStore::push_target`]).
+        token: Arc<str>,
     },
     /// Close this connection (after sending what `poll_transmit` gave).
     Close {
