@@ -38,7 +38,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
 use crate::auth::{self, Secret};
 use crate::time::{Duration, Instant};
@@ -259,7 +259,6 @@ struct PushState {
     last: Instant,
     /// The next check-in promised, if `due` (the device has checked in).
     due_at: Instant,
-    pending: bool,
     pushed: bool,
     due: bool,
     overdue: bool,
@@ -286,6 +285,13 @@ pub struct Server<S: FleetStore> {
     online: HashMap<DeviceId, ConnId>,
     /// Per device: pushes and check-in deadline (see `PushState`).
     pushes: HashMap<DeviceId, PushState>,
+    /// Devices with a push held back by the rate limit, sent when the check
+    /// of their last push falls due. A small set apart from `pushes`, so that
+    /// the check of every push sent learns here that nothing is held (the
+    /// usual case) without touching the device's slot in `pushes`: at a
+    /// million devices, one cache miss less per push. At most the devices
+    /// pushed within `push_min_interval`.
+    held_pushes: HashSet<DeviceId>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     /// Overdue checks, at most one per device that ever checked in. Each is
     /// armed `periodic_interval + overdue_slack` ahead, so a FIFO keeps them
@@ -302,7 +308,7 @@ pub struct Server<S: FleetStore> {
     /// (see `connection_opened`) drops them.
     handshake_checks: VecDeque<(Instant, ConnId)>,
     /// One check per push sent, `push_min_interval` after it: when it falls
-    /// due, a push requested meanwhile (`PushState::pending`) goes out. Sends
+    /// due, a push requested meanwhile (`held_pushes`) goes out. Sends
     /// happen in time order, so a FIFO keeps the checks in order (see
     /// `in_order` for a clock that went back), and a
     /// push held back by the rate limit costs no timer at all. At most one
@@ -333,6 +339,7 @@ impl<S: FleetStore> Server<S> {
             sessions: HashMap::new(),
             online: HashMap::new(),
             pushes: HashMap::new(),
+            held_pushes: HashSet::new(),
             timers: BinaryHeap::new(),
             overdue_checks: VecDeque::new(),
             handshake_checks: VecDeque::new(),
@@ -591,13 +598,13 @@ impl<S: FleetStore> Server<S> {
 
     fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
         let min = self.cfg.push_min_interval;
-        let p = self.pushes.get_mut(&device);
-        match p.filter(|p| p.pushed).map(|p| (p.last + min, p)) {
-            Some((next, p)) if now < next => {
+        let p = self.pushes.get(&device);
+        match p.filter(|p| p.pushed).map(|p| p.last + min) {
+            Some(next) if now < next => {
                 // The check queued with the last push sends it, unless it
                 // already ran and the clock then went back: then a check of
                 // its own (in the heap: rare, and out of the FIFO's order).
-                if !core::mem::replace(&mut p.pending, true) && next <= self.timers_ran_to {
+                if self.held_pushes.insert(device) && next <= self.timers_ran_to {
                     self.timers.push(Reverse((next, Timer::Push(device))));
                 }
                 Ok(())
@@ -607,13 +614,13 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+        self.release_held_push(device);
         let Some((platform, token)) = self.store.push_target(device)? else {
             return Ok(()); // never connected: its boot or periodic sync will come
         };
         let p = self.pushes.entry(device).or_default();
         p.last = now;
         p.pushed = true;
-        p.pending = false;
         let check = now + self.cfg.push_min_interval;
         if !in_order(&mut self.push_checks, check, device) {
             self.timers.push(Reverse((check, Timer::Push(device))));
@@ -798,7 +805,10 @@ impl<S: FleetStore> Server<S> {
 
     fn push_timer(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
         let min = self.cfg.push_min_interval;
-        let Some(p) = self.pushes.get_mut(&device).filter(|p| p.pending) else {
+        if !self.held_pushes.contains(&device) {
+            return Ok(()); // nothing held: the device's state is not read
+        }
+        let Some(p) = self.pushes.get(&device) else {
             return Ok(());
         };
         if now < p.last + min {
@@ -807,10 +817,18 @@ impl<S: FleetStore> Server<S> {
             return Ok(());
         }
         if self.online.contains_key(&device) {
-            p.pending = false;
+            self.release_held_push(device);
             return Ok(());
         }
         self.send_push(device, now)
+    }
+
+    /// A push held back for `device` is no longer wanted (sent, or the
+    /// device connected).
+    fn release_held_push(&mut self, device: DeviceId) {
+        if !self.held_pushes.is_empty() {
+            self.held_pushes.remove(&device);
+        }
     }
 
     fn expire_timer(&mut self, task: TaskId, now: Instant) -> Result<(), S> {

@@ -548,9 +548,7 @@ impl<S: FleetStore> Server<S> {
             trigger,
         });
         self.checked_in(id, now);
-        if let Some(p) = self.pushes.get_mut(&id) {
-            p.pending = false;
-        }
+        self.release_held_push(id);
         self.offer_work(conn, now)
     }
 
