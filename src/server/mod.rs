@@ -530,7 +530,11 @@ impl<S: FleetStore> Server<S> {
                 task: id,
                 state,
             };
-            self.events.insert(announced, queued);
+            if announced == self.events.len() {
+                self.events.push_back(queued); // nothing announced: the usual case
+            } else {
+                self.events.insert(announced, queued);
+            }
         }
         stored?;
         if session.is_none() {
