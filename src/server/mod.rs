@@ -462,11 +462,12 @@ impl<S: FleetStore> Server<S> {
         let generation = match session {
             Some((_, generation)) => generation,
             None => {
-                // The device's push state is read here, next to its record,
-                // though only `request_push` needs it: at a million devices
-                // both loads miss the cache, and issued together their
-                // misses overlap.
+                // The device's push state and push target are read here,
+                // next to its record, though only `request_push` needs them:
+                // at a million devices all three loads miss the cache, and
+                // issued together their misses overlap.
                 core::hint::black_box(self.pushes.get(&device).map(|p| p.last));
+                self.store.prefetch_push_target(device);
                 let rec = self.store.device(device)?;
                 rec.ok_or(ServerError::UnknownDevice)?.generation
             }
