@@ -278,13 +278,16 @@ fn auth_vectors() -> Vec<Vector> {
         ),
         raw(
             "nonce-input",
-            format!("\"mdm-sync/1 nonce\" || counter {NONCE_COUNTER} (u64 LE)"),
+            format!(
+                "\"mdm-sync/2 nonce pairs\" zero-padded to 32 bytes || block {} (u64 LE)",
+                (NONCE_COUNTER - 1) / 2
+            ),
             nonce_input(),
         ),
         raw(
             "nonce",
             format!(
-                "first 16 bytes of HMAC-SHA256(seed {}, nonce-input)",
+                "nonce {NONCE_COUNTER}: first 16 bytes of SHA-256(seed {} || nonce-input)",
                 hex(&NONCE_SEED)
             ),
             nonce().to_vec(),
@@ -327,8 +330,9 @@ fn secret_input() -> Vec<u8> {
 }
 
 fn nonce_input() -> Vec<u8> {
-    let mut m = b"mdm-sync/1 nonce".to_vec();
-    m.extend_from_slice(&NONCE_COUNTER.to_le_bytes());
+    let mut m = b"mdm-sync/2 nonce pairs".to_vec();
+    m.resize(32, 0);
+    m.extend_from_slice(&((NONCE_COUNTER - 1) / 2).to_le_bytes());
     m
 }
 
@@ -886,7 +890,14 @@ fn auth_vectors_follow_from_their_documented_inputs() {
     let doc = read_doc();
     let get = |name: &str| doc.vectors.get(name).cloned().expect(name);
     assert_eq!(hmac(&MASTER, &get("secret-input")), get("secret"));
-    assert_eq!(hmac(&NONCE_SEED, &get("nonce-input"))[..16], get("nonce"));
+    let mut nonce_block = NONCE_SEED.to_vec();
+    nonce_block.extend_from_slice(&get("nonce-input"));
+    let nonce_block = <sha2::Sha256 as sha2::Digest>::digest(&nonce_block);
+    assert_eq!(
+        nonce_block[..16],
+        get("nonce"),
+        "nonce 1: the block's first half"
+    );
     let hello = get("hello");
     let sha = <sha2::Sha256 as sha2::Digest>::digest(&hello[4..hello.len() - 4]);
     assert_eq!(sha.to_vec(), get("hello-hash"));

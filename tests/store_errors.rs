@@ -32,7 +32,7 @@ impl FleetStore for Flaky {
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Down> {
         ok(self.inner.put_device(rec))
     }
-    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Box<str>)>, Down> {
+    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, std::sync::Arc<str>)>, Down> {
         ok(self.inner.push_target(id))
     }
     fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<(), Down> {

@@ -327,8 +327,12 @@ impl<S: FleetStore> Server<S> {
                     }
                     Err(PeerError::Malformed)
                 }
-                // Reports and progress without building a whole `Up`.
-                Some(Ok(payload)) => match syncing.then(|| wire::session_up(payload)).flatten() {
+                // The proof, reports and progress without building a whole
+                // `Up` (the size of a `Hello`).
+                Some(Ok(payload)) => match (!awaiting_hello)
+                    .then(|| wire::session_up(payload))
+                    .flatten()
+                {
                     Some(m) => Ok(Incoming::Session(m)),
                     None if awaiting_hello => {
                         hello_hash = auth::hello_hash(payload);
@@ -348,7 +352,7 @@ impl<S: FleetStore> Server<S> {
                 },
             };
             let result = match msg {
-                Ok(Incoming::Session(m)) => self.on_session_message(conn, m, now),
+                Ok(Incoming::Session(m)) => self.on_session_message(conn, m, syncing, now),
                 Ok(Incoming::Hello(hello)) => {
                     self.on_hello(conn, hello, &hello_hash).map(|()| None)
                 }
@@ -428,14 +432,13 @@ impl<S: FleetStore> Server<S> {
             self.spare.hello = Some(hello);
             return Err(ServerError::Peer(PeerError::Unexpected));
         }
-        self.nonces = self.nonces.wrapping_add(1);
-        let nonce = auth::nonce_prepared(&self.nonce_seed, self.nonces);
+        let nonce = self.nonces.next_nonce();
         let device = hello.device;
         s.phase = Phase::AwaitProof {
             hello,
             nonce,
             hello_hash: *hello_hash,
-            challenge: self.nonces,
+            challenge: self.nonces.count(),
         };
         self.handshakes.challenged(device);
         self.send(
@@ -453,20 +456,24 @@ impl<S: FleetStore> Server<S> {
         Ok(())
     }
 
-    /// A message of an authenticated session: what `on_message` does with it
-    /// in `Syncing`.
+    /// A message read by hand after the `Hello`: what `on_message` does with
+    /// it in `AwaitProof` (`syncing` false) or `Syncing`.
     fn on_session_message(
         &mut self,
         conn: ConnId,
         msg: SessionUp,
+        syncing: bool,
         now: Instant,
     ) -> Result<Option<u32>, S> {
         match msg {
-            SessionUp::Report { seq, body } => self.on_report(conn, seq, body, now).map(Some),
-            SessionUp::Progress { task, percent } => {
+            SessionUp::Proof { mac } if !syncing => self.on_proof(conn, mac, now).map(|()| None),
+            SessionUp::Report { seq, body } if syncing => {
+                self.on_report(conn, seq, body, now).map(Some)
+            }
+            SessionUp::Progress { task, percent } if syncing => {
                 self.on_progress(conn, task, percent).map(|()| None)
             }
-            SessionUp::Proof { .. } => Err(ServerError::Peer(PeerError::Unexpected)),
+            _ => Err(ServerError::Peer(PeerError::Unexpected)),
         }
     }
 
@@ -626,9 +633,7 @@ impl<S: FleetStore> Server<S> {
             trigger,
         });
         self.checked_in(id, now);
-        if let Some(p) = self.pushes.get_mut(&id) {
-            p.pending = false;
-        }
+        self.release_held_push(id);
         self.offer_work(conn, now)
     }
 
