@@ -272,6 +272,122 @@ mod tests {
         }
     }
 
+    use proptest::prelude::*;
+
+    fn reference_hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut h = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
+        h.update(msg);
+        h.finalize().into_bytes().into()
+    }
+
+    fn reference_sha(msg: &[u8]) -> [u8; 32] {
+        <sha2::Sha256 as sha2::Digest>::digest(msg).into()
+    }
+
+    /// Every length up to 33 blocks, each padding case several times over.
+    #[test]
+    fn block_level_hashes_equal_the_crates_up_to_33_blocks() {
+        let msg: std::vec::Vec<u8> = (0..64 * 33u32).map(|i| (i * 31 + 11) as u8).collect();
+        let key: Secret = core::array::from_fn(|i| (i * 13 + 1) as u8);
+        let prepared = PreparedKey::new(&key);
+        for len in 0..=msg.len() {
+            let m = &msg[..len];
+            assert_eq!(hello_hash(m), reference_sha(m), "SHA-256, {len} bytes");
+            assert_eq!(
+                prepared.mac(m),
+                reference_hmac(&key, m),
+                "HMAC, {len} bytes"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// SHA-256 and HMAC of random keys and messages far beyond 300 bytes,
+        /// at random offsets into a buffer (any alignment).
+        #[test]
+        fn hashes_equal_the_crates_on_random_input(
+            key in any::<[u8; 32]>(),
+            buf in proptest::collection::vec(any::<u8>(), 0..5000),
+            cut in any::<proptest::sample::Index>(),
+            start in 0usize..8,
+        ) {
+            let start = start.min(buf.len());
+            let m = &buf[start..start + cut.index(buf.len() - start + 1)];
+            prop_assert_eq!(hello_hash(m), reference_sha(m));
+            prop_assert_eq!(PreparedKey::new(&key).mac(m), reference_hmac(&key, m));
+        }
+
+        /// Proofs, their check and derived secrets equal HMAC-SHA256 of the
+        /// documented inputs; a proof differing in any one bit fails.
+        #[test]
+        fn proofs_and_secrets_equal_the_documented_hmac(
+            secret in any::<[u8; 32]>(),
+            nonce in any::<[u8; 16]>(),
+            hello in proptest::collection::vec(any::<u8>(), 0..700),
+            device in any::<u64>(),
+            generation in any::<u32>(),
+            bit in 0usize..256,
+        ) {
+            let h = hello_hash(&hello);
+            let mut input = std::vec::Vec::new();
+            input.extend_from_slice(DOMAIN);
+            input.extend_from_slice(&nonce);
+            input.extend_from_slice(&h);
+            let p = proof(&secret, &nonce, &h);
+            prop_assert_eq!(p, reference_hmac(&secret, &input));
+            prop_assert!(verify(&secret, &nonce, &h, &p));
+            let mut bad = p;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(!verify(&secret, &nonce, &h, &bad));
+            let mut m = b"mdm-sync/1 secret".to_vec();
+            m.extend_from_slice(&device.to_le_bytes());
+            m.extend_from_slice(&generation.to_le_bytes());
+            prop_assert_eq!(
+                derive_secret(&secret, DeviceId(device), generation),
+                reference_hmac(&secret, &m)
+            );
+        }
+
+        /// Any nonce, at any counter, is the documented half of the
+        /// documented SHA-256; the generator gives them in order from any
+        /// starting point.
+        #[test]
+        fn nonces_are_the_documented_halves(seed in any::<[u8; 32]>(), counter in 1u64..u64::MAX) {
+            let index = (counter - 1) / 2;
+            let mut input = seed.to_vec();
+            input.extend_from_slice(NONCE_DOMAIN);
+            input.extend_from_slice(&index.to_le_bytes());
+            let block = reference_sha(&input);
+            let half = ((counter - 1) % 2) as usize;
+            prop_assert_eq!(&nonce(&seed, counter)[..], &block[16 * half..16 * half + 16]);
+            let mut g = Nonces::new(&seed);
+            g.counter = counter - 1;
+            prop_assert_eq!(g.next_nonce(), nonce(&seed, counter));
+            prop_assert_eq!(g.count(), counter);
+        }
+    }
+
+    /// 200,000 nonces of one generator: all distinct, each the documented
+    /// one for its number, `count` the number of the last.
+    #[test]
+    fn many_nonces_are_distinct_and_numbered() {
+        let seed = [0xA7u8; 32];
+        let mut g = Nonces::new(&seed);
+        assert_eq!(g.count(), 0);
+        let mut seen = std::collections::HashSet::new();
+        for counter in 1..=200_000u64 {
+            let n = g.next_nonce();
+            assert_eq!(g.count(), counter);
+            assert!(seen.insert(n), "nonce {counter} repeats");
+            if counter % 997 == 0 || counter < 10 {
+                assert_eq!(n, nonce(&seed, counter), "nonce {counter}");
+            }
+        }
+    }
+
     #[test]
     fn derived_secrets_and_nonces_differ_per_input() {
         let m = [3u8; 32];

@@ -87,7 +87,9 @@
 //! | `tokio` | async server adapter |
 //! | `embedded` | async device runner on embedded-io-async + embassy-time |
 //! | `defmt` | `defmt::Format` on public types, logging through defmt |
-//! | `crc-table` | table-driven CRC-32 (16 KiB of tables), on with `std` |
+//! | `crc-table` | table-driven CRC-32 (crc32fast, 16 KiB of tables, and 8 KiB inline for short frames), on with `std` |
+//! | `hand-decode` | session messages read by hand, not through postcard; the device reads whole frames in place; on with `std` |
+//! | `hand-encode` | session messages written by hand (same bytes as serde's), on with `std` |
 //!
 //! ## MSRV
 //!

@@ -12,12 +12,14 @@ use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{DeviceId, Platform, Policy, TaskId};
 
 /// A `MemoryStore` whose next `set_push_target` fails when `fail` is set,
-/// and whose next `put_task` fails when `fail_task` is set.
+/// whose next `put_task` fails when `fail_task` is set, and whose next
+/// `push_target` fails when `fail_push` is set.
 #[derive(Default)]
 struct Flaky {
     inner: MemoryStore,
     fail: bool,
     fail_task: bool,
+    fail_push: core::cell::Cell<bool>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -33,6 +35,9 @@ impl FleetStore for Flaky {
         ok(self.inner.put_device(rec))
     }
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, std::sync::Arc<str>)>, Down> {
+        if self.fail_push.take() {
+            return Err(Down);
+        }
         ok(self.inner.push_target(id))
     }
     fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<(), Down> {
@@ -175,4 +180,47 @@ fn a_task_the_store_refused_is_not_announced() {
             .any(|e| matches!(e, ServerEvent::TaskChanged { .. })),
         "{events:?}"
     );
+}
+
+/// A push held back by the rate limit, whose check fails on one store error
+/// (the push target could not be read), is still sent once the store works
+/// again: the task queued meanwhile is not left waiting for the periodic
+/// sync (3 h). Found by a breaker run: the check was spent and the held push
+/// dropped; no push, the task stayed `Queued`.
+#[test]
+fn a_store_error_in_a_push_check_does_not_drop_the_held_push() {
+    use mdm_sync::server::TaskState;
+    let t0 = Instant::from_millis(1_000);
+    let mut s = Server::new(ServerConfig::default(), Flaky::default(), [1; 32], [2; 32]);
+    s.enroll(ID, t0).unwrap();
+    s.store_mut()
+        .set_push_target(ID, Platform::Android, "fcm:tok")
+        .unwrap();
+    let kind = mdm_sync::wire::TaskKind::Lock;
+    let pushes = |s: &mut Server<Flaky>| {
+        core::iter::from_fn(|| s.poll_event())
+            .filter(|e| matches!(e, ServerEvent::SendPush { .. }))
+            .count()
+    };
+    s.enqueue_task(ID, kind, Default::default(), t0).unwrap();
+    assert_eq!(pushes(&mut s), 1, "the first task is pushed at once");
+    let held = t0 + Duration::from_secs(10);
+    let task = s.enqueue_task(ID, kind, Default::default(), held).unwrap();
+    assert_eq!(pushes(&mut s), 0, "the second is held by the rate limit");
+
+    // The check of the first push falls due; the store fails it once.
+    s.store_mut().fail_push.set(true);
+    let due = t0 + ServerConfig::default().push_min_interval;
+    assert_eq!(s.handle_timeout(due), Err(ServerError::Store(Down)));
+
+    // The store works again; time runs on for an hour.
+    let mut sent = 0;
+    let mut t = due;
+    while t < t0 + Duration::from_hours(1) {
+        t = t + Duration::from_secs(1);
+        s.handle_timeout(t).unwrap();
+        sent += pushes(&mut s);
+    }
+    assert_eq!(sent, 1, "task {task:?} is {:?}", s.task_state(ID, task));
+    assert_eq!(s.task_state(ID, task), Some(TaskState::PushSent));
 }

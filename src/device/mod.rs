@@ -461,6 +461,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         now: Instant,
     ) {
         self.cfg.push_token = token;
+        // A session under way may have sent its Hello with the old token:
+        // this want outlives it (its Welcome clears only what it served).
+        self.session_wants.0 &= !(1 << SyncTrigger::Report.index());
         self.want(SyncTrigger::Report, now);
     }
 

@@ -388,3 +388,164 @@ fn only_a_received_body_is_taken_for_one() {
     assert_eq!(received_task(&[0; 13]), None);
     assert_eq!(received_task(&[0, 0xFF, 0xFF, 0]), None);
 }
+
+/// One piece of a hostile byte stream from a server.
+#[derive(Clone, Debug)]
+enum Piece {
+    /// A message framed with the session key (`stale`: with key 0, as a
+    /// frame of an earlier session would be), one bit flipped if `flip`.
+    Frame {
+        msg: u8,
+        arg: u8,
+        stale: bool,
+        flip: Option<u16>,
+    },
+    /// Bytes of garbage, magic bytes likely.
+    Garbage(std::vec::Vec<u8>),
+    /// A header announcing `len` bytes, nothing after it.
+    Header(u16),
+}
+
+fn piece() -> impl proptest::strategy::Strategy<Value = Piece> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0u8..7, any::<u8>(), proptest::bool::weighted(0.1), proptest::option::weighted(0.15, any::<u16>()))
+            .prop_map(|(msg, arg, stale, flip)| Piece::Frame { msg, arg, stale, flip }),
+        1 => proptest::collection::vec(prop_oneof![Just(0xA5u8), Just(0x5A), any::<u8>()], 1..12)
+            .prop_map(Piece::Garbage),
+        1 => prop_oneof![Just(0u16), 1u16..300, any::<u16>()].prop_map(Piece::Header),
+    ]
+}
+
+fn down(msg: u8, arg: u8) -> Down {
+    let small = u32::from(arg % 8);
+    match msg {
+        0 => Down::Ack { seq: small },
+        1 | 2 => task(small),
+        3 => Down::Cancel {
+            task: TaskId(100 + u64::from(arg % 8)),
+        },
+        4 => Down::Policy(Policy {
+            version: small,
+            settings: heapless::Vec::new(),
+        }),
+        5 => Down::Welcome {
+            ack: small,
+            periodic_s: 0,
+        },
+        _ => Down::Error(ErrorCode::Busy),
+    }
+}
+
+/// The server's side of a session: its `Challenge`, a `Welcome`, then the
+/// pieces, with the session key from the challenge on.
+fn hostile_stream(pieces: &[Piece]) -> std::vec::Vec<u8> {
+    let nonce = [3u8; 16];
+    let key = frame::session_key(&nonce);
+    let mut out = std::vec::Vec::new();
+    let mut buf = [0u8; 600];
+    let mut put = |msg: &Down, key: u32, flip: Option<u16>, out: &mut std::vec::Vec<u8>| {
+        let n = frame::encode_keyed(msg, &mut buf, key).unwrap();
+        let f = &mut buf[..n];
+        if let Some(bit) = flip {
+            let bit = usize::from(bit) % (n * 8);
+            f[bit / 8] ^= 1 << (bit % 8);
+        }
+        out.extend_from_slice(f);
+    };
+    let challenge = Down::Challenge {
+        version: PROTOCOL_VERSION,
+        nonce,
+    };
+    put(&challenge, 0, None, &mut out);
+    put(&down(5, 0), key, None, &mut out);
+    for p in pieces {
+        match p {
+            Piece::Frame {
+                msg,
+                arg,
+                stale,
+                flip,
+            } => put(
+                &down(*msg, *arg),
+                if *stale { 0 } else { key },
+                *flip,
+                &mut out,
+            ),
+            Piece::Garbage(g) => out.extend_from_slice(g),
+            Piece::Header(len) => {
+                out.extend_from_slice(&frame::MAGIC);
+                out.extend_from_slice(&len.to_le_bytes());
+            }
+        }
+    }
+    put(&Down::SyncEnd, key, None, &mut out);
+    out
+}
+
+/// What a device shows after reading `stream` in chunks ending at `cuts`:
+/// the first error, events, frames sent, counters and state.
+fn read_in_chunks(stream: &[u8], cuts: &[usize]) -> std::string::String {
+    let mut d = Device::<8, 2>::new(cfg(), T0);
+    d.handle_timeout(T0);
+    drain(&mut d);
+    d.connected(T0);
+    let mut buf = [0u8; 600];
+    d.poll_transmit(&mut buf).unwrap();
+    let mut at = 0;
+    let mut first_error = None;
+    for &cut in cuts.iter().chain([&stream.len()]) {
+        let cut = cut.clamp(at, stream.len());
+        if cut == at {
+            continue;
+        }
+        if let Err(e) = d.handle_bytes(&stream[at..cut], T0) {
+            first_error = Some(e);
+            break;
+        }
+        at = cut;
+    }
+    let events = drain(&mut d);
+    let mut sent = std::vec::Vec::new();
+    while let Ok(Some(n)) = d.poll_transmit(&mut buf) {
+        sent.push(buf[..n].to_vec());
+    }
+    let running: std::vec::Vec<Task> = d.running_tasks().collect();
+    // How many errors a garbage run makes depends on how its bytes arrive:
+    // the counter is left out.
+    let stats = DeviceStats {
+        frame_errors: 0,
+        ..d.stats()
+    };
+    std::format!(
+        "error {first_error:?}\nevents {events:?}\nsent {sent:?}\nstats {:?}\nlast_task_seq {} outbox {} connected {} policy {:?}\nrunning {running:?}",
+        stats,
+        d.last_task_seq(),
+        d.outbox_len(),
+        d.is_connected(),
+        d.pending_policy(),
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
+    ))]
+
+    /// A hostile stream (stale, corrupted and unexpected frames, garbage,
+    /// bad headers) gives the same result in any chunking as read whole,
+    /// and byte by byte. Runs in both builds: with `hand-decode` whole frames
+    /// are read in place, without it (firmware) through the buffer.
+    #[test]
+    fn a_hostile_stream_reads_the_same_in_every_chunking(
+        pieces in proptest::collection::vec(piece(), 0..24),
+        mut cuts in proptest::collection::vec(0usize..2000, 0..40),
+    ) {
+        let stream = hostile_stream(&pieces);
+        cuts.sort_unstable();
+        let whole = read_in_chunks(&stream, &[]);
+        let bytewise: std::vec::Vec<usize> = (1..stream.len()).collect();
+        proptest::prop_assert_eq!(&read_in_chunks(&stream, &cuts), &whole, "cuts {:?}", cuts);
+        proptest::prop_assert_eq!(&read_in_chunks(&stream, &bytewise), &whole, "byte by byte");
+    }
+}

@@ -629,8 +629,10 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+        // A held push stays held until the store has answered (see `push_timer`).
+        let target = self.store.push_target(device)?;
         self.release_held_push(device);
-        let Some((platform, token)) = self.store.push_target(device)? else {
+        let Some((platform, token)) = target else {
             return Ok(()); // never connected: its boot or periodic sync will come
         };
         let p = self.pushes.entry(device).or_default();
@@ -837,7 +839,13 @@ impl<S: FleetStore> Server<S> {
             self.release_held_push(device);
             return Ok(());
         }
-        self.send_push(device, now)
+        let sent = self.send_push(device, now);
+        if sent.is_err() && self.held_pushes.contains(&device) {
+            // The store failed before the push went out: it stays held, and
+            // is tried again an interval later (this check is spent).
+            self.timers.push(Reverse((now + min, Timer::Push(device))));
+        }
+        sent
     }
 
     /// A push held back for `device` is no longer wanted (sent, or the

@@ -1061,4 +1061,171 @@ mod tests {
         s.connection_closed(held, t0);
         assert!(s.handshakes.waiting.is_empty());
     }
+
+    /// One step of an operator and a clock against offline devices: queue a
+    /// task for device `dev`, or move the clock by `ms` (back when negative)
+    /// and run the timers.
+    #[derive(Clone, Debug)]
+    enum PushOp {
+        Enqueue { dev: u8 },
+        Clock { ms: i64 },
+    }
+
+    fn push_op() -> impl proptest::strategy::Strategy<Value = PushOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0u8..4).prop_map(|dev| PushOp::Enqueue { dev }),
+            2 => prop_oneof![0i64..2_000, 0i64..120_000, -120_000i64..0]
+                .prop_map(|ms| PushOp::Clock { ms }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Every push requested for an offline device goes out (at once, or
+        /// when the rate limit allows), whatever the clock does; once every
+        /// check has run, no push is held and no check is left.
+        #[test]
+        fn every_requested_push_goes_out_and_nothing_is_held(
+            ops in proptest::collection::vec(push_op(), 0..80),
+        ) {
+            use crate::time::Duration;
+            let cfg = ServerConfig::default();
+            let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+            let mut now = Instant::from_millis(10_000_000);
+            for d in 0..4u64 {
+                s.enroll(wire::DeviceId(d), now).unwrap();
+                s.store_mut()
+                    .set_push_target(wire::DeviceId(d), wire::Platform::Android, "tok")
+                    .unwrap();
+            }
+            let mut wanted = [false; 4];
+            let mut latest = now;
+            let drain = |s: &mut Server<MemoryStore>, wanted: &mut [bool; 4]| {
+                while let Some(e) = s.poll_event() {
+                    if let ServerEvent::SendPush { device, .. } = e {
+                        wanted[device.0 as usize] = false;
+                    }
+                }
+            };
+            for op in &ops {
+                match *op {
+                    PushOp::Enqueue { dev } => {
+                        let opts = Default::default();
+                        s.enqueue_task(wire::DeviceId(dev.into()), wire::TaskKind::Lock, opts, now)
+                            .unwrap();
+                        wanted[usize::from(dev)] = true;
+                        drain(&mut s, &mut wanted);
+                    }
+                    PushOp::Clock { ms } => {
+                        now = if ms < 0 {
+                            now - Duration::from_millis(ms.unsigned_abs())
+                        } else {
+                            now + Duration::from_millis(ms as u64)
+                        };
+                        s.handle_timeout(now).unwrap();
+                        drain(&mut s, &mut wanted);
+                    }
+                }
+                latest = latest.max(now);
+            }
+            // Time runs on past the latest time seen (one step at a time, as
+            // a transport's loop would).
+            now = now.max(latest);
+            for _ in 0..200 {
+                now = now + Duration::from_secs(5);
+                s.handle_timeout(now).unwrap();
+                drain(&mut s, &mut wanted);
+            }
+            proptest::prop_assert_eq!(wanted, [false; 4], "a requested push never went out");
+            proptest::prop_assert!(s.held_pushes.is_empty(), "held: {:?}", s.held_pushes);
+            proptest::prop_assert!(s.push_checks.is_empty());
+        }
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    #[derive(Clone, Debug)]
+    enum HandshakeOp {
+        /// A new connection of device `dev` gets its challenge.
+        Open { dev: u8 },
+        /// The `nth` handshake awaiting its proof gets it.
+        Prove { nth: u8 },
+        /// The `nth` open connection closes.
+        Close { nth: u8 },
+    }
+
+    proptest::proptest! {
+        /// Any interleaving of handshakes of two devices: a right proof is
+        /// refused exactly when a session of its device authenticated on a
+        /// later challenge, and the challenge order holds entries only for
+        /// devices with a handshake awaiting its proof.
+        #[test]
+        fn proofs_are_refused_exactly_when_a_later_challenge_authenticated(
+            ops in proptest::collection::vec(proptest::prop_oneof![
+                (1u8..3).prop_map(|dev| HandshakeOp::Open { dev }),
+                proptest::prelude::any::<u8>().prop_map(|nth| HandshakeOp::Prove { nth }),
+                proptest::prelude::any::<u8>().prop_map(|nth| HandshakeOp::Close { nth }),
+            ], 0..60),
+        ) {
+            let cfg = ServerConfig::default();
+            let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+            let t0 = Instant::from_millis(0);
+            let secrets = [
+                s.enroll(wire::DeviceId(1), t0).unwrap(),
+                s.enroll(wire::DeviceId(2), t0).unwrap(),
+            ];
+            // Waiting handshakes: connection, device, challenge number.
+            let mut waiting: std::vec::Vec<(ConnId, u64, u64)> = std::vec::Vec::new();
+            let mut open: std::vec::Vec<ConnId> = std::vec::Vec::new();
+            let mut latest_auth = [0u64; 3];
+            for op in &ops {
+                match *op {
+                    HandshakeOp::Open { dev } => {
+                        let conn = challenged(&mut s, dev.into(), t0);
+                        waiting.push((conn, dev.into(), s.nonces.count()));
+                        open.push(conn);
+                    }
+                    HandshakeOp::Prove { nth } if !waiting.is_empty() => {
+                        let (conn, dev, number) = waiting.remove(usize::from(nth) % waiting.len());
+                        let Some(Session {
+                            phase: Phase::AwaitProof { nonce, hello_hash, .. },
+                            ..
+                        }) = s.sessions.get(&conn)
+                        else {
+                            panic!("not challenged");
+                        };
+                        let mac = auth::proof(&secrets[dev as usize - 1], nonce, hello_hash);
+                        let r = s.on_proof(conn, mac, t0);
+                        let refuse = latest_auth[dev as usize] > number;
+                        proptest::prop_assert_eq!(
+                            r.is_err(), refuse,
+                            "challenge {} of device {}, latest authenticated {}: {:?}",
+                            number, dev, latest_auth[dev as usize], r.err()
+                        );
+                        if r.is_ok() {
+                            latest_auth[dev as usize] = number;
+                        } else {
+                            s.connection_closed(conn, t0);
+                        }
+                    }
+                    HandshakeOp::Close { nth } if !open.is_empty() => {
+                        let conn = open.remove(usize::from(nth) % open.len());
+                        s.connection_closed(conn, t0);
+                        waiting.retain(|w| w.0 != conn);
+                    }
+                    _ => {}
+                }
+                open.retain(|c| s.sessions.contains_key(c));
+                let mut devices: std::vec::Vec<u64> = waiting.iter().map(|w| w.1).collect();
+                devices.sort_unstable();
+                devices.dedup();
+                proptest::prop_assert_eq!(s.handshakes.waiting.len(), devices.len());
+                for d in devices {
+                    let want = waiting.iter().filter(|w| w.1 == d).count() as u32;
+                    let got = s.handshakes.waiting.get(&wire::DeviceId(d)).map(|w| w.0);
+                    proptest::prop_assert_eq!(got, Some(want));
+                }
+            }
+        }
+    }
 }

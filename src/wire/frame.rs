@@ -410,6 +410,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Random bytes (every table entry reachable) of every length around
+        /// the short path's bound, at eight alignments.
+        #[test]
+        fn crc_equals_the_reference_on_random_bytes(
+            buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+            start in 0usize..8,
+        ) {
+            let bitwise = crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);
+            let start = start.min(buf.len());
+            for end in start..=buf.len() {
+                let b = &buf[start..end];
+                proptest::prop_assert_eq!(crc32(b), bitwise.checksum(b), "{:?}", b);
+            }
+        }
+    }
+
     fn frame(payload: &[u8]) -> heapless::Vec<u8, MAX_FRAME> {
         let mut out = heapless::Vec::new();
         out.extend_from_slice(&MAGIC).unwrap();
