@@ -182,6 +182,18 @@ fn a_task_the_store_refused_is_not_announced() {
     );
 }
 
+/// A server over a `Flaky` store with device `ID` enrolled and its push
+/// target stored, and the time.
+fn pushable() -> (Server<Flaky>, Instant) {
+    let t0 = Instant::from_millis(1_000);
+    let mut s = Server::new(ServerConfig::default(), Flaky::default(), [1; 32], [2; 32]);
+    s.enroll(ID, t0).unwrap();
+    s.store_mut()
+        .set_push_target(ID, Platform::Android, "fcm:tok")
+        .unwrap();
+    (s, t0)
+}
+
 /// A push held back by the rate limit, whose check fails on one store error
 /// (the push target could not be read), is still sent once the store works
 /// again: the task queued meanwhile is not left waiting for the periodic
@@ -190,12 +202,7 @@ fn a_task_the_store_refused_is_not_announced() {
 #[test]
 fn a_store_error_in_a_push_check_does_not_drop_the_held_push() {
     use mdm_sync::server::TaskState;
-    let t0 = Instant::from_millis(1_000);
-    let mut s = Server::new(ServerConfig::default(), Flaky::default(), [1; 32], [2; 32]);
-    s.enroll(ID, t0).unwrap();
-    s.store_mut()
-        .set_push_target(ID, Platform::Android, "fcm:tok")
-        .unwrap();
+    let (mut s, t0) = pushable();
     let kind = mdm_sync::wire::TaskKind::Lock;
     let pushes = |s: &mut Server<Flaky>| {
         core::iter::from_fn(|| s.poll_event())
@@ -223,4 +230,34 @@ fn a_store_error_in_a_push_check_does_not_drop_the_held_push() {
     }
     assert_eq!(sent, 1, "task {task:?} is {:?}", s.task_state(ID, task));
     assert_eq!(s.task_state(ID, task), Some(TaskState::PushSent));
+}
+
+/// A store error after the task was stored (reading the push target for its
+/// push) is returned, but the task is queued: its event says so, and its
+/// expiry still fires. Found by a breaker run: the expiry was armed only
+/// after the push, so such a task stayed `Queued` past its expiry.
+#[test]
+fn a_store_error_after_the_task_was_stored_keeps_its_expiry() {
+    use mdm_sync::server::{TaskOptions, TaskState};
+    let (mut s, t0) = pushable();
+    while s.poll_event().is_some() {}
+    s.store_mut().fail_push.set(true);
+    let opts = TaskOptions {
+        expires_at: Some(t0 + Duration::from_mins(5)),
+        ..TaskOptions::default()
+    };
+    let kind = mdm_sync::wire::TaskKind::Lock;
+    let r = s.enqueue_task(ID, kind, opts, t0);
+    assert_eq!(r, Err(ServerError::Store(Down)));
+    let queued: Vec<_> = core::iter::from_fn(|| s.poll_event())
+        .filter_map(|e| match e {
+            ServerEvent::TaskChanged { task, state, .. } => Some((task, state)),
+            _ => None,
+        })
+        .collect();
+    let [(task, TaskState::Queued)] = queued[..] else {
+        panic!("{queued:?}");
+    };
+    s.handle_timeout(t0 + Duration::from_mins(6)).unwrap();
+    assert_eq!(s.task_state(ID, task), Some(TaskState::Expired));
 }

@@ -459,6 +459,12 @@ impl<S: FleetStore> Server<S> {
     /// Queues a task for a device and arranges for it to be delivered: at once
     /// if the device is connected, else by push (rate-limited), else by the
     /// device's next periodic or boot sync.
+    ///
+    /// A store error is returned whether it came before the task was stored
+    /// (then there is no task, and no event about it) or after (offering it,
+    /// or reading the push target for its push). In the second case the task
+    /// is queued, its expiry armed, and its `TaskChanged { Queued }` event
+    /// says so: queueing it again would make two.
     pub fn enqueue_task(
         &mut self,
         device: DeviceId,
@@ -534,7 +540,11 @@ impl<S: FleetStore> Server<S> {
         // The console hears of the task once the store holds it, ahead of
         // what storing it announced (its offer). A task the store refused was
         // never queued; one stored before a later error was.
-        if stored.is_ok() || self.events.len() > announced {
+        let kept = stored.is_ok() || self.events.len() > announced;
+        if kept {
+            if let Some(at) = opts.expires_at {
+                self.timers.push(Reverse((at, Timer::Expire(id))));
+            }
             let state = TaskState::Queued;
             let queued = ServerEvent::TaskChanged {
                 device,
@@ -550,9 +560,6 @@ impl<S: FleetStore> Server<S> {
         stored?;
         if session.is_none() {
             self.request_push(device, now)?;
-        }
-        if let Some(at) = opts.expires_at {
-            self.timers.push(Reverse((at, Timer::Expire(id))));
         }
         Ok(id)
     }
