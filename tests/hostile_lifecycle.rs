@@ -21,7 +21,6 @@ fn drain_events(s: &mut Server<MemoryStore>) -> Vec<ServerEvent> {
 /// and which then disconnects and never comes back, must still be reported
 /// overdue.
 #[test]
-#[ignore = "fault: an overdue check that fires while the device is online is not re-armed; the device is never reported overdue"]
 fn a_device_online_at_its_deadline_then_silent_is_reported_overdue() {
     let cfg = ServerConfig {
         periodic_interval: Duration::from_secs(10),
