@@ -60,7 +60,6 @@ fn a_device_online_at_its_deadline_then_silent_is_reported_overdue() {
 /// wait for the server's next message") fire: the device sits in one
 /// session for as long as the trickle lasts, and syncs nothing else.
 #[test]
-#[ignore = "fault: any byte resets the device's response timeout; a trickling server holds the device in one session forever"]
 fn a_trickling_server_cannot_hold_the_device_past_its_response_timeout() {
     use mdm_sync::device::{Device, DeviceConfig, Event};
     use mdm_sync::wire::Platform;
