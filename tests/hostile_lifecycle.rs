@@ -104,3 +104,83 @@ fn a_trickling_server_cannot_hold_the_device_past_its_response_timeout() {
         now.saturating_since(t0).as_millis() / 1000
     );
 }
+
+/// `common::raw_handshake` for any enrollment generation.
+fn handshake_gen(
+    s: &mut Server<MemoryStore>,
+    device: DeviceId,
+    generation: u32,
+    secret: &[u8; 32],
+    now: Instant,
+) -> mdm_sync::server::ConnId {
+    use mdm_sync::wire::{self, frame, Down, Hello, Platform, SyncTrigger, Up};
+    let conn = s.connection_opened(now).unwrap();
+    let mut buf = [0u8; 600];
+    let hello = Up::Hello(Hello {
+        version: wire::PROTOCOL_VERSION,
+        device,
+        generation,
+        platform: Platform::Android,
+        push_token: heapless::String::try_from("token").unwrap(),
+        trigger: SyncTrigger::Manual,
+        last_task_seq: 0,
+        policy_version: 0,
+    });
+    let n = frame::encode(&hello, &mut buf).unwrap();
+    let hash = mdm_sync::auth::hello_hash(frame::payload(&buf[..n]));
+    s.handle_bytes(conn, &buf[..n], now).unwrap();
+    let n = s.poll_transmit_for(conn, &mut buf).unwrap();
+    let mut dec = wire::FrameDecoder::<600>::new();
+    dec.push(&buf[..n]);
+    let Ok(Down::Challenge { nonce, .. }) = wire::decode::<Down>(dec.decode().unwrap().unwrap())
+    else {
+        panic!("no challenge");
+    };
+    let key = frame::session_key(&nonce);
+    let proof = Up::Proof {
+        mac: mdm_sync::auth::proof(secret, &nonce, &hash),
+    };
+    let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
+    s.handle_bytes(conn, &buf[..n], now).unwrap();
+    conn
+}
+
+/// An overdue device that is re-enrolled and then checks in: the console
+/// stops counting it overdue, so an event consumer must hear `Back` too, or
+/// it keeps the device flagged for good.
+#[test]
+#[ignore = "fault: re-enrollment clears the overdue flag silently; the device's next check-in sends no Back event"]
+fn a_reenrolled_overdue_device_that_checks_in_is_announced_back() {
+    let cfg = ServerConfig {
+        periodic_interval: Duration::from_secs(10),
+        overdue_slack: Duration::from_secs(5),
+        ..ServerConfig::default()
+    };
+    let mut s = server(cfg);
+    let id = DeviceId(1);
+    let t0 = Instant::from_millis(1_000);
+    let secret = s.enroll(id, t0).unwrap();
+    let conn = handshake_gen(&mut s, id, 0, &secret, t0);
+    s.connection_closed(conn, t0);
+    let t1 = t0 + Duration::from_secs(20);
+    s.handle_timeout(t1).unwrap();
+    let evs = drain_events(&mut s);
+    assert!(evs.iter().any(|e| matches!(e, ServerEvent::Overdue { .. })));
+    assert!(s.is_overdue(id));
+    // Re-enrolled (generation 1), then it checks in.
+    let secret = s.enroll(id, t1).unwrap();
+    let t2 = t1 + Duration::from_secs(1);
+    let conn = handshake_gen(&mut s, id, 1, &secret, t2);
+    assert!(
+        s.device_view(id).unwrap().online,
+        "generation 1 handshake failed"
+    );
+    s.connection_closed(conn, t2);
+    let evs = drain_events(&mut s);
+    assert!(!s.is_overdue(id));
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, ServerEvent::Back { device } if *device == id)),
+        "overdue device back after re-enrollment, but no Back event: {evs:?}"
+    );
+}
