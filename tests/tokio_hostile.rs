@@ -40,7 +40,7 @@ async fn hostile_peers_leave_the_engine_responsive_and_empty() {
             2 => {
                 // A frame start, then a reset in the middle of it.
                 let _ = s.write_all(&[0x00, 0xFF, 0xFF, 0x7F, 1, 2, 3]).await;
-                let _ = s.set_linger(Some(WallDuration::ZERO));
+                let _ = s.set_zero_linger();
                 drop(s);
                 continue;
             }
