@@ -149,7 +149,6 @@ fn handshake_gen(
 /// stops counting it overdue, so an event consumer must hear `Back` too, or
 /// it keeps the device flagged for good.
 #[test]
-#[ignore = "fault: re-enrollment clears the overdue flag silently; the device's next check-in sends no Back event"]
 fn a_reenrolled_overdue_device_that_checks_in_is_announced_back() {
     let cfg = ServerConfig {
         periodic_interval: Duration::from_secs(10),
