@@ -1629,7 +1629,9 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
     );
     let deadline = start + Wall::from_secs_f64(o.max_wall);
     let mut converged = false;
-    while WallInstant::now() < deadline {
+    // Checked at least once: a script that ran past the deadline (a slow
+    // time scale, a short `--max-wall`) may still have converged.
+    loop {
         let view = handle.fleet_view().await?;
         let stored = counters.compliance_stored.load(Relaxed) as usize;
         let raised: usize = fleet
@@ -1642,6 +1644,9 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
             && devices_settled(&fleet, &assigned) == Some(true)
         {
             converged = true;
+            break;
+        }
+        if WallInstant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Wall::from_millis(200)).await;

@@ -486,6 +486,11 @@ impl<W: WakeSource, S: SnapshotStore, H: Handler> Parts<'_, W, S, H> {
                 Ok(Either::Left(Ok(n))) if n > 0 => {
                     // A session error is already in the engine's events.
                     let _ = device.handle_bytes(&rx[..n], now());
+                    // A transport that always has bytes ready wins every
+                    // select: the deadline is checked here too.
+                    if embassy_time::Instant::now() >= deadline(device) {
+                        device.handle_timeout(now());
+                    }
                 }
                 Ok(Either::Left(_)) => {
                     debug!("transport closed");

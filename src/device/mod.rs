@@ -703,7 +703,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.link == Link::Idle || self.link == Link::Connecting {
             return Err(DeviceError::NotConnected);
         }
-        self.last_rx = now;
         loop {
             // Whole frames are read from `bytes` where they are while nothing
             // is buffered (the usual case: one or more whole frames per read);
@@ -728,6 +727,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 continue;
             };
             let syncing = self.link == Link::Syncing;
+            if r.is_ok() {
+                // Only a whole frame counts as the server's answer: bytes
+                // trickled in one at a time must not hold the session open.
+                self.last_rx = now;
+            }
             let result = match r {
                 // Acks and tasks without building a whole `Down`.
                 Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {

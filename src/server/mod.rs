@@ -879,6 +879,12 @@ impl<S: FleetStore> Server<S> {
             return;
         };
         p.armed = false;
+        if online && now >= p.due_at {
+            // Connected at its deadline: that counts as a check-in. Else no
+            // check would be left armed, and a device that went silent after
+            // this session would never be reported overdue.
+            p.due_at = now + self.cfg.periodic_interval + self.cfg.overdue_slack;
+        }
         if now < p.due_at {
             p.armed = true;
             let at = p.due_at;
@@ -897,7 +903,9 @@ impl<S: FleetStore> Server<S> {
         let at = now + self.cfg.periodic_interval + self.cfg.overdue_slack;
         let p = self.pushes.entry(device).or_default();
         if !p.due {
-            (p.due, p.overdue, p.armed) = (true, false, false);
+            // `overdue` stays: a device re-enrolled while overdue is
+            // announced `Back` at this check-in, as any other.
+            (p.due, p.armed) = (true, false);
         }
         p.due_at = at;
         if core::mem::take(&mut p.overdue) {

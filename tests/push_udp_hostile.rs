@@ -1,0 +1,33 @@
+//! The loopback UDP push receiver under garbage from other ports: only a
+//! well-formed push is reported, whatever came before it.
+#![cfg(feature = "std")]
+
+use core::time::Duration as WallDuration;
+use std::net::UdpSocket;
+
+use mdm_sync::adapters::push::{encode_push, UdpPushReceiver};
+use mdm_sync::wire::DeviceId;
+
+#[test]
+fn garbage_datagrams_from_other_ports_are_skipped() {
+    let rx = UdpPushReceiver::bind_loopback().unwrap();
+    let to = rx.local_addr().unwrap();
+    let push = encode_push(DeviceId(42));
+    let mut long = [0u8; 100];
+    long[..16].copy_from_slice(&push);
+    for _ in 0..3 {
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        other.send_to(&[], to).unwrap();
+        other.send_to(&push[..15], to).unwrap();
+        other.send_to(&[0xFF; 16], to).unwrap();
+        other.send_to(&long, to).unwrap(); // a push with a tail is not one
+        other.send_to(&[0xAB; 9000], to).unwrap();
+    }
+    assert_eq!(rx.try_recv().unwrap(), None);
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    other.send_to(&[0x00; 64], to).unwrap();
+    other.send_to(&push, to).unwrap();
+    let got = rx.recv_timeout(WallDuration::from_secs(5)).unwrap();
+    assert_eq!(got, Some(DeviceId(42)));
+    assert_eq!(rx.try_recv().unwrap(), None);
+}
