@@ -1,7 +1,7 @@
 //! Hostile peers against the tokio server adapter on 127.0.0.1: a connect
 //! flood past the session limit, silent connections, garbage and oversized
 //! frame headers, resets in the middle of a frame. Afterwards the engine must
-//! still answer, hold no session, and serve a real device.
+//! still answer, hold no session, and accept new connections.
 #![cfg(feature = "tokio")]
 
 use core::time::Duration as WallDuration;
