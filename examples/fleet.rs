@@ -65,7 +65,7 @@ OPTIONS:
     --seed N               seed of the script                       [default: 1]
     --time-scale X         simulated seconds per real second        [default: 3000]
     --threads N            OS threads running the devices           [default: 32]
-    --max-wall SECS        wall-clock limit of the run, script included[default: 50]
+    --max-wall SECS        wall-clock limit, script included        [default: 50]
     -h, --help             this text
 
 The script covers 4.5 simulated hours; the fleet then converges (lost pushes
