@@ -105,7 +105,7 @@ fn a_trickling_server_cannot_hold_the_device_past_its_response_timeout() {
     );
 }
 
-/// `common::raw_handshake` for any enrollment generation.
+/// A device's handshake by hand, in `generation`; the proof must be taken.
 fn handshake_gen(
     s: &mut Server<MemoryStore>,
     device: DeviceId,
@@ -113,35 +113,8 @@ fn handshake_gen(
     secret: &[u8; 32],
     now: Instant,
 ) -> mdm_sync::server::ConnId {
-    use mdm_sync::wire::{self, frame, Down, Hello, Platform, SyncTrigger, Up};
-    let conn = s.connection_opened(now).unwrap();
-    let mut buf = [0u8; 600];
-    let hello = Up::Hello(Hello {
-        version: wire::PROTOCOL_VERSION,
-        device,
-        generation,
-        platform: Platform::Android,
-        push_token: heapless::String::try_from("token").unwrap(),
-        trigger: SyncTrigger::Manual,
-        last_task_seq: 0,
-        policy_version: 0,
-    });
-    let n = frame::encode(&hello, &mut buf).unwrap();
-    let hash = mdm_sync::auth::hello_hash(frame::payload(&buf[..n]));
-    s.handle_bytes(conn, &buf[..n], now).unwrap();
-    let n = s.poll_transmit_for(conn, &mut buf).unwrap();
-    let mut dec = wire::FrameDecoder::<600>::new();
-    dec.push(&buf[..n]);
-    let Ok(Down::Challenge { nonce, .. }) = wire::decode::<Down>(dec.decode().unwrap().unwrap())
-    else {
-        panic!("no challenge");
-    };
-    let key = frame::session_key(&nonce);
-    let proof = Up::Proof {
-        mac: mdm_sync::auth::proof(secret, &nonce, &hash),
-    };
-    let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
-    s.handle_bytes(conn, &buf[..n], now).unwrap();
+    let (conn, _, answer) = common::raw_handshake_gen(s, device, generation, secret, now);
+    answer.unwrap();
     conn
 }
 

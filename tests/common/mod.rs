@@ -336,21 +336,33 @@ impl SimDevice {
     }
 }
 
+/// What [`raw_handshake`] returns: the connection, its session key, and the
+/// server's answer to the proof.
+pub type RawHandshake<E> = (ConnId, u32, Result<(), mdm_sync::server::ServerError<E>>);
+
 /// A device's handshake done by hand on a new connection of `server` (no
-/// device engine): `Hello` with an empty ledger, then the right proof for
-/// `secret`. Returns the connection, its session key, and the server's answer
-/// to the proof. The challenge has been read; the rest of the server's output
-/// is left for the caller.
+/// device engine), in enrollment generation 0: see [`raw_handshake_gen`].
 pub fn raw_handshake<S: mdm_sync::server::FleetStore>(
     server: &mut Server<S>,
     device: DeviceId,
     secret: &[u8; 32],
     now: Instant,
-) -> (
-    ConnId,
-    u32,
-    Result<(), mdm_sync::server::ServerError<S::Error>>,
-) {
+) -> RawHandshake<S::Error> {
+    raw_handshake_gen(server, device, 0, secret, now)
+}
+
+/// A device's handshake done by hand on a new connection of `server` (no
+/// device engine): `Hello` of `generation` with an empty ledger, then the
+/// right proof for `secret`. Returns the connection, its session key, and the
+/// server's answer to the proof. The challenge has been read; the rest of the
+/// server's output is left for the caller.
+pub fn raw_handshake_gen<S: mdm_sync::server::FleetStore>(
+    server: &mut Server<S>,
+    device: DeviceId,
+    generation: u32,
+    secret: &[u8; 32],
+    now: Instant,
+) -> RawHandshake<S::Error> {
     use mdm_sync::wire::{self, frame, Down, Hello, SyncTrigger, Up};
 
     let Ok(conn) = server.connection_opened(now) else {
@@ -360,7 +372,7 @@ pub fn raw_handshake<S: mdm_sync::server::FleetStore>(
     let hello = Up::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
         device,
-        generation: 0,
+        generation,
         platform: Platform::Android,
         push_token: heapless::String::try_from("token").unwrap(),
         trigger: SyncTrigger::Push,
