@@ -63,7 +63,7 @@
 //! Every public entry point that decodes or restores bytes answers malformed
 //! input with a typed error, never a panic:
 //!
-//! - `wire::decode`: `DecodeError`; `wire::peek_hello_version`: `None`.
+//! - `wire::decode`: `DecodeError`; `wire::peek_version`: `None`.
 //! - `FrameDecoder::decode`: `FrameError`, after which it has already
 //!   resynchronised. A header announcing a length of 0 or over the decoder's
 //!   bound is refused as soon as its four bytes are in, before anything behind

@@ -3,6 +3,8 @@
 //! never panics, rejects an oversized length field before buffering anything
 //! behind it, and leaves the engine usable for the next good input.
 
+mod common;
+
 use mdm_sync::adapters::push::decode_push;
 use mdm_sync::device::{
     pick_latest, snapshot_counter, Device, DeviceConfig, DeviceError, Event, SnapshotError,
@@ -11,8 +13,8 @@ use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerError, S
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::frame::{self, MAGIC};
 use mdm_sync::wire::{
-    self, crc32, peek_hello_version, DecodeError, DeviceId, Down, FrameDecoder, FrameError,
-    Platform, TaskKind, TaskStatus, Up, MAX_DOWN_FRAME, MAX_DOWN_PAYLOAD, MAX_FRAME, MAX_PAYLOAD,
+    self, crc32, peek_version, DecodeError, DeviceId, Down, FrameDecoder, FrameError, Platform,
+    TaskKind, TaskStatus, Up, MAX_DOWN_FRAME, MAX_DOWN_PAYLOAD, MAX_FRAME, MAX_PAYLOAD,
     PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
@@ -163,16 +165,6 @@ fn payload_of<T: wire::Encode>(msg: &T) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-/// A frame around any payload, with a valid CRC for session key `key`.
-fn raw_frame(payload: &[u8], key: u32) -> Vec<u8> {
-    let mut f = MAGIC.to_vec();
-    f.extend_from_slice(&(payload.len() as u16).to_le_bytes());
-    f.extend_from_slice(payload);
-    let crc = crc32(&f[2..]) ^ key;
-    f.extend_from_slice(&crc.to_le_bytes());
-    f
-}
-
 /// The session key set by the challenge frame `challenge`.
 fn key_of(challenge: &[u8]) -> u32 {
     match wire::decode::<Down>(frame::payload(challenge)) {
@@ -271,7 +263,7 @@ proptest! {
     /// payload that decodes to it again.
     #[test]
     fn payload_decoding_is_typed(payload in prop::collection::vec(any::<u8>(), 0..600)) {
-        let _ = peek_hello_version(&payload);
+        let _ = peek_version(&payload);
         let _ = decode_push(&payload);
         match wire::decode::<Up>(&payload) {
             Ok(m) => prop_assert_eq!(wire::decode::<Up>(&payload_of(&m)), Ok(m)),
@@ -305,7 +297,7 @@ proptest! {
             let welcome = l.server_out();
             l.device.handle_bytes(&welcome, l.now).unwrap();
         }
-        let bytes = if raw { payload } else { raw_frame(&payload, key) };
+        let bytes = if raw { payload } else { common::raw_frame(&payload, key) };
         match l.device.handle_bytes(&bytes, l.now) {
             Ok(()) | Err(DeviceError::Session(_)) | Err(DeviceError::NotConnected) => {}
             Err(e) => prop_assert!(false, "unexpected error {e:?}"),
@@ -337,7 +329,7 @@ proptest! {
             let proof = l.device_out();
             l.server.handle_bytes(conn, &proof, l.now).unwrap();
         }
-        let bytes = if raw { payload } else { raw_frame(&payload, key) };
+        let bytes = if raw { payload } else { common::raw_frame(&payload, key) };
         match l.server.handle_bytes(conn, &bytes, l.now) {
             Ok(()) | Err(ServerError::Peer(_)) => {}
             Err(e) => prop_assert!(false, "unexpected error {e:?}"),
@@ -451,7 +443,7 @@ fn a_foreign_protocol_version_gets_a_clear_error_not_a_hang() {
     // A Hello of version 9 whose body this version cannot even parse.
     let err = l
         .server
-        .handle_bytes(conn, &raw_frame(&[0, 9, 0xFF, 0xFF], 0), l.now);
+        .handle_bytes(conn, &common::raw_frame(&[0, 9, 0xFF, 0xFF], 0), l.now);
     assert!(matches!(err, Err(ServerError::Peer(_))), "{err:?}");
     // Input after the error is ignored while the error frame waits to go out.
     assert_eq!(l.server.handle_bytes(conn, b"more", l.now), Ok(()));

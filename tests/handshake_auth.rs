@@ -2,6 +2,8 @@
 //! proof covers the exact `Hello`; frames of one session are not taken in
 //! another; a version mismatch gets a clear error frame, not a hang.
 
+mod common;
+
 use mdm_sync::device::{Device, DeviceConfig, DeviceError, Event, ProtocolError, SessionError};
 use mdm_sync::server::{MemoryStore, PeerError, Server, ServerConfig, ServerError, ServerEvent};
 use mdm_sync::time::Instant;
@@ -21,6 +23,7 @@ fn server() -> Server<MemoryStore> {
 fn hello(id: u64, version: u16) -> Up {
     Up::Hello(Hello {
         version,
+        attempt: 1,
         device: DeviceId(id),
         generation: 0,
         platform: Platform::Android,
@@ -243,30 +246,43 @@ fn a_device_of_another_version_gets_a_clear_error() {
     );
 }
 
+/// A `Challenge` of another version is recognised by its first bytes, whether
+/// it decodes as ours (version 7 in our layout) or not (version 2's layout,
+/// which has no `attempt` and is one byte short for ours).
 #[test]
 fn a_device_rejects_a_server_of_another_version() {
-    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
-    let mut d: Device = Device::new(cfg, NOW);
-    d.handle_timeout(NOW);
-    assert_eq!(d.poll_event(), Some(Event::Connect));
-    d.connected(NOW);
-    let mut buf = [0u8; 600];
-    assert!(d.poll_transmit(&mut buf).unwrap().is_some());
-    let n = frame::encode(
+    let mut v7 = [0u8; 64];
+    let n = mdm_sync::wire::encode_payload(
         &Down::Challenge {
             version: 7,
+            attempt: (1 << 32) + 1,
             nonce: [0; 16],
         },
-        &mut buf,
+        &mut v7,
     )
     .unwrap();
-    let err = d.handle_bytes(&buf[..n], NOW).unwrap_err();
-    let want = SessionError::Protocol(ProtocolError::VersionMismatch { server: 7 });
-    assert_eq!(err, DeviceError::Session(want));
-    assert!(!d.is_connected());
-    let events: Vec<_> = core::iter::from_fn(|| d.poll_event()).collect();
-    assert!(events.contains(&Event::Disconnect));
-    assert!(events.contains(&Event::SyncFailed { error: want }));
+    let mut v2 = vec![0u8, 2];
+    v2.extend_from_slice(&[0x11; 16]);
+    assert!(mdm_sync::wire::decode::<Down>(&v2).is_err());
+    for (payload, server) in [(&v7[..n], 7), (&v2[..], 2)] {
+        let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+        let mut d: Device = Device::new(cfg, NOW);
+        d.handle_timeout(NOW);
+        assert_eq!(d.poll_event(), Some(Event::Persist), "the boot snapshot");
+        assert_eq!(d.poll_event(), Some(Event::Connect));
+        d.connected(NOW);
+        let mut buf = [0u8; 600];
+        assert!(d.poll_transmit(&mut buf).unwrap().is_some());
+        let err = d
+            .handle_bytes(&common::raw_frame(payload, 0), NOW)
+            .unwrap_err();
+        let want = SessionError::Protocol(ProtocolError::VersionMismatch { server });
+        assert_eq!(err, DeviceError::Session(want));
+        assert!(!d.is_connected());
+        let events: Vec<_> = core::iter::from_fn(|| d.poll_event()).collect();
+        assert!(events.contains(&Event::Disconnect));
+        assert!(events.contains(&Event::SyncFailed { error: want }));
+    }
 }
 
 /// A handshake that times out before the device read its challenge: the
@@ -382,4 +398,107 @@ fn a_newer_handshake_after_an_older_one_authenticates() {
         replies_keyed(&mut s, b.0, frame::session_key(&b.1)).first(),
         Some(Down::Welcome { .. })
     ));
+}
+
+/// Runs `d` to its next `Hello` at `now` (keeping the latest snapshot in
+/// `snap`), then cuts the connection; returns the `Hello`'s attempt.
+fn next_attempt(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> u64 {
+    d.handle_timeout(now);
+    while let Some(ev) = d.poll_event() {
+        match ev {
+            Event::Persist => {
+                let mut buf = vec![0u8; Device::<16, 4>::SNAPSHOT_MAX];
+                let n = d.snapshot(&mut buf).unwrap();
+                *snap = buf[..n].to_vec();
+            }
+            Event::Connect => d.connected(now),
+            _ => {}
+        }
+    }
+    let mut buf = [0u8; 600];
+    let n = d.poll_transmit(&mut buf).unwrap().expect("a Hello");
+    let Ok(Up::Hello(h)) = wire::decode::<Up>(frame::payload(&buf[..n])) else {
+        panic!("not a Hello");
+    };
+    d.disconnected(now);
+    h.attempt
+}
+
+/// A device numbers its connections so that no `Hello.attempt` repeats: one
+/// after another in a boot, and after a reboot above every earlier one (the
+/// boot snapshot's counter is higher each boot).
+#[test]
+fn attempts_never_repeat_across_connections_and_reboots() {
+    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let mut d: Device = Device::new(cfg.clone(), NOW);
+    let mut snap = Vec::new();
+    let mut seen: Vec<u64> = Vec::new();
+    let mut now = NOW;
+    for boot in 0..3 {
+        for _ in 0..3 {
+            let a = next_attempt(&mut d, &mut snap, now);
+            assert!(
+                seen.iter().all(|s| *s < a),
+                "boot {boot}: attempt {a:#x} not above {seen:x?}"
+            );
+            seen.push(a);
+            now = now + mdm_sync::time::Duration::from_hours(1);
+        }
+        d = Device::restore(cfg.clone(), &snap, now).unwrap();
+    }
+}
+
+/// A `Challenge` naming another attempt than this connection's `Hello` (an
+/// earlier connection's, delivered late) is dropped like a corrupted frame:
+/// no proof, no key, the session goes on; the right one is then answered.
+#[test]
+fn a_device_drops_a_challenge_of_another_attempt() {
+    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let mut d: Device = Device::new(cfg, NOW);
+    let mut snap = Vec::new();
+    let earlier = next_attempt(&mut d, &mut snap, NOW);
+    let later = NOW + mdm_sync::time::Duration::from_hours(1);
+    d.handle_timeout(later);
+    while let Some(ev) = d.poll_event() {
+        if ev == Event::Connect {
+            d.connected(later);
+        }
+    }
+    let mut buf = [0u8; 600];
+    let n = d.poll_transmit(&mut buf).unwrap().expect("a Hello");
+    let Ok(Up::Hello(hello)) = wire::decode::<Up>(frame::payload(&buf[..n])) else {
+        panic!("not a Hello");
+    };
+    assert!(hello.attempt > earlier);
+    let challenge = |attempt, nonce| {
+        let msg = Down::Challenge {
+            version: wire::PROTOCOL_VERSION,
+            attempt,
+            nonce,
+        };
+        let mut out = [0u8; 64];
+        let n = frame::encode(&msg, &mut out).unwrap();
+        out[..n].to_vec()
+    };
+    let errors = d.stats().frame_errors;
+    for stale in [earlier, hello.attempt + 1, 0] {
+        d.handle_bytes(&challenge(stale, [0x22; 16]), later)
+            .unwrap();
+        assert_eq!(
+            d.poll_transmit(&mut buf).unwrap(),
+            None,
+            "a proof to {stale:#x}"
+        );
+        assert!(d.is_connected());
+    }
+    assert_eq!(d.stats().frame_errors, errors + 3);
+    d.handle_bytes(&challenge(hello.attempt, [0x33; 16]), later)
+        .unwrap();
+    let n = d.poll_transmit(&mut buf).unwrap().expect("a proof");
+    let key = frame::session_key(&[0x33; 16]);
+    let mut dec = wire::FrameDecoder::<600>::new();
+    dec.set_key(key);
+    dec.push(&buf[..n]);
+    let payload = dec.decode().unwrap().unwrap();
+    assert!(matches!(wire::decode::<Up>(payload), Ok(Up::Proof { .. })));
 }

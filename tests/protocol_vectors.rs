@@ -20,6 +20,8 @@
 //! The last section holds conformance tests for rules `PROTOCOL.md` states
 //! that found bugs when the specification was written.
 
+mod common;
+
 use core::fmt::Write as _;
 use std::collections::BTreeMap;
 
@@ -73,9 +75,14 @@ fn proof() -> [u8; 32] {
     auth::proof(&secret(), &nonce(), &hello_hash())
 }
 
+/// `Hello.attempt` of a new device's first connection: boot snapshot 1,
+/// connection 1.
+const ATTEMPT: u64 = (1 << 32) + 1;
+
 fn hello() -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
+        attempt: ATTEMPT,
         device: DEVICE,
         generation: GENERATION,
         platform: Platform::Android,
@@ -222,12 +229,7 @@ fn down_frame(msg: &Down) -> Vec<u8> {
 
 /// Frames a raw payload the way the codec does (for payloads no type encodes).
 fn frame_payload(payload: &[u8]) -> Vec<u8> {
-    let mut out = frame::MAGIC.to_vec();
-    out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
-    out.extend_from_slice(payload);
-    let crc = wire::crc32(&out[2..]);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    common::raw_frame(payload, 0)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -243,12 +245,12 @@ fn vectors() -> Vec<Vector> {
     v.extend(up_vectors());
     v.extend(down_vectors());
     v.push(Vector {
-        name: "hello-v3".into(),
-        message: "a Hello from a version-3 device: tag 0, version 3, then bytes version 2 \
+        name: "hello-v4".into(),
+        message: "a Hello from a version-4 device: tag 0, version 4, then bytes version 3 \
                   cannot read"
             .into(),
-        bytes: frame_payload(&[0x00, 0x03, 0xff, 0xff, 0xff]),
-        check: Check::ForeignHello(3),
+        bytes: frame_payload(&[0x00, 0x04, 0xff, 0xff, 0xff]),
+        check: Check::ForeignHello(4),
         key: 0,
     });
     v.push(snapshot_vector());
@@ -466,6 +468,7 @@ fn down_vectors() -> Vec<Vector> {
             "challenge",
             Down::Challenge {
                 version: PROTOCOL_VERSION,
+                attempt: ATTEMPT,
                 nonce: nonce(),
             },
         ),
@@ -551,9 +554,13 @@ fn handshake<const O: usize, const I: usize>(d: &mut Device<O, I>, now: Instant)
         }
     }
     let mut buf = [0u8; frame::MAX_FRAME];
-    assert!(d.poll_transmit(&mut buf).unwrap().is_some(), "hello");
+    let n = d.poll_transmit(&mut buf).unwrap().expect("hello");
+    let Ok(Up::Hello(hello)) = wire::decode::<Up>(frame::payload(&buf[..n])) else {
+        panic!("not a hello");
+    };
     let challenge = Down::Challenge {
         version: PROTOCOL_VERSION,
+        attempt: hello.attempt,
         nonce: nonce(),
     };
     d.handle_bytes(&down_frame(&challenge), now).unwrap();
@@ -577,6 +584,7 @@ fn payload_len<T: wire::Encode>(msg: &T) -> usize {
 fn bounds() -> Vec<(&'static str, usize)> {
     let max_hello = Up::Hello(Hello {
         version: u16::MAX,
+        attempt: u64::MAX,
         device: DeviceId(u64::MAX),
         generation: u32::MAX,
         platform: Platform::Ios,
@@ -645,6 +653,7 @@ fn bounds() -> Vec<(&'static str, usize)> {
             "challenge",
             payload_len(&Down::Challenge {
                 version: u16::MAX,
+                attempt: u64::MAX,
                 nonce: [0xff; 16],
             }),
         ),
@@ -850,7 +859,7 @@ fn check_decodes(bytes: &[u8], check: &Check, key: u32) -> Result<(), String> {
             got => Err(format!("decodes to {got:?}")),
         },
         Check::ForeignHello(v) => {
-            if wire::peek_hello_version(&payload) != Some(*v) {
+            if wire::peek_version(&payload) != Some(*v) {
                 return Err("version not readable".into());
             }
             match wire::decode::<Up>(&payload) {
@@ -965,7 +974,7 @@ fn server_answers_a_foreign_hello_with_the_version_mismatch_vector() {
         NONCE_SEED,
     );
     let conn = s.connection_opened(Instant::ZERO).unwrap();
-    let hello = &doc.vectors["hello-v3"];
+    let hello = &doc.vectors["hello-v4"];
     assert!(s.handle_bytes(conn, hello, Instant::ZERO).is_err());
     let mut buf = [0u8; 64];
     let n = s.poll_transmit_for(conn, &mut buf).unwrap();

@@ -10,11 +10,11 @@
 //! believes a lower ack only after the server answered `SequenceGap`
 //! (PROTOCOL.md 9.4).
 //!
-//! Not fixed, and ignored: a whole earlier session replayed in order can
-//! still run a task twice (the last test). Known shortcoming of protocol
-//! version 2: the `Challenge` carries no key, so the device cannot tell a
-//! stale one; the fix is a per-connection value of the device in the `Hello`
-//! that keys the `Challenge` (a version change, PROTOCOL.md 16).
+//! A whole earlier session replayed in order could still run a task twice
+//! (the last test) in protocol version 2, whose `Challenge` the device could
+//! not tell from a stale one. Version 3 closes it: the `Challenge` echoes the
+//! `Hello.attempt` of its connection, a value the device never repeats, so
+//! the stale one is dropped and its session's keyed frames with it.
 
 mod common;
 mod sim;
@@ -137,16 +137,16 @@ fn down(p: &mut Pair) -> Vec<u8> {
     out
 }
 
-/// The same hole reaches at-most-once. A whole earlier session (its
-/// `Challenge`, `Welcome` and `Task`s, none of which reached the device)
-/// replayed on a later connection: the device takes it for its session and
-/// runs a task again that it already ran under the same sequence number's
-/// successor. Session 1 offers t1 (seq 1) and t2 (seq 2) but is cut after
-/// its `Challenge`; t1 is cancelled; session 2 offers t2 as seq 1 and the
-/// device runs it; session 3 receives session 1's frames, and t2 arrives as
-/// seq 2, the next the device expects.
+/// The same hole reached at-most-once in version 2. A whole earlier session
+/// (its `Challenge`, `Welcome` and `Task`s, of which only the `Challenge`
+/// reached the device) replayed on a later connection: the device took it
+/// for its session and ran a task again that it had already run under
+/// another sequence number. Session 1 offers t1 (seq 1) and t2 (seq 2) but is
+/// cut after its `Challenge`; t1 is cancelled; session 2 offers t2 as seq 1
+/// and the device runs it; session 3 receives session 1's frames first, in
+/// which t2 is seq 2, the next the device expects. Then session 3's own
+/// challenge arrives, and the session must go on as if nothing happened.
 #[test]
-#[ignore = "fault: a replayed earlier session (stale Challenge, Welcome, Task) runs a task twice"]
 fn a_replayed_session_does_not_run_a_task_twice() {
     let mut p = Pair::new(1);
     p.tick(); // boot sync
@@ -181,9 +181,32 @@ fn a_replayed_session_does_not_run_a_task_twice() {
     let now = p.now;
     p.devices[0].dev.manual_sync(now);
     device_events(&mut p);
-    up(&mut p); // Hello; the server's real challenge is not delivered
-    let _ = down(&mut p);
-    let _ = p.devices[0].dev.handle_bytes(&recorded, now);
+    up(&mut p); // Hello; the server's real challenge is held back
+    let real = down(&mut p);
+    let dropped = p.devices[0].dev.stats().frame_errors;
+    p.devices[0].dev.handle_bytes(&recorded, now).unwrap();
     device_events(&mut p);
     assert_eq!(p.times_executed(0, t2), 1, "task {t2:?} ran twice");
+    assert!(
+        p.devices[0].dev.stats().frame_errors > dropped,
+        "the stale frames are counted as dropped"
+    );
+    assert!(
+        p.devices[0].dev.is_connected(),
+        "still awaiting its challenge"
+    );
+    p.devices[0].dev.handle_bytes(&real, now).unwrap();
+    device_events(&mut p);
+    up(&mut p); // Proof
+    let welcome = down(&mut p); // Welcome, SyncEnd: nothing is pending
+    p.devices[0].dev.handle_bytes(&welcome, now).unwrap();
+    let events: Vec<_> = core::iter::from_fn(|| p.devices[0].dev.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, mdm_sync::device::Event::SyncDone { .. })),
+        "session 3 completes on its own challenge: {events:?}"
+    );
+    assert_eq!(p.devices[0].dev.last_task_seq(), 1);
+    assert_eq!(p.times_executed(0, t2), 1);
 }

@@ -44,7 +44,7 @@ fn up_kind(msg: &Up) -> String {
 
 fn down_kind(msg: &Down) -> String {
     match msg {
-        Down::Challenge { .. } => "Challenge (nonce)".into(),
+        Down::Challenge { .. } => "Challenge (attempt, nonce)".into(),
         Down::Welcome { .. } => "Welcome".into(),
         Down::Ack { .. } => "Ack".into(),
         Down::Task(_) => "Task".into(),

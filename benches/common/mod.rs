@@ -43,9 +43,14 @@ pub fn sample_policy(version: u32) -> Policy {
     Policy { version, settings }
 }
 
+/// A device's third connection after its seventh boot snapshot: the size
+/// of a real `Hello.attempt`.
+const SAMPLE_ATTEMPT: u64 = (7 << 32) + 3;
+
 pub fn sample_hello() -> Hello {
     Hello {
         version: PROTOCOL_VERSION,
+        attempt: SAMPLE_ATTEMPT,
         device: DeviceId(1_234_567),
         generation: 0,
         platform: Platform::Android,
@@ -121,6 +126,7 @@ pub fn down_messages() -> Vec<(&'static str, Down)> {
             "down_challenge",
             Down::Challenge {
                 version: PROTOCOL_VERSION,
+                attempt: SAMPLE_ATTEMPT,
                 nonce: [0x3C; 16],
             },
         ),
@@ -492,6 +498,8 @@ impl Fleet {
         let task = TaskId(self.next_task);
         let hello = Up::Hello(Hello {
             version: PROTOCOL_VERSION,
+            // A new value per connection, of a real one's size.
+            attempt: (1 << 32) + self.nonces,
             device,
             generation: 0,
             platform: Platform::Android,

@@ -45,6 +45,29 @@ impl Recorded {
         }
     }
 
+    /// The server's bytes with its `Challenge` echoing `attempt` instead: the
+    /// attempt the harness's device sends on that connection, which differs
+    /// from the recording device's after a reboot. The frames after it keep
+    /// their key (it comes from the nonce, which stays).
+    fn down_for(&self, attempt: u64) -> Vec<u8> {
+        let Some(n) = frame_len(&self.down) else {
+            return self.down.clone();
+        };
+        let Ok(Down::Challenge { version, nonce, .. }) =
+            wire::decode::<Down>(unframe(&self.down[..n], 0))
+        else {
+            return self.down.clone();
+        };
+        let challenge = Down::Challenge {
+            version,
+            attempt,
+            nonce,
+        };
+        let mut buf = [0u8; MAX_FRAME];
+        let len = frame::encode(&challenge, &mut buf).expect("a challenge fits");
+        [&buf[..len], &self.down[n..]].concat()
+    }
+
     /// The payloads the server sent, the first frame checked with key 0, the
     /// others with `key`.
     fn down_payloads(&self, key: u32) -> Vec<Vec<u8>> {
@@ -326,17 +349,22 @@ fn main() {
         );
     }
 
-    // device: the server's side of every session, fed in various chunkings.
+    // device: the server's side of every session, fed in various chunkings,
+    // each challenge echoing the attempt of the harness's new device: its
+    // boot snapshot is number 1, and it connects once per session fed.
     let dir = fresh(&out, "device");
+    let attempt = |k: usize| (1u64 << 32) + k as u64 + 1;
     let mut all = Script::starting_with(&[0]);
     for (k, c) in busy.iter().enumerate() {
         let mut one = Script::starting_with(&[(k % 2) as u8]);
-        one.tag(dop::FEED).u8([0, 1, 5, 13][k % 4]).blob(&c.down);
+        one.tag(dop::FEED)
+            .u8([0, 1, 5, 13][k % 4])
+            .blob(&c.down_for(attempt(0)));
         write(&dir, &format!("session-{k}"), &one.0);
         if k > 0 {
             all.tag(dop::TRIGGER).u8(1);
         }
-        all.tag(dop::FEED).u8(0).blob(&c.down);
+        all.tag(dop::FEED).u8(0).blob(&c.down_for(attempt(k)));
         all.tag(dop::ADVANCE).u32(60_000).u8(0);
     }
     all.tag(dop::CRASH_ON_WRITE).u16(7).tag(dop::TRIGGER).u8(0);

@@ -4,7 +4,7 @@
 //! Input: capacity choice (u8: even = outbox 16 / 4 tasks, odd = 4 / 2), then
 //! operations (see [`crate::script::device`]).
 //!
-//! The harness plays the server's side of the handshake as version 2 wants
+//! The harness plays the server's side of the handshake as version 3 wants
 //! it: it reads the bytes it feeds for the first frame of each session (with
 //! a decoder like the device's), and once that is a `Challenge` the device
 //! takes, it frames the `Down` messages it builds itself with that nonce's
@@ -13,10 +13,12 @@
 //! Invariants: no panic; outbox and running tasks within the capacities; every
 //! transmitted frame is one valid frame holding a valid `Up` message, with the
 //! session key from the challenge on (key 0 before it, when only the `Hello`
-//! may go out, once a session); the `Proof` verifies for the device's secret,
-//! the challenge's nonce and the `Hello` sent in that session; a task
-//! delivery sequence is handed out (`Execute`) at most once over the whole
-//! run, reboots and torn snapshot writes included; a snapshot the engine
+//! may go out, once a session); a challenge naming another attempt than the
+//! session's `Hello` is stale and not taken; the `Proof` verifies for the
+//! device's secret, the challenge's nonce and the `Hello` sent in that
+//! session; no `Hello.attempt` and no task delivery sequence handed out
+//! (`Execute`) repeats over the whole run, reboots and torn snapshot writes
+//! included; a snapshot the engine
 //! wrote completely always restores; `poll_timeout` always has a deadline and
 //! `handle_timeout` there does not leave it in the past.
 
@@ -27,6 +29,8 @@ use mdm_sync::wire::{
     self, frame, DeviceId, Down, FrameDecoder, Platform, TaskId, Up, MAX_DOWN_FRAME, MAX_FRAME,
     PROTOCOL_VERSION,
 };
+
+use std::collections::HashSet;
 
 use crate::frames::unframe;
 use crate::mirror::{kind, FCompliance, FDown, FOutcome, FStatus};
@@ -72,6 +76,9 @@ struct Harness<const O: usize, const I: usize> {
     running: Vec<TaskId>,
     /// Highest delivery sequence handed out, over the whole run.
     executed: Option<u32>,
+    /// Every `Hello.attempt` sent, over the whole run: none may repeat, across
+    /// reboots and torn writes too.
+    attempts: HashSet<u64>,
     handed_out: usize,
 }
 
@@ -93,6 +100,7 @@ impl<const O: usize, const I: usize> Harness<O, I> {
             link: Link::default(),
             running: Vec::new(),
             executed: None,
+            attempts: HashSet::new(),
             handed_out: 0,
         };
         h.pump();
@@ -128,7 +136,8 @@ impl<const O: usize, const I: usize> Harness<O, I> {
             }
             op::FEED_MSG => {
                 if let Some(m) = input.arb::<FDown>() {
-                    self.feed_msg(&m.into());
+                    let attempt = self.link.attempt.unwrap_or(0);
+                    self.feed_msg(&m.to_down(attempt));
                 }
             }
             op::NEXT_TASK => {
@@ -268,7 +277,9 @@ impl<const O: usize, const I: usize> Harness<O, I> {
         let mut buf = [0u8; MAX_FRAME];
         for _ in 0..1_000 {
             match self.dev.poll_transmit(&mut buf) {
-                Ok(Some(n)) => self.link.sent(&buf[..n], &self.cfg.secret),
+                Ok(Some(n)) => self
+                    .link
+                    .sent(&buf[..n], &self.cfg.secret, &mut self.attempts),
                 Ok(None) => break,
                 Err(e) => panic!("poll_transmit with a full-size buffer: {e:?}"),
             }
@@ -325,6 +336,8 @@ impl<const O: usize, const I: usize> Harness<O, I> {
 struct Link {
     /// SHA-256 of the payload of the session's `Hello`, once sent.
     hello: Option<[u8; 32]>,
+    /// That `Hello`'s attempt, which the right `Challenge` echoes.
+    attempt: Option<u64>,
     /// The nonce of the `Challenge` the device took.
     nonce: Option<[u8; 16]>,
     /// Reads the bytes fed until the session's first frame, as the device does.
@@ -340,19 +353,27 @@ impl Link {
     }
 
     /// Bytes the device took. Its first frame must be a `Challenge` of our
-    /// version to the `Hello` already sent; anything else ends the session.
+    /// version echoing the attempt of the `Hello` already sent; one of our
+    /// version naming another attempt (or before the `Hello`) is stale and
+    /// dropped; anything else ends the session.
     fn observe(&mut self, mut bytes: &[u8]) {
         while !self.answered && !bytes.is_empty() {
             let n = self.first.push(bytes);
             bytes = &bytes[n..];
             while let Some(frame) = self.first.decode() {
                 let Ok(payload) = frame else { continue };
-                self.answered = true;
-                if let Ok(Down::Challenge { version, nonce }) = wire::decode::<Down>(payload) {
-                    if version == PROTOCOL_VERSION && self.hello.is_some() {
-                        self.nonce = Some(nonce);
+                if let Ok(Down::Challenge {
+                    version: PROTOCOL_VERSION,
+                    attempt,
+                    nonce,
+                }) = wire::decode::<Down>(payload)
+                {
+                    if self.attempt != Some(attempt) {
+                        continue; // stale: the device drops it
                     }
+                    self.nonce = Some(nonce);
                 }
+                self.answered = true;
                 break;
             }
         }
@@ -360,13 +381,19 @@ impl Link {
 
     /// A transmission: exactly one valid frame with a valid `Up` message and
     /// the session's key, the `Hello` first and once, the `Proof` right.
-    fn sent(&mut self, bytes: &[u8], secret: &Secret) {
+    fn sent(&mut self, bytes: &[u8], secret: &Secret, attempts: &mut HashSet<u64>) {
         let payload = unframe(bytes, self.key());
         let msg = wire::decode::<Up>(payload).expect("the device sent an invalid Up message");
         match msg {
-            Up::Hello(_) => {
+            Up::Hello(h) => {
                 assert!(self.hello.is_none(), "a second Hello in one session");
+                assert!(
+                    attempts.insert(h.attempt),
+                    "attempt {:#x} sent twice",
+                    h.attempt
+                );
                 self.hello = Some(auth::hello_hash(payload));
+                self.attempt = Some(h.attempt);
             }
             Up::Proof { mac } => {
                 let nonce = self.nonce.expect("a proof before the challenge");

@@ -165,8 +165,10 @@ impl From<FBody> for ReportBody {
 /// A server-to-device message.
 #[derive(Arbitrary, Clone, Copy, Debug)]
 pub enum FDown {
-    /// A challenge (version: the right one unless `Some`).
-    Challenge(Option<u16>, [u8; 16]),
+    /// A challenge (version: the right one unless `Some`; attempt: the one
+    /// of the session's `Hello` unless `Some(k)`, then `k + 1` before it, a
+    /// stale one).
+    Challenge(Option<u16>, [u8; 16], Option<u8>),
     /// See [`Down::Welcome`].
     Welcome(u32, u32),
     /// See [`Down::Ack`].
@@ -183,11 +185,13 @@ pub enum FDown {
     Error(u8, u16),
 }
 
-impl From<FDown> for Down {
-    fn from(f: FDown) -> Self {
-        match f {
-            FDown::Challenge(version, nonce) => Down::Challenge {
+impl FDown {
+    /// The message, for a session whose `Hello` carried `attempt`.
+    pub fn to_down(self, attempt: u64) -> Down {
+        match self {
+            FDown::Challenge(version, nonce, stale) => Down::Challenge {
                 version: version.unwrap_or(PROTOCOL_VERSION),
+                attempt: stale.map_or(attempt, |k| attempt.wrapping_sub(u64::from(k) + 1)),
                 nonce,
             },
             FDown::Welcome(ack, periodic_s) => Down::Welcome { ack, periodic_s },
@@ -215,7 +219,8 @@ impl From<FDown> for Down {
 }
 
 /// A `Hello`: version (the right one unless `Some`), device, generation,
-/// iOS?, token length and fill, trigger, last task seq, policy version.
+/// iOS?, token length and fill, trigger, last task seq, policy version,
+/// attempt.
 #[derive(Arbitrary, Clone, Copy, Debug)]
 pub struct FHello(
     pub Option<u16>,
@@ -227,6 +232,7 @@ pub struct FHello(
     pub u8,
     pub u32,
     pub u32,
+    pub u64,
 );
 
 impl FHello {
@@ -252,6 +258,7 @@ impl From<FHello> for Hello {
         }
         Hello {
             version: f.0.unwrap_or(PROTOCOL_VERSION),
+            attempt: f.9,
             device: f.device(),
             generation: f.generation(),
             platform: if f.3 {

@@ -23,7 +23,9 @@ fn hello(s: &mut Script, conn: u8, device: u8) {
         .u8(1)
         .u8(0)
         .u32(0)
-        .u32(0);
+        .u32(0)
+        .u32(1)
+        .u32(1); // attempt 2^32 + 1, as 8 bytes
 }
 
 #[test]
@@ -43,9 +45,11 @@ fn server_harness_proves_on_interleaved_connections() {
 #[test]
 fn device_harness_keys_its_messages_after_the_challenge() {
     let mut s = Script::starting_with(&[0]);
-    // FDown::Challenge(None, nonce): the nonce gives the key 0x11111111.
+    // FDown::Challenge(None, nonce, None): the right version and attempt;
+    // the nonce gives the key 0x11111111.
     s.tag(dop::FEED_MSG).u32(variant(0, 8)).u8(0);
     s.0.extend_from_slice(&[0x11; 16]);
+    s.u8(0);
     // FDown::Welcome(ack 0, periodic 0), then the next task offer.
     s.tag(dop::FEED_MSG).u32(variant(1, 8)).u32(0).u32(0);
     s.tag(dop::NEXT_TASK).u8(0).u16(7).u8(0);

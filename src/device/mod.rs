@@ -304,6 +304,10 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     cfg: DeviceConfig,
     // Persisted state.
     counter: u64,
+    // `Hello.attempt` of the current (or last) connection. Each boot counts
+    // up from its boot snapshot's counter times 2^32, so no value repeats
+    // across reboots (the boot snapshot is taken before anything is sent).
+    attempt: u64,
     last_task_seq: u32,
     next_report_seq: u32,
     policy_version: u32,
@@ -364,14 +368,29 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     stats: DeviceStats,
 }
 
+/// Why a frame that passed its CRC did not decode: a `Challenge` of another
+/// version need not decode as ours, but says which version it is.
+fn undecodable(link: Link, payload: &[u8], e: wire::DecodeError) -> SessionError {
+    match wire::peek_version(payload) {
+        Some(server) if link == Link::AwaitChallenge && server != PROTOCOL_VERSION => {
+            SessionError::Protocol(ProtocolError::VersionMismatch { server })
+        }
+        _ => SessionError::Protocol(ProtocolError::Decode(e)),
+    }
+}
+
 impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// A device on its first boot: no history, a boot sync wanted at once.
+    /// Its first event is a [`Event::Persist`], as after
+    /// [`restore`](Self::restore): the boot snapshot's counter numbers this
+    /// boot's connections, so it must be stored before anything is sent.
     pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
         let periodic = cfg.timers.periodic;
         let rng = cfg.jitter_seed | 1;
         let mut d = Self {
             cfg,
             counter: 0,
+            attempt: 1 << 32,
             last_task_seq: 0,
             next_report_seq: 1,
             policy_version: 0,
@@ -395,7 +414,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             failures: 0,
             rng,
             decoder: FrameDecoder::new(),
-            persist: false,
+            // The boot snapshot: its counter numbers this boot's connections.
+            persist: true,
             fresh_task: false,
             connect: false,
             disconnect: false,
@@ -657,6 +677,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             return;
         }
         self.link = Link::AwaitChallenge;
+        self.attempt = self.attempt.wrapping_add(1);
         self.decoder.reset();
         self.key = 0;
         self.session_wants = self.wants;
@@ -738,7 +759,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                     Some(m) => self.on_session_message(m, now),
                     None => match wire::decode::<Down>(payload) {
                         Ok(msg) => self.on_message(msg, now),
-                        Err(e) => Err(SessionError::Protocol(ProtocolError::Decode(e))),
+                        Err(e) => Err(undecodable(self.link, payload, e)),
                     },
                 },
                 Err(_) => {
@@ -764,16 +785,26 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 }
                 Err(SessionError::Rejected(code))
             }
-            (Link::AwaitChallenge, Down::Challenge { version, nonce }) => {
+            (
+                Link::AwaitChallenge,
+                Down::Challenge {
+                    version,
+                    attempt,
+                    nonce,
+                },
+            ) => {
                 if version != PROTOCOL_VERSION {
                     let server = version;
                     return Err(SessionError::Protocol(ProtocolError::VersionMismatch {
                         server,
                     }));
                 }
-                if self.send_hello {
-                    // A challenge to a Hello not sent yet is stale.
-                    return Err(SessionError::Protocol(ProtocolError::Unexpected));
+                if self.send_hello || attempt != self.attempt {
+                    // It answers an earlier connection's Hello (bytes a
+                    // serial link kept): dropped like a frame of another
+                    // session, the real one may still come.
+                    self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
+                    return Ok(());
                 }
                 let secret = &self.cfg.secret;
                 self.proof = Some(crate::auth::proof(secret, &nonce, &self.hello_hash));
@@ -1246,6 +1277,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     fn hello(&self) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
+            attempt: self.attempt,
             device: self.cfg.id,
             generation: self.cfg.generation,
             platform: self.cfg.platform,

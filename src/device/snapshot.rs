@@ -111,7 +111,9 @@ impl<const O: usize, const I: usize> Device<O, I> {
     ///
     /// Tasks that were running when it was taken are reported as failed with
     /// [`reason::INTERRUPTED_BY_REBOOT`](crate::wire::reason::INTERRUPTED_BY_REBOOT):
-    /// they are never run twice. A boot sync is wanted at once.
+    /// they are never run twice. A boot sync is wanted at once. The first
+    /// event is a [`Event::Persist`](super::Event::Persist): the boot snapshot,
+    /// whose counter numbers this boot's connections (`Hello.attempt`).
     pub fn restore(cfg: DeviceConfig, bytes: &[u8], now: Instant) -> Result<Self, SnapshotError> {
         snapshot_counter(bytes)?; // CRC, then the format byte, before the rest
         let payload = checked(bytes)?;
@@ -127,6 +129,8 @@ impl<const O: usize, const I: usize> Device<O, I> {
         }
         let mut d = Self::new(cfg, now);
         d.counter = h.counter;
+        // This boot's connections are numbered from its boot snapshot's counter.
+        d.attempt = h.counter.wrapping_add(1) << 32;
         d.last_task_seq = h.last_task_seq;
         d.next_report_seq = h.next_report_seq;
         d.policy_version = h.policy_version;

@@ -21,10 +21,12 @@ fn syncing<const O: usize, const I: usize>() -> Device<O, I> {
     d.connected(T0);
     let mut buf = [0u8; 600];
     d.poll_transmit(&mut buf).unwrap();
+    let attempt = d.attempt;
     feed(
         &mut d,
         &Down::Challenge {
             version: PROTOCOL_VERSION,
+            attempt,
             nonce: [1; 16],
         },
     );
@@ -217,7 +219,7 @@ fn time_standing_still_or_going_back_never_panics_or_refires() {
     }
     let mut d = Device::<16, 4>::new(cfg(), T0);
     d.handle_timeout(T0);
-    assert_eq!(drain(&mut d), [Event::Connect]);
+    assert_eq!(drain(&mut d), [Event::Persist, Event::Connect]);
     d.handle_timeout(T0);
     d.handle_timeout(Instant::ZERO);
     assert_eq!(
@@ -437,6 +439,9 @@ fn down(msg: u8, arg: u8) -> Down {
     }
 }
 
+/// `Hello.attempt` of a new device's first connection: boot snapshot 1.
+const FIRST_ATTEMPT: u64 = (1 << 32) + 1;
+
 /// The server's side of a session: its `Challenge`, a `Welcome`, then the
 /// pieces, with the session key from the challenge on.
 fn hostile_stream(pieces: &[Piece]) -> std::vec::Vec<u8> {
@@ -455,6 +460,7 @@ fn hostile_stream(pieces: &[Piece]) -> std::vec::Vec<u8> {
     };
     let challenge = Down::Challenge {
         version: PROTOCOL_VERSION,
+        attempt: FIRST_ATTEMPT,
         nonce,
     };
     put(&challenge, 0, None, &mut out);

@@ -95,6 +95,7 @@ impl Spare {
         self.hello.take().unwrap_or_else(|| {
             Box::new(Hello {
                 version: 0,
+                attempt: 0,
                 device: wire::DeviceId(0),
                 generation: 0,
                 platform: wire::Platform::Android,
@@ -193,7 +194,7 @@ enum Incoming {
 /// is recognised even when the rest of the message does not decode.
 fn parse(payload: &[u8], awaiting_hello: bool) -> core::result::Result<Up, PeerError> {
     if awaiting_hello {
-        match wire::peek_hello_version(payload) {
+        match wire::peek_version(payload) {
             Some(v) if v != PROTOCOL_VERSION => {
                 return Err(PeerError::VersionMismatch { device: v })
             }
@@ -433,7 +434,7 @@ impl<S: FleetStore> Server<S> {
             return Err(ServerError::Peer(PeerError::Unexpected));
         }
         let nonce = self.nonces.next_nonce();
-        let device = hello.device;
+        let (device, attempt) = (hello.device, hello.attempt);
         s.phase = Phase::AwaitProof {
             hello,
             nonce,
@@ -445,6 +446,7 @@ impl<S: FleetStore> Server<S> {
             conn,
             &Down::Challenge {
                 version: PROTOCOL_VERSION,
+                attempt,
                 nonce,
             },
         );
@@ -1000,6 +1002,7 @@ mod tests {
     fn challenged(s: &mut Server<MemoryStore>, id: u64, now: Instant) -> ConnId {
         let hello = Up::Hello(Hello {
             version: PROTOCOL_VERSION,
+            attempt: 1,
             device: wire::DeviceId(id),
             generation: 0,
             platform: wire::Platform::Android,

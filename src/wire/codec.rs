@@ -323,6 +323,16 @@ pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
     up(payload).ok().flatten()
 }
 
+/// The version of a payload that starts as variant 0 with a `u16` version
+/// (`Hello`, `Challenge`), by hand: see [`super::peek_version`].
+pub(crate) fn peek_version(payload: &[u8]) -> Option<u16> {
+    let mut r = Reader { bytes: payload };
+    match r.byte() {
+        Ok(0) => r.u16().ok(),
+        _ => None,
+    }
+}
+
 /// Reads a `Hello` payload (an `Up::Hello`) by hand into `out`, reusing its
 /// push token's storage: no serde layers and no moves of a whole `Up` (which
 /// is the size of a `Hello`, token storage included). `true` when the payload
@@ -341,6 +351,7 @@ fn read_hello(r: &mut Reader<'_>, out: &mut Hello) -> R<()> {
         return Err(Fallback); // not `Up::Hello`
     }
     out.version = r.u16()?;
+    out.attempt = r.u64()?;
     out.device = DeviceId(r.u64()?);
     out.generation = r.u32()?;
     out.platform = match r.u32()? {
@@ -393,13 +404,15 @@ mod tests {
                 varied::<u64>(),
                 varied::<u32>(),
                 any::<bool>(),
+                varied::<u64>(),
             ),
             "\\PC{0,50}",
             (0usize..6, varied::<u32>(), varied::<u32>()),
         )
             .prop_map(
-                |((version, device, generation, ios), token, (t, last, policy))| Hello {
+                |((version, device, generation, ios, attempt), token, (t, last, policy))| Hello {
                     version,
+                    attempt,
                     device: DeviceId(device),
                     generation,
                     platform: if ios {
@@ -418,6 +431,7 @@ mod tests {
     fn blank_hello() -> Hello {
         Hello {
             version: 0,
+            attempt: 0,
             device: DeviceId(0),
             generation: 0,
             platform: Platform::Android,
@@ -464,6 +478,16 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The version read by hand is postcard's `(u8, u16)` prefix, tag 0.
+        #[test]
+        fn peek_version_as_postcard(bytes in payloads()) {
+            let postcard = match postcard::take_from_bytes::<(u8, u16)>(&bytes) {
+                Ok(((0, version), _)) => Some(version),
+                _ => None,
+            };
+            prop_assert_eq!(peek_version(&bytes), postcard);
+        }
 
         /// Any bytes: the same message or the same error as postcard.
         #[test]

@@ -9,11 +9,12 @@
 //! frame. The buffered bytes are rescanned, never discarded wholesale, so a good
 //! frame that follows a bad header is not lost.
 //!
-//! From the `Challenge` on, both sides XOR every frame's CRC with the session
-//! key ([`session_key`], from the session's nonce; protocol version 2). A
-//! frame left over from an earlier session (a transport that keeps bytes
+//! After the `Challenge`, both sides XOR every frame's CRC with the session
+//! key ([`session_key`], from the session's nonce; since protocol version 2).
+//! A frame left over from an earlier session (a transport that keeps bytes
 //! across connections, a proxy that replays them) then fails the check and
-//! is dropped like a corrupted one. The key is public, so this is no MAC: it
+//! is dropped like a corrupted one. The `Challenge` itself echoes the
+//! `Hello.attempt` it answers instead (version 3). The key is public, so this is no MAC: it
 //! keeps sessions apart, and only TLS keeps an active attacker out.
 
 use super::{Encode, EncodeError, MAX_PAYLOAD};

@@ -23,7 +23,7 @@ use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest payload of one frame, in bytes.
 pub const MAX_PAYLOAD: usize = 512;
 /// Longest push token (FCM tokens are about 160 bytes, APNs tokens 64).
@@ -226,13 +226,11 @@ impl Serialize for Raw<'_> {
     }
 }
 
-/// The protocol version a `Hello` payload claims, even when the rest of the
-/// message (from a newer or older version) does not decode.
-pub fn peek_hello_version(payload: &[u8]) -> Option<u16> {
-    match postcard::take_from_bytes::<(u8, u16)>(payload) {
-        Ok(((0, version), _)) => Some(version),
-        _ => None,
-    }
+/// The protocol version a `Hello` or `Challenge` payload claims (both are
+/// variant 0 with the version first, frozen across versions), even when the
+/// rest of the message (from a newer or older version) does not decode.
+pub fn peek_version(payload: &[u8]) -> Option<u16> {
+    codec::peek_version(payload)
 }
 
 #[cfg(test)]
@@ -259,6 +257,7 @@ mod tests {
         let all = [
             Down::Challenge {
                 version: u16::MAX,
+                attempt: u64::MAX,
                 nonce: [0xFF; 16],
             },
             Down::Welcome {
@@ -349,8 +348,8 @@ mod tests {
     #[test]
     fn hello_version_is_readable_from_a_foreign_hello() {
         // Variant 0, version 9 (varint), then bytes this version cannot parse.
-        assert_eq!(peek_hello_version(&[0, 9, 0xFF, 0xFF, 0xFF]), Some(9));
-        assert_eq!(peek_hello_version(&[1, 9]), None);
+        assert_eq!(peek_version(&[0, 9, 0xFF, 0xFF, 0xFF]), Some(9));
+        assert_eq!(peek_version(&[1, 9]), None);
         assert_eq!(
             decode::<Up>(&[0, 9, 0xFF, 0xFF, 0xFF]),
             Err(DecodeError::Malformed)

@@ -288,6 +288,11 @@ pub enum ReportBody {
 pub struct Hello {
     /// Protocol version the device speaks. Must stay the first field.
     pub version: u16,
+    /// This connection's number: a value the device never sent before, so
+    /// that a `Challenge` answering an earlier connection is recognised
+    /// (PROTOCOL.md 6.1). The reference device counts up from its boot
+    /// snapshot's counter times 2^32.
+    pub attempt: u64,
     /// Who the device claims to be (proven by the following [`Up::Proof`]).
     pub device: DeviceId,
     /// Enrollment generation the device belongs to.
@@ -368,6 +373,8 @@ pub enum Down {
     Challenge {
         /// Protocol version the server speaks.
         version: u16,
+        /// [`Hello::attempt`] of the `Hello` this answers, echoed.
+        attempt: u64,
         /// Single-use nonce for the proof.
         nonce: [u8; 16],
     },

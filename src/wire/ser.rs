@@ -439,7 +439,8 @@ pub(crate) mod tests {
             let token = heapless::String::try_from(&s[..s.len().min(PUSH_TOKEN_MAX)])
                 .unwrap_or_default();
             same(&Up::Hello(Hello {
-                version: c, device: DeviceId(a), generation: b, platform: Platform::Ios,
+                version: c, attempt: a ^ 1, device: DeviceId(a), generation: b,
+                platform: Platform::Ios,
                 push_token: token, trigger: SyncTrigger::Manual, last_task_seq: b,
                 policy_version: b / 2,
             }));
@@ -456,7 +457,7 @@ pub(crate) mod tests {
         ) {
             let task = TaskId(id);
             let downs = [
-                Down::Challenge { version: c, nonce: [mac[0]; 16] },
+                Down::Challenge { version: c, attempt: id, nonce: [mac[0]; 16] },
                 Down::Welcome { ack: seq, periodic_s: seq / 3 },
                 Down::Ack { seq },
                 Down::Task(Task { seq, id: task, kind: TaskKind::ALL[kind] }),
@@ -491,7 +492,8 @@ pub(crate) mod tests {
                 prop_assert_eq!(&got[..len], &want[..]);
             }
             let hello = Hello {
-                version: c, device: DeviceId(id), generation: seq, platform: Platform::Android,
+                version: c, attempt: id / 3, device: DeviceId(id), generation: seq,
+                platform: Platform::Android,
                 push_token: heapless::String::new(), trigger: SyncTrigger::Push,
                 last_task_seq: seq, policy_version: seq,
             };

@@ -340,6 +340,17 @@ impl SimDevice {
 /// server's answer to the proof.
 pub type RawHandshake<E> = (ConnId, u32, Result<(), mdm_sync::server::ServerError<E>>);
 
+/// A frame around any payload (even one no type encodes), with a valid CRC
+/// for session key `key` (0 outside a session).
+pub fn raw_frame(payload: &[u8], key: u32) -> Vec<u8> {
+    let mut f = mdm_sync::wire::frame::MAGIC.to_vec();
+    f.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+    f.extend_from_slice(payload);
+    let crc = mdm_sync::wire::crc32(&f[2..]) ^ key;
+    f.extend_from_slice(&crc.to_le_bytes());
+    f
+}
+
 /// A device's handshake done by hand on a new connection of `server` (no
 /// device engine), in enrollment generation 0: see [`raw_handshake_gen`].
 pub fn raw_handshake<S: mdm_sync::server::FleetStore>(
@@ -371,6 +382,7 @@ pub fn raw_handshake_gen<S: mdm_sync::server::FleetStore>(
     let mut buf = [0u8; 600];
     let hello = Up::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
+        attempt: 1,
         device,
         generation,
         platform: Platform::Android,

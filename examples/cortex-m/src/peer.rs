@@ -135,6 +135,7 @@ impl Peer {
                     replies,
                     Down::Challenge {
                         version: PROTOCOL_VERSION,
+                        attempt: h.attempt,
                         nonce,
                     },
                 );
