@@ -530,32 +530,31 @@ impl<S: FleetStore> Server<S> {
             created_at: now,
             finished_at: None,
         };
+        // The console hears of the task ahead of what storing it announces
+        // (its offer), so its event goes first; it is taken back if the store
+        // refused the task (nothing was announced after it then). Events are
+        // seen only once this call returns, so none is seen early.
         let announced = self.events.len();
+        self.events.push_back(ServerEvent::TaskChanged {
+            device,
+            task: id,
+            state: TaskState::Queued,
+        });
         let stored = match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
             Some((conn, _)) => self.offer_new(conn, &mut t, now),
             None => self.store.put_task(&t).map_err(ServerError::Store),
         };
-        // The console hears of the task once the store holds it, ahead of
-        // what storing it announced (its offer). A task the store refused was
-        // never queued; one stored before a later error was.
-        let kept = stored.is_ok() || self.events.len() > announced;
+        // A task the store refused was never queued; one stored before a
+        // later error was.
+        let kept = stored.is_ok() || self.events.len() > announced + 1;
         if kept {
             if let Some(at) = opts.expires_at {
                 self.timers.push(Reverse((at, Timer::Expire(id))));
             }
-            let state = TaskState::Queued;
-            let queued = ServerEvent::TaskChanged {
-                device,
-                task: id,
-                state,
-            };
-            if announced == self.events.len() {
-                self.events.push_back(queued); // nothing announced: the usual case
-            } else {
-                self.events.insert(announced, queued);
-            }
+        } else {
+            self.events.pop_back();
         }
         stored?;
         if session.is_none() {
