@@ -307,16 +307,27 @@ impl<S: FleetStore> Server<S> {
                 return Ok(()); // input after our error frame is ignored
             }
             s.last_rx = now;
-            if !bytes.is_empty() {
-                let n = s.decoder.push(bytes);
-                bytes = &bytes[n..];
-            }
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
             let syncing = matches!(s.phase, Phase::Syncing(_));
             let mut hello_hash = [0; 32];
-            let msg = match s.decoder.decode() {
+            // Whole frames are read from `bytes` where they lie while nothing
+            // is buffered (the usual case: whole frames per read); the rest
+            // goes through the decoder's buffer, with the same frames and
+            // errors in the same order.
+            let frame = if let Some(payload) = s.decoder.decode_in_place(&mut bytes) {
+                Some(Ok(payload))
+            } else if s.decoder.buffered() == 0 {
+                None // nothing buffered to decode: push first
+            } else {
+                s.decoder.decode()
+            };
+            let msg = match frame {
                 None if bytes.is_empty() => return Ok(()),
-                None => continue,
+                None => {
+                    let n = s.decoder.push(bytes);
+                    bytes = &bytes[n..];
+                    continue;
+                }
                 // Garbage is skipped (the CRC guards content), within a budget:
                 // each bad frame costs a CRC over up to a whole frame, so a
                 // peer that sends nothing but bad headers is cut off.
