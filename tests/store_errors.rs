@@ -5,8 +5,8 @@
 
 use mdm_sync::device::{Device, DeviceConfig, Event};
 use mdm_sync::server::{
-    ConnId, DeviceRecord, FleetStore, MemoryStore, ReportCommit, Server, ServerConfig, ServerError,
-    ServerEvent, TaskRecord,
+    ConnId, DeviceRecord, FleetStore, MemoryStore, ReportCommit, ReportSeqs, Server, ServerConfig,
+    ServerError, ServerEvent, TaskRecord,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{DeviceId, Platform, Policy, TaskId};
@@ -33,6 +33,9 @@ impl FleetStore for Flaky {
     }
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Down> {
         ok(self.inner.put_device(rec))
+    }
+    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Down> {
+        ok(self.inner.report_seqs(id))
     }
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, std::sync::Arc<str>)>, Down> {
         if self.fail_push.take() {

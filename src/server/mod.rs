@@ -29,8 +29,8 @@ mod store;
 
 pub use console::{DeviceView, FleetView, TaskCounts};
 pub use store::{
-    DeviceRecord, FleetStore, MemoryStore, PolicyState, ReportCommit, SupersedeKey, TaskRecord,
-    TaskState,
+    DeviceRecord, FleetStore, MemoryStore, PolicyState, ReportCommit, ReportSeqs, SupersedeKey,
+    TaskRecord, TaskState,
 };
 
 use alloc::collections::{BinaryHeap, VecDeque};

@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 use hashbrown::HashMap;
 
 use super::{
-    ConnId, FleetStore, PeerError, PolicyState, ReportCommit, Result, Server, ServerError,
-    ServerEvent, TaskRecord, TaskState,
+    ConnId, FleetStore, PeerError, PolicyState, ReportCommit, ReportSeqs, Result, Server,
+    ServerError, ServerEvent, TaskRecord, TaskState,
 };
 use crate::auth;
 use crate::time::Instant;
@@ -823,52 +823,65 @@ impl<S: FleetStore> Server<S> {
             .sync_of(conn)
             .map(|s| s.device)
             .ok_or(ServerError::UnknownConnection)?;
-        let mut rec = self
+        // Only the sequences are read (and the policy state for a policy
+        // report): what a report changes is written back field by field.
+        let seqs = self
             .store
-            .device(device)?
+            .report_seqs(device)?
             .ok_or(ServerError::UnknownDevice)?;
-        let expected = rec.last_report_seq.wrapping_add(1);
+        let expected = seqs.last_report_seq.wrapping_add(1);
         if seq != expected {
             if seq_newer(seq, expected) {
                 return Err(ServerError::Peer(PeerError::SequenceGap));
             }
-            return Ok(rec.last_report_seq); // a resend
+            return Ok(seqs.last_report_seq); // a resend
         }
-        rec.last_report_seq = seq;
-        let (mut task, mut compliance, mut event) = (None, None, None);
+        let mut commit = ReportCommit {
+            device,
+            seqs: ReportSeqs {
+                last_report_seq: seq,
+                last_task_seq: seqs.last_task_seq,
+            },
+            policy_version: None,
+            policy_state: None,
+            task: None,
+            compliance: None,
+        };
+        let (task, policy_state, event);
         match body {
             ReportBody::Task { task: id, status } => {
                 task = self.apply_status(conn, device, id, status, now)?;
                 // Any status for an offer means the device accepted its seq.
                 if let Some(t) = task
                     .as_ref()
-                    .filter(|t| seq_newer(t.seq, rec.last_task_seq))
+                    .filter(|t| seq_newer(t.seq, seqs.last_task_seq))
                 {
-                    rec.last_task_seq = t.seq;
+                    commit.seqs.last_task_seq = t.seq;
                 }
+                commit.task = task.as_ref();
+                event = None;
             }
             ReportBody::Compliance(e) => {
-                compliance = Some(e);
+                task = None;
+                commit.compliance = Some(e);
                 event = Some(ServerEvent::Compliance { device, event: e });
             }
             ReportBody::Policy(r) => {
-                rec.policy_version = r.version;
+                task = None;
+                commit.policy_version = Some(r.version);
                 // A report on an older version leaves a newer assignment pending.
                 let assigned = self.store.policy(device)?.map_or(0, |p| p.version);
-                if !seq_newer(assigned, r.version) {
-                    rec.policy_state = PolicyState::from_report(r.version, &r.outcome);
-                }
-                event = Some(ServerEvent::PolicyReported {
-                    device,
-                    state: rec.policy_state.clone(),
-                });
+                let state = if seq_newer(assigned, r.version) {
+                    let rec = self.store.device(device)?;
+                    rec.ok_or(ServerError::UnknownDevice)?.policy_state
+                } else {
+                    policy_state = PolicyState::from_report(r.version, &r.outcome);
+                    commit.policy_state = Some(&policy_state);
+                    policy_state.clone()
+                };
+                event = Some(ServerEvent::PolicyReported { device, state });
             }
         }
-        let commit = ReportCommit {
-            device: &rec,
-            task: task.as_ref(),
-            compliance,
-        };
         self.store.commit_report(commit)?;
         // Durable now: to be acknowledged; tell the console.
         if let Some(t) = &task {
