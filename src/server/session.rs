@@ -308,7 +308,7 @@ impl<S: FleetStore> Server<S> {
             }
             s.last_rx = now;
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
-            let syncing = matches!(s.phase, Phase::Syncing(_));
+            let syncing = s.device();
             let mut hello_hash = [0; 32];
             // Whole frames are read from `bytes` where they lie while nothing
             // is buffered (the usual case: whole frames per read); the rest
@@ -419,11 +419,13 @@ impl<S: FleetStore> Server<S> {
             (Phase::AwaitProof { .. }, Up::Proof { mac }) => {
                 self.on_proof(conn, mac, now).map(|()| None)
             }
-            (Phase::Syncing(_), Up::Report { seq, body }) => {
-                self.on_report(conn, seq, body, now).map(Some)
+            (Phase::Syncing(sync), Up::Report { seq, body }) => {
+                let device = sync.device;
+                self.on_report(conn, device, seq, body, now).map(Some)
             }
-            (Phase::Syncing(_), Up::Progress { task, percent }) => {
-                self.on_progress(conn, task, percent).map(|()| None)
+            (Phase::Syncing(sync), Up::Progress { task, percent }) => {
+                let device = sync.device;
+                self.on_progress(device, task, percent).map(|()| None)
             }
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
         }
@@ -468,22 +470,26 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// A message read by hand after the `Hello`: what `on_message` does with
-    /// it in `AwaitProof` (`syncing` false) or `Syncing`.
+    /// it in `AwaitProof` (`device` none) or `Syncing` (`device`, the
+    /// session's).
     fn on_session_message(
         &mut self,
         conn: ConnId,
         msg: SessionUp,
-        syncing: bool,
+        device: Option<wire::DeviceId>,
         now: Instant,
     ) -> Result<Option<u32>, S> {
+        let syncing = device.is_some();
         match msg {
             SessionUp::Proof { mac } if !syncing => self.on_proof(conn, mac, now).map(|()| None),
-            SessionUp::Report { seq, body } if syncing => {
-                self.on_report(conn, seq, body, now).map(Some)
-            }
-            SessionUp::Progress { task, percent } if syncing => {
-                self.on_progress(conn, task, percent).map(|()| None)
-            }
+            SessionUp::Report { seq, body } => match device {
+                Some(device) => self.on_report(conn, device, seq, body, now).map(Some),
+                None => Err(ServerError::Peer(PeerError::Unexpected)),
+            },
+            SessionUp::Progress { task, percent } => match device {
+                Some(device) => self.on_progress(device, task, percent).map(|()| None),
+                None => Err(ServerError::Peer(PeerError::Unexpected)),
+            },
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
         }
     }
@@ -812,17 +818,15 @@ impl<S: FleetStore> Server<S> {
 
     /// Records a report; returns the sequence to acknowledge (after the
     /// bytes at hand are read: `handle_bytes` sends one `Ack` for them all).
+    /// `device` is the session's.
     fn on_report(
         &mut self,
         conn: ConnId,
+        device: wire::DeviceId,
         seq: u32,
         body: ReportBody,
         now: Instant,
     ) -> Result<u32, S> {
-        let device = self
-            .sync_of(conn)
-            .map(|s| s.device)
-            .ok_or(ServerError::UnknownConnection)?;
         // Only the sequences are read (and the policy state for a policy
         // report): what a report changes is written back field by field.
         let seqs = self
@@ -926,11 +930,13 @@ impl<S: FleetStore> Server<S> {
         Ok(Some(t))
     }
 
-    fn on_progress(&mut self, conn: ConnId, id: TaskId, percent: Option<u8>) -> Result<(), S> {
-        let device = self
-            .sync_of(conn)
-            .map(|s| s.device)
-            .ok_or(ServerError::UnknownConnection)?;
+    /// Progress of task `id` from the session of `device`.
+    fn on_progress(
+        &mut self,
+        device: wire::DeviceId,
+        id: TaskId,
+        percent: Option<u8>,
+    ) -> Result<(), S> {
         let Some(mut t) = self.store.task(id)?.filter(|t| t.device == device) else {
             return Ok(());
         };
