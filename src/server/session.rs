@@ -181,6 +181,17 @@ impl Session {
     }
 }
 
+/// What `offer_one` found.
+enum Offer {
+    /// The session is gone: nothing was offered or stored.
+    NoSession,
+    /// The task is of another enrollment: nothing was offered or stored.
+    OtherGeneration,
+    /// The task was offered, or stored as expired, or it was not offerable
+    /// in the session; `owed_end`: the session had not sent its `SyncEnd`.
+    Done { owed_end: bool },
+}
+
 /// A decoded frame: a session message or a `Hello` read by hand, or any
 /// message.
 enum Incoming {
@@ -716,15 +727,13 @@ impl<S: FleetStore> Server<S> {
         let Some(sync) = self.sync_of(conn) else {
             return Ok(());
         };
-        let (device, generation) = (sync.device, sync.generation);
+        let device = sync.device;
         let ids = self.open_task_ids(device)?;
         for tid in &ids {
             let Some(mut t) = self.store.task(*tid)? else {
                 continue;
             };
-            if t.generation == generation {
-                self.offer_one(conn, &mut t, now)?;
-            }
+            self.offer_one(conn, &mut t, now)?;
         }
         self.scratch = ids;
         if let Some(p) = self.store.policy(device)? {
@@ -747,17 +756,18 @@ impl<S: FleetStore> Server<S> {
         t: &mut TaskRecord,
         now: Instant,
     ) -> Result<(), S> {
-        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
-        if t.generation != sync.generation {
-            return Ok(self.store.put_task(t)?); // never offered to another enrollment
-        }
-        let owes_end = !sync.end_sent;
         let dropped = self.readers_dropped;
-        self.offer_one(conn, t, now)?;
-        if owes_end || self.readers_dropped != dropped {
-            self.end_burst(conn, t.device, now)?;
+        match self.offer_one(conn, t, now)? {
+            // Not stored: the task is not queued.
+            Offer::NoSession => Err(ServerError::UnknownConnection),
+            Offer::OtherGeneration => Ok(self.store.put_task(t)?), // never offered to it
+            Offer::Done { owed_end } => {
+                if owed_end || self.readers_dropped != dropped {
+                    self.end_burst(conn, t.device, now)?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Ends a burst of work for `device` on `conn`: `SyncEnd`, once per
@@ -778,20 +788,28 @@ impl<S: FleetStore> Server<S> {
         Ok(())
     }
 
-    /// Offers a stored task in the session, if it is offerable there.
-    fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<(), S> {
+    /// Offers a task in the session, if it is of the session's enrollment
+    /// and offerable there; says what it found (the session's lookup serves
+    /// `offer_new` too).
+    fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<Offer, S> {
         let Some(sync) = self.sync_of(conn) else {
             // `send` dropped the session earlier in this burst (a reader too
             // far behind). The work stays stored for the device's next
             // session; the operator's call that brought it succeeded.
-            return Ok(());
+            return Ok(Offer::NoSession);
+        };
+        if t.generation != sync.generation {
+            return Ok(Offer::OtherGeneration);
+        }
+        let done = Offer::Done {
+            owed_end: !sync.end_sent,
         };
         if t.cancel_requested && t.state.maybe_on_device() {
             if !sync.cancels_sent.contains(&t.id) {
                 sync.cancels_sent.push(t.id);
                 self.send(conn, &Down::Cancel { task: t.id });
             }
-            return Ok(());
+            return Ok(done);
         }
         let offerable = match t.state {
             TaskState::Queued | TaskState::PushSent => true,
@@ -799,10 +817,11 @@ impl<S: FleetStore> Server<S> {
             _ => false,
         };
         if !offerable {
-            return Ok(());
+            return Ok(done);
         }
         if t.expires_at.is_some_and(|e| now >= e) {
-            return self.set_state(t, TaskState::Expired, now);
+            self.set_state(t, TaskState::Expired, now)?;
+            return Ok(done);
         }
         t.seq = sync.next_seq;
         sync.next_seq = sync.next_seq.wrapping_add(1);
@@ -813,7 +832,7 @@ impl<S: FleetStore> Server<S> {
             kind: t.kind,
         };
         self.send(conn, &Down::Task(task));
-        Ok(())
+        Ok(done)
     }
 
     /// Records a report; returns the sequence to acknowledge (after the
