@@ -61,6 +61,9 @@ impl FleetStore for Flaky {
     fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Down> {
         ok(self.inner.open_tasks(device, out))
     }
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, Down> {
+        ok(self.inner.open_task_count(device))
+    }
     fn next_task_id(&mut self) -> Result<TaskId, Down> {
         ok(self.inner.next_task_id())
     }

@@ -488,31 +488,14 @@ impl<S: FleetStore> Server<S> {
                 rec.ok_or(ServerError::UnknownDevice)?.generation
             }
         };
-        let open = self.open_task_ids(device)?;
-        let id = self.store.next_task_id()?;
-        let mut live = 0;
-        // Without a supersede key every open task stays: no need to read them.
-        let superseding = if opts.supersede.is_some() {
-            &open[..]
-        } else {
-            &[]
-        };
-        live += open.len() - superseding.len();
-        for tid in superseding {
-            let Some(mut t) = self.store.task(*tid)? else {
-                continue;
-            };
-            let replaceable = matches!(
-                t.state,
-                TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
-            );
-            if opts.supersede.is_some() && t.supersede == opts.supersede && replaceable {
-                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
-            } else {
-                live += 1;
+        // Without a supersede key every open task stays: counted, not read.
+        let (id, live) = match opts.supersede {
+            None => {
+                let live = self.store.open_task_count(device)?;
+                (self.store.next_task_id()?, live)
             }
-        }
-        self.scratch = open;
+            Some(key) => self.supersede(device, key, now)?,
+        };
         if live >= self.cfg.max_open_tasks {
             return Err(ServerError::QueueFull);
         }
@@ -561,6 +544,35 @@ impl<S: FleetStore> Server<S> {
             self.request_push(device, now)?;
         }
         Ok(id)
+    }
+
+    /// A new task id for `device`, and how many of its open tasks stay once
+    /// the undelivered ones with supersede key `key` are superseded by it.
+    fn supersede(
+        &mut self,
+        device: DeviceId,
+        key: SupersedeKey,
+        now: Instant,
+    ) -> Result<(TaskId, usize), S> {
+        let open = self.open_task_ids(device)?;
+        let id = self.store.next_task_id()?;
+        let mut live = 0;
+        for tid in &open {
+            let Some(mut t) = self.store.task(*tid)? else {
+                continue;
+            };
+            let replaceable = matches!(
+                t.state,
+                TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
+            );
+            if t.supersede == Some(key) && replaceable {
+                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
+            } else {
+                live += 1;
+            }
+        }
+        self.scratch = open;
+        Ok((id, live))
     }
 
     /// Cancels a task. Not yet on the device: it is cancelled at once

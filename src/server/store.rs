@@ -324,6 +324,10 @@ pub trait FleetStore {
     fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Self::Error>;
     /// Appends the ids of a device's tasks that are not final, oldest first.
     fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Self::Error>;
+    /// How many of a device's tasks are not final (as many as
+    /// [`open_tasks`](Self::open_tasks) appends), checked against
+    /// `ServerConfig::max_open_tasks` for each task queued.
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, Self::Error>;
     /// A fresh task id, never handed out before.
     fn next_task_id(&mut self) -> Result<TaskId, Self::Error>;
     /// The policy assigned to a device.
@@ -657,6 +661,10 @@ impl FleetStore for MemoryStore {
             out.extend_from_slice(open);
         }
         Ok(())
+    }
+
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, Infallible> {
+        Ok(self.open.get(&device).map_or(0, Vec::len))
     }
 
     fn next_task_id(&mut self) -> Result<TaskId, Infallible> {
