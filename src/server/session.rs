@@ -325,7 +325,9 @@ impl<S: FleetStore> Server<S> {
             // is buffered (the usual case: whole frames per read); the rest
             // goes through the decoder's buffer, with the same frames and
             // errors in the same order.
-            let frame = if let Some(payload) = s.decoder.decode_in_place(&mut bytes) {
+            let in_place = s.decoder.decode_in_place(&mut bytes);
+            let read_in_place = in_place.is_some();
+            let frame = if let Some(payload) = in_place {
                 Some(Ok(payload))
             } else if s.decoder.buffered() == 0 {
                 None // nothing buffered to decode: push first
@@ -373,6 +375,7 @@ impl<S: FleetStore> Server<S> {
                     None => parse(payload, awaiting_hello).map(Incoming::Any),
                 },
             };
+            let dropped = self.readers_dropped;
             let result = match msg {
                 Ok(Incoming::Session(m)) => self.on_session_message(conn, m, syncing, now),
                 Ok(Incoming::Hello(hello)) => {
@@ -390,6 +393,13 @@ impl<S: FleetStore> Server<S> {
                     self.fail_session(conn, &e);
                     return Err(e);
                 }
+            }
+            // A frame read in place leaves the decoder's buffer empty, as it
+            // found it: with `bytes` used up, nothing is left to read, and the
+            // session need not be looked up again to find that out. (Unless a
+            // send above dropped the session: the next turn reports it gone.)
+            if read_in_place && bytes.is_empty() && self.readers_dropped == dropped {
+                return Ok(());
             }
         }
     }
