@@ -146,3 +146,33 @@ fn a_silent_session_with_work_offered_gets_a_push_when_it_times_out() {
     assert!(closed, "the silent session was closed");
     assert_eq!(pushes, 1, "one push brings the device back");
 }
+
+/// A reader dropped by the burst its own proof brings is gone once the proof
+/// is read: `handle_bytes` says so, as for any later input on it, and the
+/// work not yet offered stays stored, with a push to bring the device back.
+#[test]
+fn a_proof_whose_burst_drops_the_reader_finds_the_connection_gone() {
+    let cfg = ServerConfig {
+        max_pending_out: 200,
+        ..ServerConfig::default()
+    };
+    let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+    let d = DeviceId(3);
+    let t0 = Instant::from_millis(1_000);
+    let secret = s.enroll(d, t0).unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|_| s.enqueue_task(d, TaskKind::Lock, Default::default(), t0))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (conn, _, answer) = common::raw_handshake(&mut s, d, &secret, t0);
+    assert_eq!(
+        answer,
+        Err(mdm_sync::server::ServerError::UnknownConnection)
+    );
+    assert_eq!(s.session_count(), 0);
+    let closed = core::iter::from_fn(|| s.poll_event())
+        .any(|e| matches!(e, ServerEvent::Close { conn: c } if c == conn));
+    assert!(closed);
+    let last = tasks.last().copied().unwrap();
+    assert_eq!(s.task_state(d, last), Some(TaskState::PushSent));
+}

@@ -5,8 +5,8 @@
 
 use mdm_sync::device::{Device, DeviceConfig, Event};
 use mdm_sync::server::{
-    ConnId, DeviceRecord, FleetStore, MemoryStore, ReportCommit, Server, ServerConfig, ServerError,
-    ServerEvent, TaskRecord,
+    ConnId, DeviceRecord, FleetStore, MemoryStore, ReportCommit, ReportSeqs, Server, ServerConfig,
+    ServerError, ServerEvent, TaskRecord,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{DeviceId, Platform, Policy, TaskId};
@@ -34,6 +34,9 @@ impl FleetStore for Flaky {
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Down> {
         ok(self.inner.put_device(rec))
     }
+    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Down> {
+        ok(self.inner.report_seqs(id))
+    }
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, std::sync::Arc<str>)>, Down> {
         if self.fail_push.take() {
             return Err(Down);
@@ -57,6 +60,9 @@ impl FleetStore for Flaky {
     }
     fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Down> {
         ok(self.inner.open_tasks(device, out))
+    }
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, Down> {
+        ok(self.inner.open_task_count(device))
     }
     fn next_task_id(&mut self) -> Result<TaskId, Down> {
         ok(self.inner.next_task_id())

@@ -29,8 +29,8 @@ mod store;
 
 pub use console::{DeviceView, FleetView, TaskCounts};
 pub use store::{
-    DeviceRecord, FleetStore, MemoryStore, PolicyState, ReportCommit, SupersedeKey, TaskRecord,
-    TaskState,
+    DeviceRecord, FleetStore, MemoryStore, PolicyState, ReportCommit, ReportSeqs, SupersedeKey,
+    TaskRecord, TaskState,
 };
 
 use alloc::collections::{BinaryHeap, VecDeque};
@@ -488,31 +488,14 @@ impl<S: FleetStore> Server<S> {
                 rec.ok_or(ServerError::UnknownDevice)?.generation
             }
         };
-        let open = self.open_task_ids(device)?;
-        let id = self.store.next_task_id()?;
-        let mut live = 0;
-        // Without a supersede key every open task stays: no need to read them.
-        let superseding = if opts.supersede.is_some() {
-            &open[..]
-        } else {
-            &[]
-        };
-        live += open.len() - superseding.len();
-        for tid in superseding {
-            let Some(mut t) = self.store.task(*tid)? else {
-                continue;
-            };
-            let replaceable = matches!(
-                t.state,
-                TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
-            );
-            if opts.supersede.is_some() && t.supersede == opts.supersede && replaceable {
-                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
-            } else {
-                live += 1;
+        // Without a supersede key every open task stays: counted, not read.
+        let (id, live) = match opts.supersede {
+            None => {
+                let live = self.store.open_task_count(device)?;
+                (self.store.next_task_id()?, live)
             }
-        }
-        self.scratch = open;
+            Some(key) => self.supersede(device, key, now)?,
+        };
         if live >= self.cfg.max_open_tasks {
             return Err(ServerError::QueueFull);
         }
@@ -530,38 +513,66 @@ impl<S: FleetStore> Server<S> {
             created_at: now,
             finished_at: None,
         };
+        // The console hears of the task ahead of what storing it announces
+        // (its offer), so its event goes first; it is taken back if the store
+        // refused the task (nothing was announced after it then). Events are
+        // seen only once this call returns, so none is seen early.
         let announced = self.events.len();
+        self.events.push_back(ServerEvent::TaskChanged {
+            device,
+            task: id,
+            state: TaskState::Queued,
+        });
         let stored = match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
             Some((conn, _)) => self.offer_new(conn, &mut t, now),
             None => self.store.put_task(&t).map_err(ServerError::Store),
         };
-        // The console hears of the task once the store holds it, ahead of
-        // what storing it announced (its offer). A task the store refused was
-        // never queued; one stored before a later error was.
-        let kept = stored.is_ok() || self.events.len() > announced;
+        // A task the store refused was never queued; one stored before a
+        // later error was.
+        let kept = stored.is_ok() || self.events.len() > announced + 1;
         if kept {
             if let Some(at) = opts.expires_at {
                 self.timers.push(Reverse((at, Timer::Expire(id))));
             }
-            let state = TaskState::Queued;
-            let queued = ServerEvent::TaskChanged {
-                device,
-                task: id,
-                state,
-            };
-            if announced == self.events.len() {
-                self.events.push_back(queued); // nothing announced: the usual case
-            } else {
-                self.events.insert(announced, queued);
-            }
+        } else {
+            self.events.pop_back();
         }
         stored?;
         if session.is_none() {
             self.request_push(device, now)?;
         }
         Ok(id)
+    }
+
+    /// A new task id for `device`, and how many of its open tasks stay once
+    /// the undelivered ones with supersede key `key` are superseded by it.
+    fn supersede(
+        &mut self,
+        device: DeviceId,
+        key: SupersedeKey,
+        now: Instant,
+    ) -> Result<(TaskId, usize), S> {
+        let open = self.open_task_ids(device)?;
+        let id = self.store.next_task_id()?;
+        let mut live = 0;
+        for tid in &open {
+            let Some(mut t) = self.store.task(*tid)? else {
+                continue;
+            };
+            let replaceable = matches!(
+                t.state,
+                TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
+            );
+            if t.supersede == Some(key) && replaceable {
+                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
+            } else {
+                live += 1;
+            }
+        }
+        self.scratch = open;
+        Ok((id, live))
     }
 
     /// Cancels a task. Not yet on the device: it is cancelled at once

@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 use hashbrown::HashMap;
 
 use super::{
-    ConnId, FleetStore, PeerError, PolicyState, ReportCommit, Result, Server, ServerError,
-    ServerEvent, TaskRecord, TaskState,
+    ConnId, FleetStore, PeerError, PolicyState, ReportCommit, ReportSeqs, Result, Server,
+    ServerError, ServerEvent, TaskRecord, TaskState,
 };
 use crate::auth;
 use crate::time::Instant;
@@ -182,6 +182,17 @@ impl Session {
     }
 }
 
+/// What `offer_one` found.
+enum Offer {
+    /// The session is gone: nothing was offered or stored.
+    NoSession,
+    /// The task is of another enrollment: nothing was offered or stored.
+    OtherGeneration,
+    /// The task was offered, or stored as expired, or it was not offerable
+    /// in the session; `owed_end`: the session had not sent its `SyncEnd`.
+    Done { owed_end: bool },
+}
+
 /// A decoded frame: a session message or a `Hello` read by hand, or any
 /// message.
 enum Incoming {
@@ -308,16 +319,29 @@ impl<S: FleetStore> Server<S> {
                 return Ok(()); // input after our error frame is ignored
             }
             s.last_rx = now;
-            if !bytes.is_empty() {
-                let n = s.decoder.push(bytes);
-                bytes = &bytes[n..];
-            }
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
-            let syncing = matches!(s.phase, Phase::Syncing(_));
+            let syncing = s.device();
             let mut hello_hash = [0; 32];
-            let msg = match s.decoder.decode() {
+            // Whole frames are read from `bytes` where they lie while nothing
+            // is buffered (the usual case: whole frames per read); the rest
+            // goes through the decoder's buffer, with the same frames and
+            // errors in the same order.
+            let in_place = s.decoder.decode_in_place(&mut bytes);
+            let read_in_place = in_place.is_some();
+            let frame = if let Some(payload) = in_place {
+                Some(Ok(payload))
+            } else if s.decoder.buffered() == 0 {
+                None // nothing buffered to decode: push first
+            } else {
+                s.decoder.decode()
+            };
+            let msg = match frame {
                 None if bytes.is_empty() => return Ok(()),
-                None => continue,
+                None => {
+                    let n = s.decoder.push(bytes);
+                    bytes = &bytes[n..];
+                    continue;
+                }
                 // Garbage is skipped (the CRC guards content), within a budget:
                 // each bad frame costs a CRC over up to a whole frame, so a
                 // peer that sends nothing but bad headers is cut off.
@@ -352,6 +376,7 @@ impl<S: FleetStore> Server<S> {
                     None => parse(payload, awaiting_hello).map(Incoming::Any),
                 },
             };
+            let dropped = self.readers_dropped;
             let result = match msg {
                 Ok(Incoming::Session(m)) => self.on_session_message(conn, m, syncing, now),
                 Ok(Incoming::Hello(hello)) => {
@@ -369,6 +394,13 @@ impl<S: FleetStore> Server<S> {
                     self.fail_session(conn, &e);
                     return Err(e);
                 }
+            }
+            // A frame read in place leaves the decoder's buffer empty, as it
+            // found it: with `bytes` used up, nothing is left to read, and the
+            // session need not be looked up again to find that out. (Unless a
+            // send above dropped the session: the next turn reports it gone.)
+            if read_in_place && bytes.is_empty() && self.readers_dropped == dropped {
+                return Ok(());
             }
         }
     }
@@ -409,11 +441,13 @@ impl<S: FleetStore> Server<S> {
             (Phase::AwaitProof { .. }, Up::Proof { mac }) => {
                 self.on_proof(conn, mac, now).map(|()| None)
             }
-            (Phase::Syncing(_), Up::Report { seq, body }) => {
-                self.on_report(conn, seq, body, now).map(Some)
+            (Phase::Syncing(sync), Up::Report { seq, body }) => {
+                let device = sync.device;
+                self.on_report(conn, device, seq, body, now).map(Some)
             }
-            (Phase::Syncing(_), Up::Progress { task, percent }) => {
-                self.on_progress(conn, task, percent).map(|()| None)
+            (Phase::Syncing(sync), Up::Progress { task, percent }) => {
+                let device = sync.device;
+                self.on_progress(device, task, percent).map(|()| None)
             }
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
         }
@@ -459,22 +493,26 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// A message read by hand after the `Hello`: what `on_message` does with
-    /// it in `AwaitProof` (`syncing` false) or `Syncing`.
+    /// it in `AwaitProof` (`device` none) or `Syncing` (`device`, the
+    /// session's).
     fn on_session_message(
         &mut self,
         conn: ConnId,
         msg: SessionUp,
-        syncing: bool,
+        device: Option<wire::DeviceId>,
         now: Instant,
     ) -> Result<Option<u32>, S> {
+        let syncing = device.is_some();
         match msg {
             SessionUp::Proof { mac } if !syncing => self.on_proof(conn, mac, now).map(|()| None),
-            SessionUp::Report { seq, body } if syncing => {
-                self.on_report(conn, seq, body, now).map(Some)
-            }
-            SessionUp::Progress { task, percent } if syncing => {
-                self.on_progress(conn, task, percent).map(|()| None)
-            }
+            SessionUp::Report { seq, body } => match device {
+                Some(device) => self.on_report(conn, device, seq, body, now).map(Some),
+                None => Err(ServerError::Peer(PeerError::Unexpected)),
+            },
+            SessionUp::Progress { task, percent } => match device {
+                Some(device) => self.on_progress(device, task, percent).map(|()| None),
+                None => Err(ServerError::Peer(PeerError::Unexpected)),
+            },
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
         }
     }
@@ -701,15 +739,13 @@ impl<S: FleetStore> Server<S> {
         let Some(sync) = self.sync_of(conn) else {
             return Ok(());
         };
-        let (device, generation) = (sync.device, sync.generation);
+        let device = sync.device;
         let ids = self.open_task_ids(device)?;
         for tid in &ids {
             let Some(mut t) = self.store.task(*tid)? else {
                 continue;
             };
-            if t.generation == generation {
-                self.offer_one(conn, &mut t, now)?;
-            }
+            self.offer_one(conn, &mut t, now)?;
         }
         self.scratch = ids;
         if let Some(p) = self.store.policy(device)? {
@@ -732,17 +768,18 @@ impl<S: FleetStore> Server<S> {
         t: &mut TaskRecord,
         now: Instant,
     ) -> Result<(), S> {
-        let sync = self.sync_of(conn).ok_or(ServerError::UnknownConnection)?;
-        if t.generation != sync.generation {
-            return Ok(self.store.put_task(t)?); // never offered to another enrollment
-        }
-        let owes_end = !sync.end_sent;
         let dropped = self.readers_dropped;
-        self.offer_one(conn, t, now)?;
-        if owes_end || self.readers_dropped != dropped {
-            self.end_burst(conn, t.device, now)?;
+        match self.offer_one(conn, t, now)? {
+            // Not stored: the task is not queued.
+            Offer::NoSession => Err(ServerError::UnknownConnection),
+            Offer::OtherGeneration => Ok(self.store.put_task(t)?), // never offered to it
+            Offer::Done { owed_end } => {
+                if owed_end || self.readers_dropped != dropped {
+                    self.end_burst(conn, t.device, now)?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// Ends a burst of work for `device` on `conn`: `SyncEnd`, once per
@@ -763,20 +800,28 @@ impl<S: FleetStore> Server<S> {
         Ok(())
     }
 
-    /// Offers a stored task in the session, if it is offerable there.
-    fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<(), S> {
+    /// Offers a task in the session, if it is of the session's enrollment
+    /// and offerable there; says what it found (the session's lookup serves
+    /// `offer_new` too).
+    fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<Offer, S> {
         let Some(sync) = self.sync_of(conn) else {
             // `send` dropped the session earlier in this burst (a reader too
             // far behind). The work stays stored for the device's next
             // session; the operator's call that brought it succeeded.
-            return Ok(());
+            return Ok(Offer::NoSession);
+        };
+        if t.generation != sync.generation {
+            return Ok(Offer::OtherGeneration);
+        }
+        let done = Offer::Done {
+            owed_end: !sync.end_sent,
         };
         if t.cancel_requested && t.state.maybe_on_device() {
             if !sync.cancels_sent.contains(&t.id) {
                 sync.cancels_sent.push(t.id);
                 self.send(conn, &Down::Cancel { task: t.id });
             }
-            return Ok(());
+            return Ok(done);
         }
         let offerable = match t.state {
             TaskState::Queued | TaskState::PushSent => true,
@@ -784,10 +829,11 @@ impl<S: FleetStore> Server<S> {
             _ => false,
         };
         if !offerable {
-            return Ok(());
+            return Ok(done);
         }
         if t.expires_at.is_some_and(|e| now >= e) {
-            return self.set_state(t, TaskState::Expired, now);
+            self.set_state(t, TaskState::Expired, now)?;
+            return Ok(done);
         }
         t.seq = sync.next_seq;
         sync.next_seq = sync.next_seq.wrapping_add(1);
@@ -798,68 +844,79 @@ impl<S: FleetStore> Server<S> {
             kind: t.kind,
         };
         self.send(conn, &Down::Task(task));
-        Ok(())
+        Ok(done)
     }
 
     /// Records a report; returns the sequence to acknowledge (after the
     /// bytes at hand are read: `handle_bytes` sends one `Ack` for them all).
+    /// `device` is the session's.
     fn on_report(
         &mut self,
         conn: ConnId,
+        device: wire::DeviceId,
         seq: u32,
         body: ReportBody,
         now: Instant,
     ) -> Result<u32, S> {
-        let device = self
-            .sync_of(conn)
-            .map(|s| s.device)
-            .ok_or(ServerError::UnknownConnection)?;
-        let mut rec = self
+        // Only the sequences are read (and the policy state for a policy
+        // report): what a report changes is written back field by field.
+        let seqs = self
             .store
-            .device(device)?
+            .report_seqs(device)?
             .ok_or(ServerError::UnknownDevice)?;
-        let expected = rec.last_report_seq.wrapping_add(1);
+        let expected = seqs.last_report_seq.wrapping_add(1);
         if seq != expected {
             if seq_newer(seq, expected) {
                 return Err(ServerError::Peer(PeerError::SequenceGap));
             }
-            return Ok(rec.last_report_seq); // a resend
+            return Ok(seqs.last_report_seq); // a resend
         }
-        rec.last_report_seq = seq;
-        let (mut task, mut compliance, mut event) = (None, None, None);
+        let mut commit = ReportCommit {
+            device,
+            seqs: ReportSeqs {
+                last_report_seq: seq,
+                last_task_seq: seqs.last_task_seq,
+            },
+            policy_version: None,
+            policy_state: None,
+            task: None,
+            compliance: None,
+        };
+        let (task, policy_state, event);
         match body {
             ReportBody::Task { task: id, status } => {
                 task = self.apply_status(conn, device, id, status, now)?;
                 // Any status for an offer means the device accepted its seq.
                 if let Some(t) = task
                     .as_ref()
-                    .filter(|t| seq_newer(t.seq, rec.last_task_seq))
+                    .filter(|t| seq_newer(t.seq, seqs.last_task_seq))
                 {
-                    rec.last_task_seq = t.seq;
+                    commit.seqs.last_task_seq = t.seq;
                 }
+                commit.task = task.as_ref();
+                event = None;
             }
             ReportBody::Compliance(e) => {
-                compliance = Some(e);
+                task = None;
+                commit.compliance = Some(e);
                 event = Some(ServerEvent::Compliance { device, event: e });
             }
             ReportBody::Policy(r) => {
-                rec.policy_version = r.version;
+                task = None;
+                commit.policy_version = Some(r.version);
                 // A report on an older version leaves a newer assignment pending.
                 let assigned = self.store.policy(device)?.map_or(0, |p| p.version);
-                if !seq_newer(assigned, r.version) {
-                    rec.policy_state = PolicyState::from_report(r.version, &r.outcome);
-                }
-                event = Some(ServerEvent::PolicyReported {
-                    device,
-                    state: rec.policy_state.clone(),
-                });
+                let state = if seq_newer(assigned, r.version) {
+                    let rec = self.store.device(device)?;
+                    rec.ok_or(ServerError::UnknownDevice)?.policy_state
+                } else {
+                    policy_state = PolicyState::from_report(r.version, &r.outcome);
+                    commit.policy_state = Some(&policy_state);
+                    policy_state.clone()
+                };
+                event = Some(ServerEvent::PolicyReported { device, state });
             }
         }
-        let commit = ReportCommit {
-            device: &rec,
-            task: task.as_ref(),
-            compliance,
-        };
         self.store.commit_report(commit)?;
         // Durable now: to be acknowledged; tell the console.
         if let Some(t) = &task {
@@ -904,11 +961,13 @@ impl<S: FleetStore> Server<S> {
         Ok(Some(t))
     }
 
-    fn on_progress(&mut self, conn: ConnId, id: TaskId, percent: Option<u8>) -> Result<(), S> {
-        let device = self
-            .sync_of(conn)
-            .map(|s| s.device)
-            .ok_or(ServerError::UnknownConnection)?;
+    /// Progress of task `id` from the session of `device`.
+    fn on_progress(
+        &mut self,
+        device: wire::DeviceId,
+        id: TaskId,
+        percent: Option<u8>,
+    ) -> Result<(), S> {
         let Some(mut t) = self.store.task(id)?.filter(|t| t.device == device) else {
             return Ok(());
         };

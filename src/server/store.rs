@@ -229,16 +229,60 @@ impl DeviceRecord {
     }
 }
 
+/// The part of a device's record that a report is checked against and
+/// advances (see [`FleetStore::report_seqs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReportSeqs {
+    /// Highest report sequence stored (and acknowledged).
+    pub last_report_seq: u32,
+    /// Highest task delivery sequence the device has confirmed.
+    pub last_task_seq: u32,
+}
+
+impl ReportSeqs {
+    /// The sequences of `rec`.
+    pub fn of(rec: &DeviceRecord) -> Self {
+        Self {
+            last_report_seq: rec.last_report_seq,
+            last_task_seq: rec.last_task_seq,
+        }
+    }
+}
+
 /// What one accepted report changes, written atomically by
-/// [`FleetStore::commit_report`].
+/// [`FleetStore::commit_report`]. Only these fields of the device's record
+/// change; the rest stay as stored.
 #[derive(Clone, Copy, Debug)]
 pub struct ReportCommit<'a> {
-    /// The device, with `last_report_seq` advanced.
-    pub device: &'a DeviceRecord,
+    /// The device.
+    pub device: DeviceId,
+    /// Its new sequences: `last_report_seq` advanced to the report's, and
+    /// `last_task_seq` to the offer it confirmed, if newer.
+    pub seqs: ReportSeqs,
+    /// Its new `policy_version`, if the report was about a policy.
+    pub policy_version: Option<u32>,
+    /// Its new `policy_state`, if the report changed it (a report on an older
+    /// version leaves a newer assignment pending).
+    pub policy_state: Option<&'a PolicyState>,
     /// The task whose status changed, if the report was about a task.
     pub task: Option<&'a TaskRecord>,
     /// The compliance event, if the report was one.
     pub compliance: Option<ComplianceEvent>,
+}
+
+impl ReportCommit<'_> {
+    /// Applies the commit's changes to the device's record `rec`: for a store
+    /// that writes whole records.
+    pub fn apply_to(&self, rec: &mut DeviceRecord) {
+        rec.last_report_seq = self.seqs.last_report_seq;
+        rec.last_task_seq = self.seqs.last_task_seq;
+        if let Some(v) = self.policy_version {
+            rec.policy_version = v;
+        }
+        if let Some(state) = self.policy_state {
+            rec.policy_state = state.clone();
+        }
+    }
 }
 
 /// Durable fleet state. See the module docs for the shapes it is made for.
@@ -250,6 +294,11 @@ pub trait FleetStore {
     fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error>;
     /// Inserts or replaces a device.
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Self::Error>;
+    /// A device's report and task sequences, read for each report. The
+    /// default reads the whole record; a store may read just these.
+    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Self::Error> {
+        Ok(self.device(id)?.as_ref().map(ReportSeqs::of))
+    }
     /// Platform and push token of a device, once it has sent them. The
     /// token is shared: a store that keeps tokens in memory hands out another
     /// reference (no copy, no allocation), one that reads them from disk
@@ -275,13 +324,20 @@ pub trait FleetStore {
     fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Self::Error>;
     /// Appends the ids of a device's tasks that are not final, oldest first.
     fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Self::Error>;
+    /// How many of a device's tasks are not final (as many as
+    /// [`open_tasks`](Self::open_tasks) appends), checked against
+    /// `ServerConfig::max_open_tasks` for each task queued.
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, Self::Error>;
     /// A fresh task id, never handed out before.
     fn next_task_id(&mut self) -> Result<TaskId, Self::Error>;
     /// The policy assigned to a device.
     fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Self::Error>;
     /// Assigns a policy to a device.
     fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Self::Error>;
-    /// Stores one accepted report atomically (device, task, compliance log).
+    /// Stores one accepted report atomically: the device's fields it changes
+    /// (see [`ReportCommit::apply_to`]), the task, the compliance log. The
+    /// device was read just before ([`report_seqs`](Self::report_seqs)); if
+    /// it is gone, its fields are not written.
     fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Self::Error>;
     /// Visits every device (console queries).
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Self::Error>;
@@ -422,6 +478,15 @@ impl MemoryStore {
         row
     }
 
+    /// Replaces the row at `i` with `rec`, packed.
+    fn replace_row(&mut self, i: usize, rec: &DeviceRecord) {
+        let old = self.devices.rows.get(i).copied();
+        let row = self.pack(rec, old.as_ref());
+        if let Some(slot) = self.devices.rows.get_mut(i) {
+            *slot = row;
+        }
+    }
+
     fn unpack(&self, row: &Row) -> DeviceRecord {
         let id = DeviceId(row.id);
         let last_sync = (row.flags & HAS_SYNC != 0).then(|| {
@@ -541,13 +606,7 @@ impl FleetStore for MemoryStore {
 
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
         match self.devices.find(rec.id) {
-            Some(i) => {
-                let old = self.devices.rows.get(i).copied();
-                let row = self.pack(rec, old.as_ref());
-                if let Some(slot) = self.devices.rows.get_mut(i) {
-                    *slot = row;
-                }
-            }
+            Some(i) => self.replace_row(i, rec),
             None => {
                 let row = self.pack(rec, None);
                 self.devices.push(row);
@@ -604,6 +663,10 @@ impl FleetStore for MemoryStore {
         Ok(())
     }
 
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, Infallible> {
+        Ok(self.open.get(&device).map_or(0, Vec::len))
+    }
+
     fn next_task_id(&mut self) -> Result<TaskId, Infallible> {
         self.next_task += 1;
         Ok(TaskId(self.next_task))
@@ -618,14 +681,37 @@ impl FleetStore for MemoryStore {
         Ok(())
     }
 
+    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Infallible> {
+        let row = self.devices.find(id).and_then(|i| self.devices.rows.get(i));
+        Ok(row.map(|r| ReportSeqs {
+            last_report_seq: r.last_report_seq,
+            last_task_seq: r.last_task_seq,
+        }))
+    }
+
     fn commit_report(&mut self, c: ReportCommit<'_>) -> Result<(), Infallible> {
         if let Some(t) = c.task {
             self.put_task(t)?;
         }
         if let Some(e) = c.compliance {
-            self.compliance.push((c.device.id, e));
+            self.compliance.push((c.device, e));
         }
-        self.put_device(c.device)
+        let Some(i) = self.devices.find(c.device) else {
+            return Ok(());
+        };
+        if c.policy_version.is_some() || c.policy_state.is_some() {
+            // The policy lives in the row's flags and side maps: rewritten
+            // whole, as `put_device` does.
+            if let Some(row) = self.devices.rows.get(i) {
+                let mut rec = self.unpack(row);
+                c.apply_to(&mut rec);
+                self.replace_row(i, &rec);
+            }
+        } else if let Some(row) = self.devices.rows.get_mut(i) {
+            row.last_report_seq = c.seqs.last_report_seq;
+            row.last_task_seq = c.seqs.last_task_seq;
+        }
+        Ok(())
     }
 
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
@@ -724,5 +810,76 @@ mod packing_tests {
         let mut seen = 0;
         store.for_each_device(&mut |_| seen += 1).unwrap();
         assert_eq!(seen, store.device_count());
+    }
+
+    /// A report's commit changes the device's fields it names and no other,
+    /// whatever the record holds (side entries included).
+    #[test]
+    fn a_report_commit_changes_only_its_fields() {
+        let mut failed = heapless::Vec::new();
+        failed.push(SettingFailure { key: 4, reason: 2 }).unwrap();
+        let partial = PolicyState::PartiallyApplied { version: 9, failed };
+        let states = [PolicyState::Pending, partial.clone()];
+        let syncs = [None, Some((Instant::MAX, SyncTrigger::Manual))];
+        let applied = PolicyState::Applied { version: 10 };
+        for state in &states {
+            for sync in &syncs {
+                for policy in [None, Some((10, None)), Some((10, Some(&applied)))] {
+                    let mut store = MemoryStore::new();
+                    let mut rec = record(5);
+                    rec.policy_state = state.clone();
+                    rec.last_sync = *sync;
+                    store.put_device(&rec).unwrap();
+                    store.put_device(&record(6)).unwrap();
+                    let seqs = ReportSeqs {
+                        last_report_seq: 0,
+                        last_task_seq: 18,
+                    };
+                    let commit = ReportCommit {
+                        device: rec.id,
+                        seqs,
+                        policy_version: policy.map(|p| p.0),
+                        policy_state: policy.and_then(|p| p.1),
+                        task: None,
+                        compliance: None,
+                    };
+                    assert_eq!(
+                        store.report_seqs(rec.id).unwrap(),
+                        Some(ReportSeqs::of(&rec))
+                    );
+                    store.commit_report(commit).unwrap();
+                    let mut want = rec.clone();
+                    (want.last_report_seq, want.last_task_seq) = (0, 18);
+                    if let Some((version, state)) = policy {
+                        want.policy_version = version;
+                        if let Some(s) = state {
+                            want.policy_state = s.clone();
+                        }
+                    }
+                    assert_eq!(store.device(rec.id).unwrap(), Some(want.clone()));
+                    assert_eq!(store.report_seqs(rec.id).unwrap(), Some(seqs));
+                    assert_eq!(store.device(DeviceId(6)).unwrap(), Some(record(6)));
+                    // A side entry the new state no longer needs is dropped.
+                    let aside = !matches!(
+                        want.policy_state,
+                        PolicyState::Pending | PolicyState::Applied { version: 10 }
+                    );
+                    assert_eq!(store.policy_states.len(), usize::from(aside), "{want:?}");
+                }
+            }
+        }
+        // A device that is gone is not written.
+        let mut store = MemoryStore::new();
+        let commit = ReportCommit {
+            device: DeviceId(1),
+            seqs: ReportSeqs::of(&record(1)),
+            policy_version: Some(1),
+            policy_state: None,
+            task: None,
+            compliance: None,
+        };
+        store.commit_report(commit).unwrap();
+        assert_eq!(store.device_count(), 0);
+        assert_eq!(store.report_seqs(DeviceId(1)).unwrap(), None);
     }
 }
