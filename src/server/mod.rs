@@ -317,7 +317,7 @@ pub struct Server<S: FleetStore> {
     /// push held back by the rate limit costs no timer at all. At most one
     /// check per device pushed within the interval.
     push_checks: VecDeque<(Instant, DeviceId)>,
-    /// Length of `timers` after its last sweep (see `arm_session_timer`).
+    /// Length of `timers` after its last sweep (see `arm_timer`).
     timers_swept: usize,
     /// The latest `now` given to `handle_timeout`: every FIFO check armed at
     /// or before it has run.
@@ -384,6 +384,19 @@ impl<S: FleetStore> Server<S> {
     /// Open connections.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Timers the engine holds: session deadlines, push checks, check-in
+    /// (overdue) checks and task expiries. Bounded by about twice the live
+    /// ones (sessions open, devices pushed within `push_min_interval`,
+    /// devices that ever checked in, open tasks with an expiry) plus a
+    /// constant: timers of closed sessions and expiries of tasks that ended
+    /// are swept out.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+            + self.overdue_checks.len()
+            + self.handshake_checks.len()
+            + self.push_checks.len()
     }
 
     // ---- enrollment and operator calls -----------------------------------
@@ -534,7 +547,7 @@ impl<S: FleetStore> Server<S> {
         let kept = stored.is_ok() || self.events.len() > announced + 1;
         if kept {
             if let Some(at) = opts.expires_at {
-                self.timers.push(Reverse((at, Timer::Expire(id))));
+                self.arm_timer(at, Timer::Expire(id));
             }
         } else {
             self.events.pop_back();
@@ -638,7 +651,7 @@ impl<S: FleetStore> Server<S> {
                 // already ran and the clock then went back: then a check of
                 // its own (in the heap: rare, and out of the FIFO's order).
                 if self.held_pushes.insert(device) && next <= self.timers_ran_to {
-                    self.timers.push(Reverse((next, Timer::Push(device))));
+                    self.arm_timer(next, Timer::Push(device));
                 }
                 Ok(())
             }
@@ -658,7 +671,7 @@ impl<S: FleetStore> Server<S> {
         p.pushed = true;
         let check = now + self.cfg.push_min_interval;
         if !in_order(&mut self.push_checks, check, device) {
-            self.timers.push(Reverse((check, Timer::Push(device))));
+            self.arm_timer(check, Timer::Push(device));
         }
         self.events.push_back(ServerEvent::SendPush {
             device,
@@ -703,7 +716,7 @@ impl<S: FleetStore> Server<S> {
         self.sessions.insert(conn, session);
         let at = now + self.cfg.handshake_timeout;
         if !in_order(&mut self.handshake_checks, at, conn) {
-            self.arm_session_timer(at, conn);
+            self.arm_timer(at, Timer::Session(conn));
         }
         let checks = &mut self.handshake_checks;
         // Deadlines of closed sessions are dropped once they outnumber the
@@ -716,17 +729,26 @@ impl<S: FleetStore> Server<S> {
         Ok(conn)
     }
 
-    /// Arms a session's deadline. A closed session leaves its timer in the
-    /// heap; once the heap has doubled since its last sweep, timers of closed
-    /// sessions are swept out (in place, O(1) per timer amortized), so the
-    /// heap stays near the live timers however many sessions come and go.
-    pub(super) fn arm_session_timer(&mut self, at: Instant, conn: ConnId) {
-        self.timers.push(Reverse((at, Timer::Session(conn))));
+    /// Arms a timer of the heap. A closed session leaves its deadline in the
+    /// heap, and a task that ended before its expiry leaves its expiry; once
+    /// the heap has doubled since its last sweep, both are swept out (in
+    /// place, O(1) per timer amortized, one store read per expiry), so the
+    /// heap stays near the live timers however many sessions come and go and
+    /// however long the expiries of finished tasks are.
+    fn arm_timer(&mut self, at: Instant, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
         if self.timers.len() > 2 * self.timers_swept + 1024 {
-            let sessions = &self.sessions;
-            self.timers.retain(
-                |Reverse((_, t))| !matches!(t, Timer::Session(c) if !sessions.contains_key(c)),
-            );
+            let (sessions, store) = (&self.sessions, &self.store);
+            self.timers.retain(|Reverse((_, t))| match t {
+                Timer::Session(c) => sessions.contains_key(c),
+                // Kept when the store cannot tell: expiring is harmless.
+                Timer::Expire(task) => match store.task(*task) {
+                    Ok(Some(t)) => !t.state.is_final(),
+                    Ok(None) => false,
+                    Err(_) => true,
+                },
+                Timer::Push(_) | Timer::Overdue(_) => true,
+            });
             self.timers_swept = self.timers.len();
         }
     }
@@ -861,7 +883,7 @@ impl<S: FleetStore> Server<S> {
         if sent.is_err() && self.held_pushes.contains(&device) {
             // The store failed before the push went out: it stays held, and
             // is tried again an interval later (this check is spent).
-            self.timers.push(Reverse((now + min, Timer::Push(device))));
+            self.arm_timer(now + min, Timer::Push(device));
         }
         sent
     }
@@ -900,7 +922,7 @@ impl<S: FleetStore> Server<S> {
             p.armed = true;
             let at = p.due_at;
             if !in_order(&mut self.overdue_checks, at, device) {
-                self.timers.push(Reverse((at, Timer::Overdue(device))));
+                self.arm_timer(at, Timer::Overdue(device));
             }
         } else if !p.overdue && !online {
             p.overdue = true;
@@ -925,7 +947,7 @@ impl<S: FleetStore> Server<S> {
         if !p.armed {
             p.armed = true;
             if !in_order(&mut self.overdue_checks, at, device) {
-                self.timers.push(Reverse((at, Timer::Overdue(device))));
+                self.arm_timer(at, Timer::Overdue(device));
             }
         }
     }

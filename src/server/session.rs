@@ -7,7 +7,7 @@ use hashbrown::HashMap;
 
 use super::{
     ConnId, FleetStore, PeerError, PolicyState, ReportCommit, ReportSeqs, Result, Server,
-    ServerError, ServerEvent, TaskRecord, TaskState,
+    ServerError, ServerEvent, TaskRecord, TaskState, Timer,
 };
 use crate::auth;
 use crate::time::Instant;
@@ -994,7 +994,7 @@ impl<S: FleetStore> Server<S> {
         };
         let deadline = since + limit;
         if now < deadline {
-            self.arm_session_timer(deadline, conn);
+            self.arm_timer(deadline, Timer::Session(conn));
             return Ok(());
         }
         if s.closing {
@@ -1010,7 +1010,7 @@ impl<S: FleetStore> Server<S> {
         if let Some(s) = self.sessions.get_mut(&conn) {
             s.closing = true;
         }
-        self.arm_session_timer(now + limit, conn);
+        self.arm_timer(now + limit, Timer::Session(conn));
         match device {
             // A silent session may be half-open: the device never saw what
             // was offered in it and, believing its sync done, would wait for
