@@ -32,7 +32,10 @@
 //!
 //! - The engine's input channel (bytes read, connections opened and closed,
 //!   operator calls) holds [`Builder::channel_capacity`] messages; readers
-//!   wait when it is full, so a flood of input slows the readers down.
+//!   wait when it is full, so a flood of input slows the readers down (each
+//!   connection's reader holds at most one message it read). A connection's
+//!   reader and writer run side by side: while its reader waits for room,
+//!   what the engine sends the connection is still written.
 //! - Each connection's output channel holds [`Builder::connection_capacity`]
 //!   chunks. The engine never waits on it: a connection whose channel is full
 //!   is too slow to read and is closed, on top of the engine's own
@@ -383,57 +386,86 @@ struct Link<S: FleetStore> {
     read_buf: usize,
 }
 
+/// How a connection's reading half ended.
+enum ReadEnd {
+    /// The peer's end of input, reported to the engine.
+    Eof,
+    /// A read failed; not reported yet.
+    Failed,
+    /// The engine has stopped.
+    Stopped,
+}
+
 impl<S: FleetStore> Link<S> {
-    async fn run<T: AsyncRead + AsyncWrite>(mut self, stream: T) {
-        let conn = self.conn;
+    /// Reads and writes side by side, as two futures of one task: the reader
+    /// may wait for room in the engine's input channel (full during a flood
+    /// from any peer) while the writer goes on writing what the engine sends.
+    /// (Were the writer to wait too, the engine would find the connection's
+    /// channel full and close it as too slow.) The reader holds at most one
+    /// message it has read.
+    async fn run<T: AsyncRead + AsyncWrite>(self, stream: T) {
+        let Link {
+            conn,
+            mut out,
+            engine,
+            write_timeout,
+            read_buf,
+        } = self;
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut buf = std::vec![0u8; self.read_buf];
-        // At the peer's end of input (a half-close) the engine is told at
-        // once (the device is offline: new work goes by push), and it hands
-        // over what it still had for the peer before it lets go of the
-        // connection; that is written for at most `write_timeout`. So an
-        // answer such as a version-mismatch error is not lost because the
-        // peer stopped sending first.
-        let mut linger: Option<tokio::time::Instant> = None;
-        // The linger timer's future is built on every pass, polled only once
-        // lingering; a fixed instant spares a clock read per read.
-        let idle = tokio::time::Instant::now();
-        loop {
-            let until = linger.unwrap_or(idle);
-            tokio::select! {
-                read = rd.read(&mut buf), if linger.is_none() => match read {
-                    Ok(0) => {
-                        if self.engine.send(Msg::Closed { conn }).await.is_err() {
-                            return;
-                        }
-                        linger = Some(tokio::time::Instant::now() + self.write_timeout);
-                    }
-                    Err(_) => break,
+        // True once the engine let go and everything queued was written;
+        // false when a write failed or stalled past `write_timeout`.
+        let writer = async {
+            while let Some(bytes) = out.recv().await {
+                let write = tokio::time::timeout(write_timeout, wr.write_all(&bytes));
+                if !matches!(write.await, Ok(Ok(()))) {
+                    return false;
+                }
+            }
+            let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
+            true
+        };
+        let engine = &engine;
+        let reader = async move {
+            let mut buf = std::vec![0u8; read_buf];
+            loop {
+                let (msg, end) = match rd.read(&mut buf).await {
+                    Ok(0) => (Msg::Closed { conn }, true),
                     Ok(n) => {
                         let data = buf[..n].to_vec();
-                        if self.engine.send(Msg::Bytes { conn, data }).await.is_err() {
-                            return; // engine stopped
-                        }
+                        (Msg::Bytes { conn, data }, false)
                     }
-                },
-                out = self.out.recv() => match out {
-                    Some(bytes) => {
-                        let write = tokio::time::timeout(self.write_timeout, wr.write_all(&bytes));
-                        if !matches!(write.await, Ok(Ok(()))) {
-                            break;
-                        }
-                    }
-                    None => {
-                        // The engine closed it; everything queued has been written.
-                        let _ = tokio::time::timeout(self.write_timeout, wr.shutdown()).await;
-                        return;
-                    }
-                },
-                () = tokio::time::sleep_until(until), if linger.is_some() => return,
+                    Err(_) => return ReadEnd::Failed,
+                };
+                if engine.send(msg).await.is_err() {
+                    return ReadEnd::Stopped;
+                }
+                if end {
+                    return ReadEnd::Eof;
+                }
             }
-        }
-        if linger.is_none() {
-            let _ = self.engine.send(Msg::Closed { conn }).await;
+        };
+        tokio::pin!(writer, reader);
+        let report = tokio::select! {
+            // The engine let go (nothing to report), or a write failed.
+            written = &mut writer => !written,
+            end = &mut reader => match end {
+                // At the peer's end of input (a half-close) the engine was
+                // told at once (the device is offline: new work goes by
+                // push), and it hands over what it still had for the peer
+                // before it lets go of the connection; that is written for
+                // at most `write_timeout`. So an answer such as a
+                // version-mismatch error is not lost because the peer
+                // stopped sending first.
+                ReadEnd::Eof => {
+                    let _ = tokio::time::timeout(write_timeout, &mut writer).await;
+                    false
+                }
+                ReadEnd::Failed => true,
+                ReadEnd::Stopped => false,
+            },
+        };
+        if report {
+            let _ = engine.send(Msg::Closed { conn }).await;
         }
     }
 }
