@@ -1,6 +1,6 @@
-//! The tokio server adapter on 127.0.0.1 while the engine's input channel
-//! is full: a connection whose input waits its turn must still get what the
-//! engine sends it.
+//! The tokio server adapter while the engine's input channel is full: every
+//! message waiting is handled, and a connection whose input waits its turn
+//! still gets what the engine sends it (on 127.0.0.1).
 #![cfg(feature = "tokio")]
 
 use core::time::Duration as Wall;
@@ -11,6 +11,33 @@ use mdm_sync::time::Instant;
 use mdm_sync::wire;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+/// A runtime with three workers (`block_in_place` needs more than one).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(3)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `scenario` on `rt` for at most 30 s.
+fn within_30s<F: core::future::Future>(
+    rt: &tokio::runtime::Runtime,
+    scenario: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    rt.block_on(async { tokio::time::timeout(Wall::from_secs(30), scenario).await })
+}
+
+/// A server with no device yet.
+fn server() -> Server<MemoryStore> {
+    Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [7; 32],
+        [8; 32],
+    )
+}
 
 /// Polls `f` every 20 ms until it holds; false if it never did in 10 s.
 async fn eventually<F, Fut>(mut f: F) -> bool
@@ -61,25 +88,15 @@ fn foreign_hello() -> Vec<u8> {
 /// queue is lined up: a peer's first message, other traffic (more than a
 /// batch, so the answer is flushed before what follows), an operator call
 /// that waits until the peer has its answer, one more call, and last the
-/// peer's next message. Were the connection's writer to wait for its reader, the answer
-/// would stay queued until after the call, which would give up after 5 s.
+/// peer's next message. Were the connection's writer to wait for its
+/// reader, the answer would stay queued until after the call, which would
+/// give up after 5 s.
 #[test]
 fn a_peer_is_answered_while_its_next_input_waits_for_room() {
     use tokio::io::AsyncReadExt;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(3)
-        .enable_all()
-        .build()
-        .unwrap();
     let scenario = async {
-        let server = Server::new(
-            ServerConfig::default(),
-            MemoryStore::new(),
-            [7; 32],
-            [8; 32],
-        );
-        let (handle, engine) = Builder::new(server, |_, _, _: &str| Ok(()))
+        let (handle, engine) = Builder::new(server(), |_, _, _: &str| Ok(()))
             .channel_capacity(1)
             .spawn();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,10 +158,34 @@ fn a_peer_is_answered_while_its_next_input_waits_for_room() {
         handle.shutdown().await;
         let _ = engine.await.unwrap();
     };
-    rt.block_on(async {
-        let limit = Wall::from_secs(30);
-        tokio::time::timeout(limit, scenario)
-            .await
-            .expect("took longer than 30 s");
-    });
+    within_30s(&runtime(), scenario).expect("took longer than 30 s");
+}
+
+/// Every message waiting in the engine's channel is handled, however many
+/// wait: the engine takes them in batches, and no message may be taken off
+/// the channel at the end of a batch and then dropped (a dropped call fails
+/// with `Stopped`; a dropped `Open` would end `serve`).
+#[test]
+fn a_full_channel_loses_no_message() {
+    let scenario = async {
+        let (handle, engine) = Builder::new(server(), |_, _, _: &str| Ok(())).spawn();
+        let (release, hold) = hold_engine(&handle).await;
+        // More than a batch (256) of calls waits in the channel (1024).
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..600u32 {
+            let handle = handle.clone();
+            calls.spawn(async move { handle.call(move |_, _| i).await });
+        }
+        tokio::time::sleep(Wall::from_millis(100)).await; // ordering only
+        release.send(()).unwrap();
+        hold.await.unwrap();
+        let mut lost = 0;
+        while let Some(call) = calls.join_next().await {
+            lost += usize::from(call.unwrap().is_err());
+        }
+        assert_eq!(lost, 0, "calls lost between batches");
+        handle.shutdown().await;
+        let _ = engine.await.unwrap();
+    };
+    within_30s(&runtime(), scenario).expect("took longer than 30 s");
 }

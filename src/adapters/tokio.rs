@@ -510,17 +510,21 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
     }
 
     /// Handles `first` and whatever else is waiting (up to a batch); false
-    /// when the engine must stop.
+    /// when the engine must stop. A message is taken off the channel only to
+    /// be handled: the rest waits for the next batch.
     fn handle_batch(&mut self, first: Option<Msg<S>>) -> bool {
         let mut next = first;
-        for _ in 0..BATCH {
+        for handled in 1..=BATCH {
             match next {
                 None | Some(Msg::Shutdown) => return false,
                 Some(msg) => self.on_msg(msg),
             }
+            if handled == BATCH {
+                break;
+            }
             match self.rx.try_recv() {
                 Ok(msg) => next = Some(msg),
-                Err(_) => return true,
+                Err(_) => break,
             }
         }
         true
