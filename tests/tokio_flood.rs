@@ -1,16 +1,132 @@
-//! The tokio server adapter while the engine's input channel is full: every
-//! message waiting is handled, and a connection whose input waits its turn
-//! still gets what the engine sends it (on 127.0.0.1).
+//! The tokio server adapter while the engine's input channel is full (a
+//! flood from hostile peers, a burst of operator calls), on 127.0.0.1:
+//! every message waiting is handled, a connection whose input waits its turn
+//! still gets what the engine sends it, and a well-behaved device syncs,
+//! runs its task and is not closed as too slow.
 #![cfg(feature = "tokio")]
 
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use core::time::Duration as Wall;
+use std::sync::Arc;
 
+use mdm_sync::adapters::blocking::{
+    BlockingDevice, Execution, Handler, MemoryStorage, TaskUpdate, TcpConnector,
+};
+use mdm_sync::adapters::clock::ScaledClock;
 use mdm_sync::adapters::tokio::{serve, Builder, ServerHandle};
-use mdm_sync::server::{MemoryStore, Server, ServerConfig};
-use mdm_sync::time::Instant;
-use mdm_sync::wire;
+use mdm_sync::device::{DeviceConfig, SessionError};
+use mdm_sync::server::{MemoryStore, Server, ServerConfig, TaskState};
+use mdm_sync::time::{Duration, Instant};
+use mdm_sync::wire::{
+    self, DeviceId, Platform, Policy, PolicyOutcome, Setting, Task, TaskId, TaskKind, TaskResult,
+    TaskStatus, Up, MAX_FRAME,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+const DEV: DeviceId = DeviceId(1);
+/// Hostile peers writing at once; each opens at most `FLOOD_CONNS` connections.
+const FLOODERS: usize = 8;
+const FLOOD_CONNS: usize = 2_000;
+/// Policies assigned to the device in one burst while its session is open.
+/// Each is handled in a batch of its own (the channel holds 2), so each is
+/// one flush of output for the connection: 200 flushes of a few bytes.
+const BURST: i64 = 200;
+
+/// What the test tells the device's application, and what it saw.
+#[derive(Default)]
+struct Control {
+    /// Report progress of the running task once.
+    progress: AtomicBool,
+    /// Finish the running task.
+    finish: AtomicBool,
+    /// Stop the device's run loop.
+    stop: AtomicBool,
+    executed: AtomicUsize,
+    newest_policy: AtomicU32,
+    /// Syncs that failed (a dropped connection among them).
+    failed: AtomicUsize,
+    first_failure: std::sync::Mutex<Option<SessionError>>,
+}
+
+/// Runs one task until told to finish it, and keeps its session open
+/// meanwhile (the engine lingers while a task runs).
+struct Agent {
+    ctl: Arc<Control>,
+    running: Option<TaskId>,
+    now: Instant,
+}
+
+impl Handler for Agent {
+    fn execute(&mut self, task: Task, _now: Instant) -> Execution {
+        self.ctl.executed.fetch_add(1, Ordering::SeqCst);
+        self.running = Some(task.id);
+        Execution::Running
+    }
+
+    fn apply_policy(&mut self, policy: &Policy, _now: Instant) -> PolicyOutcome {
+        self.ctl
+            .newest_policy
+            .fetch_max(policy.version, Ordering::SeqCst);
+        PolicyOutcome::Applied
+    }
+
+    fn poll_update(&mut self, now: Instant) -> Option<TaskUpdate> {
+        self.now = now;
+        let task = self.running?;
+        if self.ctl.finish.load(Ordering::SeqCst) {
+            self.running = None;
+            let status = TaskStatus::Succeeded {
+                result: Some(TaskResult::Scan { threats: 0 }),
+            };
+            return Some(TaskUpdate::Finished { task, status });
+        }
+        if self.ctl.progress.swap(false, Ordering::SeqCst) {
+            return Some(TaskUpdate::Progress {
+                task,
+                percent: Some(50),
+            });
+        }
+        None
+    }
+
+    fn next_update(&self) -> Option<Instant> {
+        // Look at the test's flags often while the task runs.
+        self.running.map(|_| self.now + Duration::from_millis(10))
+    }
+
+    fn sync_failed(&mut self, error: SessionError, _now: Instant) {
+        self.ctl.failed.fetch_add(1, Ordering::SeqCst);
+        let mut first = self.ctl.first_failure.lock().unwrap();
+        first.get_or_insert(error);
+    }
+}
+
+/// One hostile peer: connects and writes `bytes` over and over, as fast as
+/// the server reads, reconnecting whenever the server closes it.
+async fn flood(addr: core::net::SocketAddr, bytes: Arc<Vec<u8>>, stop: Arc<AtomicBool>) {
+    for _ in 0..FLOOD_CONNS {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(Wall::from_millis(1)).await;
+            continue;
+        };
+        while !stop.load(Ordering::SeqCst) && s.write_all(&bytes).await.is_ok() {}
+    }
+}
+
+/// 4 KiB of well-formed frames that no session in the handshake accepts.
+fn frames() -> Vec<u8> {
+    let mut frame = [0u8; MAX_FRAME];
+    let progress = Up::Progress {
+        task: TaskId(9),
+        percent: Some(1),
+    };
+    let n = wire::frame::encode(&progress, &mut frame).unwrap();
+    frame[..n].iter().copied().cycle().take(4096).collect()
+}
 
 /// A runtime with three workers (`block_in_place` needs more than one).
 fn runtime() -> tokio::runtime::Runtime {
@@ -72,6 +188,144 @@ async fn hold_engine(
     });
     is_held.await.unwrap();
     (release, hold)
+}
+
+async fn task_state(handle: &ServerHandle<MemoryStore>, task: TaskId) -> Option<TaskState> {
+    handle.task(task).await.unwrap().map(|r| r.state)
+}
+
+/// The device's connection takes a burst of output while its own next
+/// message waits behind the burst in a flooded channel. It fails if the
+/// connection's writer waits for its reader, or if its room is counted in
+/// flushes rather than bytes (it had room for 32): either way the engine
+/// closes the connection as too slow and the device sees its sync fail.
+#[test]
+fn a_flood_from_other_peers_does_not_drop_a_device_in_session() {
+    let rt = runtime();
+    let clock = ScaledClock::new();
+    let ctl = Arc::new(Control::default());
+    let stop_flood = Arc::new(AtomicBool::new(false));
+
+    let (handle, addr, t0, flooders) = rt.block_on(async {
+        // A small input channel, so that the flood keeps it full and each
+        // operator call below is handled in a batch of its own.
+        let (handle, _engine) = Builder::new(server(), |_, _, _: &str| Ok(()))
+            .clock(clock)
+            .channel_capacity(2)
+            .spawn();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, handle.clone()));
+        let garbage = Arc::new(vec![0u8; 4096]);
+        let frames = Arc::new(frames());
+        let flooders: Vec<_> = (0..FLOODERS)
+            .map(|i| {
+                let bytes = if i % 2 == 0 { &garbage } else { &frames };
+                tokio::spawn(flood(addr, bytes.clone(), stop_flood.clone()))
+            })
+            .collect();
+        let secret = handle.enroll(DEV).await.unwrap();
+        let t0 = handle
+            .enqueue_task(DEV, TaskKind::Scan, Default::default())
+            .await
+            .unwrap();
+        (handle, (addr, secret), t0, flooders)
+    });
+    let (addr, secret) = addr;
+
+    // The device boots and syncs through the flood; the task keeps running.
+    let mut cfg = DeviceConfig::new(DEV, 0, secret, Platform::Android);
+    cfg.timers.linger = Duration::from_mins(10);
+    let device = std::thread::spawn({
+        let ctl = ctl.clone();
+        move || {
+            let connector = TcpConnector::new(addr).with_timeout(Wall::from_secs(2));
+            let agent = Agent {
+                ctl: ctl.clone(),
+                running: None,
+                now: Instant::ZERO,
+            };
+            let mut dev: BlockingDevice<_, _, _> =
+                BlockingDevice::boot(cfg, connector, MemoryStorage::new(), agent, clock).unwrap();
+            while !ctl.stop.load(Ordering::SeqCst) {
+                let wait = dev.run_once().unwrap();
+                std::thread::sleep(wait.min(Wall::from_millis(10)));
+            }
+        }
+    });
+
+    let scenario = async {
+        let running = eventually(|| async {
+            let state = task_state(&handle, t0).await;
+            matches!(
+                state,
+                Some(TaskState::Delivered | TaskState::InProgress { .. })
+            )
+        })
+        .await;
+        assert!(running, "{:?}", task_state(&handle, t0).await);
+
+        // The engine is held for a moment (as by a long batch of work) so
+        // that its queue is in a known order: the flood, then a burst of
+        // policies for the device, then the device's own next message (a
+        // progress report). Its connection is sent the burst while that
+        // message waits behind it.
+        let (release, hold) = hold_engine(&handle).await;
+        let mut burst = tokio::task::JoinSet::new();
+        for v in 1..=BURST {
+            let handle = handle.clone();
+            let settings = vec![Setting { key: 1, value: v }];
+            burst.spawn(async move { handle.assign_policy(DEV, settings).await });
+        }
+        // Time for every call to queue up, then for the device's report to
+        // be read and queued behind them (ordering only: nothing is timed).
+        tokio::time::sleep(Wall::from_millis(100)).await;
+        ctl.progress.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Wall::from_millis(200)).await;
+        release.send(()).unwrap();
+        hold.await.unwrap();
+        let mut newest = 0;
+        while let Some(version) = burst.join_next().await {
+            newest = newest.max(version.unwrap().unwrap());
+        }
+
+        // The device finishes its task; the server records it.
+        ctl.finish.store(true, Ordering::SeqCst);
+        let done =
+            eventually(|| async { task_state(&handle, t0).await.is_some_and(|s| s.is_final()) })
+                .await;
+        assert!(done, "{:?}", task_state(&handle, t0).await);
+        let latest =
+            eventually(|| async { handle.fleet_view().await.unwrap().on_latest_policy == 1 }).await;
+        assert!(latest, "the device never reported policy {newest}");
+        newest
+    };
+    let run = within_30s(&rt, scenario);
+    stop_flood.store(true, Ordering::SeqCst);
+    ctl.stop.store(true, Ordering::SeqCst);
+    for f in flooders {
+        f.abort();
+    }
+    device.join().unwrap();
+    let newest = run.expect("the scenario took longer than 30 s");
+
+    let failed = ctl.failed.load(Ordering::SeqCst);
+    assert_eq!(
+        failed,
+        0,
+        "the device's session was dropped ({:?} first)",
+        ctl.first_failure.lock().unwrap()
+    );
+    assert_eq!(ctl.executed.load(Ordering::SeqCst), 1);
+    assert_eq!(ctl.newest_policy.load(Ordering::SeqCst), newest);
+    let state = rt.block_on(task_state(&handle, t0));
+    assert_eq!(
+        state,
+        Some(TaskState::Succeeded {
+            result: Some(TaskResult::Scan { threats: 0 })
+        })
+    );
+    rt.block_on(handle.shutdown());
 }
 
 /// A `Hello` of a protocol version no server speaks: the server answers with
