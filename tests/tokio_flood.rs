@@ -1,11 +1,13 @@
 //! The tokio server adapter while the engine's input channel is full (a
-//! flood from hostile peers, a burst of operator calls), on 127.0.0.1:
-//! every message waiting is handled, a connection whose input waits its turn
-//! still gets what the engine sends it, and a well-behaved device syncs,
-//! runs its task and is not closed as too slow.
+//! flood from hostile peers, a burst of operator calls): every message
+//! waiting is handled, and a well-behaved device on 127.0.0.1 syncs, gets
+//! what the engine sends it while its own input waits its turn, runs its
+//! task and is not closed as too slow.
 #![cfg(feature = "tokio")]
 
+use core::future::Future;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::task::Poll;
 use core::time::Duration as Wall;
 use std::sync::Arc;
 
@@ -25,13 +27,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const DEV: DeviceId = DeviceId(1);
+/// The engine's input channel in the flood test: small, so that the flood
+/// keeps it full and each operator call is handled in a batch of its own.
+const CHANNEL: usize = 2;
 /// Hostile peers writing at once; each opens at most `FLOOD_CONNS` connections.
 const FLOODERS: usize = 8;
 const FLOOD_CONNS: usize = 2_000;
 /// Policies assigned to the device in one burst while its session is open.
-/// Each is handled in a batch of its own (the channel holds 2), so each is
-/// one flush of output for the connection: 200 flushes of a few bytes.
-const BURST: i64 = 200;
+/// Each is handled in a batch of its own (see `CHANNEL`), so each is
+/// one flush of output for the connection: 300 flushes of a few bytes.
+const BURST: i64 = 300;
 
 /// What the test tells the device's application, and what it saw.
 #[derive(Default)]
@@ -138,7 +143,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs `scenario` on `rt` for at most 30 s.
-fn within_30s<F: core::future::Future>(
+fn within_30s<F: Future>(
     rt: &tokio::runtime::Runtime,
     scenario: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
@@ -159,7 +164,7 @@ fn server() -> Server<MemoryStore> {
 async fn eventually<F, Fut>(mut f: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: core::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     for _ in 0..500 {
         if f().await {
@@ -190,15 +195,39 @@ async fn hold_engine(
     (release, hold)
 }
 
+/// Polls `call` (an operator call) once, so that it takes its place in the
+/// engine's queue now, in program order, and lets it finish on its own task.
+/// (Out of tokio's task budget, or a poll could return before queueing.)
+async fn queue<T, F>(call: F) -> tokio::task::JoinHandle<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut call = Box::pin(tokio::task::unconstrained(call));
+    let mut done = None;
+    core::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = call.as_mut().poll(cx) {
+            done = Some(out);
+        }
+        Poll::Ready(())
+    })
+    .await;
+    match done {
+        Some(out) => tokio::spawn(async move { out }),
+        None => tokio::spawn(call),
+    }
+}
+
 async fn task_state(handle: &ServerHandle<MemoryStore>, task: TaskId) -> Option<TaskState> {
     handle.task(task).await.unwrap().map(|r| r.state)
 }
 
 /// The device's connection takes a burst of output while its own next
 /// message waits behind the burst in a flooded channel. It fails if the
-/// connection's writer waits for its reader, or if its room is counted in
-/// flushes rather than bytes (it had room for 32): either way the engine
-/// closes the connection as too slow and the device sees its sync fail.
+/// connection's writer waits for its reader (the device gets nothing of the
+/// burst while the waiting call holds the engine), or if the connection's
+/// room is counted in flushes rather than bytes (it had room for 32): the
+/// engine closes the connection as too slow, and the device's sync fails.
 #[test]
 fn a_flood_from_other_peers_does_not_drop_a_device_in_session() {
     let rt = runtime();
@@ -206,12 +235,10 @@ fn a_flood_from_other_peers_does_not_drop_a_device_in_session() {
     let ctl = Arc::new(Control::default());
     let stop_flood = Arc::new(AtomicBool::new(false));
 
-    let (handle, addr, t0, flooders) = rt.block_on(async {
-        // A small input channel, so that the flood keeps it full and each
-        // operator call below is handled in a batch of its own.
+    let (handle, addr, secret, t0, flooders) = rt.block_on(async {
         let (handle, _engine) = Builder::new(server(), |_, _, _: &str| Ok(()))
             .clock(clock)
-            .channel_capacity(2)
+            .channel_capacity(CHANNEL)
             .spawn();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -229,9 +256,8 @@ fn a_flood_from_other_peers_does_not_drop_a_device_in_session() {
             .enqueue_task(DEV, TaskKind::Scan, Default::default())
             .await
             .unwrap();
-        (handle, (addr, secret), t0, flooders)
+        (handle, addr, secret, t0, flooders)
     });
-    let (addr, secret) = addr;
 
     // The device boots and syncs through the flood; the task keeps running.
     let mut cfg = DeviceConfig::new(DEV, 0, secret, Platform::Android);
@@ -266,28 +292,58 @@ fn a_flood_from_other_peers_does_not_drop_a_device_in_session() {
         assert!(running, "{:?}", task_state(&handle, t0).await);
 
         // The engine is held for a moment (as by a long batch of work) so
-        // that its queue is in a known order: the flood, then a burst of
-        // policies for the device, then the device's own next message (a
-        // progress report). Its connection is sent the burst while that
-        // message waits behind it.
+        // that its queue is in a known order: the flood, a burst of policies
+        // for the device, a call that waits (5 s at most) until the device
+        // has the burst's first policy, a channel's worth of calls, and the
+        // device's own next message (a progress report). The connection must be sent the
+        // burst while that message waits: the first policy is flushed more
+        // than a batch (256) before the waiting call.
         let (release, hold) = hold_engine(&handle).await;
-        let mut burst = tokio::task::JoinSet::new();
+        let mut burst = Vec::new();
         for v in 1..=BURST {
             let handle = handle.clone();
             let settings = vec![Setting { key: 1, value: v }];
-            burst.spawn(async move { handle.assign_policy(DEV, settings).await });
+            burst.push(queue(async move { handle.assign_policy(DEV, settings).await }).await);
         }
-        // Time for every call to queue up, then for the device's report to
-        // be read and queued behind them (ordering only: nothing is timed).
-        tokio::time::sleep(Wall::from_millis(100)).await;
+        let got_first = queue({
+            let (handle, ctl) = (handle.clone(), ctl.clone());
+            let wait = move |_: &mut Server<MemoryStore>, _: Instant| {
+                tokio::task::block_in_place(|| {
+                    let give_up = std::time::Instant::now() + Wall::from_secs(5);
+                    while ctl.newest_policy.load(Ordering::SeqCst) == 0 {
+                        if std::time::Instant::now() > give_up {
+                            return false;
+                        }
+                        std::thread::sleep(Wall::from_millis(1));
+                    }
+                    true
+                })
+            };
+            async move { handle.call(wait).await }
+        })
+        .await;
+        // The channel, once the waiting call is taken off it, holds these,
+        // not the device's message.
+        let mut behind = Vec::new();
+        for _ in 0..CHANNEL {
+            let handle = handle.clone();
+            behind.push(queue(async move { handle.call(|_, _| ()).await }).await);
+        }
         ctl.progress.store(true, Ordering::SeqCst);
+        // Time for the device's report to be read and queued (ordering only:
+        // nothing is timed).
         tokio::time::sleep(Wall::from_millis(200)).await;
         release.send(()).unwrap();
         hold.await.unwrap();
-        let mut newest = 0;
-        while let Some(version) = burst.join_next().await {
-            newest = newest.max(version.unwrap().unwrap());
+        let got_first = got_first.await.unwrap().unwrap();
+        for call in behind {
+            call.await.unwrap().unwrap();
         }
+        let mut newest = 0;
+        for version in burst {
+            newest = newest.max(version.await.unwrap().unwrap());
+        }
+        assert!(got_first, "the device's output waited for its input");
 
         // The device finishes its task; the server records it.
         ctl.finish.store(true, Ordering::SeqCst);
@@ -328,93 +384,6 @@ fn a_flood_from_other_peers_does_not_drop_a_device_in_session() {
     rt.block_on(handle.shutdown());
 }
 
-/// A `Hello` of a protocol version no server speaks: the server answers with
-/// `VersionMismatch` (frozen across versions) and closes the connection.
-fn foreign_hello() -> Vec<u8> {
-    let mut hello = vec![0xA5, 0x5A, 5, 0, 0x00, 0x09, 0xFF, 0xFF, 0xFF];
-    let crc = wire::crc32(&hello[2..]);
-    hello.extend_from_slice(&crc.to_le_bytes());
-    hello
-}
-
-/// A connection's answer goes out while the connection's next input waits
-/// for room in the engine's input channel. The engine is held while its
-/// queue is lined up: a peer's first message, other traffic (more than a
-/// batch, so the answer is flushed before what follows), an operator call
-/// that waits until the peer has its answer, one more call, and last the
-/// peer's next message. Were the connection's writer to wait for its
-/// reader, the answer would stay queued until after the call, which would
-/// give up after 5 s.
-#[test]
-fn a_peer_is_answered_while_its_next_input_waits_for_room() {
-    use tokio::io::AsyncReadExt;
-
-    let scenario = async {
-        let (handle, engine) = Builder::new(server(), |_, _, _: &str| Ok(()))
-            .channel_capacity(1)
-            .spawn();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, handle.clone()));
-        let (mut peer_rd, mut peer_wr) = TcpStream::connect(addr).await.unwrap().into_split();
-        let attached =
-            eventually(|| async { handle.call(|s, _| s.session_count()).await.unwrap() == 1 })
-                .await;
-        assert!(attached);
-        let (answered_tx, answered) = std::sync::mpsc::channel();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            if peer_rd.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                let _ = answered_tx.send(());
-            }
-        });
-
-        // Each step is given time to queue up (ordering only: nothing is timed).
-        let settle = || tokio::time::sleep(Wall::from_millis(50));
-        let (release, hold) = hold_engine(&handle).await;
-        peer_wr.write_all(&foreign_hello()).await.unwrap();
-        settle().await;
-        let mut others = tokio::task::JoinSet::new();
-        for _ in 0..300 {
-            let handle = handle.clone();
-            others.spawn(async move { handle.call(|_, _| ()).await });
-        }
-        settle().await;
-        let waiter = tokio::spawn({
-            let handle = handle.clone();
-            async move {
-                let wait = move |_: &mut Server<MemoryStore>, _: Instant| {
-                    let limit = Wall::from_secs(5);
-                    tokio::task::block_in_place(|| answered.recv_timeout(limit).is_ok())
-                };
-                handle.call(wait).await.unwrap()
-            }
-        });
-        // Taking the call off the queue makes room for one more message:
-        // this one, not the peer's.
-        others.spawn({
-            let handle = handle.clone();
-            async move { handle.call(|_, _| ()).await }
-        });
-        settle().await;
-        peer_wr.write_all(&foreign_hello()).await.unwrap();
-        settle().await;
-        release.send(()).unwrap();
-        hold.await.unwrap();
-        let answered_in_time = waiter.await.unwrap();
-        while let Some(call) = others.join_next().await {
-            call.unwrap().unwrap();
-        }
-        assert!(
-            answered_in_time,
-            "the peer's answer waited for its own next input"
-        );
-        handle.shutdown().await;
-        let _ = engine.await.unwrap();
-    };
-    within_30s(&runtime(), scenario).expect("took longer than 30 s");
-}
-
 /// Every message waiting in the engine's channel is handled, however many
 /// wait: the engine takes them in batches, and no message may be taken off
 /// the channel at the end of a batch and then dropped (a dropped call fails
@@ -425,17 +394,16 @@ fn a_full_channel_loses_no_message() {
         let (handle, engine) = Builder::new(server(), |_, _, _: &str| Ok(())).spawn();
         let (release, hold) = hold_engine(&handle).await;
         // More than a batch (256) of calls waits in the channel (1024).
-        let mut calls = tokio::task::JoinSet::new();
+        let mut calls = Vec::new();
         for i in 0..600u32 {
             let handle = handle.clone();
-            calls.spawn(async move { handle.call(move |_, _| i).await });
+            calls.push(queue(async move { handle.call(move |_, _| i).await }).await);
         }
-        tokio::time::sleep(Wall::from_millis(100)).await; // ordering only
         release.send(()).unwrap();
         hold.await.unwrap();
         let mut lost = 0;
-        while let Some(call) = calls.join_next().await {
-            lost += usize::from(call.unwrap().is_err());
+        for call in calls {
+            lost += usize::from(call.await.unwrap().is_err());
         }
         assert_eq!(lost, 0, "calls lost between batches");
         handle.shutdown().await;
