@@ -32,22 +32,32 @@
 //!
 //! - The engine's input channel (bytes read, connections opened and closed,
 //!   operator calls) holds [`Builder::channel_capacity`] messages; readers
-//!   wait when it is full, so a flood of input slows the readers down.
-//! - Each connection's output channel holds [`Builder::connection_capacity`]
-//!   chunks. The engine never waits on it: a connection whose channel is full
-//!   is too slow to read and is closed, on top of the engine's own
-//!   [`ServerConfig::max_pending_out`](crate::server::ServerConfig).
+//!   wait when it is full, so a flood of input slows the readers down (each
+//!   connection's reader holds at most one message it read). A connection's
+//!   reader and writer run side by side: while its reader waits for room,
+//!   what the engine sends the connection is still written.
+//! - Each connection's output waits for its writer in one buffer of at most
+//!   [`Builder::connection_capacity`] × 16 KiB, which the writer takes whole;
+//!   so a burst of small frames counts by its bytes, however many flushes of
+//!   the engine it took. The engine never waits on it: a connection with
+//!   more than that waiting is too slow to read and is closed, on top of the
+//!   engine's own [`ServerConfig::max_pending_out`](crate::server::ServerConfig).
+//!   With the buffer being written, a connection holds at most twice that;
+//!   an idle one holds no buffer.
 //! - A write that stalls longer than [`Builder::write_timeout`] closes its
 //!   connection.
+//! - The engine task waits only for its input channel and its timers, never
+//!   on one connection's reader or writer.
 
 use core::time::Duration as WallDuration;
 use std::boxed::Box;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::vec::Vec;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::clock::{Clock, ScaledClock};
@@ -75,7 +85,7 @@ type OpenReply<S> = oneshot::Sender<Result<ConnId, ServerError<<S as FleetStore>
 
 enum Msg<S: FleetStore> {
     Open {
-        out: mpsc::Sender<Vec<u8>>,
+        out: Arc<Output>,
         reply: OpenReply<S>,
     },
     Bytes {
@@ -162,8 +172,8 @@ where
         self
     }
 
-    /// Output chunks queued per connection before it counts as too slow
-    /// (default 32 chunks of up to 16 KiB, at least 1).
+    /// Output waiting for one connection's writer before the connection
+    /// counts as too slow, in units of 16 KiB (default 32: 512 KiB; at least 1).
     pub fn connection_capacity(mut self, n: usize) -> Self {
         self.conn_capacity = n.max(1);
         self
@@ -183,7 +193,6 @@ where
         let handle = ServerHandle {
             tx,
             clock: self.clock,
-            conn_capacity: self.conn_capacity,
             write_timeout: self.write_timeout,
             read_buf: self.read_buf,
         };
@@ -194,6 +203,7 @@ where
             hook: self.hook,
             rx,
             conns: HashMap::new(),
+            out_limit: self.conn_capacity.saturating_mul(OUT_CHUNK),
             buf: std::vec![0; OUT_CHUNK],
         };
         (handle, tokio::spawn(engine.run()))
@@ -204,7 +214,6 @@ where
 pub struct ServerHandle<S: FleetStore> {
     tx: mpsc::Sender<Msg<S>>,
     clock: ScaledClock,
-    conn_capacity: usize,
     write_timeout: WallDuration,
     read_buf: usize,
 }
@@ -214,7 +223,6 @@ impl<S: FleetStore> Clone for ServerHandle<S> {
         Self {
             tx: self.tx.clone(),
             clock: self.clock,
-            conn_capacity: self.conn_capacity,
             write_timeout: self.write_timeout,
             read_buf: self.read_buf,
         }
@@ -323,10 +331,13 @@ where
     where
         T: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (out, out_rx) = mpsc::channel(self.conn_capacity);
+        let out = Arc::new(Output::default());
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Msg::Open { out, reply })
+            .send(Msg::Open {
+                out: out.clone(),
+                reply,
+            })
             .await
             .map_err(|_| CallError::Stopped)?;
         let conn = answer
@@ -335,7 +346,7 @@ where
             .map_err(CallError::Server)?;
         let link = Link {
             conn,
-            out: out_rx,
+            out,
             engine: self.tx.clone(),
             write_timeout: self.write_timeout,
             read_buf: self.read_buf,
@@ -374,66 +385,160 @@ where
     }
 }
 
+/// Output for one connection: what the engine queued and the connection's
+/// writer has not taken yet. The engine never waits on it.
+#[derive(Default)]
+struct Output {
+    state: Mutex<Waiting>,
+    /// Wakes the writer when there is more, or when the engine let go.
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Waiting {
+    bytes: Vec<u8>,
+    /// The engine let go of the connection.
+    let_go: bool,
+}
+
+impl Output {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // Nothing panics while it is held; a poisoned lock still holds sound data.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `bytes` for the writer; false, and nothing queued, when more
+    /// than `limit` bytes would then wait.
+    fn push(&self, bytes: &[u8], limit: usize) -> bool {
+        {
+            let mut w = self.lock();
+            if w.bytes.len().saturating_add(bytes.len()) > limit {
+                return false;
+            }
+            w.bytes.extend_from_slice(bytes);
+        }
+        self.wake.notify_one();
+        true
+    }
+
+    /// Everything waiting (its buffer goes with it: an idle connection
+    /// holds none), and whether the engine has let go.
+    fn take(&self) -> (Vec<u8>, bool) {
+        let mut w = self.lock();
+        (core::mem::take(&mut w.bytes), w.let_go)
+    }
+}
+
+/// The engine's hold on a connection's output: dropping it (closing the
+/// connection) lets the writer finish what waits and shut the stream.
+struct Outlet(Arc<Output>);
+
+impl Drop for Outlet {
+    fn drop(&mut self) {
+        self.0.lock().let_go = true;
+        self.0.wake.notify_one();
+    }
+}
+
 /// One connection's task: reads go to the engine, the engine's bytes are written.
 struct Link<S: FleetStore> {
     conn: ConnId,
-    out: mpsc::Receiver<Vec<u8>>,
+    out: Arc<Output>,
     engine: mpsc::Sender<Msg<S>>,
     write_timeout: WallDuration,
     read_buf: usize,
 }
 
+/// How a connection's reading half ended.
+enum ReadEnd {
+    /// The peer's end of input, reported to the engine.
+    Eof,
+    /// A read failed; not reported yet.
+    Failed,
+    /// The engine has stopped.
+    Stopped,
+}
+
 impl<S: FleetStore> Link<S> {
-    async fn run<T: AsyncRead + AsyncWrite>(mut self, stream: T) {
-        let conn = self.conn;
+    /// Reads and writes side by side, as two futures of one task: the reader
+    /// may wait for room in the engine's input channel (full during a flood
+    /// from any peer) while the writer goes on writing what the engine sends.
+    /// (Were the writer to wait too, what the engine sends would pile up until
+    /// the connection counted as too slow.) The reader holds at most one
+    /// message it has read.
+    ///
+    /// Known shortcoming: once the engine lets go of a connection, its reader
+    /// still reads (and the engine drops what it reads) until the writer has
+    /// written what was left, each write bounded by `write_timeout`.
+    async fn run<T: AsyncRead + AsyncWrite>(self, stream: T) {
+        let Link {
+            conn,
+            out,
+            engine,
+            write_timeout,
+            read_buf,
+        } = self;
         let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut buf = std::vec![0u8; self.read_buf];
-        // At the peer's end of input (a half-close) the engine is told at
-        // once (the device is offline: new work goes by push), and it hands
-        // over what it still had for the peer before it lets go of the
-        // connection; that is written for at most `write_timeout`. So an
-        // answer such as a version-mismatch error is not lost because the
-        // peer stopped sending first.
-        let mut linger: Option<tokio::time::Instant> = None;
-        // The linger timer's future is built on every pass, polled only once
-        // lingering; a fixed instant spares a clock read per read.
-        let idle = tokio::time::Instant::now();
-        loop {
-            let until = linger.unwrap_or(idle);
-            tokio::select! {
-                read = rd.read(&mut buf), if linger.is_none() => match read {
-                    Ok(0) => {
-                        if self.engine.send(Msg::Closed { conn }).await.is_err() {
-                            return;
-                        }
-                        linger = Some(tokio::time::Instant::now() + self.write_timeout);
+        // True once the engine let go and everything queued was written;
+        // false when a write failed or stalled past `write_timeout`.
+        let writer = async {
+            loop {
+                let (bytes, let_go) = out.take();
+                if !bytes.is_empty() {
+                    let write = tokio::time::timeout(write_timeout, wr.write_all(&bytes));
+                    if !matches!(write.await, Ok(Ok(()))) {
+                        return false;
                     }
-                    Err(_) => break,
+                } else if let_go {
+                    let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
+                    return true;
+                } else {
+                    out.wake.notified().await;
+                }
+            }
+        };
+        let engine = &engine;
+        let reader = async move {
+            let mut buf = std::vec![0u8; read_buf];
+            loop {
+                let (msg, end) = match rd.read(&mut buf).await {
+                    Ok(0) => (Msg::Closed { conn }, true),
                     Ok(n) => {
                         let data = buf[..n].to_vec();
-                        if self.engine.send(Msg::Bytes { conn, data }).await.is_err() {
-                            return; // engine stopped
-                        }
+                        (Msg::Bytes { conn, data }, false)
                     }
-                },
-                out = self.out.recv() => match out {
-                    Some(bytes) => {
-                        let write = tokio::time::timeout(self.write_timeout, wr.write_all(&bytes));
-                        if !matches!(write.await, Ok(Ok(()))) {
-                            break;
-                        }
-                    }
-                    None => {
-                        // The engine closed it; everything queued has been written.
-                        let _ = tokio::time::timeout(self.write_timeout, wr.shutdown()).await;
-                        return;
-                    }
-                },
-                () = tokio::time::sleep_until(until), if linger.is_some() => return,
+                    Err(_) => return ReadEnd::Failed,
+                };
+                if engine.send(msg).await.is_err() {
+                    return ReadEnd::Stopped;
+                }
+                if end {
+                    return ReadEnd::Eof;
+                }
             }
-        }
-        if linger.is_none() {
-            let _ = self.engine.send(Msg::Closed { conn }).await;
+        };
+        tokio::pin!(writer, reader);
+        let report = tokio::select! {
+            // The engine let go (nothing to report), or a write failed.
+            written = &mut writer => !written,
+            end = &mut reader => match end {
+                // At the peer's end of input (a half-close) the engine was
+                // told at once (the device is offline: new work goes by
+                // push), and it hands over what it still had for the peer
+                // before it lets go of the connection; that is written for
+                // at most `write_timeout`. So an answer such as a
+                // version-mismatch error is not lost because the peer
+                // stopped sending first.
+                ReadEnd::Eof => {
+                    let _ = tokio::time::timeout(write_timeout, &mut writer).await;
+                    false
+                }
+                ReadEnd::Failed => true,
+                ReadEnd::Stopped => false,
+            },
+        };
+        if report {
+            let _ = engine.send(Msg::Closed { conn }).await;
         }
     }
 }
@@ -445,7 +550,9 @@ struct Engine<S: FleetStore, P> {
     clock: ScaledClock,
     hook: Option<EventHook>,
     rx: mpsc::Receiver<Msg<S>>,
-    conns: HashMap<ConnId, mpsc::Sender<Vec<u8>>>,
+    conns: HashMap<ConnId, Outlet>,
+    /// Most bytes waiting for one connection's writer.
+    out_limit: usize,
     buf: Vec<u8>,
 }
 
@@ -478,17 +585,21 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
     }
 
     /// Handles `first` and whatever else is waiting (up to a batch); false
-    /// when the engine must stop.
+    /// when the engine must stop. A message is taken off the channel only to
+    /// be handled: the rest waits for the next batch.
     fn handle_batch(&mut self, first: Option<Msg<S>>) -> bool {
         let mut next = first;
-        for _ in 0..BATCH {
+        for handled in 1..=BATCH {
             match next {
                 None | Some(Msg::Shutdown) => return false,
                 Some(msg) => self.on_msg(msg),
             }
+            if handled == BATCH {
+                break;
+            }
             match self.rx.try_recv() {
                 Ok(msg) => next = Some(msg),
-                Err(_) => return true,
+                Err(_) => break,
             }
         }
         true
@@ -500,7 +611,7 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
             Msg::Open { out, reply } => {
                 let opened = self.server.connection_opened(now);
                 if let Ok(conn) = opened {
-                    self.conns.insert(conn, out);
+                    self.conns.insert(conn, Outlet(out));
                 }
                 let _ = reply.send(opened);
             }
@@ -534,13 +645,14 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
     }
 
     /// Moves the engine's output to the connections, then handles its events.
+    /// Never waits: a connection with too much waiting is closed instead.
     fn flush(&mut self) {
         let now = self.clock.now();
         while let Some((conn, n)) = self.server.poll_transmit(&mut self.buf) {
             let Some(out) = self.conns.get(&conn) else {
                 continue; // the transport is already gone
             };
-            if out.try_send(self.buf[..n].to_vec()).is_err() {
+            if !out.0.push(&self.buf[..n], self.out_limit) {
                 debug!("connection {} too slow; closing", conn.0);
                 self.conns.remove(&conn);
                 self.server.connection_closed(conn, now);
