@@ -502,3 +502,94 @@ fn a_device_drops_a_challenge_of_another_attempt() {
     let payload = dec.decode().unwrap().unwrap();
     assert!(matches!(wire::decode::<Up>(payload), Ok(Up::Proof { .. })));
 }
+
+/// The payload of device 1's `Hello` (see [`hello`]) with this attempt.
+fn hello_payload(attempt: u64) -> Vec<u8> {
+    let Up::Hello(mut h) = hello(1, wire::PROTOCOL_VERSION) else {
+        unreachable!()
+    };
+    h.attempt = attempt;
+    let mut buf = [0u8; 600];
+    let n = wire::encode_payload(&Up::Hello(h), &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+/// `v` as a postcard varint of `len` bytes: non-minimal when longer than
+/// needed, which the reference decoders accept (PROTOCOL.md 3).
+fn varint_of_len(mut v: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 1..=len {
+        out.push((v & 0x7F) as u8 | if i < len { 0x80 } else { 0 });
+        v >>= 7;
+    }
+    assert_eq!(v, 0, "does not fit in {len} bytes");
+    out
+}
+
+/// Bytes of `v` as a minimal varint.
+fn varint_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+/// The server echoes whatever attempt a `Hello` carries, exactly: the
+/// extremes, one value twice (on two connections), and values written as
+/// non-minimal varints, which the server's hand decoder and postcard read
+/// alike.
+#[test]
+fn the_server_echoes_any_attempt_exactly() {
+    let mut s = server();
+    s.enroll(DeviceId(1), NOW).unwrap();
+    let mut cases: Vec<(u64, Vec<u8>)> = [0, 1, (1 << 32) + 1, u64::MAX, 7, 7]
+        .into_iter()
+        .map(|a| (a, hello_payload(a)))
+        .collect();
+    for (a, len) in [(0u64, 10), ((1 << 32) + 1, 7)] {
+        let mut p = hello_payload(a);
+        // Tag and version take a byte each, then the attempt.
+        p.splice(2..2 + varint_len(a), varint_of_len(a, len));
+        assert!(matches!(wire::decode::<Up>(&p), Ok(Up::Hello(h)) if h.attempt == a));
+        cases.push((a, p));
+    }
+    for (attempt, payload) in cases {
+        let conn = s.connection_opened(NOW).unwrap();
+        s.handle_bytes(conn, &common::raw_frame(&payload, 0), NOW)
+            .unwrap();
+        match &replies(&mut s, conn)[..] {
+            [Down::Challenge {
+                version,
+                attempt: echoed,
+                ..
+            }] => {
+                assert_eq!(*version, wire::PROTOCOL_VERSION);
+                assert_eq!(*echoed, attempt, "payload {payload:02x?}");
+            }
+            other => panic!("attempt {attempt:#x}: {other:?}"),
+        }
+        s.connection_closed(conn, NOW);
+    }
+}
+
+/// A `Hello` of another version that decodes in our layout, its tag written
+/// as the non-minimal varint `80 00` (postcard reads tag 0, the version peek
+/// reads no tag): it must not be challenged, since the server answers only a
+/// `Hello` of its version with a `Challenge` (PROTOCOL.md 6.1).
+#[test]
+fn a_hello_of_another_version_is_never_challenged() {
+    let mut s = server();
+    s.enroll(DeviceId(1), NOW).unwrap();
+    let mut payload = hello_payload((1 << 32) + 1);
+    payload[1] = 4; // version 4 (one byte, like 3)
+    payload.splice(0..1, [0x80, 0x00]);
+    assert!(matches!(wire::decode::<Up>(&payload), Ok(Up::Hello(h)) if h.version == 4));
+    let conn = s.connection_opened(NOW).unwrap();
+    let r = s.handle_bytes(conn, &common::raw_frame(&payload, 0), NOW);
+    let supported = wire::PROTOCOL_VERSION;
+    assert_eq!(
+        replies(&mut s, conn),
+        vec![Down::Error(ErrorCode::VersionMismatch { supported })]
+    );
+    assert_eq!(
+        r,
+        Err(ServerError::Peer(PeerError::VersionMismatch { device: 4 }))
+    );
+}
