@@ -403,6 +403,14 @@ fn a_newer_handshake_after_an_older_one_authenticates() {
 /// Runs `d` to its next `Hello` at `now` (keeping the latest snapshot in
 /// `snap`), then cuts the connection; returns the `Hello`'s attempt.
 fn next_attempt(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> u64 {
+    let attempt = hello_sent(d, snap, now).attempt;
+    d.disconnected(now);
+    attempt
+}
+
+/// Runs `d` at `now` (keeping the latest snapshot in `snap`) until it has
+/// connected and sent its `Hello`; returns the `Hello`.
+fn hello_sent(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> Hello {
     d.handle_timeout(now);
     while let Some(ev) = d.poll_event() {
         match ev {
@@ -420,8 +428,19 @@ fn next_attempt(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> u64 {
     let Ok(Up::Hello(h)) = wire::decode::<Up>(frame::payload(&buf[..n])) else {
         panic!("not a Hello");
     };
-    d.disconnected(now);
-    h.attempt
+    h
+}
+
+/// A version-3 `Challenge` frame (key 0) naming `attempt`.
+fn challenge_frame(attempt: u64, nonce: [u8; 16]) -> Vec<u8> {
+    let msg = Down::Challenge {
+        version: wire::PROTOCOL_VERSION,
+        attempt,
+        nonce,
+    };
+    let mut out = [0u8; 64];
+    let n = frame::encode(&msg, &mut out).unwrap();
+    out[..n].to_vec()
 }
 
 /// A device numbers its connections so that no `Hello.attempt` repeats: one
@@ -470,19 +489,9 @@ fn a_device_drops_a_challenge_of_another_attempt() {
         panic!("not a Hello");
     };
     assert!(hello.attempt > earlier);
-    let challenge = |attempt, nonce| {
-        let msg = Down::Challenge {
-            version: wire::PROTOCOL_VERSION,
-            attempt,
-            nonce,
-        };
-        let mut out = [0u8; 64];
-        let n = frame::encode(&msg, &mut out).unwrap();
-        out[..n].to_vec()
-    };
     let errors = d.stats().frame_errors;
     for stale in [earlier, hello.attempt + 1, 0] {
-        d.handle_bytes(&challenge(stale, [0x22; 16]), later)
+        d.handle_bytes(&challenge_frame(stale, [0x22; 16]), later)
             .unwrap();
         assert_eq!(
             d.poll_transmit(&mut buf).unwrap(),
@@ -492,7 +501,7 @@ fn a_device_drops_a_challenge_of_another_attempt() {
         assert!(d.is_connected());
     }
     assert_eq!(d.stats().frame_errors, errors + 3);
-    d.handle_bytes(&challenge(hello.attempt, [0x33; 16]), later)
+    d.handle_bytes(&challenge_frame(hello.attempt, [0x33; 16]), later)
         .unwrap();
     let n = d.poll_transmit(&mut buf).unwrap().expect("a proof");
     let key = frame::session_key(&[0x33; 16]);
@@ -591,5 +600,49 @@ fn a_hello_of_another_version_is_never_challenged() {
     assert_eq!(
         r,
         Err(ServerError::Peer(PeerError::VersionMismatch { device: 4 }))
+    );
+}
+
+/// How long after its `Hello` a device awaiting its challenge gives the
+/// session up, fed `frame` every 10 s, over ten response timeouts; `None`
+/// if it never does.
+fn gives_up_after(frame: &[u8]) -> Option<mdm_sync::time::Duration> {
+    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let span = cfg.timers.response_timeout.as_millis() * 10;
+    let mut d: Device = Device::new(cfg, NOW);
+    hello_sent(&mut d, &mut Vec::new(), NOW);
+    let mut t = NOW;
+    while t.saturating_since(NOW).as_millis() < span {
+        t = t + mdm_sync::time::Duration::from_secs(10);
+        d.handle_timeout(t);
+        let timeout = Event::SyncFailed {
+            error: SessionError::Timeout,
+        };
+        if core::iter::from_fn(|| d.poll_event()).any(|e| e == timeout) {
+            return Some(t.saturating_since(NOW));
+        }
+        d.handle_bytes(frame, t).unwrap();
+    }
+    None
+}
+
+/// A `Challenge` naming another attempt is dropped "like a corrupted frame"
+/// (PROTOCOL.md 2, 6.1), so like one it is no answer from the server: a
+/// link that keeps delivering an earlier connection's challenges must not
+/// hold the session open past `response_timeout`.
+#[test]
+fn stale_challenges_do_not_hold_a_session_open() {
+    let mut corrupt = challenge_frame(7, [0x22; 16]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let by_corrupt = gives_up_after(&corrupt);
+    let timeout = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios)
+        .timers
+        .response_timeout;
+    assert_eq!(by_corrupt, Some(timeout), "corrupted frames");
+    let by_stale = gives_up_after(&challenge_frame(7, [0x22; 16]));
+    assert_eq!(
+        by_stale, by_corrupt,
+        "stale challenges held the session open"
     );
 }
