@@ -748,11 +748,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 continue;
             };
             let syncing = self.link == Link::Syncing;
-            if r.is_ok() {
-                // Only a whole frame counts as the server's answer: bytes
-                // trickled in one at a time must not hold the session open.
-                self.last_rx = now;
-            }
+            let dropped = self.stats.frame_errors;
             let result = match r {
                 // Acks and tasks without building a whole `Down`.
                 Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
@@ -770,6 +766,12 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             if let Err(e) = result {
                 self.fail(e, now);
                 return Err(DeviceError::Session(e));
+            }
+            // Only a whole frame taken counts as the server's answer: bytes
+            // trickled in one at a time, or a stale `Challenge` dropped like
+            // a corrupted frame, must not hold the session open.
+            if self.stats.frame_errors == dropped {
+                self.last_rx = now;
             }
         }
         self.check_done(now);
