@@ -67,6 +67,10 @@ pub const DEFAULT_INFLIGHT: usize = 4;
 #[non_exhaustive]
 pub enum Event {
     /// The persistent state changed: write [`Device::snapshot`] to storage now.
+    /// Also the first event of every engine, new or restored: the boot
+    /// snapshot, whose counter numbers this boot's connections
+    /// (`Hello.attempt`); an application that does not store it lets an
+    /// earlier boot's numbers, and its stale `Challenge`s, come back.
     Persist,
     /// Open a transport to the server, then call [`Device::connected`] or
     /// [`Device::connect_failed`].
