@@ -677,3 +677,39 @@ fn attempts_stay_new_past_a_snapshot_counter_of_2_32() {
     let later_attempt = next_attempt(&mut later, &mut snap, NOW);
     assert_ne!(later_attempt, first_attempt, "{first_attempt:#x} again");
 }
+
+/// Once the device answered its challenge, frames with key 0 are another
+/// session's: the same `Challenge` again (a duplicated frame) and an
+/// `Error` sent before some earlier challenge are dropped, and the session
+/// goes on to its `Welcome`.
+#[test]
+fn after_the_proof_the_challenge_again_and_an_unkeyed_error_are_dropped() {
+    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let mut d: Device = Device::new(cfg, NOW);
+    let hello = hello_sent(&mut d, &mut Vec::new(), NOW);
+    let nonce = [0x44; 16];
+    let right = challenge_frame(hello.attempt, nonce);
+    d.handle_bytes(&right, NOW).unwrap();
+    let mut buf = [0u8; 600];
+    assert!(d.poll_transmit(&mut buf).unwrap().is_some(), "a proof");
+    let errors = d.stats().frame_errors;
+    let mut stale_error = [0u8; 64];
+    let n = frame::encode(&Down::Error(ErrorCode::Timeout), &mut stale_error).unwrap();
+    for f in [&right[..], &stale_error[..n], &right[..]] {
+        d.handle_bytes(f, NOW).unwrap();
+        assert!(d.is_connected());
+    }
+    // A frame failing its CRC counts as a bad CRC, then its bytes as garbage.
+    assert!(d.stats().frame_errors >= errors + 3);
+    let welcome = Down::Welcome {
+        ack: 0,
+        periodic_s: 0,
+    };
+    let n = frame::encode_keyed(&welcome, &mut buf, frame::session_key(&nonce)).unwrap();
+    d.handle_bytes(&buf[..n], NOW).unwrap();
+    let mut end = [0u8; 64];
+    let m = frame::encode_keyed(&Down::SyncEnd, &mut end, frame::session_key(&nonce)).unwrap();
+    d.handle_bytes(&end[..m], NOW).unwrap();
+    let done = core::iter::from_fn(|| d.poll_event()).any(|e| matches!(e, Event::SyncDone { .. }));
+    assert!(done, "the session completes");
+}
