@@ -752,7 +752,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 continue;
             };
             let syncing = self.link == Link::Syncing;
-            let dropped = self.stats.frame_errors;
+            if r.is_ok() {
+                // Only a whole frame counts as the server's answer: bytes
+                // trickled in one at a time must not hold the session open.
+                self.last_rx = now;
+            }
             let result = match r {
                 // Acks and tasks without building a whole `Down`.
                 Ok(payload) => match syncing.then(|| wire::session_down(payload)).flatten() {
@@ -770,12 +774,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             if let Err(e) = result {
                 self.fail(e, now);
                 return Err(DeviceError::Session(e));
-            }
-            // Only a whole frame taken counts as the server's answer: bytes
-            // trickled in one at a time, or a stale `Challenge` dropped like
-            // a corrupted frame, must not hold the session open.
-            if self.stats.frame_errors == dropped {
-                self.last_rx = now;
             }
         }
         self.check_done(now);
@@ -808,8 +806,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 if self.send_hello || attempt != self.attempt {
                     // It answers an earlier connection's Hello (bytes a
                     // serial link kept): dropped like a frame of another
-                    // session, the real one may still come.
+                    // session, the real one may still come. Nor is it an
+                    // answer: awaiting its challenge, the device has taken
+                    // no frame since the transport opened.
                     self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
+                    self.last_rx = self.session_start;
                     return Ok(());
                 }
                 let secret = &self.cfg.secret;
