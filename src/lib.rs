@@ -32,6 +32,10 @@
 //! for _ in 0..20 {
 //!     while let Some(ev) = device.poll_event() {
 //!         match ev {
+//!             // A real device writes `device.snapshot()` to the storage slot
+//!             // `device.snapshot_slot()` here, before anything else; the first
+//!             // one (the boot snapshot) numbers this boot's connections.
+//!             Event::Persist => {}
 //!             Event::Connect => device.connected(now),
 //!             Event::Execute(t) => {
 //!                 device.task_status(t.id, TaskStatus::Succeeded { result: None }, now).unwrap()

@@ -403,6 +403,14 @@ fn a_newer_handshake_after_an_older_one_authenticates() {
 /// Runs `d` to its next `Hello` at `now` (keeping the latest snapshot in
 /// `snap`), then cuts the connection; returns the `Hello`'s attempt.
 fn next_attempt(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> u64 {
+    let attempt = hello_sent(d, snap, now).attempt;
+    d.disconnected(now);
+    attempt
+}
+
+/// Runs `d` at `now` (keeping the latest snapshot in `snap`) until it has
+/// connected and sent its `Hello`; returns the `Hello`.
+fn hello_sent(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> Hello {
     d.handle_timeout(now);
     while let Some(ev) = d.poll_event() {
         match ev {
@@ -420,8 +428,19 @@ fn next_attempt(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> u64 {
     let Ok(Up::Hello(h)) = wire::decode::<Up>(frame::payload(&buf[..n])) else {
         panic!("not a Hello");
     };
-    d.disconnected(now);
-    h.attempt
+    h
+}
+
+/// A version-3 `Challenge` frame (key 0) naming `attempt`.
+fn challenge_frame(attempt: u64, nonce: [u8; 16]) -> Vec<u8> {
+    let msg = Down::Challenge {
+        version: wire::PROTOCOL_VERSION,
+        attempt,
+        nonce,
+    };
+    let mut out = [0u8; 64];
+    let n = frame::encode(&msg, &mut out).unwrap();
+    out[..n].to_vec()
 }
 
 /// A device numbers its connections so that no `Hello.attempt` repeats: one
@@ -470,19 +489,9 @@ fn a_device_drops_a_challenge_of_another_attempt() {
         panic!("not a Hello");
     };
     assert!(hello.attempt > earlier);
-    let challenge = |attempt, nonce| {
-        let msg = Down::Challenge {
-            version: wire::PROTOCOL_VERSION,
-            attempt,
-            nonce,
-        };
-        let mut out = [0u8; 64];
-        let n = frame::encode(&msg, &mut out).unwrap();
-        out[..n].to_vec()
-    };
     let errors = d.stats().frame_errors;
     for stale in [earlier, hello.attempt + 1, 0] {
-        d.handle_bytes(&challenge(stale, [0x22; 16]), later)
+        d.handle_bytes(&challenge_frame(stale, [0x22; 16]), later)
             .unwrap();
         assert_eq!(
             d.poll_transmit(&mut buf).unwrap(),
@@ -492,7 +501,7 @@ fn a_device_drops_a_challenge_of_another_attempt() {
         assert!(d.is_connected());
     }
     assert_eq!(d.stats().frame_errors, errors + 3);
-    d.handle_bytes(&challenge(hello.attempt, [0x33; 16]), later)
+    d.handle_bytes(&challenge_frame(hello.attempt, [0x33; 16]), later)
         .unwrap();
     let n = d.poll_transmit(&mut buf).unwrap().expect("a proof");
     let key = frame::session_key(&[0x33; 16]);
@@ -501,4 +510,206 @@ fn a_device_drops_a_challenge_of_another_attempt() {
     dec.push(&buf[..n]);
     let payload = dec.decode().unwrap().unwrap();
     assert!(matches!(wire::decode::<Up>(payload), Ok(Up::Proof { .. })));
+}
+
+/// The payload of device 1's `Hello` (see [`hello`]) with this attempt.
+fn hello_payload(attempt: u64) -> Vec<u8> {
+    let Up::Hello(mut h) = hello(1, wire::PROTOCOL_VERSION) else {
+        unreachable!()
+    };
+    h.attempt = attempt;
+    let mut buf = [0u8; 600];
+    let n = wire::encode_payload(&Up::Hello(h), &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+/// `v` as a postcard varint of `len` bytes: non-minimal when longer than
+/// needed, which the reference decoders accept (PROTOCOL.md 3).
+fn varint_of_len(mut v: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 1..=len {
+        out.push((v & 0x7F) as u8 | if i < len { 0x80 } else { 0 });
+        v >>= 7;
+    }
+    assert_eq!(v, 0, "does not fit in {len} bytes");
+    out
+}
+
+/// Bytes of `v` as a minimal varint.
+fn varint_len(v: u64) -> usize {
+    (64 - v.leading_zeros() as usize).max(1).div_ceil(7)
+}
+
+/// The server echoes whatever attempt a `Hello` carries, exactly: the
+/// extremes, one value twice (on two connections), and values written as
+/// non-minimal varints, which the server's hand decoder and postcard read
+/// alike.
+#[test]
+fn the_server_echoes_any_attempt_exactly() {
+    let mut s = server();
+    s.enroll(DeviceId(1), NOW).unwrap();
+    let mut cases: Vec<(u64, Vec<u8>)> = [0, 1, (1 << 32) + 1, u64::MAX, 7, 7]
+        .into_iter()
+        .map(|a| (a, hello_payload(a)))
+        .collect();
+    for (a, len) in [(0u64, 10), ((1 << 32) + 1, 7)] {
+        let mut p = hello_payload(a);
+        // Tag and version take a byte each, then the attempt.
+        p.splice(2..2 + varint_len(a), varint_of_len(a, len));
+        assert!(matches!(wire::decode::<Up>(&p), Ok(Up::Hello(h)) if h.attempt == a));
+        cases.push((a, p));
+    }
+    for (attempt, payload) in cases {
+        let conn = s.connection_opened(NOW).unwrap();
+        s.handle_bytes(conn, &common::raw_frame(&payload, 0), NOW)
+            .unwrap();
+        match &replies(&mut s, conn)[..] {
+            [Down::Challenge {
+                version,
+                attempt: echoed,
+                ..
+            }] => {
+                assert_eq!(*version, wire::PROTOCOL_VERSION);
+                assert_eq!(*echoed, attempt, "payload {payload:02x?}");
+            }
+            other => panic!("attempt {attempt:#x}: {other:?}"),
+        }
+        s.connection_closed(conn, NOW);
+    }
+}
+
+/// A `Hello` of another version that decodes in our layout, its tag written
+/// as the non-minimal varint `80 00` (postcard reads tag 0, the version peek
+/// reads no tag): it must not be challenged, since the server answers only a
+/// `Hello` of its version with a `Challenge` (PROTOCOL.md 6.1).
+#[test]
+fn a_hello_of_another_version_is_never_challenged() {
+    let mut s = server();
+    s.enroll(DeviceId(1), NOW).unwrap();
+    let mut payload = hello_payload((1 << 32) + 1);
+    payload[1] = 4; // version 4 (one byte, like 3)
+    payload.splice(0..1, [0x80, 0x00]);
+    assert!(matches!(wire::decode::<Up>(&payload), Ok(Up::Hello(h)) if h.version == 4));
+    let conn = s.connection_opened(NOW).unwrap();
+    let r = s.handle_bytes(conn, &common::raw_frame(&payload, 0), NOW);
+    let supported = wire::PROTOCOL_VERSION;
+    assert_eq!(
+        replies(&mut s, conn),
+        vec![Down::Error(ErrorCode::VersionMismatch { supported })]
+    );
+    assert_eq!(
+        r,
+        Err(ServerError::Peer(PeerError::VersionMismatch { device: 4 }))
+    );
+}
+
+/// How long after its `Hello` a device awaiting its challenge gives the
+/// session up, fed `frame` every 10 s, over ten response timeouts; `None`
+/// if it never does.
+fn gives_up_after(frame: &[u8]) -> Option<mdm_sync::time::Duration> {
+    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let span = cfg.timers.response_timeout.as_millis() * 10;
+    let mut d: Device = Device::new(cfg, NOW);
+    hello_sent(&mut d, &mut Vec::new(), NOW);
+    let mut t = NOW;
+    while t.saturating_since(NOW).as_millis() < span {
+        t = t + mdm_sync::time::Duration::from_secs(10);
+        d.handle_timeout(t);
+        let timeout = Event::SyncFailed {
+            error: SessionError::Timeout,
+        };
+        if core::iter::from_fn(|| d.poll_event()).any(|e| e == timeout) {
+            return Some(t.saturating_since(NOW));
+        }
+        d.handle_bytes(frame, t).unwrap();
+    }
+    None
+}
+
+/// A `Challenge` naming another attempt is dropped "like a corrupted frame"
+/// (PROTOCOL.md 2, 6.1), so like one it is no answer from the server: a
+/// link that keeps delivering an earlier connection's challenges must not
+/// hold the session open past `response_timeout`.
+#[test]
+fn stale_challenges_do_not_hold_a_session_open() {
+    let mut corrupt = challenge_frame(7, [0x22; 16]);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let by_corrupt = gives_up_after(&corrupt);
+    let timeout = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios)
+        .timers
+        .response_timeout;
+    assert_eq!(by_corrupt, Some(timeout), "corrupted frames");
+    let by_stale = gives_up_after(&challenge_frame(7, [0x22; 16]));
+    assert_eq!(
+        by_stale, by_corrupt,
+        "stale challenges held the session open"
+    );
+}
+
+/// `snap` (a snapshot of this crate's format 2) with its counter replaced by
+/// `counter` and its CRC made good again.
+fn with_counter(snap: &[u8], counter: u64) -> Vec<u8> {
+    let old = mdm_sync::device::snapshot_counter(snap).unwrap();
+    // Format byte, then the counter as the first varint.
+    let mut out = vec![snap[0]];
+    out.extend(varint_of_len(counter, varint_len(counter)));
+    out.extend_from_slice(&snap[1 + varint_len(old)..snap.len() - 4]);
+    let crc = wire::crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(mdm_sync::device::snapshot_counter(&out), Ok(counter));
+    out
+}
+
+/// A boot numbers its connections from its boot snapshot's counter times
+/// 2^32, so a counter past 2^32 (one per Persist event: some 4.3 billion
+/// snapshots, far beyond a device's life) loses its high half: boot snapshot
+/// 2^32 + 1 repeats the attempts of boot snapshot 1, the first boot's.
+#[test]
+#[ignore = "fault: Hello.attempt repeats once the snapshot counter passes 2^32 (unreachable in practice)"]
+fn attempts_stay_new_past_a_snapshot_counter_of_2_32() {
+    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let mut first: Device = Device::new(cfg.clone(), NOW);
+    let mut snap = Vec::new();
+    let first_attempt = next_attempt(&mut first, &mut snap, NOW);
+    let late = with_counter(&snap, 1 << 32);
+    let mut later: Device = Device::restore(cfg, &late, NOW).unwrap();
+    let later_attempt = next_attempt(&mut later, &mut snap, NOW);
+    assert_ne!(later_attempt, first_attempt, "{first_attempt:#x} again");
+}
+
+/// Once the device answered its challenge, frames with key 0 are another
+/// session's: the same `Challenge` again (a duplicated frame) and an
+/// `Error` sent before some earlier challenge are dropped, and the session
+/// goes on to its `Welcome`.
+#[test]
+fn after_the_proof_the_challenge_again_and_an_unkeyed_error_are_dropped() {
+    let cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let mut d: Device = Device::new(cfg, NOW);
+    let hello = hello_sent(&mut d, &mut Vec::new(), NOW);
+    let nonce = [0x44; 16];
+    let right = challenge_frame(hello.attempt, nonce);
+    d.handle_bytes(&right, NOW).unwrap();
+    let mut buf = [0u8; 600];
+    assert!(d.poll_transmit(&mut buf).unwrap().is_some(), "a proof");
+    let errors = d.stats().frame_errors;
+    let mut stale_error = [0u8; 64];
+    let n = frame::encode(&Down::Error(ErrorCode::Timeout), &mut stale_error).unwrap();
+    for f in [&right[..], &stale_error[..n], &right[..]] {
+        d.handle_bytes(f, NOW).unwrap();
+        assert!(d.is_connected());
+    }
+    // A frame failing its CRC counts as a bad CRC, then its bytes as garbage.
+    assert!(d.stats().frame_errors >= errors + 3);
+    let welcome = Down::Welcome {
+        ack: 0,
+        periodic_s: 0,
+    };
+    let n = frame::encode_keyed(&welcome, &mut buf, frame::session_key(&nonce)).unwrap();
+    d.handle_bytes(&buf[..n], NOW).unwrap();
+    let mut end = [0u8; 64];
+    let m = frame::encode_keyed(&Down::SyncEnd, &mut end, frame::session_key(&nonce)).unwrap();
+    d.handle_bytes(&end[..m], NOW).unwrap();
+    let done = core::iter::from_fn(|| d.poll_event()).any(|e| matches!(e, Event::SyncDone { .. }));
+    assert!(done, "the session completes");
 }

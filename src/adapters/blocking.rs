@@ -333,7 +333,9 @@ pub enum Error<E> {
     Storage(E),
     /// The newest snapshot with a good CRC could not be restored (written for
     /// another device or enrollment, or inconsistent). Nothing was changed;
-    /// wiping the storage and starting fresh forgets the executed-task ledger.
+    /// wiping the storage and starting fresh forgets the executed-task ledger
+    /// and numbers connections (`Hello.attempt`) from the start again
+    /// (PROTOCOL.md 16).
     Snapshot(SnapshotError),
     /// The handler answered with something the engine refused: a status
     /// that is not final, or a task that is not running.

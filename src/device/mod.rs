@@ -67,6 +67,10 @@ pub const DEFAULT_INFLIGHT: usize = 4;
 #[non_exhaustive]
 pub enum Event {
     /// The persistent state changed: write [`Device::snapshot`] to storage now.
+    /// Also the first event of every engine, new or restored: the boot
+    /// snapshot, whose counter numbers this boot's connections
+    /// (`Hello.attempt`); an application that does not store it lets an
+    /// earlier boot's numbers, and its stale `Challenge`s, come back.
     Persist,
     /// Open a transport to the server, then call [`Device::connected`] or
     /// [`Device::connect_failed`].
@@ -802,8 +806,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 if self.send_hello || attempt != self.attempt {
                     // It answers an earlier connection's Hello (bytes a
                     // serial link kept): dropped like a frame of another
-                    // session, the real one may still come.
+                    // session, the real one may still come. Nor is it an
+                    // answer: awaiting its challenge, the device has taken
+                    // no frame since the transport opened.
                     self.stats.frame_errors = self.stats.frame_errors.wrapping_add(1);
+                    self.last_rx = self.session_start;
                     return Ok(());
                 }
                 let secret = &self.cfg.secret;

@@ -130,6 +130,8 @@ impl<const O: usize, const I: usize> Device<O, I> {
         let mut d = Self::new(cfg, now);
         d.counter = h.counter;
         // This boot's connections are numbered from its boot snapshot's counter.
+        // Known limit: a counter past 2^32 (4.3 billion snapshots) loses its
+        // high half here, and attempts of the first boots come again.
         d.attempt = h.counter.wrapping_add(1) << 32;
         d.last_task_seq = h.last_task_seq;
         d.next_report_seq = h.next_report_seq;

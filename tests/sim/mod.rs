@@ -30,7 +30,7 @@ mod truth;
 
 use core::fmt::Write as _;
 use core::panic::AssertUnwindSafe;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::panic::catch_unwind;
 
 use mdm_sync::device::{pick_latest, Device, DeviceConfig, DeviceError, Event};
@@ -40,7 +40,7 @@ use mdm_sync::server::{
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
     ComplianceEvent, DeviceId, Platform, PolicyOutcome, Setting, SettingFailure, TaskId, TaskKind,
-    TaskResult, TaskStatus, MAX_FRAME,
+    TaskResult, TaskStatus, Up, MAX_FRAME,
 };
 
 use net::{Conn, Dir, FrameFault};
@@ -277,6 +277,8 @@ struct Dev<const O: usize, const I: usize> {
     conn: Option<u64>,
     /// Frames sent to and from this device, for duplicates and stale frames.
     history: [VecDeque<(u64, Vec<u8>)>; 2],
+    /// Every `Hello.attempt` the device sent, across reboots: none may repeat.
+    attempts: HashSet<u64>,
     reboots: usize,
     writes: usize,
 }
@@ -342,6 +344,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                     faults: Faults::default(),
                     conn: None,
                     history: Default::default(),
+                    attempts: HashSet::new(),
                     reboots: 0,
                     writes: 0,
                 }
@@ -716,6 +719,14 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             };
             progress = true;
             let frame = buf[..n].to_vec();
+            // A `Hello` travels with key 0, so its payload reads as is.
+            let payload = mdm_sync::wire::frame::payload(&frame);
+            let hello = payload.first() == Some(&0);
+            if let Some(Ok(Up::Hello(h))) = hello.then(|| mdm_sync::wire::decode::<Up>(payload)) {
+                if !self.devs[d].attempts.insert(h.attempt) {
+                    return Err(format!("dev{d}: Hello.attempt {:#x} sent twice", h.attempt));
+                }
+            }
             match self.devs[d].conn.and_then(|key| self.conn_index(key)) {
                 Some(c) if self.conns[c].dev_open => self.send_frame(c, Dir::Up, frame)?,
                 _ => return Err(format!("dev{d}: transmits with no transport open")),
