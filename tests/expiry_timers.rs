@@ -32,7 +32,10 @@ fn expiries_of_finished_tasks_do_not_pile_up() {
     }
     assert_eq!(tasks.len(), 5_000);
     for &(i, t) in &tasks {
-        assert!(matches!(p.state(i, t), TaskState::Succeeded { .. }), "{t:?}");
+        assert!(
+            matches!(p.state(i, t), TaskState::Succeeded { .. }),
+            "{t:?}"
+        );
     }
     // 5,000 expiries armed 30 days out, all of their tasks done: without the
     // sweep they would all still be there.
@@ -46,11 +49,16 @@ fn expiries_of_finished_tasks_do_not_pile_up() {
         supersede: None,
     };
     let id = p.id(0);
-    let t = p.server.enqueue_task(id, TaskKind::Wipe, soon, p.now).unwrap();
+    let t = p
+        .server
+        .enqueue_task(id, TaskKind::Wipe, soon, p.now)
+        .unwrap();
     for i in 1..devices {
         for _ in 0..30 {
             let id = p.id(i);
-            p.server.enqueue_task(id, TaskKind::Lock, far, p.now).unwrap();
+            p.server
+                .enqueue_task(id, TaskKind::Lock, far, p.now)
+                .unwrap();
         }
         p.run_for(Duration::from_secs(1));
     }
