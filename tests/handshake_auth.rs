@@ -713,3 +713,26 @@ fn after_the_proof_the_challenge_again_and_an_unkeyed_error_are_dropped() {
     let done = core::iter::from_fn(|| d.poll_event()).any(|e| matches!(e, Event::SyncDone { .. }));
     assert!(done, "the session completes");
 }
+
+/// A device re-enrolled (new generation: its snapshot is foreign) goes on from
+/// the old snapshot's counter with `Device::continuing`, so its attempts stay
+/// above every attempt of the earlier enrollment.
+#[test]
+fn a_re_enrolled_device_goes_on_numbering_its_connections() {
+    let old_cfg = DeviceConfig::new(DeviceId(1), 0, [1; 32], Platform::Ios);
+    let mut d: Device = Device::new(old_cfg, NOW);
+    let mut snap = Vec::new();
+    let mut now = NOW;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next_attempt(&mut d, &mut snap, now));
+        now = now + mdm_sync::time::Duration::from_hours(1);
+    }
+    let new_cfg = DeviceConfig::new(DeviceId(1), 1, [2; 32], Platform::Ios);
+    let err = Device::<16, 4>::restore(new_cfg.clone(), &snap, now).unwrap_err();
+    assert_eq!(err, mdm_sync::device::SnapshotError::Foreign);
+    let counter = mdm_sync::device::snapshot_counter(&snap).unwrap();
+    let mut d: Device = Device::continuing(new_cfg, counter, now);
+    let a = next_attempt(&mut d, &mut snap, now);
+    assert!(seen.iter().all(|s| *s < a), "{a:#x} not above {seen:x?}");
+}

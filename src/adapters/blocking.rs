@@ -332,9 +332,11 @@ pub enum Error<E> {
     /// until it succeeds.
     Storage(E),
     /// The newest snapshot with a good CRC could not be restored (written for
-    /// another device or enrollment, or inconsistent). Nothing was changed;
-    /// wiping the storage and starting fresh forgets the executed-task ledger
-    /// and numbers connections (`Hello.attempt`) from the start again
+    /// another device or enrollment, or inconsistent). Nothing was changed.
+    /// Starting fresh forgets the executed-task ledger; start with
+    /// [`Device::continuing`] and the old snapshot's counter
+    /// ([`snapshot_counter`](crate::device::snapshot_counter)), not
+    /// [`Device::new`], so that connections (`Hello.attempt`) stay new
     /// (PROTOCOL.md 16).
     Snapshot(SnapshotError),
     /// The handler answered with something the engine refused: a status

@@ -107,6 +107,23 @@ impl<const O: usize, const I: usize> Device<O, I> {
         Ok(n + 4)
     }
 
+    /// A device with no history, as [`new`](Self::new), whose snapshots go on
+    /// from `counter`: that of a snapshot it cannot restore but whose counter
+    /// reads ([`snapshot_counter`]), as after a re-enrollment
+    /// ([`SnapshotError::Foreign`]). Its connections then stay new
+    /// (`Hello.attempt` is numbered from the boot snapshot's counter), so no
+    /// stale `Challenge` of the earlier enrollment is taken (PROTOCOL.md 16).
+    /// Its first event is the boot snapshot's [`Event::Persist`](super::Event::Persist).
+    pub fn continuing(cfg: DeviceConfig, counter: u64, now: Instant) -> Self {
+        let mut d = Self::new(cfg, now);
+        d.counter = counter;
+        // This boot's connections are numbered from its boot snapshot's counter.
+        // Known limit: a counter past 2^32 (4.3 billion snapshots) loses its
+        // high half here, and attempts of the first boots come again.
+        d.attempt = counter.wrapping_add(1) << 32;
+        d
+    }
+
     /// Restores an engine from a snapshot taken by [`snapshot`](Self::snapshot).
     ///
     /// Tasks that were running when it was taken are reported as failed with
@@ -127,12 +144,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         if !consistent::<O>(&h, tasks.len(), &outbox) {
             return Err(SnapshotError::Inconsistent);
         }
-        let mut d = Self::new(cfg, now);
-        d.counter = h.counter;
-        // This boot's connections are numbered from its boot snapshot's counter.
-        // Known limit: a counter past 2^32 (4.3 billion snapshots) loses its
-        // high half here, and attempts of the first boots come again.
-        d.attempt = h.counter.wrapping_add(1) << 32;
+        let mut d = Self::continuing(cfg, h.counter, now);
         d.last_task_seq = h.last_task_seq;
         d.next_report_seq = h.next_report_seq;
         d.policy_version = h.policy_version;
