@@ -233,6 +233,22 @@ impl Body {
         self.len = n as u8;
         Ok(())
     }
+
+    /// Replaces the status that ends this body, a task's `Received` (as
+    /// `received_task` reads it), by `status`: the tag and the task id before
+    /// it stay as they are, written once. Cannot fail in practice, as `put`.
+    #[cfg(feature = "hand-encode")]
+    fn put_status(&mut self, status: &TaskStatus) -> Result<(), DeviceError> {
+        let at = usize::from(self.len).saturating_sub(1);
+        let out = self.bytes.get_mut(at..).unwrap_or_default();
+        let n = wire::encode_task_status(status, out);
+        if n > out.len() {
+            let needed = at.saturating_add(n);
+            return Err(DeviceError::Encode(EncodeError::BufferTooSmall { needed }));
+        }
+        self.len = (at + n) as u8;
+        Ok(())
+    }
 }
 
 impl core::ops::Deref for Body {
@@ -601,6 +617,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 break;
             };
             if id == task {
+                // Firmware writes the whole body again: `put_status` would
+                // cost flash there (a serde path for a bare status).
+                #[cfg(feature = "hand-encode")]
+                e.body.put_status(&status)?;
+                #[cfg(not(feature = "hand-encode"))]
                 e.body.put(&body)?;
                 self.persist = true;
                 return Ok(());

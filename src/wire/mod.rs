@@ -164,6 +164,14 @@ pub fn encode_payload<T: Encode + ?Sized>(msg: &T, out: &mut [u8]) -> Result<usi
     }
 }
 
+/// A task's status as it ends an encoded `ReportBody::Task` (its tag and the
+/// task id come first), into `out`: its length, also when longer than `out`
+/// (see [`Encode::encode`]). By hand: `hand-encode` only.
+#[cfg(feature = "hand-encode")]
+pub(crate) fn encode_task_status(status: &TaskStatus, out: &mut [u8]) -> usize {
+    encode::task_status(status, out)
+}
+
 /// [`Encode::encode`] through the serde serializer (`ser`), for any
 /// serializable value.
 pub(crate) fn encode_serde<T: Serialize + ?Sized>(msg: &T, out: &mut [u8]) -> usize {
