@@ -17,7 +17,7 @@ pub(crate) use codec::{hello_into, session_up, SessionUp};
 pub(crate) use codec::{session_down, SessionDown};
 pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
 pub use msg::*;
-pub(crate) use ser::Writer;
+pub(crate) use ser::{Out, Piece, Writer};
 
 use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
