@@ -325,6 +325,10 @@ enum Flag {
 #[derive(Clone, Debug)]
 pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = DEFAULT_INFLIGHT> {
     cfg: DeviceConfig,
+    // The snapshot header's device id and generation, encoded once (they
+    // never change): servers and phones only, firmware keeps the RAM.
+    #[cfg(feature = "hand-encode")]
+    id_gen: ([u8; 16], u8),
     // Persisted state.
     counter: u64,
     // `Hello.attempt` of the current (or last) connection. Each boot counts
@@ -410,7 +414,18 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
         let periodic = cfg.timers.periodic;
         let rng = cfg.jitter_seed | 1;
+        #[cfg(feature = "hand-encode")]
+        let id_gen = {
+            let mut bytes = [0; 16];
+            let mut w = wire::Writer::new(&mut bytes);
+            w.varint(cfg.id.0);
+            w.varint(cfg.generation.into());
+            let len = w.len() as u8; // at most 10 + 5
+            (bytes, len)
+        };
         let mut d = Self {
+            #[cfg(feature = "hand-encode")]
+            id_gen,
             cfg,
             counter: 0,
             attempt: 1 << 32,

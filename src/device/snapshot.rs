@@ -54,7 +54,8 @@ struct Header {
 // The room each piece of a snapshot is written in when the buffer has it
 // (see `Writer::piece`): each write needs the room of its longest case.
 // The header: format, two `u64`s, four `u32`s, the interval and the running
-// tasks' count (the last starts at most 51 bytes in and needs 10).
+// tasks' count (the last starts at most 51 bytes in and needs 10). With the
+// id and generation copied whole (16 bytes, 15 used) it is no longer.
 const HEADER_ROOM: usize = 64;
 // A running task: sequence, id (room 10, from at most 5 in) and kind.
 const TASK_ROOM: usize = 20;
@@ -68,19 +69,30 @@ struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>);
 impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
     #[inline(always)]
     fn write<W: Out>(&self, w: &mut W) {
-        // Loops over arrays, not one call per field: smaller in firmware
-        // (opt-level s), and unrolled in a `Chunk` all the same.
         let d = self.0;
         w.push(FORMAT);
-        for v in [d.counter, d.cfg.id.0] {
-            w.varint(v);
-        }
-        let seqs = [
-            d.cfg.generation,
-            d.last_task_seq,
-            d.next_report_seq,
-            d.policy_version,
-        ];
+        // The device id and generation never change: with `hand-encode` they
+        // were encoded once, by `new`. Firmware encodes them each time, in
+        // loops over arrays, not one call per field: that keeps opt-level s
+        // at its size (a `Chunk` unrolls the loops all the same).
+        #[cfg(feature = "hand-encode")]
+        let seqs = {
+            w.varint(d.counter);
+            w.array(&d.id_gen.0, d.id_gen.1.into());
+            [d.last_task_seq, d.next_report_seq, d.policy_version]
+        };
+        #[cfg(not(feature = "hand-encode"))]
+        let seqs = {
+            for v in [d.counter, d.cfg.id.0] {
+                w.varint(v);
+            }
+            [
+                d.cfg.generation,
+                d.last_task_seq,
+                d.next_report_seq,
+                d.policy_version,
+            ]
+        };
         for v in seqs {
             w.varint32(v);
         }

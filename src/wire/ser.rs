@@ -132,6 +132,9 @@ pub(crate) trait Out {
     fn varint32(&mut self, v: u32);
     /// See [`Writer::len_prefixed_of`].
     fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize);
+    /// `array[..len]`, bytes written before (see [`Chunk`]'s whole copy).
+    #[cfg(feature = "hand-encode")]
+    fn array<const N: usize>(&mut self, array: &[u8; N], len: usize);
 }
 
 /// A run of writes of at most a known number of bytes (see [`Writer::piece`]).
@@ -155,6 +158,11 @@ impl Out for Writer<'_> {
     #[inline(always)]
     fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize) {
         Writer::len_prefixed_of(self, array, len);
+    }
+    #[cfg(feature = "hand-encode")]
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        self.bytes(array.get(..len).unwrap_or_default());
     }
 }
 
@@ -237,6 +245,13 @@ impl<const K: usize> Out for Chunk<'_, K> {
         if let Some(dst) = self.room::<N>() {
             *dst = *array;
             self.len += len;
+        }
+    }
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        if let Some(dst) = self.room::<N>() {
+            *dst = *array;
+            self.len += len.min(N);
         }
     }
 }
