@@ -341,6 +341,11 @@ mod tests {
             assert_eq!(n, w + 4);
             let short = d.snapshot(&mut got[..n - 1]);
             assert_eq!(short, Err(EncodeError::BufferTooSmall { needed: n }));
+            // Exactly long enough: the last pieces go through the writer
+            // (their chunks would run past the end), the bytes are the same.
+            let mut exact = [0u8; 1024];
+            assert_eq!(d.snapshot(&mut exact[..n]), Ok(n));
+            assert_eq!(exact[..n], got[..n]);
         }
     }
 }
