@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::{Body, Device, DeviceConfig, Entry, Flag, Inflight, Wire};
 use crate::log::debug;
 use crate::time::{Duration, Instant};
-use crate::wire::{crc32, DeviceId, EncodeError, Task, Writer, MAX_REPORT_BODY};
+use crate::wire::{crc32, DeviceId, EncodeError, Out, Piece, Task, Writer, MAX_REPORT_BODY};
 
 // 2: outbox reports as the bytes of their encoded body (1: decoded values).
 const FORMAT: u8 = 2;
@@ -51,6 +51,73 @@ struct Header {
     periodic_ms: u64,
 }
 
+// The room each piece of a snapshot is written in when the buffer has it
+// (see `Writer::piece`): each write needs the room of its longest case.
+// The header: format, two `u64`s, four `u32`s, the interval and the running
+// tasks' count (the last starts at most 51 bytes in and needs 10). With the
+// id and generation copied whole (16 bytes, 15 used) it is no longer.
+const HEADER_ROOM: usize = 64;
+// A running task: sequence, id (room 10, from at most 5 in) and kind.
+const TASK_ROOM: usize = 20;
+// An outbox report: sequence, then its body's length (room 10, from at most
+// 5 in) and the body copied whole (from at most 6 in).
+const ENTRY_ROOM: usize = 6 + MAX_REPORT_BODY;
+
+/// The header and the running tasks' count, as one piece.
+struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>);
+
+impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
+    #[inline(always)]
+    fn write<W: Out>(&self, w: &mut W) {
+        let d = self.0;
+        w.push(FORMAT);
+        // The device id and generation never change: with `hand-encode` they
+        // were encoded once, by `new`. Firmware encodes them each time, in
+        // loops over arrays, not one call per field: that keeps opt-level s
+        // at its size (a `Chunk` unrolls the loops all the same).
+        #[cfg(feature = "hand-encode")]
+        let seqs = {
+            w.varint(d.counter);
+            w.array(&d.id_gen.0, d.id_gen.1.into());
+            [d.last_task_seq, d.next_report_seq, d.policy_version]
+        };
+        #[cfg(not(feature = "hand-encode"))]
+        let seqs = {
+            for v in [d.counter, d.cfg.id.0] {
+                w.varint(v);
+            }
+            [
+                d.cfg.generation,
+                d.last_task_seq,
+                d.next_report_seq,
+                d.policy_version,
+            ]
+        };
+        for v in seqs {
+            w.varint32(v);
+        }
+        w.varint(d.periodic.as_millis());
+        w.varint(d.inflight.len() as u64);
+    }
+}
+
+impl Piece for Task {
+    #[inline(always)]
+    fn write<W: Out>(&self, w: &mut W) {
+        w.varint32(self.seq);
+        w.varint(self.id.0);
+        w.varint32(self.kind as u32); // its variant index
+    }
+}
+
+impl Piece for Entry {
+    #[inline(always)]
+    fn write<W: Out>(&self, w: &mut W) {
+        w.varint32(self.seq);
+        w.len_prefixed_of(&self.body.bytes, self.body.len());
+    }
+}
+
 // Report bodies are borrowed from the snapshot and copied, never decoded.
 type Decoded<'a, const O: usize, const I: usize> = (Header, Vec<Task, I>, Vec<(u32, &'a [u8]), O>);
 
@@ -73,30 +140,13 @@ impl<const O: usize, const I: usize> Device<O, I> {
     pub fn snapshot(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
         let room = buf.len().saturating_sub(4);
         let mut w = Writer::new(&mut buf[..room]);
-        w.push(FORMAT);
-        for v in [self.counter, self.cfg.id.0] {
-            w.varint(v);
-        }
-        let seqs = [
-            self.cfg.generation,
-            self.last_task_seq,
-            self.next_report_seq,
-            self.policy_version,
-        ];
-        for v in seqs {
-            w.varint(v.into());
-        }
-        w.varint(self.periodic.as_millis());
-        w.varint(self.inflight.len() as u64);
+        w.piece::<HEADER_ROOM, _>(&HeaderPiece(self));
         for Inflight { task, .. } in &self.inflight {
-            w.varint(task.seq.into());
-            w.varint(task.id.0);
-            w.varint(task.kind as u64); // its variant index
+            w.piece::<TASK_ROOM, _>(task);
         }
         w.varint(self.outbox.len() as u64);
         for e in &self.outbox {
-            w.varint(e.seq.into());
-            w.len_prefixed_of(&e.body.bytes, e.body.len());
+            w.piece::<ENTRY_ROOM, _>(e);
         }
         let n = w.len();
         if n > room {
@@ -305,6 +355,11 @@ mod tests {
             assert_eq!(n, w + 4);
             let short = d.snapshot(&mut got[..n - 1]);
             assert_eq!(short, Err(EncodeError::BufferTooSmall { needed: n }));
+            // Exactly long enough: the last pieces go through the writer
+            // (their chunks would run past the end), the bytes are the same.
+            let mut exact = [0u8; 1024];
+            assert_eq!(d.snapshot(&mut exact[..n]), Ok(n));
+            assert_eq!(exact[..n], got[..n]);
         }
     }
 }

@@ -381,6 +381,17 @@ fn only_a_received_body_is_taken_for_one() {
                 want[..n],
                 "{report:?}: written by hand as serde does"
             );
+            // A final status in place of the task's `Received`.
+            #[cfg(feature = "hand-encode")]
+            {
+                let received = ReportBody::Task {
+                    task: TaskId(id),
+                    status: TaskStatus::Received,
+                };
+                let mut replaced = encode_body(&received).unwrap();
+                replaced.put_status(&status).unwrap();
+                assert_eq!(replaced[..], want[..n], "{report:?}: status replaced");
+            }
         }
     }
     let compliance = encode_body(&ReportBody::Compliance(ComplianceEvent::ProfileChanged));

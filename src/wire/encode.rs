@@ -30,6 +30,7 @@ impl Writer<'_> {
         self.push(t.kind as u8);
     }
 
+    #[inline]
     fn task_status(&mut self, status: &TaskStatus) {
         match *status {
             TaskStatus::Received => self.push(0),
@@ -141,6 +142,14 @@ pub(super) fn up(msg: &Up, out: &mut [u8]) -> usize {
         }
         Up::Hello(_) => return by_serde(msg, out),
     }
+    w.len()
+}
+
+/// `TaskStatus` alone (see `wire::encode_task_status`).
+#[inline]
+pub(super) fn task_status(status: &TaskStatus, out: &mut [u8]) -> usize {
+    let mut w = Writer::new(out);
+    w.task_status(status);
     w.len()
 }
 

@@ -17,7 +17,7 @@ pub(crate) use codec::{hello_into, session_up, SessionUp};
 pub(crate) use codec::{session_down, SessionDown};
 pub use frame::{crc32, FrameDecoder, FrameError, MAX_FRAME};
 pub use msg::*;
-pub(crate) use ser::Writer;
+pub(crate) use ser::{Out, Piece, Writer};
 
 use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
@@ -162,6 +162,14 @@ pub fn encode_payload<T: Encode + ?Sized>(msg: &T, out: &mut [u8]) -> Result<usi
         n if n <= out.len() => Ok(n),
         needed => Err(EncodeError::BufferTooSmall { needed }),
     }
+}
+
+/// A task's status as it ends an encoded `ReportBody::Task` (its tag and the
+/// task id come first), into `out`: its length, also when longer than `out`
+/// (see [`Encode::encode`]). By hand: `hand-encode` only.
+#[cfg(feature = "hand-encode")]
+pub(crate) fn encode_task_status(status: &TaskStatus, out: &mut [u8]) -> usize {
+    encode::task_status(status, out)
 }
 
 /// [`Encode::encode`] through the serde serializer (`ser`), for any

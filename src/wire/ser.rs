@@ -122,6 +122,160 @@ impl<'a> Writer<'a> {
     }
 }
 
+/// Where a [`Piece`] writes: a [`Writer`] (any length, every byte checked)
+/// or, with `hand-encode`, a [`Chunk`] of output known to be long enough.
+pub(crate) trait Out {
+    fn push(&mut self, byte: u8);
+    /// A varint of up to ten bytes.
+    fn varint(&mut self, v: u64);
+    /// A varint of a `u32` (up to five bytes).
+    fn varint32(&mut self, v: u32);
+    /// See [`Writer::len_prefixed_of`].
+    fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize);
+    /// `array[..len]`, bytes written before (see [`Chunk`]'s whole copy).
+    #[cfg(feature = "hand-encode")]
+    fn array<const N: usize>(&mut self, array: &[u8; N], len: usize);
+}
+
+/// A run of writes of at most a known number of bytes (see [`Writer::piece`]).
+pub(crate) trait Piece {
+    fn write<O: Out>(&self, out: &mut O);
+}
+
+impl Out for Writer<'_> {
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        Writer::push(self, byte);
+    }
+    #[inline(always)]
+    fn varint(&mut self, v: u64) {
+        Writer::varint(self, v);
+    }
+    #[inline(always)]
+    fn varint32(&mut self, v: u32) {
+        Writer::varint(self, v.into());
+    }
+    #[inline(always)]
+    fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        Writer::len_prefixed_of(self, array, len);
+    }
+    #[cfg(feature = "hand-encode")]
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        self.bytes(array.get(..len).unwrap_or_default());
+    }
+}
+
+impl Writer<'_> {
+    /// Writes `piece`, which is at most `K` bytes. With `hand-encode`, when
+    /// the next `K` bytes of `out` are there, through a [`Chunk`] of them:
+    /// its writes are unrolled at constant offsets, with no check per byte
+    /// (the compiler proves them in bounds). Else, or if the piece turned out
+    /// longer than `K` after all, through this writer.
+    #[inline(always)]
+    pub(crate) fn piece<const K: usize, P: Piece>(&mut self, piece: &P) {
+        #[cfg(feature = "hand-encode")]
+        if let Some(out) = self
+            .out
+            .get_mut(self.len..)
+            .and_then(|s| s.first_chunk_mut::<K>())
+        {
+            let mut chunk = Chunk { out, len: 0 };
+            piece.write(&mut chunk);
+            if chunk.len <= K {
+                self.len += chunk.len;
+                return;
+            }
+        }
+        piece.write(self);
+    }
+}
+
+/// `K` bytes of output, written from the start; `len` is past `K` once a
+/// write did not fit (then the piece is written again through a `Writer`).
+/// Each write needs the room of its longest case (ten bytes for a `u64`
+/// varint) even when shorter: size `K` for that.
+#[cfg(feature = "hand-encode")]
+pub(crate) struct Chunk<'a, const K: usize> {
+    out: &'a mut [u8; K],
+    len: usize,
+}
+
+#[cfg(feature = "hand-encode")]
+impl<const K: usize> Chunk<'_, K> {
+    /// The next `M` bytes, or `None` (and the chunk marked overflowed).
+    #[inline(always)]
+    fn room<const M: usize>(&mut self) -> Option<&mut [u8; M]> {
+        let room = self
+            .out
+            .get_mut(self.len..)
+            .and_then(|s| s.first_chunk_mut::<M>());
+        if room.is_none() {
+            self.len = K + 1;
+        }
+        room
+    }
+}
+
+#[cfg(feature = "hand-encode")]
+impl<const K: usize> Out for Chunk<'_, K> {
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        if let Some([slot]) = self.room::<1>() {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+    #[inline(always)]
+    fn varint(&mut self, v: u64) {
+        if let Some(c) = self.room::<10>() {
+            self.len += unrolled_varint(c, v);
+        }
+    }
+    #[inline(always)]
+    fn varint32(&mut self, v: u32) {
+        if let Some(c) = self.room::<5>() {
+            self.len += unrolled_varint(c, v.into());
+        }
+    }
+    #[inline(always)]
+    fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        let len = len.min(N);
+        self.varint(len as u64);
+        if let Some(dst) = self.room::<N>() {
+            *dst = *array;
+            self.len += len;
+        }
+    }
+    #[inline(always)]
+    fn array<const N: usize>(&mut self, array: &[u8; N], len: usize) {
+        if let Some(dst) = self.room::<N>() {
+            *dst = *array;
+            self.len += len.min(N);
+        }
+    }
+}
+
+/// `v` as a varint at the start of `c`, which holds the longest one of its
+/// type; returns its length. Unrolled by the compiler (`N` is a constant):
+/// the indexes are constants, so there is no bounds check per byte.
+#[cfg(feature = "hand-encode")]
+#[inline(always)]
+fn unrolled_varint<const N: usize>(c: &mut [u8; N], mut v: u64) -> usize {
+    let mut i = 0;
+    while i + 1 < N {
+        if v < 0x80 {
+            c[i] = v as u8;
+            return i + 1;
+        }
+        c[i] = v as u8 | 0x80;
+        v >>= 7;
+        i += 1;
+    }
+    c[N - 1] = v as u8;
+    N
+}
+
 /// Counts the bytes of a `Display`, then writes them.
 impl fmt::Write for Writer<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -499,6 +653,45 @@ pub(crate) mod tests {
             };
             for msg in [Up::Hello(hello), Up::Proof { mac }, Up::Progress { task, percent }] {
                 by_hand(&msg);
+            }
+        }
+
+        /// A piece written through a chunk (room enough, or too little so
+        /// that it is written again through the writer) is what the writer
+        /// alone writes, into output of every length.
+        #[test]
+        fn pieces_write_what_the_writer_writes(
+            a in varied::<u64>(), b in varied::<u32>(), body in any::<[u8; 8]>(),
+            len in 0usize..10,
+        ) {
+            struct P(u64, u32, [u8; 8], usize);
+            impl Piece for P {
+                fn write<O: Out>(&self, o: &mut O) {
+                    o.push(7);
+                    o.varint(self.0);
+                    o.varint32(self.1);
+                    o.len_prefixed_of(&self.2, self.3);
+                }
+            }
+            let p = P(a, b, body, len);
+            let mut want = [1u8; 64];
+            let mut w = Writer::new(&mut want[1..]);
+            p.write(&mut w);
+            let n = w.len();
+            for size in 0..=n + 40 {
+                for fits in [true, false] {
+                    let mut got = [0xEEu8; 64];
+                    let mut w = Writer::new(&mut got[..size]);
+                    w.push(1);
+                    if fits {
+                        w.piece::<36, _>(&p); // 1 + 10 + 5 + 10 + 8 at most
+                    } else {
+                        w.piece::<8, _>(&p);
+                    }
+                    prop_assert_eq!(w.len(), 1 + n);
+                    let written = size.min(1 + n);
+                    prop_assert_eq!(&got[..written], &want[..written]);
+                }
             }
         }
     }
