@@ -301,7 +301,7 @@ mod tests {
     }
 
     /// The snapshot as serde writes the tuple that `restore` reads.
-    fn by_serde(d: &Device, buf: &mut [u8]) -> usize {
+    fn by_serde<const O: usize, const I: usize>(d: &Device<O, I>, buf: &mut [u8]) -> usize {
         let header = Header {
             format: FORMAT,
             counter: d.counter,
@@ -360,6 +360,117 @@ mod tests {
             let mut exact = [0u8; 1024];
             assert_eq!(d.snapshot(&mut exact[..n]), Ok(n));
             assert_eq!(exact[..n], got[..n]);
+        }
+    }
+
+    /// A value near one of the varint length boundaries of a `u64` (or any).
+    fn edgy(rng: &mut u64, bits: u32) -> u64 {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let r = *rng;
+        let max = if bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        match r % 4 {
+            0 => r & max,
+            1 => {
+                let k = (r >> 8) % (u64::from(bits) / 7 + 1);
+                let b = 1u64.checked_shl(7 * k as u32).unwrap_or(0);
+                b.wrapping_add((r >> 16) % 3).wrapping_sub(1) & max
+            }
+            2 => max - (r >> 8) % 3,
+            _ => (r >> 8) % 3,
+        }
+    }
+
+    fn random_device<const O: usize, const I: usize>(rng: &mut u64) -> Device<O, I> {
+        let t0 = Instant::from_millis(1_000);
+        let id = DeviceId(edgy(rng, 64));
+        let generation = edgy(rng, 32) as u32;
+        let cfg = DeviceConfig::new(id, generation, [9; 32], Platform::Ios);
+        let mut d: Device<O, I> = Device::new(cfg, t0);
+        d.counter = edgy(rng, 64);
+        d.last_task_seq = edgy(rng, 32) as u32;
+        d.next_report_seq = edgy(rng, 32) as u32;
+        d.policy_version = edgy(rng, 32) as u32;
+        d.periodic = Duration::from_millis(edgy(rng, 64));
+        for _ in 0..edgy(rng, 8) as usize % (I + 1) {
+            let task = Task {
+                seq: edgy(rng, 32) as u32,
+                id: TaskId(edgy(rng, 64)),
+                kind: TaskKind::ALL[edgy(rng, 8) as usize % 5],
+            };
+            let slot = Inflight {
+                task,
+                announced: true,
+                cancel: Flag::No,
+                progress: None,
+            };
+            d.inflight.push(slot).unwrap();
+        }
+        for _ in 0..edgy(rng, 8) as usize % (O + 1) {
+            let mut body = Body::EMPTY;
+            for b in body.bytes.iter_mut() {
+                *b = edgy(rng, 8) as u8; // bytes past the length too (scratch)
+            }
+            let len = [
+                1,
+                MAX_REPORT_BODY,
+                1 + edgy(rng, 8) as usize % MAX_REPORT_BODY,
+            ];
+            body.len = len[edgy(rng, 8) as usize % 3] as u8;
+            let wire = [Wire::New, Wire::Sent, Wire::Again][edgy(rng, 8) as usize % 3];
+            let seq = edgy(rng, 32) as u32;
+            d.outbox.push_back(Entry { seq, body, wire }).unwrap();
+        }
+        d
+    }
+
+    fn same_as_serde<const O: usize, const I: usize>(d: &Device<O, I>) {
+        let mut want = [0u8; 4096];
+        let w = by_serde(d, &mut want);
+        let n = w + 4;
+        assert!(n <= Device::<O, I>::SNAPSHOT_MAX, "{n} > SNAPSHOT_MAX");
+        for size in [
+            n - 1,
+            n,
+            n + 1,
+            n + 3,
+            n + 9,
+            n + 47,
+            n + 64,
+            4096,
+            n.saturating_sub(5),
+            3,
+            0,
+        ] {
+            let mut got = [0xEEu8; 4096];
+            let r = d.snapshot(&mut got[..size]);
+            if size < n {
+                assert_eq!(
+                    r,
+                    Err(EncodeError::BufferTooSmall { needed: n }),
+                    "size {size}"
+                );
+            } else {
+                assert_eq!(r, Ok(n), "size {size}");
+                assert_eq!(got[..w], want[..w], "size {size}");
+                assert_eq!(got[w..n], crc32(&want[..w]).to_le_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn random_snapshots_are_what_serde_writes_at_every_buffer_size() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        for _ in 0..20_000 {
+            same_as_serde(&random_device::<16, 4>(&mut rng));
+            same_as_serde(&random_device::<4, 2>(&mut rng));
+            same_as_serde(&random_device::<1, 1>(&mut rng));
+            same_as_serde(&random_device::<40, 12>(&mut rng));
         }
     }
 }
