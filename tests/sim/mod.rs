@@ -279,6 +279,8 @@ struct Dev<const O: usize, const I: usize> {
     history: [VecDeque<(u64, Vec<u8>)>; 2],
     /// Every `Hello.attempt` the device sent, across reboots: none may repeat.
     attempts: HashSet<u64>,
+    // Report sequences sent since the device's last `Hello`: none twice.
+    session_reports: HashSet<u32>,
     reboots: usize,
     writes: usize,
 }
@@ -345,6 +347,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                     conn: None,
                     history: Default::default(),
                     attempts: HashSet::new(),
+                    session_reports: HashSet::new(),
                     reboots: 0,
                     writes: 0,
                 }
@@ -725,6 +728,13 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             if let Some(Ok(Up::Hello(h))) = hello.then(|| mdm_sync::wire::decode::<Up>(payload)) {
                 if !self.devs[d].attempts.insert(h.attempt) {
                     return Err(format!("dev{d}: Hello.attempt {:#x} sent twice", h.attempt));
+                }
+            }
+            if hello {
+                self.devs[d].session_reports.clear();
+            } else if let Ok(Up::Report { seq, .. }) = mdm_sync::wire::decode::<Up>(payload) {
+                if !self.devs[d].session_reports.insert(seq) {
+                    return Err(format!("dev{d}: report {seq} sent twice in one session"));
                 }
             }
             match self.devs[d].conn.and_then(|key| self.conn_index(key)) {
