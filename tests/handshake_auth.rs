@@ -579,8 +579,8 @@ fn the_server_echoes_any_attempt_exactly() {
 }
 
 /// A `Hello` of another version that decodes in our layout, its tag written
-/// as the non-minimal varint `80 00` (postcard reads tag 0, the version peek
-/// reads no tag): it must not be challenged, since the server answers only a
+/// as the non-minimal varint `80 00` (postcard reads tag 0, and so must the
+/// version peek): it must not be challenged, since the server answers only a
 /// `Hello` of its version with a `Challenge` (PROTOCOL.md 6.1).
 #[test]
 fn a_hello_of_another_version_is_never_challenged() {

@@ -467,13 +467,6 @@ impl<S: FleetStore> Server<S> {
             self.spare.hello = Some(hello);
             return Err(ServerError::Peer(PeerError::Unexpected));
         }
-        // Another version in our layout that the version peek did not read
-        // (a non-minimal tag varint): only a Hello of ours is challenged.
-        if hello.version != PROTOCOL_VERSION {
-            let device = hello.version;
-            self.spare.hello = Some(hello);
-            return Err(ServerError::Peer(PeerError::VersionMismatch { device }));
-        }
         let nonce = self.nonces.next_nonce();
         let (device, attempt) = (hello.device, hello.attempt);
         s.phase = Phase::AwaitProof {

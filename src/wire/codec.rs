@@ -324,10 +324,12 @@ pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
 }
 
 /// The version of a payload that starts as variant 0 with a `u16` version
-/// (`Hello`, `Challenge`), by hand: see [`super::peek_version`].
+/// (`Hello`, `Challenge`), by hand: see [`super::peek_version`]. The tag is
+/// read as the decoders read it, a varint (`80 00` is tag 0 too), so that no
+/// payload they take for variant 0 escapes the version check.
 pub(crate) fn peek_version(payload: &[u8]) -> Option<u16> {
     let mut r = Reader { bytes: payload };
-    match r.byte() {
+    match r.u32() {
         Ok(0) => r.u16().ok(),
         _ => None,
     }
@@ -479,10 +481,11 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
 
-        /// The version read by hand is postcard's `(u8, u16)` prefix, tag 0.
+        /// The version read by hand is postcard's `(u32, u16)` prefix (the
+        /// varint tag, then the version), tag 0.
         #[test]
         fn peek_version_as_postcard(bytes in payloads()) {
-            let postcard = match postcard::take_from_bytes::<(u8, u16)>(&bytes) {
+            let postcard = match postcard::take_from_bytes::<(u32, u16)>(&bytes) {
                 Ok(((0, version), _)) => Some(version),
                 _ => None,
             };
