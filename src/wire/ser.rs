@@ -678,9 +678,10 @@ pub(crate) mod tests {
             let mut w = Writer::new(&mut want[1..]);
             p.write(&mut w);
             let n = w.len();
+            // n is at most 1 + 10 + 5 + 1 + 8 = 25: sizes go up to 65.
             for size in 0..=n + 40 {
                 for fits in [true, false] {
-                    let mut got = [0xEEu8; 64];
+                    let mut got = [0xEEu8; 80];
                     let mut w = Writer::new(&mut got[..size]);
                     w.push(1);
                     if fits {
