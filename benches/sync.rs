@@ -12,9 +12,14 @@
 //!   report (a quick task's only report: the device engine lets the final
 //!   status take the place of an unsent `Received`), close. The device side is prepared outside the timed
 //!   loop (its proofs are computed ahead), so only server work is timed.
+//! - `auth/server_per_sync`: the SHA-256 work alone that the server does in
+//!   each of those syncs (a nonce, the device's secret, the `Hello` hash with
+//!   a 144-byte push token, the proof check), to tell how much of a sync's
+//!   time the authentication design takes.
 
 mod common;
 
+use core::hint::black_box;
 use core::time::Duration as StdDuration;
 use std::time::Instant as StdInstant;
 
@@ -114,5 +119,31 @@ fn fleet(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, round_trip, fleet);
+fn auth(c: &mut Criterion) {
+    use mdm_sync::auth;
+    let mut g = c.benchmark_group("auth");
+    g.throughput(Throughput::Elements(1));
+    let master = auth::PreparedKey::new(&common::MASTER);
+    let mut nonces = auth::Nonces::new(&common::NONCE_SEED);
+    let hello = mdm_sync::wire::Up::Hello(common::sample_hello());
+    let mut buf = [0u8; 512];
+    let n = mdm_sync::wire::encode_payload(&hello, &mut buf).unwrap();
+    let payload = &buf[..n];
+    let id = DeviceId(1_234_567);
+    // A right proof, so that the check runs to the end as in a real sync.
+    let nonce = nonces.next_nonce();
+    let secret = auth::derive_secret_prepared(&master, id, 0);
+    let mac = auth::proof(&secret, &nonce, &auth::hello_hash(payload));
+    g.bench_function("server_per_sync", |b| {
+        b.iter(|| {
+            black_box(nonces.next_nonce());
+            let secret = auth::derive_secret_prepared(&master, black_box(id), 0);
+            let hash = auth::hello_hash(black_box(payload));
+            assert!(auth::verify(&secret, &nonce, &hash, black_box(&mac)));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, round_trip, fleet, auth);
 criterion_main!(benches);
