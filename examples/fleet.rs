@@ -69,7 +69,8 @@ OPTIONS:
     -h, --help             this text
 
 The script covers 4.5 simulated hours; the fleet then converges (lost pushes
-are covered by the 3-hour periodic sync). Exit code 0: every guarantee held;
+are covered by the 3-hour periodic sync). Options under which that cannot
+happen before --max-wall are refused. Exit code 0: every guarantee held;
 1: a guarantee failed; 2: bad arguments.";
 
 // ---- command line ---------------------------------------------------------
@@ -134,7 +135,38 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Opts>, St
             _ => return Err(format!("unknown option {arg}")),
         }
     }
+    check_can_converge(&o)?;
     Ok(Some(o))
+}
+
+/// Simulated minutes the script runs (see `make_script`).
+const SCRIPT_MINUTES: u64 = 270;
+
+/// Refuses options under which the fleet cannot converge before `--max-wall`:
+/// the script must run to its end, and when pushes are lost, a device whose
+/// last push was lost recovers only at its 3-hour periodic sync after the
+/// script. (Without push loss, offline devices come back by minute 300.)
+fn check_can_converge(o: &Opts) -> Result<(), String> {
+    let minutes = if o.push_loss > 0.0 {
+        SCRIPT_MINUTES + 180
+    } else {
+        300
+    };
+    let wall = (minutes * 60) as f64 / o.time_scale;
+    if wall > o.max_wall {
+        return Err(format!(
+            "--time-scale {} needs {wall:.0} s of wall time for {minutes} simulated \
+             minutes (the script{}), past --max-wall {}: raise one of them",
+            o.time_scale,
+            if o.push_loss > 0.0 {
+                ", then the 3-hour periodic sync that recovers lost pushes"
+            } else {
+                " and offline devices coming back"
+            },
+            o.max_wall
+        ));
+    }
+    Ok(())
 }
 
 fn int(flag: &str, v: &str, min: usize, max: usize) -> Result<usize, String> {
@@ -908,7 +940,7 @@ fn make_script(o: &Opts) -> Script {
         boot_at,
         offline_devices,
         power_losses,
-        end: at_min(270),
+        end: at_min(SCRIPT_MINUTES),
     }
 }
 
@@ -1749,5 +1781,49 @@ fn on_server_event(ev: &ServerEvent, log: &Mutex<ServerLog>, c: &Counters) {
             c.auth_failed.fetch_add(1, Relaxed);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Opts>, String> {
+        parse_args(args.iter().map(|a| a.to_string()))
+    }
+
+    #[test]
+    fn the_defaults_and_the_ci_options_are_accepted() {
+        assert!(parse(&[]).unwrap().is_some());
+        assert!(parse(&["--devices", "200"]).unwrap().is_some());
+        assert!(parse(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn options_that_cannot_converge_before_max_wall_are_refused() {
+        // 450 simulated minutes at 100x take 270 s, past the 50 s default.
+        let e = parse(&["--time-scale", "100"]).unwrap_err();
+        assert!(e.contains("270 s") && e.contains("--max-wall 50"), "{e}");
+        assert!(parse(&["--time-scale", "100", "--max-wall", "300"])
+            .unwrap()
+            .is_some());
+        // Without push loss nothing waits for the periodic sync: 300 minutes.
+        let e = parse(&["--time-scale=100", "--push-loss=0", "--max-wall=150"]).unwrap_err();
+        assert!(e.contains("180 s"), "{e}");
+        assert!(
+            parse(&["--time-scale=100", "--push-loss=0", "--max-wall=180"])
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn bad_values_get_clear_errors() {
+        let e = parse(&["--push-loss", "1.5"]).unwrap_err();
+        assert!(e.contains("between 0 and 1"), "{e}");
+        let e = parse(&["--devices"]).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = parse(&["--frobnicate", "1"]).unwrap_err();
+        assert!(e.contains("unknown option"), "{e}");
     }
 }
