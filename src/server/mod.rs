@@ -25,6 +25,7 @@
 
 mod console;
 mod session;
+mod sessions;
 mod store;
 
 pub use console::{DeviceView, FleetView, TaskCounts};
@@ -45,9 +46,12 @@ use crate::time::{Duration, Instant};
 use crate::wire::{
     DeviceId, Platform, Policy, Setting, SyncTrigger, TaskId, TaskKind, MAX_SETTINGS,
 };
-use session::Session;
+use sessions::Sessions;
 
-/// Identifies one connection for the lifetime of the engine.
+/// Identifies one connection. Ids grow with each connection opened and are
+/// not reused for the first `2^(64 - b)` connections, `b` the bits of
+/// `max_sessions - 1` (2^48 connections with the default): the low `b` bits
+/// place the session in the engine's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
@@ -283,8 +287,7 @@ pub struct Server<S: FleetStore> {
     // Prepared once: deriving a secret then hashes half the blocks.
     master: auth::PreparedKey,
     nonces: auth::Nonces,
-    next_conn: u64,
-    sessions: HashMap<ConnId, Session>,
+    sessions: Sessions,
     online: HashMap<DeviceId, ConnId>,
     /// Per device: pushes and check-in deadline (see `PushState`).
     pushes: HashMap<DeviceId, PushState>,
@@ -343,8 +346,7 @@ impl<S: FleetStore> Server<S> {
             store,
             master: auth::PreparedKey::new(&master),
             nonces: auth::Nonces::new(&nonce_seed),
-            next_conn: 0,
-            sessions: HashMap::new(),
+            sessions: Sessions::new(cfg.max_sessions),
             online: HashMap::new(),
             pushes: HashMap::new(),
             held_pushes: HashSet::new(),
@@ -710,10 +712,8 @@ impl<S: FleetStore> Server<S> {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(ServerError::Busy);
         }
-        self.next_conn = self.next_conn.wrapping_add(1);
-        let conn = ConnId(self.next_conn);
         let session = self.spare.session(now);
-        self.sessions.insert(conn, session);
+        let conn = self.sessions.insert(session);
         let at = now + self.cfg.handshake_timeout;
         if !in_order(&mut self.handshake_checks, at, conn) {
             self.arm_timer(at, Timer::Session(conn));
