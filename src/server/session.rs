@@ -154,9 +154,6 @@ impl Session {
     }
 
     pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
-        if !self.has_output() {
-            return 0; // the usual answer once drained: no copy to set up
-        }
         let pending = &self.out[self.out_pos..self.out_end];
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
