@@ -818,20 +818,30 @@ impl<S: FleetStore> Server<S> {
         self.next_timer().map(|(at, _, _)| at)
     }
 
-    /// The earliest timer of the heap and of the FIFOs, and where it is.
+    /// The earliest timer of the heap and of the FIFOs, and where it is (on
+    /// a tie, the first of heap, overdue, handshake and push checks). Asked
+    /// after every turn of a transport's loop: compared in place, without
+    /// building a list of candidates.
     fn next_timer(&self) -> Option<(Instant, Timer, TimerSource)> {
-        let heap = self.timers.peek();
-        let heap = heap.map(|Reverse((at, t))| (*at, *t, TimerSource::Heap));
-        let overdue = self.overdue_checks.front();
-        let overdue = overdue.map(|&(at, d)| (at, Timer::Overdue(d), TimerSource::Overdue));
-        let handshake = self.handshake_checks.front();
-        let handshake = handshake.map(|&(at, c)| (at, Timer::Session(c), TimerSource::Handshake));
-        let push = self.push_checks.front();
-        let push = push.map(|&(at, d)| (at, Timer::Push(d), TimerSource::Push));
-        [heap, overdue, handshake, push]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(at, _, _)| *at)
+        let mut best = self
+            .timers
+            .peek()
+            .map(|Reverse((at, t))| (*at, *t, TimerSource::Heap));
+        let mut consider = |at: Instant, timer: Timer, source: TimerSource| {
+            if best.is_none_or(|(b, _, _)| at < b) {
+                best = Some((at, timer, source));
+            }
+        };
+        if let Some(&(at, d)) = self.overdue_checks.front() {
+            consider(at, Timer::Overdue(d), TimerSource::Overdue);
+        }
+        if let Some(&(at, c)) = self.handshake_checks.front() {
+            consider(at, Timer::Session(c), TimerSource::Handshake);
+        }
+        if let Some(&(at, d)) = self.push_checks.front() {
+            consider(at, Timer::Push(d), TimerSource::Push);
+        }
+        best
     }
 
     /// Runs every timer due at `now`. Harmless early, late or twice.
