@@ -20,6 +20,8 @@ pub(super) struct Sessions {
     len: usize,
     /// Low bits of an id that give its slot: enough for `max_sessions`.
     slot_bits: u32,
+    /// Those bits set (kept: every lookup applies it).
+    slot_mask: u64,
     /// Connections opened, ever.
     opened: u64,
 }
@@ -36,6 +38,7 @@ impl Sessions {
             free: Vec::new(),
             len: 0,
             slot_bits,
+            slot_mask: (1 << slot_bits) - 1,
             opened: 0,
         }
     }
@@ -45,7 +48,7 @@ impl Sessions {
     }
 
     fn slot(&self, conn: ConnId) -> usize {
-        (conn.0 & ((1 << self.slot_bits) - 1)) as usize
+        (conn.0 & self.slot_mask) as usize
     }
 
     pub(super) fn get(&self, conn: &ConnId) -> Option<&Session> {
