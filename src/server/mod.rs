@@ -499,8 +499,8 @@ impl<S: FleetStore> Server<S> {
                 // issued together their misses overlap.
                 core::hint::black_box(self.pushes.get(&device).map(|p| p.last));
                 self.store.prefetch_push_target(device);
-                let rec = self.store.device(device)?;
-                rec.ok_or(ServerError::UnknownDevice)?.generation
+                let generation = self.store.device_generation(device)?;
+                generation.ok_or(ServerError::UnknownDevice)?
             }
         };
         // Without a supersede key every open task stays: counted, not read.
