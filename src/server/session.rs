@@ -169,7 +169,7 @@ impl Session {
         if self.out.len() < start + frame::MAX_FRAME {
             self.out.resize(start + frame::MAX_FRAME, 0);
         }
-        match frame::encode_keyed(msg, &mut self.out[start..], self.key) {
+        match frame::encode_keyed_inline(msg, &mut self.out[start..], self.key) {
             Ok(n) => {
                 self.out_end = start + n;
                 true

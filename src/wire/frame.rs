@@ -176,6 +176,18 @@ pub fn encode_keyed<T: Encode + ?Sized>(
     out: &mut [u8],
     key: u32,
 ) -> Result<usize, EncodeError> {
+    encode_keyed_inline(msg, out, key)
+}
+
+/// [`encode_keyed`] inlined into its caller: the server's send path, which
+/// frames every message it sends (a call's set-up costs about as much as
+/// the framing around the payload). Firmware keeps the call.
+#[inline(always)]
+pub(crate) fn encode_keyed_inline<T: Encode + ?Sized>(
+    msg: &T,
+    out: &mut [u8],
+    key: u32,
+) -> Result<usize, EncodeError> {
     let room = out.len().saturating_sub(OVERHEAD).min(MAX_PAYLOAD);
     let body = out.get_mut(HEADER..HEADER + room).unwrap_or_default();
     let len = msg.encode(body);
