@@ -31,6 +31,9 @@ impl FleetStore for Flaky {
     fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Down> {
         ok(self.inner.device(id))
     }
+    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, Down> {
+        ok(self.inner.device_generation(id))
+    }
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Down> {
         ok(self.inner.put_device(rec))
     }

@@ -51,6 +51,10 @@ impl FleetStore for Once {
         self.tick()?;
         ok(self.inner.device(id))
     }
+    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, Down> {
+        self.tick()?;
+        ok(self.inner.device_generation(id))
+    }
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Down> {
         self.tick()?;
         ok(self.inner.put_device(rec))

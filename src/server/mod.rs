@@ -25,6 +25,7 @@
 
 mod console;
 mod session;
+mod sessions;
 mod store;
 
 pub use console::{DeviceView, FleetView, TaskCounts};
@@ -45,9 +46,12 @@ use crate::time::{Duration, Instant};
 use crate::wire::{
     DeviceId, Platform, Policy, Setting, SyncTrigger, TaskId, TaskKind, MAX_SETTINGS,
 };
-use session::Session;
+use sessions::Sessions;
 
-/// Identifies one connection for the lifetime of the engine.
+/// Identifies one connection. Ids grow with each connection opened and are
+/// not reused for the first `2^(64 - b)` connections, `b` the bits of
+/// `max_sessions - 1` (2^48 connections with the default): the low `b` bits
+/// place the session in the engine's table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
@@ -283,8 +287,7 @@ pub struct Server<S: FleetStore> {
     // Prepared once: deriving a secret then hashes half the blocks.
     master: auth::PreparedKey,
     nonces: auth::Nonces,
-    next_conn: u64,
-    sessions: HashMap<ConnId, Session>,
+    sessions: Sessions,
     online: HashMap<DeviceId, ConnId>,
     /// Per device: pushes and check-in deadline (see `PushState`).
     pushes: HashMap<DeviceId, PushState>,
@@ -343,8 +346,7 @@ impl<S: FleetStore> Server<S> {
             store,
             master: auth::PreparedKey::new(&master),
             nonces: auth::Nonces::new(&nonce_seed),
-            next_conn: 0,
-            sessions: HashMap::new(),
+            sessions: Sessions::new(cfg.max_sessions),
             online: HashMap::new(),
             pushes: HashMap::new(),
             held_pushes: HashSet::new(),
@@ -497,8 +499,8 @@ impl<S: FleetStore> Server<S> {
                 // issued together their misses overlap.
                 core::hint::black_box(self.pushes.get(&device).map(|p| p.last));
                 self.store.prefetch_push_target(device);
-                let rec = self.store.device(device)?;
-                rec.ok_or(ServerError::UnknownDevice)?.generation
+                let generation = self.store.device_generation(device)?;
+                generation.ok_or(ServerError::UnknownDevice)?
             }
         };
         // Without a supersede key every open task stays: counted, not read.
@@ -710,10 +712,8 @@ impl<S: FleetStore> Server<S> {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(ServerError::Busy);
         }
-        self.next_conn = self.next_conn.wrapping_add(1);
-        let conn = ConnId(self.next_conn);
         let session = self.spare.session(now);
-        self.sessions.insert(conn, session);
+        let conn = self.sessions.insert(session);
         let at = now + self.cfg.handshake_timeout;
         if !in_order(&mut self.handshake_checks, at, conn) {
             self.arm_timer(at, Timer::Session(conn));
@@ -794,7 +794,12 @@ impl<S: FleetStore> Server<S> {
     /// Copies pending output of `conn` into `buf`; `None` when there is none.
     pub fn poll_transmit_for(&mut self, conn: ConnId, buf: &mut [u8]) -> Option<usize> {
         let s = self.sessions.get_mut(&conn)?;
-        let n = s.take_output(buf);
+        // Drained (every drain loop ends here): no copy to set up.
+        let n = if s.has_output() {
+            s.take_output(buf)
+        } else {
+            0
+        };
         if s.closing && !s.has_output() {
             self.finish_close(conn);
         }
@@ -813,20 +818,30 @@ impl<S: FleetStore> Server<S> {
         self.next_timer().map(|(at, _, _)| at)
     }
 
-    /// The earliest timer of the heap and of the FIFOs, and where it is.
+    /// The earliest timer of the heap and of the FIFOs, and where it is (on
+    /// a tie, the first of heap, overdue, handshake and push checks). Asked
+    /// after every turn of a transport's loop: compared in place, without
+    /// building a list of candidates.
     fn next_timer(&self) -> Option<(Instant, Timer, TimerSource)> {
-        let heap = self.timers.peek();
-        let heap = heap.map(|Reverse((at, t))| (*at, *t, TimerSource::Heap));
-        let overdue = self.overdue_checks.front();
-        let overdue = overdue.map(|&(at, d)| (at, Timer::Overdue(d), TimerSource::Overdue));
-        let handshake = self.handshake_checks.front();
-        let handshake = handshake.map(|&(at, c)| (at, Timer::Session(c), TimerSource::Handshake));
-        let push = self.push_checks.front();
-        let push = push.map(|&(at, d)| (at, Timer::Push(d), TimerSource::Push));
-        [heap, overdue, handshake, push]
-            .into_iter()
-            .flatten()
-            .min_by_key(|(at, _, _)| *at)
+        let mut best = self
+            .timers
+            .peek()
+            .map(|Reverse((at, t))| (*at, *t, TimerSource::Heap));
+        let mut consider = |at: Instant, timer: Timer, source: TimerSource| {
+            if best.is_none_or(|(b, _, _)| at < b) {
+                best = Some((at, timer, source));
+            }
+        };
+        if let Some(&(at, d)) = self.overdue_checks.front() {
+            consider(at, Timer::Overdue(d), TimerSource::Overdue);
+        }
+        if let Some(&(at, c)) = self.handshake_checks.front() {
+            consider(at, Timer::Session(c), TimerSource::Handshake);
+        }
+        if let Some(&(at, d)) = self.push_checks.front() {
+            consider(at, Timer::Push(d), TimerSource::Push);
+        }
+        best
     }
 
     /// Runs every timer due at `now`. Harmless early, late or twice.

@@ -154,9 +154,6 @@ impl Session {
     }
 
     pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
-        if !self.has_output() {
-            return 0; // the usual answer once drained: no copy to set up
-        }
         let pending = &self.out[self.out_pos..self.out_end];
         let n = pending.len().min(buf.len());
         buf[..n].copy_from_slice(&pending[..n]);
@@ -172,7 +169,7 @@ impl Session {
         if self.out.len() < start + frame::MAX_FRAME {
             self.out.resize(start + frame::MAX_FRAME, 0);
         }
-        match frame::encode_keyed(msg, &mut self.out[start..], self.key) {
+        match frame::encode_keyed_inline(msg, &mut self.out[start..], self.key) {
             Ok(n) => {
                 self.out_end = start + n;
                 true

@@ -294,6 +294,12 @@ pub trait FleetStore {
     fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error>;
     /// Inserts or replaces a device.
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Self::Error>;
+    /// A device's enrollment generation, read when a task is queued for a
+    /// device not in session. The default reads the whole record; a store
+    /// may read just this.
+    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, Self::Error> {
+        Ok(self.device(id)?.map(|r| r.generation))
+    }
     /// A device's report and task sequences, read for each report. The
     /// default reads the whole record; a store may read just these.
     fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Self::Error> {
@@ -602,6 +608,11 @@ impl FleetStore for MemoryStore {
     fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Infallible> {
         let row = self.devices.find(id).and_then(|i| self.devices.rows.get(i));
         Ok(row.map(|r| self.unpack(r)))
+    }
+
+    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
+        let row = self.devices.find(id).and_then(|i| self.devices.rows.get(i));
+        Ok(row.map(|r| r.generation))
     }
 
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {

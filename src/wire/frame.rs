@@ -176,6 +176,18 @@ pub fn encode_keyed<T: Encode + ?Sized>(
     out: &mut [u8],
     key: u32,
 ) -> Result<usize, EncodeError> {
+    encode_keyed_inline(msg, out, key)
+}
+
+/// [`encode_keyed`] inlined into its caller: the server's send path, which
+/// frames every message it sends (a call's set-up costs about as much as
+/// the framing around the payload). Firmware keeps the call.
+#[inline(always)]
+pub(crate) fn encode_keyed_inline<T: Encode + ?Sized>(
+    msg: &T,
+    out: &mut [u8],
+    key: u32,
+) -> Result<usize, EncodeError> {
     let room = out.len().saturating_sub(OVERHEAD).min(MAX_PAYLOAD);
     let body = out.get_mut(HEADER..HEADER + room).unwrap_or_default();
     let len = msg.encode(body);
@@ -192,6 +204,10 @@ pub fn encode_keyed<T: Encode + ?Sized>(
 }
 
 /// Writes header and CRC around a payload already placed at `out[4..4 + len]`.
+/// Inlined where flash is not counted (`hand-encode`: servers, phones): a
+/// frame of an open session is a few bytes, and the call cost as much as
+/// the header it writes. Firmware keeps the call (28 bytes less at opt-level z).
+#[cfg_attr(feature = "hand-encode", inline)]
 fn seal(out: &mut [u8], len: usize, key: u32) {
     let [lo, hi] = (len as u16).to_le_bytes();
     out[..HEADER].copy_from_slice(&[MAGIC[0], MAGIC[1], lo, hi]);

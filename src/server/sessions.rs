@@ -1,0 +1,140 @@
+//! The open sessions, found by connection id without hashing.
+//!
+//! A connection id carries the slot of its session in its low bits and a
+//! connection counter above them, so a lookup is an index and one compare
+//! (a hash-map lookup costs a hash and a probe, and the engine looks a
+//! session up several times per message). Ids still grow with each
+//! connection, and a closed connection's id never finds a later session
+//! (it is compared whole).
+
+use alloc::vec::Vec;
+
+use super::session::Session;
+use super::ConnId;
+
+pub(super) struct Sessions {
+    slots: Vec<Option<(ConnId, Session)>>,
+    /// Slots of closed sessions, the latest first: the next session reuses
+    /// a slot still in the cache.
+    free: Vec<u32>,
+    len: usize,
+    /// Low bits of an id that give its slot: enough for `max_sessions`.
+    slot_bits: u32,
+    /// Those bits set (kept: every lookup applies it).
+    slot_mask: u64,
+    /// Connections opened, ever.
+    opened: u64,
+}
+
+impl Sessions {
+    /// Room for up to `max_sessions` at once. Ids are unique for the first
+    /// `2^(64 - b)` connections, `b` the bits of `max_sessions - 1`
+    /// (at most 32): 2^48 with the default of 65,536 sessions.
+    pub(super) fn new(max_sessions: usize) -> Self {
+        let top = max_sessions.saturating_sub(1) as u64;
+        let slot_bits = (u64::BITS - top.leading_zeros()).clamp(1, 32);
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            slot_bits,
+            slot_mask: (1 << slot_bits) - 1,
+            opened: 0,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn slot(&self, conn: ConnId) -> usize {
+        (conn.0 & self.slot_mask) as usize
+    }
+
+    pub(super) fn get(&self, conn: &ConnId) -> Option<&Session> {
+        match self.slots.get(self.slot(*conn)) {
+            Some(Some((c, s))) if c == conn => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Session> {
+        let slot = self.slot(*conn);
+        match self.slots.get_mut(slot) {
+            Some(Some((c, s))) if c == conn => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn contains_key(&self, conn: &ConnId) -> bool {
+        self.get(conn).is_some()
+    }
+
+    /// Adds a session under a new id. The caller keeps the count under
+    /// `max_sessions` (past `2^32` slots, the id of a new session would not
+    /// find it).
+    pub(super) fn insert(&mut self, session: Session) -> ConnId {
+        self.opened = self.opened.wrapping_add(1);
+        let slot = match self.free.pop() {
+            Some(slot) => slot as usize,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let conn = ConnId(self.opened << self.slot_bits | slot as u64);
+        if let Some(entry) = self.slots.get_mut(slot) {
+            *entry = Some((conn, session));
+            self.len += 1;
+        }
+        conn
+    }
+
+    pub(super) fn remove(&mut self, conn: &ConnId) -> Option<Session> {
+        let slot = self.slot(*conn);
+        let entry = self.slots.get_mut(slot)?;
+        if !matches!(entry, Some((c, _)) if c == conn) {
+            return None;
+        }
+        let (_, s) = entry.take()?;
+        self.len -= 1;
+        self.free.push(slot as u32);
+        Some(s)
+    }
+
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.slots.iter_mut().flatten().map(|(_, s)| s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::session::Spare;
+    use crate::time::Instant;
+
+    /// Ids grow, a slot is reused once freed, and an id of a closed session
+    /// finds nothing, not the session now in its slot.
+    #[test]
+    fn ids_grow_and_a_closed_id_finds_no_later_session() {
+        let mut spare = Spare::default();
+        let mut open = |s: &mut Sessions| s.insert(spare.session(Instant::ZERO));
+        for max in [1, 2, 3, 64, 65_536, usize::MAX] {
+            let mut s = Sessions::new(max);
+            let a = open(&mut s);
+            let b = open(&mut s);
+            assert!(a < b);
+            assert_eq!(s.len(), 2);
+            assert!(s.remove(&a).is_some());
+            assert!(s.remove(&a).is_none(), "removed twice");
+            let c = open(&mut s);
+            assert!(b < c);
+            assert_eq!(s.slot(a), s.slot(c), "the freed slot is reused");
+            assert!(!s.contains_key(&a) && s.get_mut(&a).is_none());
+            assert!(s.contains_key(&b) && s.contains_key(&c));
+            assert_eq!(s.values_mut().count(), 2);
+            assert!(s.remove(&ConnId(u64::MAX)).is_none());
+            assert_eq!(s.len(), 2);
+        }
+    }
+}
