@@ -1270,6 +1270,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     /// Writes the next frame to send into `buf`; `Ok(None)` when there is none.
+    /// Bytes of `buf` after the frame may be overwritten too (scratch).
     /// Nothing is sent while a [`Event::Persist`] waits to be polled.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<usize>, DeviceError> {
         if self.persist {
@@ -1279,7 +1280,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if let Some(e) = self.unsent_report() {
             let report = wire::EncodedReport {
                 seq: e.seq,
-                body: &e.body,
+                body: &e.body.bytes,
+                len: e.body.len.into(),
             };
             let n = frame::encode_keyed(&report, buf, key).map_err(DeviceError::Encode)?;
             e.wire = Wire::Sent;

@@ -641,7 +641,7 @@ pub(crate) mod tests {
                 by_hand(&report);
                 let want = postcard_bytes(&report);
                 let mut got = [0u8; 64];
-                let encoded = EncodedReport { seq, body: &bytes[..n] };
+                let encoded = EncodedReport { seq, body: &bytes, len: n };
                 let len = encoded.encode(&mut got);
                 prop_assert_eq!(&got[..len], &want[..]);
             }
