@@ -233,6 +233,18 @@ impl Body {
     /// practice: every `ReportBody` fits (a wire test checks that the bound
     /// is tight); if it did, the bytes would be left half-written.
     fn put(&mut self, report: &ReportBody) -> Result<(), DeviceError> {
+        // Every task's first report, as one piece: no check per byte.
+        #[cfg(feature = "hand-encode")]
+        if let ReportBody::Task {
+            task,
+            status: TaskStatus::Received,
+        } = *report
+        {
+            let mut w = wire::Writer::new(&mut self.bytes);
+            w.piece::<RECEIVED_ROOM, _>(&Received(task));
+            self.len = w.len() as u8;
+            return Ok(());
+        }
         let n = wire::encode_payload(report, &mut self.bytes).map_err(DeviceError::Encode)?;
         self.len = n as u8;
         Ok(())
@@ -252,6 +264,28 @@ impl Body {
         }
         self.len = (at + n) as u8;
         Ok(())
+    }
+}
+
+/// A task's `Received` report body: `ReportBody::Task` (tag 0), the task id
+/// (a varint, room 10) and `TaskStatus::Received` (tag 0), as `received_task`
+/// reads it.
+#[cfg(feature = "hand-encode")]
+struct Received(TaskId);
+
+#[cfg(feature = "hand-encode")]
+const RECEIVED_ROOM: usize = 12;
+
+#[cfg(feature = "hand-encode")]
+const _: () = assert!(RECEIVED_ROOM <= wire::MAX_REPORT_BODY);
+
+#[cfg(feature = "hand-encode")]
+impl wire::Piece for Received {
+    #[inline(always)]
+    fn write<O: wire::Out>(&self, w: &mut O) {
+        w.push(wire::REPORT_TASK);
+        w.varint(self.0 .0);
+        w.push(0);
     }
 }
 
