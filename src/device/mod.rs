@@ -906,7 +906,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 self.on_ack(seq);
                 Ok(())
             }
-            (Link::Syncing, Down::Task(task)) => self.on_task(task),
+            (Link::Syncing, Down::Task(task)) => self.on_task(&task),
             (Link::Syncing, Down::Cancel { task }) => {
                 if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == task) {
                     if i.cancel == Flag::No {
@@ -948,7 +948,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
             SessionDown::Task(task) => {
                 trace!("received task seq {}", task.seq);
-                self.on_task(task)
+                self.on_task(&task)
             }
             SessionDown::SyncEnd => {
                 trace!("received sync end");
@@ -1036,7 +1036,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
     }
 
-    fn on_task(&mut self, task: Task) -> Result<(), SessionError> {
+    // By reference: the offer is read where the decoder left it, not copied
+    // into an argument of its own on the way in.
+    fn on_task(&mut self, task: &Task) -> Result<(), SessionError> {
+        let task = *task;
         let expected = self.last_task_seq.wrapping_add(1);
         if task.seq != expected {
             if self.refused && wire::seq_newer(task.seq, expected) {
