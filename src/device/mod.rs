@@ -366,7 +366,11 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // The snapshot header's device id and generation, encoded once (they
     // never change): servers and phones only, firmware keeps the RAM.
     #[cfg(feature = "hand-encode")]
-    id_gen: ([u8; 16], u8),
+    id_gen: snapshot::Encoded,
+    // The snapshot header's policy version and periodic interval (in ms),
+    // with their encoding: they seldom change. Servers and phones only.
+    #[cfg(feature = "hand-encode")]
+    settings: (u32, u64, snapshot::Encoded),
     // Persisted state.
     counter: u64,
     // `Hello.attempt` of the current (or last) connection. Each boot counts
@@ -453,17 +457,12 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let periodic = cfg.timers.periodic;
         let rng = cfg.jitter_seed | 1;
         #[cfg(feature = "hand-encode")]
-        let id_gen = {
-            let mut bytes = [0; 16];
-            let mut w = wire::Writer::new(&mut bytes);
-            w.varint(cfg.id.0);
-            w.varint(cfg.generation.into());
-            let len = w.len() as u8; // at most 10 + 5
-            (bytes, len)
-        };
+        let id_gen = snapshot::Encoded::of(&snapshot::IdGen(&cfg));
         let mut d = Self {
             #[cfg(feature = "hand-encode")]
             id_gen,
+            #[cfg(feature = "hand-encode")]
+            settings: (0, 0, snapshot::Encoded::EMPTY),
             cfg,
             counter: 0,
             attempt: 1 << 32,
@@ -507,7 +506,20 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
+        d.settings_changed();
         d
+    }
+
+    /// Call after the policy version or the periodic interval changed: with
+    /// `hand-encode`, encodes them again for the snapshot header (which
+    /// encodes them itself whenever they differ from these).
+    fn settings_changed(&mut self) {
+        #[cfg(feature = "hand-encode")]
+        {
+            let ms = self.periodic.as_millis();
+            let piece = snapshot::Settings(self.policy_version, ms);
+            self.settings = (self.policy_version, ms, snapshot::Encoded::of(&piece));
+        }
     }
 
     /// This device's id.
@@ -716,6 +728,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         debug!("policy {} applied, report queued", version);
         self.policy = None;
         self.policy_version = version;
+        self.settings_changed();
         self.kick(now);
         Ok(())
     }
@@ -971,6 +984,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if periodic_s != 0 {
             let s = u64::from(periodic_s).clamp(60, 7 * 24 * 3600);
             self.periodic = Duration::from_secs(s);
+            self.settings_changed();
         }
         // The session serves every trigger that was pending when it opened.
         self.wants.0 &= !self.session_wants.0;
