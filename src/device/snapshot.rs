@@ -206,9 +206,21 @@ impl<const O: usize, const I: usize> Device<O, I> {
         for Inflight { task, .. } in &self.inflight {
             w.piece::<TASK_ROOM, _>(task);
         }
-        w.varint(self.outbox.len() as u64);
-        for e in &self.outbox {
-            w.piece::<ENTRY_ROOM, _>(e);
+        // Servers and phones write the outbox's two halves (it wraps around)
+        // one after the other: a chained iterator checks which half it is in
+        // at every step. Firmware keeps the one loop (0.2 KB less flash).
+        #[cfg(feature = "hand-encode")]
+        let halves = {
+            let (front, back) = self.outbox.as_slices();
+            [front, back]
+        };
+        #[cfg(not(feature = "hand-encode"))]
+        let halves = [&self.outbox];
+        w.varint(halves.iter().map(|h| h.len()).sum::<usize>() as u64);
+        for half in halves {
+            for e in half {
+                w.piece::<ENTRY_ROOM, _>(e);
+            }
         }
         let n = w.len();
         if n > room {
@@ -481,6 +493,16 @@ mod tests {
                 progress: None,
             };
             d.inflight.push(slot).unwrap();
+        }
+        // Start the ring anywhere, so that the outbox often wraps around.
+        for _ in 0..edgy(rng, 8) as usize % (O + 1) {
+            let entry = Entry {
+                seq: 0,
+                body: Body::EMPTY,
+                wire: Wire::New,
+            };
+            d.outbox.push_back(entry).unwrap();
+            d.outbox.pop_front();
         }
         for _ in 0..edgy(rng, 8) as usize % (O + 1) {
             let mut body = Body::EMPTY;
