@@ -233,6 +233,18 @@ impl Body {
     /// practice: every `ReportBody` fits (a wire test checks that the bound
     /// is tight); if it did, the bytes would be left half-written.
     fn put(&mut self, report: &ReportBody) -> Result<(), DeviceError> {
+        // Every task's first report, as one piece: no check per byte.
+        #[cfg(feature = "hand-encode")]
+        if let ReportBody::Task {
+            task,
+            status: TaskStatus::Received,
+        } = *report
+        {
+            let mut w = wire::Writer::new(&mut self.bytes);
+            w.piece::<RECEIVED_ROOM, _>(&Received(task));
+            self.len = w.len() as u8;
+            return Ok(());
+        }
         let n = wire::encode_payload(report, &mut self.bytes).map_err(DeviceError::Encode)?;
         self.len = n as u8;
         Ok(())
@@ -252,6 +264,28 @@ impl Body {
         }
         self.len = (at + n) as u8;
         Ok(())
+    }
+}
+
+/// A task's `Received` report body: `ReportBody::Task` (tag 0), the task id
+/// (a varint, room 10) and `TaskStatus::Received` (tag 0), as `received_task`
+/// reads it.
+#[cfg(feature = "hand-encode")]
+struct Received(TaskId);
+
+#[cfg(feature = "hand-encode")]
+const RECEIVED_ROOM: usize = 12;
+
+#[cfg(feature = "hand-encode")]
+const _: () = assert!(RECEIVED_ROOM <= wire::MAX_REPORT_BODY);
+
+#[cfg(feature = "hand-encode")]
+impl wire::Piece for Received {
+    #[inline(always)]
+    fn write<O: wire::Out>(&self, w: &mut O) {
+        w.push(wire::REPORT_TASK);
+        w.varint(self.0 .0);
+        w.push(0);
     }
 }
 
@@ -332,7 +366,11 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // The snapshot header's device id and generation, encoded once (they
     // never change): servers and phones only, firmware keeps the RAM.
     #[cfg(feature = "hand-encode")]
-    id_gen: ([u8; 16], u8),
+    id_gen: snapshot::Encoded,
+    // The snapshot header's policy version and periodic interval (in ms),
+    // with their encoding: they seldom change. Servers and phones only.
+    #[cfg(feature = "hand-encode")]
+    settings: (u32, u64, snapshot::Encoded),
     // Persisted state.
     counter: u64,
     // `Hello.attempt` of the current (or last) connection. Each boot counts
@@ -419,17 +457,12 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let periodic = cfg.timers.periodic;
         let rng = cfg.jitter_seed | 1;
         #[cfg(feature = "hand-encode")]
-        let id_gen = {
-            let mut bytes = [0; 16];
-            let mut w = wire::Writer::new(&mut bytes);
-            w.varint(cfg.id.0);
-            w.varint(cfg.generation.into());
-            let len = w.len() as u8; // at most 10 + 5
-            (bytes, len)
-        };
+        let id_gen = snapshot::Encoded::of(&snapshot::IdGen(&cfg));
         let mut d = Self {
             #[cfg(feature = "hand-encode")]
             id_gen,
+            #[cfg(feature = "hand-encode")]
+            settings: (0, 0, snapshot::Encoded::EMPTY),
             cfg,
             counter: 0,
             attempt: 1 << 32,
@@ -473,7 +506,20 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
+        d.settings_changed();
         d
+    }
+
+    /// Call after the policy version or the periodic interval changed: with
+    /// `hand-encode`, encodes them again for the snapshot header (which
+    /// encodes them itself whenever they differ from these).
+    fn settings_changed(&mut self) {
+        #[cfg(feature = "hand-encode")]
+        {
+            let ms = self.periodic.as_millis();
+            let piece = snapshot::Settings(self.policy_version, ms);
+            self.settings = (self.policy_version, ms, snapshot::Encoded::of(&piece));
+        }
     }
 
     /// This device's id.
@@ -682,6 +728,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         debug!("policy {} applied, report queued", version);
         self.policy = None;
         self.policy_version = version;
+        self.settings_changed();
         self.kick(now);
         Ok(())
     }
@@ -872,7 +919,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 self.on_ack(seq);
                 Ok(())
             }
-            (Link::Syncing, Down::Task(task)) => self.on_task(task),
+            (Link::Syncing, Down::Task(task)) => self.on_task(&task),
             (Link::Syncing, Down::Cancel { task }) => {
                 if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == task) {
                     if i.cancel == Flag::No {
@@ -914,7 +961,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
             SessionDown::Task(task) => {
                 trace!("received task seq {}", task.seq);
-                self.on_task(task)
+                self.on_task(&task)
             }
             SessionDown::SyncEnd => {
                 trace!("received sync end");
@@ -937,6 +984,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if periodic_s != 0 {
             let s = u64::from(periodic_s).clamp(60, 7 * 24 * 3600);
             self.periodic = Duration::from_secs(s);
+            self.settings_changed();
         }
         // The session serves every trigger that was pending when it opened.
         self.wants.0 &= !self.session_wants.0;
@@ -1002,7 +1050,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
     }
 
-    fn on_task(&mut self, task: Task) -> Result<(), SessionError> {
+    // By reference: the offer is read where the decoder left it, not copied
+    // into an argument of its own on the way in.
+    fn on_task(&mut self, task: &Task) -> Result<(), SessionError> {
+        let task = *task;
         let expected = self.last_task_seq.wrapping_add(1);
         if task.seq != expected {
             if self.refused && wire::seq_newer(task.seq, expected) {
@@ -1270,6 +1321,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     /// Writes the next frame to send into `buf`; `Ok(None)` when there is none.
+    /// Bytes of `buf` after the frame may be overwritten too (scratch).
     /// Nothing is sent while a [`Event::Persist`] waits to be polled.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Result<Option<usize>, DeviceError> {
         if self.persist {
@@ -1279,7 +1331,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if let Some(e) = self.unsent_report() {
             let report = wire::EncodedReport {
                 seq: e.seq,
-                body: &e.body,
+                body: &e.body.bytes,
+                len: e.body.len.into(),
             };
             let n = frame::encode_keyed(&report, buf, key).map_err(DeviceError::Encode)?;
             e.wire = Wire::Sent;

@@ -55,13 +55,68 @@ struct Header {
 // (see `Writer::piece`): each write needs the room of its longest case.
 // The header: format, two `u64`s, four `u32`s, the interval and the running
 // tasks' count (the last starts at most 51 bytes in and needs 10). With the
-// id and generation copied whole (16 bytes, 15 used) it is no longer.
+// id and generation, and the policy version and interval, copied whole (16
+// bytes each, 15 used) it is no longer: the second copy starts at most 36 in.
 const HEADER_ROOM: usize = 64;
 // A running task: sequence, id (room 10, from at most 5 in) and kind.
 const TASK_ROOM: usize = 20;
 // An outbox report: sequence, then its body's length (room 10, from at most
 // 5 in) and the body copied whole (from at most 6 in).
 const ENTRY_ROOM: usize = 6 + MAX_REPORT_BODY;
+
+/// Up to 16 bytes of snapshot encoded ahead of time, for values that are in
+/// every snapshot and change seldom or never (servers and phones only).
+#[cfg(feature = "hand-encode")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Encoded {
+    pub(super) bytes: [u8; 16],
+    pub(super) len: u8,
+}
+
+#[cfg(feature = "hand-encode")]
+impl Encoded {
+    pub(super) const EMPTY: Self = Self {
+        bytes: [0; 16],
+        len: 0,
+    };
+
+    /// `piece`, which is at most 16 bytes and needs a room of at most 16
+    /// (see `Writer::piece`): a `u32` and a `u64` varint need 5 + 10, the
+    /// second from at most 5 in.
+    pub(super) fn of<P: Piece>(piece: &P) -> Self {
+        let mut bytes = [0; 16];
+        let mut w = Writer::new(&mut bytes);
+        w.piece::<16, _>(piece);
+        let len = w.len().min(16) as u8;
+        Self { bytes, len }
+    }
+}
+
+/// The device id and generation (never change).
+#[cfg(feature = "hand-encode")]
+pub(super) struct IdGen<'a>(pub(super) &'a DeviceConfig);
+
+#[cfg(feature = "hand-encode")]
+impl Piece for IdGen<'_> {
+    #[inline(always)]
+    fn write<W: Out>(&self, w: &mut W) {
+        w.varint(self.0.id.0);
+        w.varint32(self.0.generation);
+    }
+}
+
+/// The policy version and the periodic interval in ms (seldom change).
+#[cfg(feature = "hand-encode")]
+pub(super) struct Settings(pub(super) u32, pub(super) u64);
+
+#[cfg(feature = "hand-encode")]
+impl Piece for Settings {
+    #[inline(always)]
+    fn write<W: Out>(&self, w: &mut W) {
+        w.varint32(self.0);
+        w.varint(self.1);
+    }
+}
 
 /// The header and the running tasks' count, as one piece.
 struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>);
@@ -76,27 +131,34 @@ impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
         // loops over arrays, not one call per field: that keeps opt-level s
         // at its size (a `Chunk` unrolls the loops all the same).
         #[cfg(feature = "hand-encode")]
-        let seqs = {
+        {
             w.varint(d.counter);
-            w.array(&d.id_gen.0, d.id_gen.1.into());
-            [d.last_task_seq, d.next_report_seq, d.policy_version]
-        };
+            w.array(&d.id_gen.bytes, d.id_gen.len.into());
+            w.varint32(d.last_task_seq);
+            w.varint32(d.next_report_seq);
+            let (version, ms, ref settings) = d.settings;
+            if (version, ms) == (d.policy_version, d.periodic.as_millis()) {
+                w.array(&settings.bytes, settings.len.into());
+            } else {
+                Settings(d.policy_version, d.periodic.as_millis()).write(w);
+            }
+        }
         #[cfg(not(feature = "hand-encode"))]
-        let seqs = {
+        {
             for v in [d.counter, d.cfg.id.0] {
                 w.varint(v);
             }
-            [
+            let seqs = [
                 d.cfg.generation,
                 d.last_task_seq,
                 d.next_report_seq,
                 d.policy_version,
-            ]
-        };
-        for v in seqs {
-            w.varint32(v);
+            ];
+            for v in seqs {
+                w.varint32(v);
+            }
+            w.varint(d.periodic.as_millis());
         }
-        w.varint(d.periodic.as_millis());
         w.varint(d.inflight.len() as u64);
     }
 }
@@ -144,9 +206,21 @@ impl<const O: usize, const I: usize> Device<O, I> {
         for Inflight { task, .. } in &self.inflight {
             w.piece::<TASK_ROOM, _>(task);
         }
-        w.varint(self.outbox.len() as u64);
-        for e in &self.outbox {
-            w.piece::<ENTRY_ROOM, _>(e);
+        // Servers and phones write the outbox's two halves (it wraps around)
+        // one after the other: a chained iterator checks which half it is in
+        // at every step. Firmware keeps the one loop (0.2 KB less flash).
+        #[cfg(feature = "hand-encode")]
+        let halves = {
+            let (front, back) = self.outbox.as_slices();
+            [front, back]
+        };
+        #[cfg(not(feature = "hand-encode"))]
+        let halves = [&self.outbox];
+        w.varint(halves.iter().map(|h| h.len()).sum::<usize>() as u64);
+        for half in halves {
+            for e in half {
+                w.piece::<ENTRY_ROOM, _>(e);
+            }
         }
         let n = w.len();
         if n > room {
@@ -200,6 +274,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         d.policy_version = h.policy_version;
         d.periodic = Duration::from_millis(h.periodic_ms.clamp(60_000, 7 * 24 * 3_600_000));
         d.periodic_at = now + d.periodic;
+        d.settings_changed();
         for task in tasks {
             let slot = Inflight {
                 task,
@@ -329,6 +404,9 @@ mod tests {
             d.next_report_seq = 1 << (9 * k);
             d.policy_version = 300 * k;
             d.periodic = Duration::from_millis(60_000 << k);
+            if k.is_multiple_of(2) {
+                d.settings_changed();
+            }
             let task = Task {
                 seq: 1 << (10 * k),
                 id: TaskId(u64::MAX >> (13 * k)),
@@ -397,6 +475,11 @@ mod tests {
         d.next_report_seq = edgy(rng, 32) as u32;
         d.policy_version = edgy(rng, 32) as u32;
         d.periodic = Duration::from_millis(edgy(rng, 64));
+        // Both ways of writing them: encoded ahead, or (set behind the
+        // engine's back, as here) encoded by the snapshot itself.
+        if edgy(rng, 8).is_multiple_of(2) {
+            d.settings_changed();
+        }
         for _ in 0..edgy(rng, 8) as usize % (I + 1) {
             let task = Task {
                 seq: edgy(rng, 32) as u32,
@@ -410,6 +493,16 @@ mod tests {
                 progress: None,
             };
             d.inflight.push(slot).unwrap();
+        }
+        // Start the ring anywhere, so that the outbox often wraps around.
+        for _ in 0..edgy(rng, 8) as usize % (O + 1) {
+            let entry = Entry {
+                seq: 0,
+                body: Body::EMPTY,
+                wire: Wire::New,
+            };
+            d.outbox.push_back(entry).unwrap();
+            d.outbox.pop_front();
         }
         for _ in 0..edgy(rng, 8) as usize % (O + 1) {
             let mut body = Body::EMPTY;

@@ -566,3 +566,27 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&read_in_chunks(&stream, &bytewise), &whole, "byte by byte");
     }
 }
+
+/// A task's `Received`, written as one piece, is what the encoder writes,
+/// at every varint length of the task id, and `received_task` reads it back.
+#[test]
+fn received_bodies_are_what_the_encoder_writes() {
+    let mut ids = std::vec![0, 1, u64::MAX];
+    for k in 1..10 {
+        let edge = 1u64 << (7 * k);
+        ids.extend([edge - 1, edge, edge + 1]);
+    }
+    for id in ids {
+        let report = ReportBody::Task {
+            task: TaskId(id),
+            status: TaskStatus::Received,
+        };
+        let mut want = [0u8; wire::MAX_REPORT_BODY];
+        let n = wire::encode_serde(&report, &mut want);
+        let mut body = Body::EMPTY;
+        body.bytes = [0xEE; wire::MAX_REPORT_BODY];
+        body.put(&report).unwrap();
+        assert_eq!(*body, want[..n], "id {id}");
+        assert_eq!(received_task(&body), Some(TaskId(id)));
+    }
+}

@@ -12,7 +12,7 @@
 //! where these would add about 0.4 KB of flash (opt-level z) beside the
 //! serializer that `Hello` and policy reports need anyway.
 
-use super::ser::Writer;
+use super::ser::{Out, Piece, Writer};
 use super::{encode_serde, Down, ReportBody, Task, TaskResult, TaskStatus, Up};
 
 impl Writer<'_> {
@@ -20,53 +20,10 @@ impl Writer<'_> {
         self.varint(v.into());
     }
 
-    fn i32(&mut self, v: i32) {
-        self.u32(((v << 1) ^ (v >> 31)) as u32);
-    }
-
     fn task(&mut self, t: &Task) {
         self.u32(t.seq);
         self.varint(t.id.0);
         self.push(t.kind as u8);
-    }
-
-    #[inline]
-    fn task_status(&mut self, status: &TaskStatus) {
-        match *status {
-            TaskStatus::Received => self.push(0),
-            TaskStatus::Succeeded { result } => {
-                self.push(1);
-                match result {
-                    None => self.push(0),
-                    Some(TaskResult::Location {
-                        lat_e7,
-                        lon_e7,
-                        accuracy_m,
-                    }) => {
-                        self.bytes(&[1, 0]);
-                        self.i32(lat_e7);
-                        self.i32(lon_e7);
-                        self.u32(accuracy_m);
-                    }
-                    Some(TaskResult::Scan { threats }) => {
-                        self.bytes(&[1, 1]);
-                        self.varint(threats.into());
-                    }
-                }
-            }
-            TaskStatus::Failed { reason } => {
-                self.push(2);
-                self.varint(reason.into());
-            }
-            TaskStatus::Deferred { retry_after_s } => match retry_after_s {
-                None => self.bytes(&[3, 0]),
-                Some(s) => {
-                    self.bytes(&[3, 1]);
-                    self.u32(s);
-                }
-            },
-            TaskStatus::Cancelled => self.push(4),
-        }
     }
 
     /// A report body by hand when it is a task report; `false` for the rest.
@@ -77,7 +34,7 @@ impl Writer<'_> {
         };
         self.push(0);
         self.varint(task.0);
-        self.task_status(status);
+        status.write(self);
         true
     }
 }
@@ -156,12 +113,65 @@ pub(super) fn up(msg: &Up, out: &mut [u8]) -> usize {
     w.len()
 }
 
-/// `TaskStatus` alone (see `wire::encode_task_status`).
+/// `TaskStatus` alone (see `wire::encode_task_status`): through a `Chunk`
+/// where `out` has the room (see `Writer::piece`).
 #[inline]
 pub(super) fn task_status(status: &TaskStatus, out: &mut [u8]) -> usize {
     let mut w = Writer::new(out);
-    w.task_status(status);
+    w.piece::<TASK_STATUS_ROOM, _>(status);
     w.len()
+}
+
+/// The room a `TaskStatus` is written in: a location, three tags then three
+/// varints of up to five bytes.
+const TASK_STATUS_ROOM: usize = 3 + 3 * 5;
+
+/// A task's status, as its derived `Serialize` writes it.
+impl Piece for TaskStatus {
+    #[inline]
+    fn write<O: Out>(&self, w: &mut O) {
+        let zigzag = |v: i32| ((v << 1) ^ (v >> 31)) as u32;
+        match *self {
+            TaskStatus::Received => w.push(0),
+            TaskStatus::Succeeded { result } => {
+                w.push(1);
+                match result {
+                    None => w.push(0),
+                    Some(TaskResult::Location {
+                        lat_e7,
+                        lon_e7,
+                        accuracy_m,
+                    }) => {
+                        w.push(1);
+                        w.push(0);
+                        w.varint32(zigzag(lat_e7));
+                        w.varint32(zigzag(lon_e7));
+                        w.varint32(accuracy_m);
+                    }
+                    Some(TaskResult::Scan { threats }) => {
+                        w.push(1);
+                        w.push(1);
+                        w.varint32(threats.into());
+                    }
+                }
+            }
+            TaskStatus::Failed { reason } => {
+                w.push(2);
+                w.varint32(reason.into());
+            }
+            TaskStatus::Deferred { retry_after_s } => {
+                w.push(3);
+                match retry_after_s {
+                    None => w.push(0),
+                    Some(s) => {
+                        w.push(1);
+                        w.varint32(s);
+                    }
+                }
+            }
+            TaskStatus::Cancelled => w.push(4),
+        }
+    }
 }
 
 /// `ReportBody::encode`.

@@ -188,7 +188,15 @@ pub(crate) fn encode_serde<T: Serialize + ?Sized>(msg: &T, out: &mut [u8]) -> us
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EncodedReport<'a> {
     pub(crate) seq: u32,
-    pub(crate) body: &'a [u8],
+    /// The body is the first `len` of these bytes (all of them if fewer).
+    pub(crate) body: &'a [u8; MAX_REPORT_BODY],
+    pub(crate) len: usize,
+}
+
+impl EncodedReport<'_> {
+    fn body(&self) -> &[u8] {
+        self.body.get(..self.len).unwrap_or(self.body)
+    }
 }
 
 /// `Up::Report`'s variant index (the order of `Up`'s variants is frozen).
@@ -200,14 +208,32 @@ pub(crate) const REPORT_COMPLIANCE: u8 = 1;
 
 /// By hand, with or without `hand-encode`: `Up::Report`'s tag, the sequence
 /// number, the body as it is (no larger in flash than the serde path).
+/// With `hand-encode`, written as one piece (see `Writer::piece`): the whole
+/// body array is copied at once when `out` has room for it, so bytes of `out`
+/// after the report may be overwritten too (scratch).
 impl Encode for EncodedReport<'_> {
     #[inline]
     fn encode(&self, out: &mut [u8]) -> usize {
         let mut w = ser::Writer::new(out);
-        w.push(UP_REPORT as u8);
-        w.varint(self.seq.into());
-        w.bytes(self.body);
+        #[cfg(feature = "hand-encode")]
+        w.piece::<{ 6 + MAX_REPORT_BODY }, _>(self);
+        #[cfg(not(feature = "hand-encode"))]
+        {
+            w.push(UP_REPORT as u8);
+            w.varint(self.seq.into());
+            w.bytes(self.body());
+        }
         w.len()
+    }
+}
+
+#[cfg(feature = "hand-encode")]
+impl ser::Piece for EncodedReport<'_> {
+    #[inline(always)]
+    fn write<O: ser::Out>(&self, w: &mut O) {
+        w.push(UP_REPORT as u8);
+        w.varint32(self.seq);
+        w.array(self.body, self.len);
     }
 }
 
@@ -215,7 +241,7 @@ impl Serialize for EncodedReport<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut v = s.serialize_struct_variant("Up", UP_REPORT, "Report", 2)?;
         v.serialize_field("seq", &self.seq)?;
-        v.serialize_field("body", &Raw(self.body))?;
+        v.serialize_field("body", &Raw(self.body()))?;
         v.end()
     }
 }
@@ -341,9 +367,11 @@ mod tests {
                     body: report.clone(),
                 };
                 let w = frame::encode(&up, &mut want).unwrap();
+                let whole = body.first_chunk().unwrap();
                 let encoded = EncodedReport {
                     seq,
-                    body: &body[..n],
+                    body: whole,
+                    len: n,
                 };
                 let g = frame::encode(&encoded, &mut got).unwrap();
                 assert_eq!(got[..g], want[..w], "{up:?}");

@@ -623,6 +623,14 @@ pub(crate) mod tests {
             for msg in &downs {
                 by_hand(msg);
             }
+            // A status alone (as a device replaces a `Received` with it), with
+            // room for a chunk and without.
+            #[cfg(feature = "hand-encode")]
+            for size in [postcard_bytes(&status).len(), 64] {
+                let mut got = [0u8; 64];
+                let n = super::super::encode_task_status(&status, &mut got[..size]);
+                prop_assert_eq!(&got[..n], &postcard_bytes(&status)[..]);
+            }
             let failed = heapless::Vec::from_slice(&[SettingFailure { key: c, reason: c }])
                 .unwrap();
             let bodies = [
@@ -641,7 +649,7 @@ pub(crate) mod tests {
                 by_hand(&report);
                 let want = postcard_bytes(&report);
                 let mut got = [0u8; 64];
-                let encoded = EncodedReport { seq, body: &bytes[..n] };
+                let encoded = EncodedReport { seq, body: &bytes, len: n };
                 let len = encoded.encode(&mut got);
                 prop_assert_eq!(&got[..len], &want[..]);
             }
