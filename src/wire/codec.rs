@@ -47,19 +47,22 @@ impl Reader<'_> {
     }
 
     /// The rest of a varint whose first byte has its continuation bit set.
-    /// Indexes below `min(len, MAX)`, so no byte read is checked twice.
+    /// Loops over the constant `0..MAX` (which the compiler unrolls), each
+    /// byte read checked once.
     #[inline]
     fn long_varint<const MAX: usize, const LAST: u8>(&mut self) -> R<u64> {
         let bytes = self.bytes;
         let mut out = 0u64;
-        for i in 0..bytes.len().min(MAX) {
-            let b = bytes[i];
+        for i in 0..MAX {
+            let Some(&b) = bytes.get(i) else {
+                break;
+            };
             out |= u64::from(b & 0x7F) << (7 * i);
             if b < 0x80 {
                 if i == MAX - 1 && b > LAST {
                     return Err(Fallback);
                 }
-                self.bytes = &bytes[i + 1..];
+                self.bytes = bytes.get(i + 1..).unwrap_or_default();
                 return Ok(out);
             }
         }
