@@ -133,6 +133,11 @@ impl Link {
     }
 
     /// After a failure: time passes until the device syncs again, fully.
+    /// Pushes are not delivered here, so the device comes back on its own
+    /// timers: time moves in steps of 10 minutes, or on to the device's next
+    /// deadline when that is later. (A `Welcome` among the bad input may
+    /// have set any periodic interval up to a week, and the failed session
+    /// after it counts as the sync its triggers asked for.)
     fn recovers(&mut self) {
         let task = self
             .server
@@ -140,15 +145,17 @@ impl Link {
             .unwrap();
         let before = self.done;
         for _ in 0..20 {
-            self.now = self.now + Duration::from_mins(10);
+            let step = self.now + Duration::from_mins(10);
+            self.now = self.device.poll_timeout().map_or(step, |t| t.max(step));
             self.run();
             if self.executed.iter().any(|t| t.id == task) && self.done > before {
                 return;
             }
         }
         panic!(
-            "the engines did not recover: {:?}",
-            self.server.task_state(ID, task)
+            "the engines did not recover: {:?}, device's next deadline {:?}",
+            self.server.task_state(ID, task),
+            self.device.poll_timeout()
         );
     }
 }
