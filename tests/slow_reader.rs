@@ -176,3 +176,44 @@ fn a_proof_whose_burst_drops_the_reader_finds_the_connection_gone() {
     let last = tasks.last().copied().unwrap();
     assert_eq!(s.task_state(d, last), Some(TaskState::PushSent));
 }
+
+/// A reader the application drops for its own output bound (the tokio
+/// adapter's) gets a push for the task its session had taken out, as one the
+/// engine drops does; a plain close of a session with nothing open gets none.
+#[test]
+fn a_reader_dropped_by_the_application_gets_a_push_for_its_open_task() {
+    let pushes = |s: &mut Server<MemoryStore>, d: DeviceId| {
+        let mut n = 0;
+        while let Some(e) = s.poll_event() {
+            n += usize::from(matches!(e, ServerEvent::SendPush { device, .. } if device == d));
+        }
+        n
+    };
+    for dropped in [true, false] {
+        let (mut s, d, t0, _, conn) = in_session(ServerConfig::default());
+        let task = s.enqueue_task(d, TaskKind::Lock, Default::default(), t0);
+        assert_eq!(s.task_state(d, task.unwrap()), Some(TaskState::Offered));
+        // The frame is taken out, as an adapter does before it finds its
+        // own buffer full.
+        let mut buf = [0u8; 1024];
+        assert!(s.poll_transmit_for(conn, &mut buf).is_some());
+        assert_eq!(pushes(&mut s, d), 0, "no push while in session");
+        if dropped {
+            s.connection_dropped(conn, t0).unwrap();
+        } else {
+            s.connection_closed(conn, t0);
+        }
+        assert_eq!(s.session_count(), 0);
+        assert_eq!(
+            pushes(&mut s, d),
+            usize::from(dropped),
+            "dropped: {dropped}"
+        );
+    }
+    // Nothing open: no push; an unknown id is harmless.
+    let (mut s, d, t0, _, conn) = in_session(ServerConfig::default());
+    while s.poll_event().is_some() {}
+    s.connection_dropped(conn, t0).unwrap();
+    s.connection_dropped(conn, t0).unwrap();
+    assert_eq!(pushes(&mut s, d), 0);
+}

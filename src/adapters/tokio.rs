@@ -46,6 +46,11 @@
 //!   an idle one holds no buffer.
 //! - A write that stalls longer than [`Builder::write_timeout`] closes its
 //!   connection.
+//! - A connection closed as too slow, or whose transport broke (a write or a
+//!   read failed), is reported with
+//!   [`Server::connection_dropped`](crate::server::Server::connection_dropped):
+//!   output the engine handed over may be lost, so a device with tasks open
+//!   gets a push. An end of input is a plain close.
 //! - The engine task waits only for its input channel and its timers, never
 //!   on one connection's reader or writer.
 
@@ -94,6 +99,9 @@ enum Msg<S: FleetStore> {
     },
     Closed {
         conn: ConnId,
+        /// The transport broke (a write failed or stalled, or a read
+        /// failed): output taken from the engine may not have arrived.
+        broke: bool,
     },
     Call(Call<S>),
     Shutdown,
@@ -502,7 +510,7 @@ impl<S: FleetStore> Link<S> {
             let mut buf = std::vec![0u8; read_buf];
             loop {
                 let (msg, end) = match rd.read(&mut buf).await {
-                    Ok(0) => (Msg::Closed { conn }, true),
+                    Ok(0) => (Msg::Closed { conn, broke: false }, true),
                     Ok(n) => {
                         let data = buf[..n].to_vec();
                         (Msg::Bytes { conn, data }, false)
@@ -538,7 +546,7 @@ impl<S: FleetStore> Link<S> {
             },
         };
         if report {
-            let _ = engine.send(Msg::Closed { conn }).await;
+            let _ = engine.send(Msg::Closed { conn, broke: true }).await;
         }
     }
 }
@@ -622,15 +630,26 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
                 }
                 Err(e) => debug!("connection {} failed: {:?}", conn.0, e),
             },
-            Msg::Closed { conn } => {
+            Msg::Closed { conn, broke } => {
                 // What the engine had for the peer goes out first (a
                 // half-closed peer still reads).
                 self.flush();
-                self.server.connection_closed(conn, now);
-                self.conns.remove(&conn);
+                self.close(conn, broke, now);
             }
             Msg::Call(call) => call(&mut self.server, now),
             Msg::Shutdown => {}
+        }
+    }
+
+    /// Tells the engine `conn` closed. When the transport broke, or the peer
+    /// read too slowly, output the engine handed over may be lost: the
+    /// engine then asks the device back for its open tasks.
+    fn close(&mut self, conn: ConnId, broke: bool, now: Instant) {
+        self.conns.remove(&conn);
+        if !broke {
+            self.server.connection_closed(conn, now);
+        } else if let Err(e) = self.server.connection_dropped(conn, now) {
+            debug!("no push after closing {}: {:?}", conn.0, e);
         }
     }
 
@@ -654,8 +673,7 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
             };
             if !out.0.push(&self.buf[..n], self.out_limit) {
                 debug!("connection {} too slow; closing", conn.0);
-                self.conns.remove(&conn);
-                self.server.connection_closed(conn, now);
+                self.close(conn, true, now);
             }
         }
         while let Some(ev) = self.server.poll_event() {

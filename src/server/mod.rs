@@ -768,6 +768,27 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
+    /// The application closed `conn` because its peer read too slowly (a
+    /// bound of the transport's own, as [`ServerConfig::max_pending_out`] is
+    /// the engine's). As [`connection_closed`](Self::connection_closed), and
+    /// a device that was syncing with tasks still open gets a push (within
+    /// `push_min_interval`, as always): what its session had taken out for it
+    /// may never have reached it. Harmless for an unknown id.
+    ///
+    /// # Errors
+    ///
+    /// A store error while finding the device's open tasks or its push
+    /// target; the connection is closed all the same, and the device still
+    /// syncs on its own retry or periodic sync.
+    pub fn connection_dropped(&mut self, conn: ConnId, now: Instant) -> Result<(), S> {
+        let device = self.sessions.get(&conn).and_then(|s| s.device());
+        self.connection_closed(conn, now);
+        match device {
+            Some(d) if self.store.open_task_count(d)? > 0 => self.request_push(d, now),
+            _ => Ok(()),
+        }
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.events.pop_front()
