@@ -351,7 +351,7 @@ pub fn pick_latest<'a>(a: &'a [u8], b: &'a [u8]) -> Option<&'a [u8]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::device::{Device, DeviceConfig};
     use crate::wire::{encode_serde, Platform, TaskId, TaskKind};
@@ -376,7 +376,10 @@ mod tests {
     }
 
     /// The snapshot as serde writes the tuple that `restore` reads.
-    fn by_serde<const O: usize, const I: usize>(d: &Device<O, I>, buf: &mut [u8]) -> usize {
+    pub(in crate::device) fn by_serde<const O: usize, const I: usize>(
+        d: &Device<O, I>,
+        buf: &mut [u8],
+    ) -> usize {
         let header = Header {
             format: FORMAT,
             counter: d.counter,

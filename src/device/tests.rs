@@ -590,3 +590,141 @@ fn received_bodies_are_what_the_encoder_writes() {
         assert_eq!(received_task(&body), Some(TaskId(id)));
     }
 }
+
+/// `msg` framed with the session's key, read at `now`; errors are the run's.
+fn feed_at<const O: usize, const I: usize>(d: &mut Device<O, I>, msg: &Down, now: Instant) {
+    let mut buf = [0u8; 600];
+    let n = frame::encode_keyed(msg, &mut buf, d.key).unwrap();
+    let _ = d.handle_bytes(&buf[..n], now);
+}
+
+/// The snapshot is serde's tuple, byte for byte, and restores to the same
+/// settings, whose snapshot is serde's again.
+fn snapshot_as_serde<const O: usize, const I: usize>(
+    d: &Device<O, I>,
+    now: Instant,
+) -> std::vec::Vec<u8> {
+    let mut want = [0u8; 4096];
+    let w = super::snapshot::tests::by_serde(d, &mut want);
+    let mut got = std::vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
+    let n = d.snapshot(&mut got).unwrap();
+    assert_eq!(got[..n - 4], want[..w]);
+    got.truncate(n);
+    let r = Device::<O, I>::restore(cfg(), &got, now).unwrap();
+    assert_eq!(
+        (r.policy_version, r.periodic),
+        (d.policy_version, d.periodic)
+    );
+    let mut again = std::vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
+    let m = r.snapshot(&mut again).unwrap();
+    let w = super::snapshot::tests::by_serde(&r, &mut want);
+    assert_eq!(again[..m - 4], want[..w], "restored");
+    got
+}
+
+/// Snapshots along random runs of the engine (sessions whose `Welcome` sets
+/// any periodic interval or none, tasks, policies applied or refused, acks,
+/// reboots) are what serde writes: the header's settings encoded ahead are
+/// never stale.
+#[test]
+fn snapshots_along_random_runs_are_what_serde_writes() {
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let periods = [0, 1, 59, 60, 61, 3_600, 604_800, 604_801, u32::MAX];
+    for _ in 0..600 {
+        let mut now = T0;
+        let mut d = Device::<6, 2>::new(cfg(), now);
+        let mut saved = snapshot_as_serde(&d, now);
+        let mut buf = [0u8; 600];
+        for _ in 0..60 {
+            let r = next();
+            let arg = (r >> 8) as u32;
+            match r % 8 {
+                0 | 1 => {
+                    d.disconnected(now);
+                    now = now + Duration::from_secs(1 + u64::from(arg % 100_000));
+                    d.manual_sync(now);
+                    d.handle_timeout(now);
+                    drain(&mut d);
+                    if d.link == Link::Connecting {
+                        d.connected(now);
+                        let _ = d.poll_transmit(&mut buf);
+                        let attempt = d.attempt;
+                        let nonce = [(r >> 16) as u8 | 1; 16];
+                        feed_at(
+                            &mut d,
+                            &Down::Challenge {
+                                version: PROTOCOL_VERSION,
+                                attempt,
+                                nonce,
+                            },
+                            now,
+                        );
+                        let _ = d.poll_transmit(&mut buf);
+                        let periodic_s = match periods.get(arg as usize % 12) {
+                            Some(&p) => p,
+                            None => arg,
+                        };
+                        let ack = d.next_report_seq.wrapping_sub(1 + (arg >> 4) % 3);
+                        feed_at(&mut d, &Down::Welcome { ack, periodic_s }, now);
+                    }
+                }
+                2 => {
+                    let offer = task(d.last_task_seq.wrapping_add(1));
+                    feed_at(&mut d, &offer, now);
+                }
+                3 => {
+                    let running = d.running_tasks().next();
+                    if let Some(t) = running {
+                        let status = match arg % 3 {
+                            0 => TaskStatus::Failed { reason: arg as u16 },
+                            1 => TaskStatus::Succeeded { result: None },
+                            _ => TaskStatus::Cancelled,
+                        };
+                        let _ = d.task_status(t.id, status, now);
+                    }
+                }
+                4 => {
+                    let version = match arg % 4 {
+                        0 => d.policy_version.wrapping_add(1),
+                        1 => u32::MAX,
+                        _ => arg,
+                    };
+                    let policy = Policy {
+                        version,
+                        settings: heapless::Vec::new(),
+                    };
+                    feed_at(&mut d, &Down::Policy(policy), now);
+                    drain(&mut d);
+                    if let Some(v) = d.pending_policy().map(|p| p.version) {
+                        let outcome = if arg.is_multiple_of(2) {
+                            PolicyOutcome::Applied
+                        } else {
+                            PolicyOutcome::Rejected { reason: 1 }
+                        };
+                        let _ = d.policy_applied(v, outcome, now);
+                    }
+                }
+                5 => {
+                    let ack = d.next_report_seq.wrapping_sub(1 + arg % 3);
+                    feed_at(&mut d, &Down::Ack { seq: ack }, now);
+                }
+                6 => {
+                    d = Device::restore(cfg(), &saved, now).unwrap();
+                }
+                _ => {
+                    now = now + Duration::from_secs(u64::from(arg % 1_000_000));
+                    d.handle_timeout(now);
+                }
+            }
+            while d.poll_transmit(&mut buf).ok().flatten().is_some() {}
+            drain(&mut d);
+            saved = snapshot_as_serde(&d, now);
+        }
+    }
+}
