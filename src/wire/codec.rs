@@ -461,6 +461,9 @@ mod tests {
                 zeros.push(last);
                 cases.push(zeros);
             }
+            // Cut short: continuation bytes up to the end of the payload.
+            cases.push(std::vec![0xFFu8; len]);
+            cases.push(std::vec![0x80u8; len]);
         }
         for varint in cases {
             for pad in [0usize, 1, 7, 12] {
@@ -476,6 +479,13 @@ mod tests {
                     p.extend(core::iter::repeat_n(0u8, pad));
                     assert_eq!(decode_down(&p), decode_postcard::<Down>(&p), "{p:02x?}");
                     assert_eq!(decode_up(&p), decode_postcard::<Up>(&p), "{p:02x?}");
+                    // The hand decoders alone, without postcard behind them.
+                    if let Some(m) = session_down(&p) {
+                        assert_eq!(Ok(Down::from(m)), decode_postcard::<Down>(&p), "{p:02x?}");
+                    }
+                    if let Some(m) = session_up(&p) {
+                        assert_eq!(Ok(Up::from(m)), decode_postcard::<Up>(&p), "{p:02x?}");
+                    }
                 }
             }
         }
