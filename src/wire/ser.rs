@@ -132,7 +132,8 @@ pub(crate) trait Out {
     fn varint32(&mut self, v: u32);
     /// See [`Writer::len_prefixed_of`].
     fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize);
-    /// `array[..len]`, bytes written before (see [`Chunk`]'s whole copy).
+    /// `array[..len]` (the whole array when `len` is past it), bytes written
+    /// before (see [`Chunk`]'s whole copy).
     #[cfg(feature = "hand-encode")]
     fn array<const N: usize>(&mut self, array: &[u8; N], len: usize);
 }
@@ -162,7 +163,7 @@ impl Out for Writer<'_> {
     #[cfg(feature = "hand-encode")]
     #[inline(always)]
     fn array<const N: usize>(&mut self, array: &[u8; N], len: usize) {
-        self.bytes(array.get(..len).unwrap_or_default());
+        self.bytes(array.get(..len).unwrap_or(array));
     }
 }
 
@@ -702,6 +703,39 @@ pub(crate) mod tests {
                     prop_assert_eq!(&got[..written], &want[..written]);
                 }
             }
+        }
+    }
+
+    /// A tag, then `array` of `len` bytes (see `Out::array`).
+    #[cfg(feature = "hand-encode")]
+    struct Tagged<'a, const N: usize>(&'a [u8; N], usize);
+
+    #[cfg(feature = "hand-encode")]
+    impl<const N: usize> Piece for Tagged<'_, N> {
+        fn write<O: Out>(&self, w: &mut O) {
+            w.push(0xA0);
+            w.array(self.0, self.1);
+        }
+    }
+
+    /// `array` writes the same bytes through a `Chunk` and through the
+    /// `Writer` behind it, whatever the length asked (a length past the
+    /// array gives the whole array, as `EncodedReport` reads its body).
+    #[cfg(feature = "hand-encode")]
+    #[test]
+    fn array_is_the_same_through_a_chunk_and_the_writer() {
+        let array = [1u8, 2, 3, 4];
+        for len in [0, 1, 3, 4, 5, 200, usize::MAX] {
+            let piece = Tagged(&array, len);
+            let mut chunked = [0u8; 16];
+            let mut w = Writer::new(&mut chunked);
+            w.piece::<8, _>(&piece);
+            let c = w.len();
+            let mut plain = [0u8; 16];
+            let mut w = Writer::new(&mut plain);
+            piece.write(&mut w);
+            let p = w.len();
+            assert_eq!((c, &chunked[..c]), (p, &plain[..p]), "len {len}");
         }
     }
 }
