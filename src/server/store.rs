@@ -805,19 +805,25 @@ mod packing_tests {
         for (i, state) in states.iter().enumerate() {
             for (j, sync) in syncs.iter().enumerate() {
                 let mut rec = record((i * 10 + j) as u64);
+                rec.generation = u32::MAX >> (i + j);
                 rec.policy_state = state.clone();
                 rec.last_sync = *sync;
                 store.put_device(&rec).unwrap();
                 assert_eq!(store.device(rec.id).unwrap(), Some(rec.clone()));
+                // The generation read alone is the record's (see the default).
+                let generation = store.device_generation(rec.id).unwrap();
+                assert_eq!(generation, Some(rec.generation));
                 // Overwriting with a plain record drops the side entries.
                 let plain = record(rec.id.0);
                 store.put_device(&plain).unwrap();
+                assert_eq!(store.device_generation(rec.id).unwrap(), Some(3));
                 assert_eq!(store.device(rec.id).unwrap(), Some(plain));
             }
         }
         assert!(store.policy_states.is_empty() && store.far_syncs.is_empty());
         assert_eq!(store.device_count(), states.len() * syncs.len());
         assert_eq!(store.device(DeviceId(999)).unwrap(), None);
+        assert_eq!(store.device_generation(DeviceId(999)).unwrap(), None);
         let mut seen = 0;
         store.for_each_device(&mut |_| seen += 1).unwrap();
         assert_eq!(seen, store.device_count());
