@@ -19,11 +19,12 @@ fn server(max_sessions: usize) -> Server<MemoryStore> {
     Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32])
 }
 
-/// The connections `poll_event` says to close.
+/// The connections `poll_event` says to close (and no push asked for).
 fn closed(s: &mut Server<MemoryStore>) -> Vec<ConnId> {
     core::iter::from_fn(|| s.poll_event())
         .filter_map(|e| match e {
             ServerEvent::Close { conn } => Some(conn),
+            ServerEvent::SendPush { device, .. } => panic!("push to {device:?}"),
             _ => None,
         })
         .collect()
@@ -56,6 +57,7 @@ fn a_closed_connections_id_reaches_nothing_of_the_next_session_in_its_slot() {
             "max {max}: {r:?}"
         );
         s.connection_closed(stale, T0);
+        s.connection_dropped(stale, T0).unwrap();
         assert_eq!(closed(&mut s), Vec::<ConnId>::new(), "max {max}");
         assert_eq!(s.session_count(), 1, "max {max}");
         let n = s.poll_transmit_for(conn, &mut buf);
