@@ -638,4 +638,57 @@ mod tests {
         // A buffer shorter than a frame's overhead is an error, not a panic.
         assert!(encode(&Any(()), &mut out[..7]).is_err());
     }
+
+    /// A payload written as it is (`Encode` without serde's framing).
+    struct Raw<'a>(&'a [u8]);
+
+    impl serde::Serialize for Raw<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    impl Encode for Raw<'_> {
+        fn encode(&self, out: &mut [u8]) -> usize {
+            let n = self.0.len().min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0.len()
+        }
+    }
+
+    /// `encode_keyed` and the copy inlined in the server's send path write
+    /// the header, payload and keyed CRC of every payload length up to the
+    /// largest frame, into a buffer of exactly the frame or more, and refuse
+    /// one byte less or one payload byte more.
+    #[test]
+    fn keyed_frames_of_every_length_inline_or_not() {
+        let bytes: std::vec::Vec<u8> = (0..=MAX_PAYLOAD as u32).map(|i| (i * 7) as u8).collect();
+        for key in [0, 1, 0xDEAD_BEEF] {
+            for len in 1..=MAX_PAYLOAD {
+                let mut want = frame(&bytes[..len]);
+                let n = want.len();
+                let crc = u32::from_le_bytes(want[n - 4..].try_into().unwrap()) ^ key;
+                want[n - 4..].copy_from_slice(&crc.to_le_bytes());
+                let msg = Raw(&bytes[..len]);
+                for size in [n, MAX_FRAME, MAX_FRAME + 9] {
+                    let mut a = std::vec![0xEEu8; size];
+                    let mut b = std::vec![0x11u8; size];
+                    assert_eq!(encode_keyed(&msg, &mut a, key), Ok(n), "{len} in {size}");
+                    assert_eq!(encode_keyed_inline(&msg, &mut b, key), Ok(n));
+                    assert_eq!((&a[..n], &b[..n]), (&want[..], &want[..]), "{len}");
+                }
+                let mut short = std::vec![0u8; n - 1];
+                let too_small = Err(EncodeError::BufferTooSmall { needed: n });
+                assert_eq!(encode_keyed(&msg, &mut short, key), too_small);
+                assert_eq!(encode_keyed_inline(&msg, &mut short, key), too_small);
+            }
+            let over = Raw(&bytes[..MAX_PAYLOAD + 1]);
+            let mut out = std::vec![0u8; 2 * MAX_FRAME];
+            let too_large = Err(EncodeError::TooLarge {
+                len: MAX_PAYLOAD + 1,
+            });
+            assert_eq!(encode_keyed(&over, &mut out, key), too_large);
+            assert_eq!(encode_keyed_inline(&over, &mut out, key), too_large);
+        }
+    }
 }
