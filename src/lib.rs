@@ -118,3 +118,13 @@ pub mod server;
 
 #[cfg(any(feature = "std", feature = "embedded"))]
 pub mod adapters;
+
+/// The next value of a xorshift generator: repeatable random runs for the
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}

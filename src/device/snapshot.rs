@@ -446,10 +446,7 @@ pub(super) mod tests {
 
     /// A value near one of the varint length boundaries of a `u64` (or any).
     fn edgy(rng: &mut u64, bits: u32) -> u64 {
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        let r = *rng;
+        let r = crate::xorshift(rng);
         let max = if bits == 64 {
             u64::MAX
         } else {

@@ -636,12 +636,6 @@ fn snapshot_as_serde<const O: usize, const I: usize>(
 #[test]
 fn snapshots_along_random_runs_are_what_serde_writes() {
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
     let periods = [0, 1, 59, 60, 61, 3_600, 604_800, 604_801, u32::MAX];
     for _ in 0..600 {
         let mut now = T0;
@@ -649,7 +643,7 @@ fn snapshots_along_random_runs_are_what_serde_writes() {
         let mut saved = snapshot_as_serde(&d, now);
         let mut buf = [0u8; 600];
         for _ in 0..60 {
-            let r = next();
+            let r = crate::xorshift(&mut rng);
             let arg = (r >> 8) as u32;
             match r % 8 {
                 0 | 1 => {

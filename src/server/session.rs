@@ -143,6 +143,12 @@ impl Session {
         }
     }
 
+    /// When its connection opened (tells sessions apart in tests).
+    #[cfg(test)]
+    pub(super) fn opened(&self) -> Instant {
+        self.opened
+    }
+
     pub(super) fn has_output(&self) -> bool {
         self.out_pos < self.out_end
     }

@@ -137,4 +137,53 @@ mod tests {
             assert_eq!(s.len(), 2);
         }
     }
+
+    /// Random opens and closes, and lookups by live, closed and made-up
+    /// ids, against a map: the same session or none, the same count, and
+    /// the table never larger than the most sessions open at once.
+    #[test]
+    fn random_opens_and_closes_are_those_of_a_map() {
+        use std::collections::HashMap;
+        let mut spare = Spare::default();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        for max in [1, 2, 3, 4, 5, 8, 9, 64] {
+            let mut s = Sessions::new(max);
+            let mut model: HashMap<ConnId, u64> = HashMap::new();
+            let mut ids: std::vec::Vec<ConnId> = std::vec::Vec::new();
+            let mut peak = 0;
+            for k in 0..4_000u64 {
+                let r = crate::xorshift(&mut rng);
+                let pick = ids.get(r as usize % ids.len().max(1)).copied();
+                match r >> 61 {
+                    0..=3 if model.len() < max => {
+                        let id = s.insert(spare.session(Instant::from_millis(k)));
+                        assert!(ids.last().is_none_or(|last| *last < id), "ids grow");
+                        assert!(model.insert(id, k).is_none(), "a new id");
+                        ids.push(id);
+                    }
+                    0..=5 => {
+                        let id = pick.unwrap_or(ConnId(r));
+                        let removed = s.remove(&id).map(|x| x.opened());
+                        let want = model.remove(&id).map(Instant::from_millis);
+                        assert_eq!(removed, want, "max {max}, step {k}");
+                    }
+                    _ => {
+                        let id = if r & 1 == 0 {
+                            pick.unwrap_or(ConnId(0))
+                        } else {
+                            ConnId(r)
+                        };
+                        let want = model.get(&id).copied().map(Instant::from_millis);
+                        assert_eq!(s.get(&id).map(Session::opened), want, "max {max}");
+                        assert_eq!(s.get_mut(&id).map(|x| x.opened()), want);
+                    }
+                }
+                peak = peak.max(model.len());
+                assert_eq!(s.len(), model.len());
+                assert_eq!(s.values_mut().count(), model.len());
+                assert_eq!(s.slots.len(), peak, "the table grows only to the peak");
+                assert_eq!(s.free.len() + s.len(), s.slots.len());
+            }
+        }
+    }
 }
