@@ -11,7 +11,7 @@ use crate::wire::{DeviceId, Platform, PUSH_TOKEN_MAX};
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct DeviceTimers {
     /// Periodic sync interval, so lost pushes never strand work (3 h). The
-    /// server may suggest another, clamped to `1 min ..= 7 days`.
+    /// server may suggest another. Either is clamped to `1 min ..= 7 days`.
     pub periodic: Duration,
     /// Retry interval while a compliance event waits for its ack (1 min).
     pub compliance_retry: Duration,

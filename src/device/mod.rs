@@ -448,13 +448,20 @@ fn undecodable(link: Link, payload: &[u8], e: wire::DecodeError) -> SessionError
     }
 }
 
+/// The periodic interval `ms` clamped to `1 min ..= 7 days`, wherever it
+/// comes from (the configuration, a `Welcome`, a snapshot), so that a reboot
+/// never changes it.
+fn periodic_within_bounds(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(60_000, 7 * 24 * 3_600_000))
+}
+
 impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// A device on its first boot: no history, a boot sync wanted at once.
     /// Its first event is a [`Event::Persist`], as after
     /// [`restore`](Self::restore): the boot snapshot's counter numbers this
     /// boot's connections, so it must be stored before anything is sent.
     pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
-        let periodic = cfg.timers.periodic;
+        let periodic = periodic_within_bounds(cfg.timers.periodic.as_millis());
         let rng = cfg.jitter_seed | 1;
         #[cfg(feature = "hand-encode")]
         let id_gen = snapshot::Encoded::of(&snapshot::IdGen(&cfg));
@@ -982,8 +989,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             e.wire = Wire::Again;
         }
         if periodic_s != 0 {
-            let s = u64::from(periodic_s).clamp(60, 7 * 24 * 3600);
-            self.periodic = Duration::from_secs(s);
+            self.periodic = periodic_within_bounds(u64::from(periodic_s).saturating_mul(1000));
             self.settings_changed();
         }
         // The session serves every trigger that was pending when it opened.

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{Body, Device, DeviceConfig, Entry, Flag, Inflight, Wire};
 use crate::log::debug;
-use crate::time::{Duration, Instant};
+use crate::time::Instant;
 use crate::wire::{crc32, DeviceId, EncodeError, Out, Piece, Task, Writer, MAX_REPORT_BODY};
 
 // 2: outbox reports as the bytes of their encoded body (1: decoded values).
@@ -272,7 +272,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         d.last_task_seq = h.last_task_seq;
         d.next_report_seq = h.next_report_seq;
         d.policy_version = h.policy_version;
-        d.periodic = Duration::from_millis(h.periodic_ms.clamp(60_000, 7 * 24 * 3_600_000));
+        d.periodic = super::periodic_within_bounds(h.periodic_ms);
         d.periodic_at = now + d.periodic;
         d.settings_changed();
         for task in tasks {
@@ -354,6 +354,7 @@ pub fn pick_latest<'a>(a: &'a [u8], b: &'a [u8]) -> Option<&'a [u8]> {
 pub(super) mod tests {
     use super::*;
     use crate::device::{Device, DeviceConfig};
+    use crate::time::Duration;
     use crate::wire::{encode_serde, Platform, TaskId, TaskKind};
     use serde::ser::Serializer;
 

@@ -733,3 +733,25 @@ fn snapshots_along_random_runs_are_what_serde_writes() {
         }
     }
 }
+
+/// A configured periodic interval outside `1 min ..= 7 days` is clamped as a
+/// server's suggestion is, so a reboot (which restores the clamped value
+/// from the snapshot) never changes it.
+#[test]
+fn a_configured_periodic_interval_is_clamped_and_survives_a_reboot() {
+    for (set, want) in [
+        (Duration::from_secs(1), Duration::from_mins(1)),
+        (Duration::from_hours(3), Duration::from_hours(3)),
+        (Duration::from_hours(24 * 30), Duration::from_hours(24 * 7)),
+    ] {
+        let mut c = cfg();
+        c.timers.periodic = set;
+        let mut d = Device::<16, 4>::new(c.clone(), T0);
+        assert_eq!(d.periodic_interval(), want);
+        drain(&mut d);
+        let mut buf = [0u8; Device::<16, 4>::SNAPSHOT_MAX];
+        let n = d.snapshot(&mut buf).unwrap();
+        let r = Device::<16, 4>::restore(c, &buf[..n], T0).unwrap();
+        assert_eq!(r.periodic_interval(), want, "after a reboot, set {set:?}");
+    }
+}
