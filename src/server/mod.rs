@@ -768,12 +768,13 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
-    /// The application closed `conn` because its peer read too slowly (a
-    /// bound of the transport's own, as [`ServerConfig::max_pending_out`] is
-    /// the engine's). As [`connection_closed`](Self::connection_closed), and
-    /// a device that was syncing with tasks still open gets a push (within
-    /// `push_min_interval`, as always): what its session had taken out for it
-    /// may never have reached it. Harmless for an unknown id.
+    /// The transport of `conn` is gone and output taken from the engine may
+    /// not have arrived: its peer read too slowly for a bound of the
+    /// application's own (as [`ServerConfig::max_pending_out`] is the
+    /// engine's), or a write or read failed. As
+    /// [`connection_closed`](Self::connection_closed), and a device that was
+    /// syncing with tasks still open gets a push (within `push_min_interval`,
+    /// as always). Harmless for an unknown id.
     ///
     /// # Errors
     ///
