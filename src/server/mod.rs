@@ -27,6 +27,7 @@ mod console;
 mod session;
 mod sessions;
 mod store;
+mod table;
 
 pub use console::{DeviceView, FleetView, TaskCounts};
 pub use store::{

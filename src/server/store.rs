@@ -14,9 +14,9 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::convert::Infallible;
 
-use core::hash::BuildHasher;
+use hashbrown::HashMap;
 
-use hashbrown::{DefaultHashBuilder, HashMap};
+use super::table::{Entry, Slot, Table};
 
 use crate::time::Instant;
 use crate::wire::{
@@ -361,13 +361,13 @@ pub trait FleetStore {
 /// [`DeviceRecord`]s. Records go in and come out unchanged.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    devices: Devices,
+    devices: Table<Row>,
     /// Policy states that a `Row` cannot hold: partial, rejected, or about
     /// another version than the device's `policy_version`.
     policy_states: HashMap<DeviceId, PolicyState>,
     /// Last syncs at or after 2^48 ms that a `Row` cannot hold.
     far_syncs: HashMap<DeviceId, Instant>,
-    push: HashMap<DeviceId, (Platform, Arc<str>)>,
+    push: Table<PushTarget>,
     tasks: HashMap<TaskId, TaskRecord>,
     open: HashMap<DeviceId, Vec<TaskId>>,
     /// Emptied open-task lists, kept for reuse so that a device's next task
@@ -387,14 +387,14 @@ impl MemoryStore {
     /// An empty store with room for `devices` devices.
     pub fn with_capacity(devices: usize) -> Self {
         Self {
-            devices: Devices::with_capacity(devices),
+            devices: Table::with_capacity(devices),
             ..Self::default()
         }
     }
 
     /// Number of enrolled devices.
     pub fn device_count(&self) -> usize {
-        self.devices.len
+        self.devices.len()
     }
 
     /// Removes and returns the compliance log.
@@ -481,10 +481,10 @@ impl MemoryStore {
     }
 
     /// Replaces the row at `i` with `rec`, packed.
-    fn replace_row(&mut self, i: (usize, usize), rec: &DeviceRecord) {
-        let old = self.devices.row(i).copied();
+    fn replace_row(&mut self, i: Slot, rec: &DeviceRecord) {
+        let old = self.devices.at(i).copied();
         let row = self.pack(rec, old.as_ref());
-        if let Some(slot) = self.devices.row_mut(i) {
+        if let Some(slot) = self.devices.at_mut(i) {
             *slot = row;
         }
     }
@@ -572,158 +572,60 @@ impl Row {
     }
 }
 
-/// Rows kept in the hash table itself (open addressing, linear probing over
-/// pairs of rows that fill one cache line): finding a device mostly reads
-/// one cache line, where a table of positions into a dense vector reads a
-/// control byte, a slot and the row, one after the other (three cache
-/// misses at a million devices, each with its own TLB miss). A slot is free
-/// when its row lacks `OCCUPIED`.
-///
-/// The number of pairs need not be a power of two (the hash is reduced to it
-/// by a multiplication), so the table grows by half, not doubles: at most
-/// 80 % full, at least 53 % after a growth, so 40 to 60 bytes a device. Rows
-/// are never removed (a device is never forgotten), so probing stops at the
-/// first free slot. The hasher is keyed per process (foldhash with a random
-/// seed), so device ids chosen by a peer cannot be made to pile up.
-#[derive(Debug, Default)]
-struct Devices {
-    pairs: Vec<Pair>,
-    len: usize,
-    hasher: DefaultHashBuilder,
-}
-
-/// Two rows, aligned to a cache line.
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(64))]
-struct Pair([Row; 2]);
-
-/// Fullest a table gets: `MAX_LOAD.0 / MAX_LOAD.1`.
-const MAX_LOAD: (usize, usize) = (4, 5);
-/// How full `with_capacity` makes it for the devices asked for: less than
-/// `MAX_LOAD`, so that lookups probe fewer slots (46 bytes a device).
-const SIZED_LOAD: (usize, usize) = (7, 10);
-
-impl Devices {
-    fn with_capacity(devices: usize) -> Self {
-        let mut d = Self::default();
-        if devices > 0 {
-            d.resize(pairs_for(devices, SIZED_LOAD));
-        }
-        d
-    }
-
-    /// The pair where the search for `id` starts.
-    fn home(&self, id: u64) -> usize {
-        let h = self.hasher.hash_one(id);
-        ((u128::from(h) * self.pairs.len() as u128) >> 64) as usize
-    }
-
-    /// The slot of `id`'s row, or the free slot where it would go (as a
-    /// pair and a row in it).
-    fn probe(&self, id: u64) -> Result<(usize, usize), (usize, usize)> {
-        let (n, home) = (self.pairs.len(), self.home(id));
-        // At most every pair once; there is always a free slot (see `push`).
-        let (wrapped, from_home) = self.pairs.split_at(home.min(n));
-        for (i, pair) in from_home.iter().chain(wrapped).enumerate() {
-            let at = home + i;
-            let at = if at >= n { at - n } else { at };
-            for (k, r) in pair.0.iter().enumerate() {
-                if r.flags & OCCUPIED == 0 {
-                    return Err((at, k));
-                }
-                if r.id == id {
-                    return Ok((at, k));
-                }
-            }
-        }
-        Err((n, 0))
-    }
-
-    fn find(&self, id: DeviceId) -> Option<(usize, usize)> {
-        self.probe(id.0).ok()
-    }
-
-    fn row(&self, (pair, k): (usize, usize)) -> Option<&Row> {
-        self.pairs.get(pair).and_then(|p| p.0.get(k))
-    }
-
-    fn row_mut(&mut self, (pair, k): (usize, usize)) -> Option<&mut Row> {
-        self.pairs.get_mut(pair).and_then(|p| p.0.get_mut(k))
-    }
-
-    fn get(&self, id: DeviceId) -> Option<&Row> {
-        self.find(id).and_then(|at| self.row(at))
-    }
-
-    /// Adds the row of a device not yet stored.
-    fn push(&mut self, row: Row) {
-        if pairs_for(self.len + 1, MAX_LOAD) > self.pairs.len() {
-            let grown = self.pairs.len().saturating_add(self.pairs.len() / 2);
-            self.resize(grown.max(pairs_for(self.len + 1, SIZED_LOAD)));
-        }
-        self.place(row);
-        self.len += 1;
-    }
-
-    /// Puts `row` in the first free slot of its probe sequence.
-    fn place(&mut self, row: Row) {
-        if let Err(at) = self.probe(row.id) {
-            if let Some(slot) = self.row_mut(at) {
-                *slot = row;
-            }
-        }
-    }
-
-    fn resize(&mut self, pairs: usize) {
-        let free = Pair([Row::FREE; 2]);
-        let old = core::mem::replace(&mut self.pairs, alloc::vec![free; pairs]);
-        for pair in old {
-            pair.0
-                .into_iter()
-                .filter(|r| r.flags & OCCUPIED != 0)
-                .for_each(|r| self.place(r));
-        }
-    }
-
-    fn rows(&self) -> impl Iterator<Item = &Row> {
-        let rows = self.pairs.iter().flat_map(|p| &p.0);
-        rows.filter(|r| r.flags & OCCUPIED != 0)
+impl Entry for Row {
+    const FREE: Row = Row::FREE;
+    fn key(&self) -> Option<u64> {
+        (self.flags & OCCUPIED != 0).then_some(self.id)
     }
 }
 
-/// Pairs for `devices` rows at load `load`, with at least one free slot.
-fn pairs_for(devices: usize, load: (usize, usize)) -> usize {
-    let slots = devices.saturating_mul(load.1).div_ceil(load.0);
-    let slots = slots.max(devices.saturating_add(1));
-    slots.div_ceil(2)
+/// A device's platform and push token, as `MemoryStore` keeps it: 32 bytes,
+/// two to a cache line in a [`Table`] (free without a token).
+#[derive(Clone, Debug)]
+struct PushTarget {
+    id: u64,
+    token: Option<Arc<str>>,
+    platform: Platform,
+}
+
+impl Entry for PushTarget {
+    const FREE: PushTarget = PushTarget {
+        id: 0,
+        token: None,
+        platform: Platform::Android,
+    };
+    fn key(&self) -> Option<u64> {
+        self.token.as_ref().map(|_| self.id)
+    }
 }
 
 impl FleetStore for MemoryStore {
     type Error = Infallible;
 
     fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Infallible> {
-        let row = self.devices.get(id);
+        let row = self.devices.get(id.0);
         Ok(row.map(|r| self.unpack(r)))
     }
 
     fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
-        let row = self.devices.get(id);
+        let row = self.devices.get(id.0);
         Ok(row.map(|r| r.generation))
     }
 
     fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
-        match self.devices.find(rec.id) {
+        match self.devices.find(rec.id.0) {
             Some(i) => self.replace_row(i, rec),
             None => {
                 let row = self.pack(rec, None);
-                self.devices.push(row);
+                self.devices.insert_new(row);
             }
         }
         Ok(())
     }
 
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Arc<str>)>, Infallible> {
-        Ok(self.push.get(&id).cloned())
+        let target = self.push.get(id.0);
+        Ok(target.and_then(|t| Some((t.platform, t.token.clone()?))))
     }
 
     fn prefetch_push_target(&self, id: DeviceId) {
@@ -731,7 +633,7 @@ impl FleetStore for MemoryStore {
         // and the bytes `set_push_target` compares), which at a million
         // devices miss the cache: issued here, beside the device's record,
         // the misses overlap instead of following it.
-        if let Some((_, t)) = self.push.get(&id) {
+        if let Some(t) = self.push.get(id.0).and_then(|t| t.token.as_ref()) {
             let lines = t.as_bytes().iter().step_by(64).chain(t.as_bytes().last());
             lines.for_each(|b| {
                 core::hint::black_box(*b);
@@ -745,12 +647,26 @@ impl FleetStore for MemoryStore {
         platform: Platform,
         token: &str,
     ) -> Result<(), Infallible> {
-        let same = self
-            .push
-            .get(&id)
-            .is_some_and(|(p, t)| *p == platform && &**t == token);
-        if !same && !token.is_empty() {
-            self.push.insert(id, (platform, token.into()));
+        if token.is_empty() {
+            return Ok(());
+        }
+        let target = PushTarget {
+            id: id.0,
+            token: None,
+            platform,
+        };
+        match self.push.get_mut(id.0) {
+            Some(t) if t.platform == platform && t.token.as_deref() == Some(token) => {}
+            Some(t) => {
+                *t = PushTarget {
+                    token: Some(token.into()),
+                    ..target
+                }
+            }
+            None => self.push.insert_new(PushTarget {
+                token: Some(token.into()),
+                ..target
+            }),
         }
         Ok(())
     }
@@ -791,7 +707,7 @@ impl FleetStore for MemoryStore {
     }
 
     fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Infallible> {
-        let row = self.devices.get(id);
+        let row = self.devices.get(id.0);
         Ok(row.map(|r| ReportSeqs {
             last_report_seq: r.last_report_seq,
             last_task_seq: r.last_task_seq,
@@ -805,18 +721,18 @@ impl FleetStore for MemoryStore {
         if let Some(e) = c.compliance {
             self.compliance.push((c.device, e));
         }
-        let Some(i) = self.devices.find(c.device) else {
+        let Some(i) = self.devices.find(c.device.0) else {
             return Ok(());
         };
         if c.policy_version.is_some() || c.policy_state.is_some() {
             // The policy lives in the row's flags and side maps: rewritten
             // whole, as `put_device` does.
-            if let Some(row) = self.devices.row(i) {
+            if let Some(row) = self.devices.at(i) {
                 let mut rec = self.unpack(row);
                 c.apply_to(&mut rec);
                 self.replace_row(i, &rec);
             }
-        } else if let Some(row) = self.devices.row_mut(i) {
+        } else if let Some(row) = self.devices.at_mut(i) {
             row.last_report_seq = c.seqs.last_report_seq;
             row.last_task_seq = c.seqs.last_task_seq;
         }
@@ -824,7 +740,7 @@ impl FleetStore for MemoryStore {
     }
 
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
-        for row in self.devices.rows() {
+        for row in self.devices.iter() {
             f(&self.unpack(row));
         }
         Ok(())
@@ -1001,6 +917,7 @@ mod packing_tests {
 
 #[cfg(test)]
 mod table_tests {
+    use super::super::table::MAX_LOAD;
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap as StdMap;
@@ -1038,7 +955,7 @@ mod table_tests {
             .unwrap();
         assert_eq!(&seen, model);
         // Never fuller than `MAX_LOAD`, and some slot is always free.
-        let slots = store.devices.pairs.len() * 2;
+        let slots = store.devices.slots();
         assert!(model.len() * MAX_LOAD.1 <= slots * MAX_LOAD.0 || model.is_empty());
     }
 
@@ -1066,6 +983,33 @@ mod table_tests {
         }
     }
 
+    proptest! {
+        /// Random push targets set and read against a map: a new token or
+        /// platform replaces the old one, an empty token changes nothing.
+        #[test]
+        fn push_targets_match_a_map(
+            ops in proptest::collection::vec((0u64..48, 0usize..4, any::<bool>()), 0..300),
+        ) {
+            let tokens = ["", "a", "b", &"t".repeat(144)];
+            let mut store = MemoryStore::new();
+            let mut model = StdMap::new();
+            for (id, token, ios) in ops {
+                let platform = if ios { Platform::Ios } else { Platform::Android };
+                let (id, token) = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15), tokens[token]);
+                store.set_push_target(DeviceId(id), platform, token).unwrap();
+                if !token.is_empty() {
+                    model.insert(id, (platform, Arc::<str>::from(token)));
+                }
+                store.prefetch_push_target(DeviceId(id));
+                prop_assert_eq!(store.push_target(DeviceId(id)).unwrap(), model.get(&id).cloned());
+            }
+            for id in (0..48u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) {
+                prop_assert_eq!(store.push_target(DeviceId(id)).unwrap(), model.get(&id).cloned());
+            }
+            prop_assert_eq!(store.push.len(), model.len());
+        }
+    }
+
     /// Ids that all start their search in the same pair: they fill it, spill
     /// into the next ones (wrapping around the table's end) and survive the
     /// growths they cause, from the smallest table up.
@@ -1073,7 +1017,7 @@ mod table_tests {
     fn ids_colliding_in_the_table_are_all_kept() {
         for sized in [1, 2, 5, 16] {
             let mut store = MemoryStore::with_capacity(sized);
-            let last = store.devices.pairs.len() - 1;
+            let last = store.devices.slots() / 2 - 1;
             // The last pair: its overflow wraps to the first.
             let ids: Vec<u64> = (0..)
                 .filter(|&id| store.devices.home(id) == last)

@@ -1,0 +1,176 @@
+//! A hash table that keeps its entries in itself, for the per-device state
+//! of a large fleet: open addressing, linear probing over pairs of entries
+//! that fill one cache line. Finding a device mostly reads that one line,
+//! where a map of positions (or of pointers) reads a control byte, a slot
+//! and then the entry, one after the other: three cache misses at a million
+//! devices, each with its own TLB miss.
+//!
+//! The number of pairs need not be a power of two (the hash is reduced to it
+//! by a multiplication), so the table grows by half, not doubles: at most
+//! 80 % full, at least 53 % after a growth, so 40 to 60 bytes per 32-byte
+//! entry. Entries are never removed, so probing stops at the first free
+//! slot, and there is always one. The hasher is keyed per process (foldhash
+//! with a random seed), so ids chosen by a peer cannot be made to pile up.
+
+use alloc::vec::Vec;
+use core::hash::BuildHasher;
+
+use hashbrown::DefaultHashBuilder;
+
+/// An entry of a [`Table`]: a free slot, or the entry of one key.
+pub(crate) trait Entry: Clone {
+    /// A free slot.
+    const FREE: Self;
+    /// The entry's key; `None` for a free slot.
+    fn key(&self) -> Option<u64>;
+}
+
+/// Where an entry is: a pair and the entry in it.
+pub(crate) type Slot = (usize, usize);
+
+/// Two entries, aligned to a cache line (for 32-byte entries: the line).
+#[derive(Clone, Debug)]
+#[repr(C, align(64))]
+struct Pair<E>([E; 2]);
+
+/// Fullest a table gets: `MAX_LOAD.0 / MAX_LOAD.1`.
+pub(crate) const MAX_LOAD: (usize, usize) = (4, 5);
+/// How full `with_capacity` makes it for the entries asked for: less than
+/// `MAX_LOAD`, so that lookups probe fewer slots.
+const SIZED_LOAD: (usize, usize) = (7, 10);
+
+/// The table. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Table<E> {
+    pairs: Vec<Pair<E>>,
+    len: usize,
+    hasher: DefaultHashBuilder,
+}
+
+impl<E> Default for Table<E> {
+    fn default() -> Self {
+        Self {
+            pairs: Vec::new(),
+            len: 0,
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+}
+
+impl<E: Entry> Table<E> {
+    /// An empty table with room for `entries` entries.
+    pub(crate) fn with_capacity(entries: usize) -> Self {
+        let mut t = Self::default();
+        if entries > 0 {
+            t.resize(pairs_for(entries, SIZED_LOAD));
+        }
+        t
+    }
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Number of slots, free ones included.
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> usize {
+        self.pairs.len() * 2
+    }
+
+    /// The pair where the search for `key` starts.
+    pub(crate) fn home(&self, key: u64) -> usize {
+        let h = self.hasher.hash_one(key);
+        ((u128::from(h) * self.pairs.len() as u128) >> 64) as usize
+    }
+
+    /// The slot of `key`'s entry, or the free slot where it would go.
+    fn probe(&self, key: u64) -> Result<Slot, Slot> {
+        let (n, home) = (self.pairs.len(), self.home(key));
+        // At most every pair once; there is always a free slot (see `insert_new`).
+        let (wrapped, from_home) = self.pairs.split_at(home.min(n));
+        for (i, pair) in from_home.iter().chain(wrapped).enumerate() {
+            let at = home + i;
+            let at = if at >= n { at - n } else { at };
+            for (k, e) in pair.0.iter().enumerate() {
+                match e.key() {
+                    None => return Err((at, k)),
+                    Some(found) if found == key => return Ok((at, k)),
+                    Some(_) => {}
+                }
+            }
+        }
+        Err((n, 0))
+    }
+
+    /// Where `key`'s entry is.
+    pub(crate) fn find(&self, key: u64) -> Option<Slot> {
+        self.probe(key).ok()
+    }
+
+    /// The entry at `slot`.
+    pub(crate) fn at(&self, (pair, k): Slot) -> Option<&E> {
+        self.pairs.get(pair).and_then(|p| p.0.get(k))
+    }
+
+    /// The entry at `slot`, to change (its key must stay).
+    pub(crate) fn at_mut(&mut self, (pair, k): Slot) -> Option<&mut E> {
+        self.pairs.get_mut(pair).and_then(|p| p.0.get_mut(k))
+    }
+
+    /// `key`'s entry.
+    pub(crate) fn get(&self, key: u64) -> Option<&E> {
+        self.find(key).and_then(|at| self.at(at))
+    }
+
+    /// `key`'s entry, to change (its key must stay).
+    pub(crate) fn get_mut(&mut self, key: u64) -> Option<&mut E> {
+        self.find(key).and_then(|at| self.at_mut(at))
+    }
+
+    /// Adds `entry`, whose key is not in the table yet (a free entry is not
+    /// added).
+    pub(crate) fn insert_new(&mut self, entry: E) {
+        if entry.key().is_none() {
+            return;
+        }
+        if pairs_for(self.len + 1, MAX_LOAD) > self.pairs.len() {
+            let grown = self.pairs.len().saturating_add(self.pairs.len() / 2);
+            self.resize(grown.max(pairs_for(self.len + 1, SIZED_LOAD)));
+        }
+        self.place(entry);
+        self.len += 1;
+    }
+
+    /// Puts `entry` in the first free slot of its probe sequence.
+    fn place(&mut self, entry: E) {
+        let Some(key) = entry.key() else { return };
+        if let Err(at) = self.probe(key) {
+            if let Some(slot) = self.at_mut(at) {
+                *slot = entry;
+            }
+        }
+    }
+
+    fn resize(&mut self, pairs: usize) {
+        let free = Pair([E::FREE, E::FREE]);
+        let old = core::mem::replace(&mut self.pairs, alloc::vec![free; pairs]);
+        for pair in old {
+            let [a, b] = pair.0;
+            self.place(a);
+            self.place(b);
+        }
+    }
+
+    /// Every entry.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &E> {
+        let entries = self.pairs.iter().flat_map(|p| &p.0);
+        entries.filter(|e| e.key().is_some())
+    }
+}
+
+/// Pairs for `entries` entries at load `load`, with at least one free slot.
+fn pairs_for(entries: usize, load: (usize, usize)) -> usize {
+    let slots = entries.saturating_mul(load.1).div_ceil(load.0);
+    slots.max(entries.saturating_add(1)).div_ceil(2)
+}
