@@ -121,7 +121,7 @@ impl<S: FleetStore> Server<S> {
     /// Devices overdue right now.
     pub fn overdue_devices(&self) -> Vec<DeviceId> {
         let devices = self.pushes.iter().filter(|(_, p)| p.is_overdue());
-        devices.map(|(id, _)| *id).collect()
+        devices.map(|(id, _)| id).collect()
     }
 
     /// One device as the console shows it.

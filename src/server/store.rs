@@ -588,6 +588,10 @@ struct PushTarget {
     platform: Platform,
 }
 
+// Two to a cache line (checked when compiling).
+const _: () = assert!(core::mem::size_of::<PushTarget>() == 32);
+const _: () = assert!(core::mem::size_of::<Row>() == 32);
+
 impl Entry for PushTarget {
     const FREE: PushTarget = PushTarget {
         id: 0,

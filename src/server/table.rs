@@ -86,18 +86,22 @@ impl<E: Entry> Table<E> {
 
     /// The slot of `key`'s entry, or the free slot where it would go.
     fn probe(&self, key: u64) -> Result<Slot, Slot> {
-        let (n, home) = (self.pairs.len(), self.home(key));
+        let (n, mut at) = (self.pairs.len(), self.home(key));
         // At most every pair once; there is always a free slot (see `insert_new`).
-        let (wrapped, from_home) = self.pairs.split_at(home.min(n));
-        for (i, pair) in from_home.iter().chain(wrapped).enumerate() {
-            let at = home + i;
-            let at = if at >= n { at - n } else { at };
+        for _ in 0..n {
+            let Some(pair) = self.pairs.get(at) else {
+                break;
+            };
             for (k, e) in pair.0.iter().enumerate() {
                 match e.key() {
                     None => return Err((at, k)),
                     Some(found) if found == key => return Ok((at, k)),
                     Some(_) => {}
                 }
+            }
+            at += 1;
+            if at == n {
+                at = 0;
             }
         }
         Err((n, 0))
@@ -173,4 +177,41 @@ impl<E: Entry> Table<E> {
 fn pairs_for(entries: usize, load: (usize, usize)) -> usize {
     let slots = entries.saturating_mul(load.1).div_ceil(load.0);
     slots.max(entries.saturating_add(1)).div_ceil(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct E(Option<u64>);
+
+    impl Entry for E {
+        const FREE: E = E(None);
+        fn key(&self) -> Option<u64> {
+            self.0
+        }
+    }
+
+    /// Growth from empty keeps every entry, never fills the table past
+    /// `MAX_LOAD` and stays within half again of what it needs.
+    #[test]
+    fn grows_by_half_and_keeps_everything() {
+        let mut t = Table::<E>::default();
+        assert_eq!((t.len(), t.get(7), t.iter().count()), (0, None, 0));
+        for k in 0..5000u64 {
+            t.insert_new(E(Some(k * 7)));
+            assert!(t.len() * MAX_LOAD.1 <= t.slots() * MAX_LOAD.0);
+            assert!(
+                t.slots() * 2 <= (t.len() * 5 / 4 + 2) * 3 + 4,
+                "{}",
+                t.slots()
+            );
+        }
+        t.insert_new(E::FREE); // not an entry: not added
+        assert_eq!(t.len(), 5000);
+        assert!((0..5000u64).all(|k| t.get(k * 7) == Some(&E(Some(k * 7)))));
+        assert!((0..5000u64).all(|k| t.get(k * 7 + 1).is_none()));
+        assert_eq!(t.iter().count(), 5000);
+    }
 }
