@@ -357,7 +357,7 @@ pub trait FleetStore {
 /// them ([`MemoryStore::prune_finished`], [`MemoryStore::take_compliance`]).
 ///
 /// Devices are kept packed (see `Row`) in a table of their own (see
-/// `Devices`): 40 to 60 bytes of resident memory per idle device, against 170 for a map of
+/// `Table`): 40 to 50 bytes of resident memory per idle device, against 170 for a map of
 /// [`DeviceRecord`]s. Records go in and come out unchanged.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
@@ -537,7 +537,7 @@ const POLICY_PENDING: u8 = 0;
 const POLICY_APPLIED: u8 = 1; // applied, at `policy_version`
 const POLICY_ASIDE: u8 = 2; // in `MemoryStore::policy_states`
 const FAR_SYNC: u8 = 1 << 6; // last sync in `MemoryStore::far_syncs`
-const OCCUPIED: u8 = 1 << 7; // a device's row, not a free slot of `Devices`
+const OCCUPIED: u8 = 1 << 7; // a device's row, not a free slot of its `Table`
 
 /// One device as `MemoryStore` keeps it: 32 bytes. The last sync instant is
 /// kept to the millisecond in 48 bits (8,900 years from the caller's epoch);
