@@ -132,8 +132,8 @@ impl<E: Entry> Table<E> {
         self.find(key).and_then(|at| self.at_mut(at))
     }
 
-    /// Adds `entry`, whose key is not in the table yet (a free entry is not
-    /// added).
+    /// Adds `entry`, whose key is not in the table yet (callers look it up
+    /// first; else, or for a free entry, nothing is added).
     pub(crate) fn insert_new(&mut self, entry: E) {
         if entry.key().is_none() {
             return;
@@ -142,18 +142,23 @@ impl<E: Entry> Table<E> {
             let grown = self.pairs.len().saturating_add(self.pairs.len() / 4);
             self.resize(grown.max(pairs_for(self.len + 1, SIZED_LOAD)));
         }
-        self.place(entry);
-        self.len += 1;
+        if self.place(entry) {
+            self.len += 1;
+        }
     }
 
-    /// Puts `entry` in the first free slot of its probe sequence.
-    fn place(&mut self, entry: E) {
-        let Some(key) = entry.key() else { return };
-        if let Err(at) = self.probe(key) {
-            if let Some(slot) = self.at_mut(at) {
-                *slot = entry;
-            }
-        }
+    /// Puts `entry` in the first free slot of its probe sequence; `false`
+    /// if it is free itself or its key is already there (neither happens).
+    fn place(&mut self, entry: E) -> bool {
+        let Some(key) = entry.key() else { return false };
+        let Err(at) = self.probe(key) else {
+            return false;
+        };
+        let Some(slot) = self.at_mut(at) else {
+            return false;
+        };
+        *slot = entry;
+        true
     }
 
     fn resize(&mut self, pairs: usize) {
@@ -161,8 +166,7 @@ impl<E: Entry> Table<E> {
         let old = core::mem::replace(&mut self.pairs, alloc::vec![free; pairs]);
         for pair in old {
             let [a, b] = pair.0;
-            self.place(a);
-            self.place(b);
+            let _ = (self.place(a), self.place(b));
         }
     }
 
