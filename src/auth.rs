@@ -1,30 +1,80 @@
-//! Device authentication: HMAC-SHA256 challenge-response.
+//! Device authentication: a challenge-response on SHA-256's compression
+//! function keyed by the device's secret.
 //!
 //! The server answers a device's `Hello` with a fresh 16-byte nonce. The device
-//! proves it holds its per-device secret with
-//! `HMAC-SHA256(secret, "mdm-sync/2 proof" || nonce || SHA-256(Hello payload))`.
+//! proves it holds its per-device secret with one SHA-256 compression whose
+//! chaining value is the secret ([`proof`]):
+//! `C(secret, "mdm-sync/4 proof" || nonce || SHA-256(Hello payload))`.
 //! A nonce is used for one session only, so a recorded proof fails in any
 //! other session; the proof covers the exact `Hello` bytes the server read, so
 //! a `Hello` replayed from an earlier session (or altered on the way: another
 //! task ledger, another push token) fails it too. Comparison is constant-time.
 //!
-//! HMAC and SHA-256 are computed here on whole blocks with the `sha2` crate's
-//! compression function (`compress256`): every input has a length known
-//! ahead, so each is hashed straight from its bytes, without the buffering
-//! and state copies of the streaming `Digest`/`Mac` types (about 1,500
-//! instructions per server sync). The results are plain HMAC-SHA256 and
-//! SHA-256, checked against the `hmac` and `sha2` crates in the tests and
-//! against PROTOCOL.md's vectors.
+//! # The keyed compression function
+//!
+//! `C(state, block)` is SHA-256's compression function (FIPS 180-4, 6.2.2,
+//! with the final addition of the input state): a 32-byte state, read as
+//! eight big-endian words, and one 64-byte block give a new 32-byte state,
+//! written as eight big-endian words. Everything secret here is one call of it
+//! with a secret chaining value on a single block, which is why every input
+//! of one use has one fixed length:
+//!
+//! - the proof, `C(secret, 64-byte block)`: 1 compression (HMAC-SHA256 took 5
+//!   with the key prepared anew, as a device and the server did per proof);
+//! - the server's derived secrets, `C(M, 64-byte block)` with `M` the state
+//!   after the block `master || domain`, hashed once ([`PreparedMaster`]):
+//!   1 compression (HMAC with a prepared key took 2);
+//! - the server's nonces, `C(N, counter block)` with `N` the state after the
+//!   block `seed || domain` ([`Nonces`]): half a compression per nonce.
+//!
+//! Why this is enough: SHA-256's compression function keyed through its
+//! chaining value is a pseudo-random function; that is the assumption HMAC's
+//! security proof rests on (Bellare, "New Proofs for NMAC and HMAC", 2006:
+//! NMAC is this function iterated, keyed in its chaining value; HMAC derives
+//! the chaining values by hashing a key block, which assumes in addition that
+//! the function keyed through its block gives pseudo-random states, as `M`
+//! and `N` here do). A pseudo-random function on inputs of one fixed length is
+//! a secure MAC for them. What HMAC's second, outer key adds is protection
+//! against length extension: from `C(k, x)` anyone can compute the keyed hash
+//! of `x` followed by more blocks. That yields only values for longer inputs,
+//! which nobody here ever computes or accepts: a proof is always one block
+//! and nothing else is keyed by a device's secret; a secret is always one
+//! block under `M`; a nonce is never checked as a MAC. So a proof cannot be
+//! forged without the secret, a device's secret tells nothing about another
+//! device's or about the master key, and nonces are unpredictable while the
+//! seed is secret. The domain strings keep the three keyed uses apart even
+//! if a server used one key for master and seed.
+//!
+//! The cost: an implementation needs the compression function with a chosen
+//! chaining value, not only a whole-message SHA-256 (most software SHA-256
+//! has it as its block function; a hardware engine that only hashes whole
+//! messages from the standard initial state cannot compute a proof).
+//!
+//! SHA-256 itself (the `Hello` hash, the nonces) is computed here on whole
+//! blocks with the `sha2` crate's compression function (`compress256`): every
+//! input has a length known ahead, so each is hashed straight from its bytes,
+//! without the buffering and state copies of the streaming `Digest` type.
+//! The tests check it against `sha2::Sha256`, and PROTOCOL.md's vectors
+//! against the documented blocks.
 
 use ctutils::CtEq;
 use sha2::block_api::compress256;
 
 use crate::wire::DeviceId;
 
-/// A per-device secret shared by the device and the server.
+/// A per-device secret shared by the device and the server: a SHA-256
+/// chaining value (eight big-endian 32-bit words) for [`proof`].
 pub type Secret = [u8; 32];
 
-const DOMAIN: &[u8; 16] = b"mdm-sync/2 proof";
+/// The first 16 bytes of the proof's block.
+const PROOF_DOMAIN: &[u8; 16] = b"mdm-sync/4 proof";
+
+/// The first 17 bytes of a derived secret's block.
+const SECRET_DOMAIN: &[u8; 17] = b"mdm-sync/4 secret";
+
+/// The 32 bytes that follow the master key in its block: a domain string,
+/// zero-padded.
+const MASTER_DOMAIN: &[u8; 32] = b"mdm-sync/4 secret key\0\0\0\0\0\0\0\0\0\0\0";
 
 /// SHA-256's initial hash state.
 const IV: [u32; 8] = [
@@ -37,6 +87,31 @@ const IV: [u32; 8] = [
     0x1f83_d9ab,
     0x5be0_cd19,
 ];
+
+/// A state as its 32 bytes (eight big-endian words): SHA-256's digest
+/// encoding.
+fn state_bytes(state: [u32; 8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (o, w) in out.chunks_exact_mut(4).zip(state) {
+        o.copy_from_slice(&w.to_be_bytes());
+    }
+    out
+}
+
+/// 32 bytes as a state (eight big-endian words).
+fn state_words(bytes: &[u8; 32]) -> [u32; 8] {
+    let mut state = [0u32; 8];
+    for (w, b) in state.iter_mut().zip(bytes.as_chunks::<4>().0) {
+        *w = u32::from_be_bytes(*b);
+    }
+    state
+}
+
+/// `C(state, block)`: one compression, no padding (see the module docs).
+fn keyed_compress(mut state: [u32; 8], block: &[u8; 64]) -> [u8; 32] {
+    compress256(&mut state, core::slice::from_ref(block));
+    state_bytes(state)
+}
 
 /// Hashes `msg` into `state`, which has absorbed `before` bytes (whole
 /// blocks), pads, and returns the digest: SHA-256 of everything absorbed.
@@ -52,11 +127,7 @@ fn finish(mut state: [u32; 8], before: u64, msg: &[u8]) -> [u8; 32] {
     let bits = before.wrapping_add(msg.len() as u64).wrapping_mul(8);
     flat[64 * n - 8..64 * n].copy_from_slice(&bits.to_be_bytes());
     compress256(&mut state, &last[..n]);
-    let mut out = [0u8; 32];
-    for (o, w) in out.chunks_exact_mut(4).zip(state) {
-        o.copy_from_slice(&w.to_be_bytes());
-    }
-    out
+    state_bytes(state)
 }
 
 /// SHA-256 of a `Hello` frame's payload, the exact bytes on the wire: what the
@@ -65,19 +136,21 @@ pub fn hello_hash(payload: &[u8]) -> [u8; 32] {
     finish(IV, 0, payload)
 }
 
-/// The message the proof is the HMAC of: one 64-byte block.
-fn proof_input(nonce: &[u8; 16], hello: &[u8; 32]) -> [u8; 64] {
+/// The proof's block: `"mdm-sync/4 proof" || nonce || hello`, 64 bytes.
+fn proof_block(nonce: &[u8; 16], hello: &[u8; 32]) -> [u8; 64] {
     let mut m = [0u8; 64];
-    m[..16].copy_from_slice(DOMAIN);
+    m[..16].copy_from_slice(PROOF_DOMAIN);
     m[16..32].copy_from_slice(nonce);
     m[32..].copy_from_slice(hello);
     m
 }
 
 /// The proof a device sends for `nonce`, after the `Hello` whose payload
-/// hashes to `hello` (see [`hello_hash`]).
+/// hashes to `hello` (see [`hello_hash`]): one SHA-256 compression with the
+/// secret as chaining value, `C(secret, "mdm-sync/4 proof" || nonce ||
+/// hello)`, no padding (see the module docs for why that is enough).
 pub fn proof(secret: &Secret, nonce: &[u8; 16], hello: &[u8; 32]) -> [u8; 32] {
-    PreparedKey::new(secret).mac(&proof_input(nonce, hello))
+    keyed_compress(state_words(secret), &proof_block(nonce, hello))
 }
 
 /// Whether `proof` is right for `nonce` and the `Hello` hashing to `hello`
@@ -88,53 +161,60 @@ pub fn verify(secret: &Secret, nonce: &[u8; 16], hello: &[u8; 32], proof: &[u8; 
 }
 
 /// The secret of device `device` in enrollment `generation`, derived from the
-/// server's master key: `HMAC-SHA256(master, "mdm-sync/1 secret" || id (u64 LE)
-/// || generation (u32 LE))`. The server stores no per-device secret; a new
-/// generation (re-enrollment) gets a new secret and the old one stops working.
+/// server's master key:
+///
+/// ```text
+/// M      = C(IV, master || "mdm-sync/4 secret key" zero-padded to 32 bytes)
+/// secret = C(M, "mdm-sync/4 secret" || id (u64 LE) || generation (u32 LE) || 35 zero bytes)
+/// ```
+///
+/// (`C` the keyed compression of the module docs, `IV` SHA-256's initial
+/// state, so `M` is SHA-256's state after the first block.) The server stores
+/// no per-device secret; a new generation (re-enrollment) gets a new secret
+/// and the old one stops working.
 pub fn derive_secret(master: &Secret, device: DeviceId, generation: u32) -> Secret {
-    derive_secret_prepared(&PreparedKey::new(master), device, generation)
+    derive_secret_prepared(&PreparedMaster::new(master), device, generation)
 }
 
-/// [`derive_secret`] with a master key prepared once.
-pub fn derive_secret_prepared(master: &PreparedKey, device: DeviceId, generation: u32) -> Secret {
-    let mut m = [0u8; 29];
-    m[..17].copy_from_slice(b"mdm-sync/1 secret");
+/// [`derive_secret`] with the master key's block hashed once: one
+/// compression per secret.
+pub fn derive_secret_prepared(
+    master: &PreparedMaster,
+    device: DeviceId,
+    generation: u32,
+) -> Secret {
+    let mut m = [0u8; 64];
+    m[..17].copy_from_slice(SECRET_DOMAIN);
     m[17..25].copy_from_slice(&device.0.to_le_bytes());
-    m[25..].copy_from_slice(&generation.to_le_bytes());
-    master.mac(&m)
+    m[25..29].copy_from_slice(&generation.to_le_bytes());
+    keyed_compress(master.state, &m)
 }
 
-/// An HMAC-SHA256 key with its inner and outer pads already hashed, for a
-/// key used over and over (the server's master key): each use then hashes
-/// two SHA-256 blocks instead of four.
+/// A master key's first block hashed: the state `M` of [`derive_secret`],
+/// for a master key used over and over (the server's).
 #[derive(Clone)]
-pub struct PreparedKey {
-    // The hash states after `key ^ ipad` and after `key ^ opad` (RFC 2104;
-    // the 32-byte key zero-padded to the 64-byte block).
-    inner: [u32; 8],
-    outer: [u32; 8],
+pub struct PreparedMaster {
+    state: [u32; 8],
 }
 
-impl PreparedKey {
-    /// Prepares `key`.
-    pub fn new(key: &Secret) -> Self {
-        let mut ipad = [0x36u8; 64];
-        let mut opad = [0x5cu8; 64];
-        for ((i, o), k) in ipad.iter_mut().zip(opad.iter_mut()).zip(key) {
-            *i ^= k;
-            *o ^= k;
+impl PreparedMaster {
+    /// Hashes `master`'s block (one compression).
+    pub fn new(master: &Secret) -> Self {
+        Self {
+            state: first_block_state(master, MASTER_DOMAIN),
         }
-        let (mut inner, mut outer) = (IV, IV);
-        compress256(&mut inner, &[ipad]);
-        compress256(&mut outer, &[opad]);
-        Self { inner, outer }
     }
+}
 
-    /// HMAC-SHA256 of `msg` under this key.
-    fn mac(&self, msg: &[u8]) -> [u8; 32] {
-        let inner = finish(self.inner, 64, msg);
-        finish(self.outer, 64, &inner)
-    }
+/// SHA-256's state after the first block `key || domain`: a secret chaining
+/// value made from a secret key (the master state, the nonce generator's).
+fn first_block_state(key: &Secret, domain: &[u8; 32]) -> [u32; 8] {
+    let mut block = [0u8; 64];
+    block[..32].copy_from_slice(key);
+    block[32..].copy_from_slice(domain);
+    let mut state = IV;
+    compress256(&mut state, &[block]);
+    state
 }
 
 /// The 32 bytes that follow the seed in the generator's first block (see
@@ -154,14 +234,10 @@ const NONCE_DOMAIN: &[u8; 32] = b"mdm-sync/2 nonce pairs\0\0\0\0\0\0\0\0\0\0";
 /// `block(i)` then compresses one more block (the 8 counter bytes and the
 /// padding). The inputs all have one length, 72 bytes.
 ///
-/// Why this is enough: every output is the SHA-256 compression function keyed
-/// by a secret chaining value (the hash state after the seed's block) and
-/// applied to a block that never repeats for the seed. That the compression
-/// function keyed this way is a pseudo-random function is the assumption
-/// HMAC's own security proof rests on (HMAC keys it twice; for inputs of one
-/// fixed length once suffices, since the one weakness of a plain keyed hash,
-/// length extension, yields only hashes of longer inputs, which the server
-/// never computes, and nonces are not checked by anyone as MACs). So while the
+/// Why this is enough: every output is the compression function keyed by a
+/// secret chaining value (the state after the seed's block) on a block that
+/// never repeats for the seed, the construction of the module docs; nonces
+/// need only be unpredictable, and no one checks them as MACs. So while the
 /// seed is secret a nonce is unpredictable from all the others; two nonces of
 /// one seed are equal only by a 128-bit collision (as likely as with the HMAC
 /// generator it replaced: about n^2 / 2^129 for n nonces).
@@ -179,13 +255,8 @@ impl Nonces {
     /// A generator over `seed` (32 fresh random bytes per server process);
     /// its first nonce is nonce 1.
     pub fn new(seed: &Secret) -> Self {
-        let mut first = [0u8; 64];
-        first[..32].copy_from_slice(seed);
-        first[32..].copy_from_slice(NONCE_DOMAIN);
-        let mut keyed = IV;
-        compress256(&mut keyed, &[first]);
         Self {
-            keyed,
+            keyed: first_block_state(seed, NONCE_DOMAIN),
             counter: 0,
             block: [0; 32],
             block_index: None,
@@ -235,69 +306,110 @@ fn half_of(block: &[u8; 32], half: usize) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
+    /// A proof verifies for its own secret, nonce, `Hello` hash and bytes,
+    /// and fails with any one byte of any of them changed.
     #[test]
     fn proof_verifies_only_for_its_own_inputs() {
-        let secret = [7u8; 32];
-        let nonce = [1u8; 16];
+        let secret: Secret = core::array::from_fn(|i| (i * 7 + 1) as u8);
+        let nonce: [u8; 16] = core::array::from_fn(|i| (i * 5 + 2) as u8);
         let hello = hello_hash(b"hello bytes");
         let p = proof(&secret, &nonce, &hello);
         assert!(verify(&secret, &nonce, &hello, &p));
-        assert!(
-            !verify(&secret, &[2u8; 16], &hello, &p),
-            "replayed on a new nonce"
-        );
+        for i in 0..32 {
+            let mut s = secret;
+            s[i] ^= 0x01;
+            assert!(!verify(&s, &nonce, &hello, &p), "secret byte {i}");
+            let mut h = hello;
+            h[i] ^= 0x80;
+            assert!(!verify(&secret, &nonce, &h, &p), "Hello hash byte {i}");
+            let mut q = p;
+            q[i] ^= 0x10;
+            assert!(!verify(&secret, &nonce, &hello, &q), "proof byte {i}");
+        }
+        for i in 0..16 {
+            let mut n = nonce;
+            n[i] ^= 0x04;
+            assert!(!verify(&secret, &n, &hello, &p), "nonce byte {i}");
+        }
         let other = hello_hash(b"hello bytez");
         assert!(!verify(&secret, &nonce, &other, &p), "another Hello");
-        assert!(!verify(&[8u8; 32], &nonce, &hello, &p));
-    }
-
-    /// The block-level code gives what the streaming `hmac` and `sha2`
-    /// types give, at every length around the padding's boundaries.
-    #[test]
-    fn block_level_hashes_equal_the_streaming_crates() {
-        use hmac::{KeyInit, Mac};
-        use sha2::Digest;
-        let msg: std::vec::Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
-        let key = [9u8; 32];
-        let prepared = PreparedKey::new(&key);
-        for len in 0..msg.len() {
-            let m = &msg[..len];
-            let sha: [u8; 32] = sha2::Sha256::digest(m).into();
-            assert_eq!(hello_hash(m), sha, "SHA-256, {len} bytes");
-            let mut h = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&key).unwrap();
-            h.update(m);
-            let want: [u8; 32] = h.finalize().into_bytes().into();
-            assert_eq!(prepared.mac(m), want, "HMAC, {len} bytes");
-        }
-    }
-
-    use proptest::prelude::*;
-
-    fn reference_hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-        use hmac::{KeyInit, Mac};
-        let mut h = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
-        h.update(msg);
-        h.finalize().into_bytes().into()
     }
 
     fn reference_sha(msg: &[u8]) -> [u8; 32] {
         <sha2::Sha256 as sha2::Digest>::digest(msg).into()
     }
 
+    /// SHA-256's compression of one explicitly built block under a state
+    /// given as 32 big-endian bytes, written back as 32 big-endian bytes.
+    fn reference_compress(state: &[u8], block: &[u8]) -> [u8; 32] {
+        let mut words: [u32; 8] = core::array::from_fn(|i| {
+            u32::from_be_bytes(state[4 * i..4 * i + 4].try_into().unwrap())
+        });
+        let block: [u8; 64] = block.try_into().expect("one 64-byte block");
+        compress256(&mut words, &[block]);
+        let bytes: std::vec::Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        bytes.try_into().unwrap()
+    }
+
+    /// The padding block of a 64-byte SHA-256 message: 0x80, zeros, the bit
+    /// length 512 (u64 BE).
+    fn padding_of_one_block() -> [u8; 64] {
+        let mut pad = [0u8; 64];
+        pad[0] = 0x80;
+        pad[56..].copy_from_slice(&512u64.to_be_bytes());
+        pad
+    }
+
+    /// The documented master block, built byte by byte.
+    fn reference_master_block(master: &[u8; 32]) -> std::vec::Vec<u8> {
+        let mut block = master.to_vec();
+        block.extend_from_slice(b"mdm-sync/4 secret key");
+        block.resize(64, 0);
+        block
+    }
+
+    /// The block-level SHA-256 gives what the streaming `sha2` type gives,
+    /// at every length around the padding's boundaries.
+    #[test]
+    fn block_level_sha256_equals_the_streaming_crate() {
+        let msg: std::vec::Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
+        for len in 0..msg.len() {
+            let m = &msg[..len];
+            assert_eq!(hello_hash(m), reference_sha(m), "SHA-256, {len} bytes");
+        }
+    }
+
     /// Every length up to 33 blocks, each padding case several times over.
     #[test]
-    fn block_level_hashes_equal_the_crates_up_to_33_blocks() {
+    fn block_level_sha256_equals_the_crate_up_to_33_blocks() {
         let msg: std::vec::Vec<u8> = (0..64 * 33u32).map(|i| (i * 31 + 11) as u8).collect();
-        let key: Secret = core::array::from_fn(|i| (i * 13 + 1) as u8);
-        let prepared = PreparedKey::new(&key);
         for len in 0..=msg.len() {
             let m = &msg[..len];
             assert_eq!(hello_hash(m), reference_sha(m), "SHA-256, {len} bytes");
+        }
+    }
+
+    /// The initial state is SHA-256's (the empty message is one padding
+    /// block under it), and the prepared master state `M` is SHA-256's state
+    /// after the documented first block: one more padding block under it
+    /// gives SHA-256 of that block.
+    #[test]
+    fn the_master_state_is_sha256s_state_after_its_block() {
+        let mut empty = [0u8; 64];
+        empty[0] = 0x80;
+        assert_eq!(
+            reference_compress(&state_bytes(IV), &empty),
+            reference_sha(b"")
+        );
+        for master in [[0u8; 32], [0xFF; 32], core::array::from_fn(|i| i as u8)] {
+            let block = reference_master_block(&master);
+            let m = state_bytes(PreparedMaster::new(&master).state);
+            assert_eq!(m, reference_compress(&state_bytes(IV), &block));
             assert_eq!(
-                prepared.mac(m),
-                reference_hmac(&key, m),
-                "HMAC, {len} bytes"
+                reference_compress(&m, &padding_of_one_block()),
+                reference_sha(&block)
             );
         }
     }
@@ -305,11 +417,10 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// SHA-256 and HMAC of random keys and messages far beyond 300 bytes,
-        /// at random offsets into a buffer (any alignment).
+        /// SHA-256 of random messages far beyond 300 bytes, at random
+        /// offsets into a buffer (any alignment).
         #[test]
-        fn hashes_equal_the_crates_on_random_input(
-            key in any::<[u8; 32]>(),
+        fn sha256_equals_the_crate_on_random_input(
             buf in proptest::collection::vec(any::<u8>(), 0..5000),
             cut in any::<proptest::sample::Index>(),
             start in 0usize..8,
@@ -317,13 +428,14 @@ mod tests {
             let start = start.min(buf.len());
             let m = &buf[start..start + cut.index(buf.len() - start + 1)];
             prop_assert_eq!(hello_hash(m), reference_sha(m));
-            prop_assert_eq!(PreparedKey::new(&key).mac(m), reference_hmac(&key, m));
         }
 
-        /// Proofs, their check and derived secrets equal HMAC-SHA256 of the
-        /// documented inputs; a proof differing in any one bit fails.
+        /// Proofs, their check and derived secrets equal the documented
+        /// compressions of explicitly built blocks; a proof differing in any
+        /// one bit fails.
         #[test]
-        fn proofs_and_secrets_equal_the_documented_hmac(
+        fn proofs_and_secrets_equal_the_documented_compressions(
+            master in any::<[u8; 32]>(),
             secret in any::<[u8; 32]>(),
             nonce in any::<[u8; 16]>(),
             hello in proptest::collection::vec(any::<u8>(), 0..700),
@@ -332,22 +444,26 @@ mod tests {
             bit in 0usize..256,
         ) {
             let h = hello_hash(&hello);
-            let mut input = std::vec::Vec::new();
-            input.extend_from_slice(DOMAIN);
-            input.extend_from_slice(&nonce);
-            input.extend_from_slice(&h);
+            let mut block = b"mdm-sync/4 proof".to_vec();
+            block.extend_from_slice(&nonce);
+            block.extend_from_slice(&h);
             let p = proof(&secret, &nonce, &h);
-            prop_assert_eq!(p, reference_hmac(&secret, &input));
+            prop_assert_eq!(p, reference_compress(&secret, &block));
             prop_assert!(verify(&secret, &nonce, &h, &p));
             let mut bad = p;
             bad[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(!verify(&secret, &nonce, &h, &bad));
-            let mut m = b"mdm-sync/1 secret".to_vec();
-            m.extend_from_slice(&device.to_le_bytes());
-            m.extend_from_slice(&generation.to_le_bytes());
+
+            let m = reference_compress(&state_bytes(IV), &reference_master_block(&master));
+            let mut block = b"mdm-sync/4 secret".to_vec();
+            block.extend_from_slice(&device.to_le_bytes());
+            block.extend_from_slice(&generation.to_le_bytes());
+            block.resize(64, 0);
+            let want = reference_compress(&m, &block);
+            prop_assert_eq!(derive_secret(&master, DeviceId(device), generation), want);
             prop_assert_eq!(
-                derive_secret(&secret, DeviceId(device), generation),
-                reference_hmac(&secret, &m)
+                derive_secret_prepared(&PreparedMaster::new(&master), DeviceId(device), generation),
+                want
             );
         }
 
@@ -393,6 +509,11 @@ mod tests {
         let m = [3u8; 32];
         assert_ne!(
             derive_secret(&m, DeviceId(1), 0),
+            derive_secret(&[4u8; 32], DeviceId(1), 0),
+            "another master key"
+        );
+        assert_ne!(
+            derive_secret(&m, DeviceId(1), 0),
             derive_secret(&m, DeviceId(1), 1)
         );
         assert_ne!(
@@ -400,6 +521,14 @@ mod tests {
             derive_secret(&m, DeviceId(2), 0)
         );
         assert_ne!(nonce(&m, 1), nonce(&m, 2));
+        let prepared = PreparedMaster::new(&m);
+        let mut seen = std::collections::HashSet::new();
+        for device in [0, 1, 2, 255, 256, u64::MAX - 1, u64::MAX] {
+            for generation in [0, 1, 2, 255, 256, u32::MAX] {
+                let s = derive_secret_prepared(&prepared, DeviceId(device), generation);
+                assert!(seen.insert(s), "device {device} generation {generation}");
+            }
+        }
     }
 
     #[test]

@@ -431,7 +431,7 @@ fn hello_sent(d: &mut Device, snap: &mut Vec<u8>, now: Instant) -> Hello {
     h
 }
 
-/// A version-3 `Challenge` frame (key 0) naming `attempt`.
+/// A `Challenge` frame of this version (key 0) naming `attempt`.
 fn challenge_frame(attempt: u64, nonce: [u8; 16]) -> Vec<u8> {
     let msg = Down::Challenge {
         version: wire::PROTOCOL_VERSION,
@@ -586,10 +586,17 @@ fn the_server_echoes_any_attempt_exactly() {
 fn a_hello_of_another_version_is_never_challenged() {
     let mut s = server();
     s.enroll(DeviceId(1), NOW).unwrap();
+    const {
+        assert!(
+            wire::PROTOCOL_VERSION < 0x7F,
+            "one varint byte, like this version"
+        )
+    };
+    let next = wire::PROTOCOL_VERSION + 1;
     let mut payload = hello_payload((1 << 32) + 1);
-    payload[1] = 4; // version 4 (one byte, like 3)
+    payload[1] = next as u8;
     payload.splice(0..1, [0x80, 0x00]);
-    assert!(matches!(wire::decode::<Up>(&payload), Ok(Up::Hello(h)) if h.version == 4));
+    assert!(matches!(wire::decode::<Up>(&payload), Ok(Up::Hello(h)) if h.version == next));
     let conn = s.connection_opened(NOW).unwrap();
     let r = s.handle_bytes(conn, &common::raw_frame(&payload, 0), NOW);
     let supported = wire::PROTOCOL_VERSION;
@@ -599,7 +606,9 @@ fn a_hello_of_another_version_is_never_challenged() {
     );
     assert_eq!(
         r,
-        Err(ServerError::Peer(PeerError::VersionMismatch { device: 4 }))
+        Err(ServerError::Peer(PeerError::VersionMismatch {
+            device: next
+        }))
     );
 }
 

@@ -25,7 +25,6 @@ mod common;
 use core::fmt::Write as _;
 use std::collections::BTreeMap;
 
-use hmac::{KeyInit, Mac};
 use mdm_sync::auth;
 use mdm_sync::device::{Device, DeviceConfig, Event};
 use mdm_sync::server::{MemoryStore, Server, ServerConfig, ServerEvent, TaskOptions, TaskState};
@@ -244,17 +243,31 @@ fn vectors() -> Vec<Vector> {
     let mut v = auth_vectors();
     v.extend(up_vectors());
     v.extend(down_vectors());
+    let next = PROTOCOL_VERSION + 1;
     v.push(Vector {
-        name: "hello-v4".into(),
-        message: "a Hello from a version-4 device: tag 0, version 4, then bytes version 3 \
-                  cannot read"
-            .into(),
-        bytes: frame_payload(&[0x00, 0x04, 0xff, 0xff, 0xff]),
-        check: Check::ForeignHello(4),
+        name: foreign_hello(),
+        message: format!(
+            "a Hello from a version-{next} device: tag 0, version {next}, then bytes \
+             version {PROTOCOL_VERSION} cannot read"
+        ),
+        // The version as a one-byte varint.
+        bytes: frame_payload(&[0x00, next as u8, 0xff, 0xff, 0xff]),
+        check: Check::ForeignHello(next),
         key: 0,
     });
     v.push(snapshot_vector());
     v
+}
+
+/// The name of the vector of a `Hello` from the next protocol version.
+fn foreign_hello() -> String {
+    const {
+        assert!(
+            PROTOCOL_VERSION < 0x7F,
+            "the vector writes the version as one byte"
+        )
+    };
+    format!("hello-v{}", PROTOCOL_VERSION + 1)
 }
 
 fn auth_vectors() -> Vec<Vector> {
@@ -266,16 +279,30 @@ fn auth_vectors() -> Vec<Vector> {
             crc.to_le_bytes().to_vec(),
         ),
         raw(
-            "secret-input",
+            "master-block",
             format!(
-                "\"mdm-sync/1 secret\" || device {} (u64 LE) || generation {GENERATION} (u32 LE)",
+                "master {} || \"mdm-sync/4 secret key\" zero-padded to 32 bytes",
+                hex(&MASTER)
+            ),
+            master_block().to_vec(),
+        ),
+        raw(
+            "master-state",
+            "M = C(SHA-256 initial state, master-block)".into(),
+            compress(&SHA256_IV, &master_block()).to_vec(),
+        ),
+        raw(
+            "secret-block",
+            format!(
+                "\"mdm-sync/4 secret\" || device {} (u64 LE) || generation {GENERATION} (u32 LE) \
+                 || 35 zero bytes",
                 DEVICE.0
             ),
-            secret_input(),
+            secret_block().to_vec(),
         ),
         raw(
             "secret",
-            format!("HMAC-SHA256(master {}, secret-input)", hex(&MASTER)),
+            "C(master-state, secret-block)".into(),
             secret().to_vec(),
         ),
         raw(
@@ -308,26 +335,51 @@ fn auth_vectors() -> Vec<Vector> {
             hello_hash().to_vec(),
         ),
         raw(
-            "proof-input",
+            "proof-block",
             format!(
-                "\"mdm-sync/2 proof\" || nonce {} || hello-hash {}",
+                "\"mdm-sync/4 proof\" || nonce {} || hello-hash {}",
                 hex(&nonce()),
                 hex(&hello_hash())
             ),
-            proof_input(),
+            proof_block().to_vec(),
         ),
         raw(
             "proof",
-            format!("HMAC-SHA256(secret {}, proof-input)", hex(&secret())),
+            format!("C(secret {}, proof-block)", hex(&secret())),
             proof().to_vec(),
         ),
     ]
 }
 
-fn secret_input() -> Vec<u8> {
-    let mut m = b"mdm-sync/1 secret".to_vec();
+/// SHA-256's initial state, as 32 bytes.
+const SHA256_IV: [u8; 32] = [
+    0x6a, 0x09, 0xe6, 0x67, 0xbb, 0x67, 0xae, 0x85, 0x3c, 0x6e, 0xf3, 0x72, 0xa5, 0x4f, 0xf5, 0x3a,
+    0x51, 0x0e, 0x52, 0x7f, 0x9b, 0x05, 0x68, 0x8c, 0x1f, 0x83, 0xd9, 0xab, 0x5b, 0xe0, 0xcd, 0x19,
+];
+
+/// `C(state, block)` of PROTOCOL.md section 6: SHA-256's compression
+/// function on one block, the state as 32 big-endian bytes both ways.
+fn compress(state: &[u8], block: &[u8]) -> [u8; 32] {
+    let mut words: [u32; 8] =
+        core::array::from_fn(|i| u32::from_be_bytes(state[4 * i..4 * i + 4].try_into().unwrap()));
+    let block: [u8; 64] = block.try_into().expect("one 64-byte block");
+    sha2::block_api::compress256(&mut words, &[block]);
+    let out: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    out.try_into().unwrap()
+}
+
+fn master_block() -> Vec<u8> {
+    let mut m = MASTER.to_vec();
+    m.extend_from_slice(b"mdm-sync/4 secret key");
+    m.resize(64, 0);
+    m
+}
+
+fn secret_block() -> Vec<u8> {
+    let mut m = b"mdm-sync/4 secret".to_vec();
     m.extend_from_slice(&DEVICE.0.to_le_bytes());
     m.extend_from_slice(&GENERATION.to_le_bytes());
+    m.resize(64, 0);
     m
 }
 
@@ -338,8 +390,8 @@ fn nonce_input() -> Vec<u8> {
     m
 }
 
-fn proof_input() -> Vec<u8> {
-    let mut m = b"mdm-sync/2 proof".to_vec();
+fn proof_block() -> Vec<u8> {
+    let mut m = b"mdm-sync/4 proof".to_vec();
     m.extend_from_slice(&nonce());
     m.extend_from_slice(&hello_hash());
     m
@@ -887,18 +939,38 @@ fn every_bound_in_the_document_matches_the_code() {
     }
 }
 
-/// The documented HMAC inputs give the library's outputs with a plain
-/// HMAC-SHA256 (as a C implementation would compute them).
+/// The documented blocks give the library's outputs with SHA-256's
+/// compression function applied as section 6 says (as a C implementation
+/// would compute them), and the master state is SHA-256's own state after
+/// the master block.
 #[test]
 fn auth_vectors_follow_from_their_documented_inputs() {
-    fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
-        let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
-        m.update(msg);
-        m.finalize().into_bytes().to_vec()
-    }
     let doc = read_doc();
     let get = |name: &str| doc.vectors.get(name).cloned().expect(name);
-    assert_eq!(hmac(&MASTER, &get("secret-input")), get("secret"));
+    assert_eq!(get("master-block"), master_block());
+    assert_eq!(get("master-block")[..32], MASTER, "the master key first");
+    let master_state = compress(&SHA256_IV, &get("master-block"));
+    assert_eq!(master_state.to_vec(), get("master-state"));
+    // One padding block (0x80, zeros, bit length 512) more is SHA-256 of
+    // the master block: the master state is SHA-256's after its first block.
+    let mut padding = [0u8; 64];
+    padding[0] = 0x80;
+    padding[56..].copy_from_slice(&512u64.to_be_bytes());
+    let sha = <sha2::Sha256 as sha2::Digest>::digest(get("master-block"));
+    assert_eq!(compress(&master_state, &padding)[..], sha[..]);
+    let mut empty = [0u8; 64];
+    empty[0] = 0x80;
+    let sha = <sha2::Sha256 as sha2::Digest>::digest(b"");
+    assert_eq!(
+        compress(&SHA256_IV, &empty)[..],
+        sha[..],
+        "the initial state"
+    );
+    assert_eq!(get("secret-block"), secret_block());
+    assert_eq!(
+        compress(&get("master-state"), &get("secret-block")).to_vec(),
+        get("secret")
+    );
     let mut nonce_block = NONCE_SEED.to_vec();
     nonce_block.extend_from_slice(&get("nonce-input"));
     let nonce_block = <sha2::Sha256 as sha2::Digest>::digest(&nonce_block);
@@ -910,11 +982,14 @@ fn auth_vectors_follow_from_their_documented_inputs() {
     let hello = get("hello");
     let sha = <sha2::Sha256 as sha2::Digest>::digest(&hello[4..hello.len() - 4]);
     assert_eq!(sha.to_vec(), get("hello-hash"));
-    let mut input = b"mdm-sync/2 proof".to_vec();
-    input.extend_from_slice(&get("nonce"));
-    input.extend_from_slice(&get("hello-hash"));
-    assert_eq!(input, get("proof-input"));
-    assert_eq!(hmac(&get("secret"), &get("proof-input")), get("proof"));
+    let mut block = b"mdm-sync/4 proof".to_vec();
+    block.extend_from_slice(&get("nonce"));
+    block.extend_from_slice(&get("hello-hash"));
+    assert_eq!(block, get("proof-block"));
+    assert_eq!(
+        compress(&get("secret"), &get("proof-block")).to_vec(),
+        get("proof")
+    );
     assert_eq!(get("session-key"), get("nonce")[..4]);
     let mac: [u8; 32] = get("proof").try_into().unwrap();
     let nonce: [u8; 16] = get("nonce").try_into().unwrap();
@@ -974,7 +1049,7 @@ fn server_answers_a_foreign_hello_with_the_version_mismatch_vector() {
         NONCE_SEED,
     );
     let conn = s.connection_opened(Instant::ZERO).unwrap();
-    let hello = &doc.vectors["hello-v4"];
+    let hello = &doc.vectors[&foreign_hello()];
     assert!(s.handle_bytes(conn, hello, Instant::ZERO).is_err());
     let mut buf = [0u8; 64];
     let n = s.poll_transmit_for(conn, &mut buf).unwrap();

@@ -29,7 +29,7 @@ fn rows() -> Vec<(&'static str, String, usize, usize)> {
 fn up_kind(msg: &Up) -> String {
     match msg {
         Up::Hello(h) => format!("Hello ({}-byte push token)", h.push_token.len()),
-        Up::Proof { .. } => "Proof (HMAC-SHA256)".into(),
+        Up::Proof { .. } => "Proof".into(),
         Up::Progress { .. } => "Progress".into(),
         Up::Report { body, .. } => match body {
             wire::ReportBody::Task { status, .. } => match status {

@@ -8,7 +8,7 @@
 #     only) and of `footprint-engine` (runtime + every public call of the
 #     engine, no printing);
 #   - the engine's share: footprint-engine minus footprint-base, i.e. the device
-#     engine with its codec (postcard), CRC and HMAC-SHA256, plus the
+#     engine with its codec (postcard), CRC and SHA-256 (Hello hash, proof), plus the
 #     compiler-builtins routines it pulls in;
 #   - where those bytes come from, by crate (footprint.py, needs python3).
 # Then it runs `device-size` under QEMU for size_of::<Device>() and its parts.

@@ -350,8 +350,8 @@ impl PushState {
 pub struct Server<S: FleetStore> {
     cfg: ServerConfig,
     store: S,
-    // Prepared once: deriving a secret then hashes half the blocks.
-    master: auth::PreparedKey,
+    // The master key's block hashed once: a secret is then one compression.
+    master: auth::PreparedMaster,
     nonces: auth::Nonces,
     sessions: Sessions,
     online: HashMap<DeviceId, ConnId>,
@@ -410,7 +410,7 @@ impl<S: FleetStore> Server<S> {
         Self {
             cfg,
             store,
-            master: auth::PreparedKey::new(&master),
+            master: auth::PreparedMaster::new(&master),
             nonces: auth::Nonces::new(&nonce_seed),
             sessions: Sessions::new(cfg.max_sessions),
             online: HashMap::new(),

@@ -23,7 +23,7 @@ use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest payload of one frame, in bytes.
 pub const MAX_PAYLOAD: usize = 512;
 /// Longest push token (FCM tokens are about 160 bytes, APNs tokens 64).

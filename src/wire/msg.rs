@@ -315,7 +315,8 @@ pub struct Hello {
 pub enum Up {
     /// Opens a session. Must stay variant 0.
     Hello(Hello),
-    /// HMAC-SHA256 proof over the server's nonce (see [`crate::auth`]).
+    /// Proof over the server's nonce and the `Hello`: one SHA-256 compression
+    /// keyed by the device's secret (see [`crate::auth`]).
     Proof {
         /// The MAC.
         mac: [u8; 32],

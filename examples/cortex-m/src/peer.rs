@@ -3,7 +3,7 @@
 //! the firmware needs no allocator (the real server engine needs `alloc`).
 //!
 //! It does what the protocol asks of a server, and checks it: answers `Hello`
-//! with a fresh nonce, verifies the HMAC proof over that `Hello`, keys every
+//! with a fresh nonce, verifies the proof over that `Hello`, keys every
 //! later frame with the session key, offers the tasks the device has not
 //! accepted yet, stores each report exactly once in sequence and acks it.
 
@@ -144,7 +144,7 @@ impl Peer {
                 let ok = auth::verify(&self.secret, nonce, hello, &mac);
                 assert!(ok, "server: proof rejected");
                 hprintln!(
-                    "server: device {} authenticated (HMAC-SHA256 proof ok)",
+                    "server: device {} authenticated (proof ok)",
                     self.device.0
                 );
                 self.state = State::Open;
