@@ -410,6 +410,10 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // A task was accepted after the last `Persist` was polled: it is in no
     // snapshot yet, so nothing about it may be handed out before the next.
     fresh_task: bool,
+    // A running task may wait to be handed out or to have its cancel request
+    // announced: set wherever one comes, cleared by a `poll_event` pass over
+    // the running tasks that found neither (most polls then skip the pass).
+    inflight_news: bool,
     connect: bool,
     disconnect: bool,
     outcome: Option<Event>,
@@ -499,6 +503,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             // The boot snapshot: its counter numbers this boot's connections.
             persist: true,
             fresh_task: false,
+            inflight_news: false,
             connect: false,
             disconnect: false,
             outcome: None,
@@ -932,6 +937,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                     if i.cancel == Flag::No {
                         debug!("task {} cancel requested by server", task.0);
                         i.cancel = Flag::Pending;
+                        self.inflight_news = true;
                     }
                 }
                 Ok(())
@@ -1112,6 +1118,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         };
         self.inflight.push(slot).map_err(|_| busy_err())?;
         self.fresh_task = true;
+        self.inflight_news = true;
         debug!("task {} (seq {}) accepted", task.id.0, task.seq);
         Ok(())
     }
@@ -1304,20 +1311,24 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             return Some(Event::Connect);
         }
         // One pass: a task to hand out comes before any cancel request.
-        let mut cancel = None;
-        for i in self.inflight.iter_mut() {
-            if !i.announced {
-                i.announced = true;
-                self.stats.executed = self.stats.executed.wrapping_add(1);
-                return Some(Event::Execute(i.task));
+        // Skipped once a pass found nothing, until a task or a cancel comes.
+        if self.inflight_news {
+            let mut cancel = None;
+            for i in self.inflight.iter_mut() {
+                if !i.announced {
+                    i.announced = true;
+                    self.stats.executed = self.stats.executed.wrapping_add(1);
+                    return Some(Event::Execute(i.task));
+                }
+                if cancel.is_none() && i.cancel == Flag::Pending {
+                    cancel = Some(i);
+                }
             }
-            if cancel.is_none() && i.cancel == Flag::Pending {
-                cancel = Some(i);
+            if let Some(i) = cancel {
+                i.cancel = Flag::Announced;
+                return Some(Event::Cancel(i.task.id));
             }
-        }
-        if let Some(i) = cancel {
-            i.cancel = Flag::Announced;
-            return Some(Event::Cancel(i.task.id));
+            self.inflight_news = false;
         }
         if let Some(p) = self.policy.as_ref().filter(|_| !self.policy_announced) {
             self.policy_announced = true;
