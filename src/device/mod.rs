@@ -414,6 +414,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // announced: set wherever one comes, cleared by a `poll_event` pass over
     // the running tasks that found neither (most polls then skip the pass).
     inflight_news: bool,
+    // A running task may have progress to send: set wherever some comes,
+    // cleared by a `poll_transmit` pass that found none.
+    progress_news: bool,
     connect: bool,
     disconnect: bool,
     outcome: Option<Event>,
@@ -504,6 +507,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             persist: true,
             fresh_task: false,
             inflight_news: false,
+            progress_news: false,
             connect: false,
             disconnect: false,
             outcome: None,
@@ -641,6 +645,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let slot = self.inflight.iter_mut().find(|i| i.task.id == task);
         let slot = slot.ok_or(DeviceError::UnknownTask)?;
         slot.progress = Some(percent.map(|p| p.min(100)));
+        self.progress_news = true;
         Ok(())
     }
 
@@ -1003,6 +1008,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.periodic_at = now + self.periodic;
         for i in self.inflight.iter_mut() {
             i.progress = i.progress.or(Some(None));
+            self.progress_news = true;
         }
     }
 
@@ -1351,7 +1357,14 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.link != Link::Syncing || self.send_hello {
             return self.transmit_handshake(buf, key);
         }
-        let Some(i) = self.inflight.iter_mut().find(|i| i.progress.is_some()) else {
+        // Skipped once a pass found none, until progress comes.
+        let next = if self.progress_news {
+            self.inflight.iter_mut().find(|i| i.progress.is_some())
+        } else {
+            None
+        };
+        let Some(i) = next else {
+            self.progress_news = false;
             return Ok(None);
         };
         transmit_progress(i, buf, key)
