@@ -207,7 +207,7 @@ pub(crate) fn encode_keyed_inline<T: Encode + ?Sized>(
 /// Inlined where flash is not counted (`hand-encode`: servers, phones): a
 /// frame of an open session is a few bytes, and the call cost as much as
 /// the header it writes. Firmware keeps the call (28 bytes less at opt-level z).
-#[cfg_attr(feature = "hand-encode", inline)]
+#[cfg_attr(feature = "hand-encode", inline(always))]
 fn seal(out: &mut [u8], len: usize, key: u32) {
     let [lo, hi] = (len as u16).to_le_bytes();
     out[..HEADER].copy_from_slice(&[MAGIC[0], MAGIC[1], lo, hi]);
