@@ -143,10 +143,7 @@ impl Peer {
             (State::AwaitProof { nonce, hello }, Up::Proof { mac }) => {
                 let ok = auth::verify(&self.secret, nonce, hello, &mac);
                 assert!(ok, "server: proof rejected");
-                hprintln!(
-                    "server: device {} authenticated (proof ok)",
-                    self.device.0
-                );
+                hprintln!("server: device {} authenticated (proof ok)", self.device.0);
                 self.state = State::Open;
                 let ack = self.stored;
                 push(replies, Down::Welcome { ack, periodic_s: 0 });
