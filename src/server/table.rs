@@ -219,6 +219,18 @@ mod tests {
         assert_eq!(t.iter().count(), 5000);
     }
 
+    /// A capacity beyond what can be allocated gives an empty table that
+    /// works, not a panic or an abort.
+    #[test]
+    fn an_impossible_capacity_gives_a_growing_table() {
+        for entries in [usize::MAX, usize::MAX / 64, 1 << 56] {
+            let mut t = Table::<E>::with_capacity(entries);
+            assert_eq!((t.len(), t.slots()), (0, 0));
+            (0..100u64).for_each(|k| t.insert_new(E(Some(k))));
+            assert!((0..100u64).all(|k| t.get(k) == Some(&E(Some(k)))));
+        }
+    }
+
     /// Long random sequences against a map: inserts of new keys (some of
     /// them engineered to share one home pair, key 0 and `u64::MAX`
     /// included), changes in place and lookups, from every starting size.
