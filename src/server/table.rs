@@ -58,11 +58,14 @@ impl<E> Default for Table<E> {
 }
 
 impl<E: Entry> Table<E> {
-    /// An empty table with room for `entries` entries.
+    /// An empty table with room for `entries` entries; an empty one that
+    /// grows as entries come if that much memory cannot be had (a hint too
+    /// large for the address space, or for the allocator).
     pub(crate) fn with_capacity(entries: usize) -> Self {
         let mut t = Self::default();
-        if entries > 0 {
-            t.resize(pairs_for(entries, SIZED_LOAD));
+        let pairs = pairs_for(entries, SIZED_LOAD);
+        if entries > 0 && t.pairs.try_reserve_exact(pairs).is_ok() {
+            t.pairs.resize(pairs, Pair([E::FREE, E::FREE]));
         }
         t
     }
