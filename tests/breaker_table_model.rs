@@ -288,3 +288,106 @@ fn server_enrolments_check_ins_and_overdue_match_a_model() {
     );
     assert_eq!(count(|e| matches!(e, ServerEvent::Back { .. })), want_back);
 }
+
+/// A fleet of 400 full device engines (far more than the simulator's 8,
+/// so the tables grow many times while pushes, check-ins and token changes
+/// go on): random tasks, re-enrolments with new tokens and platforms,
+/// devices going offline and back. Every task of a device's current
+/// generation runs exactly once, none of an old generation runs after its
+/// re-enrolment, and the console agrees with the model.
+#[test]
+fn a_large_fleet_with_re_enrolments_delivers_every_task_once() {
+    use common::{Pair, SimDevice};
+    use mdm_sync::device::DeviceConfig;
+    use mdm_sync::server::TaskState;
+    use mdm_sync::wire::{TaskId, TaskKind};
+
+    let n = 400;
+    let mut rng = Rng(0x0123_4567_89AB_CDEF);
+    let mut p = Pair::new(n);
+    let mut generation = vec![0u32; n];
+    // Tasks per device index: (task, generation it was queued in).
+    let mut tasks: Vec<Vec<(TaskId, u32)>> = vec![Vec::new(); n];
+    for round in 0..40 {
+        for _ in 0..150 {
+            let i = rng.below(n as u64) as usize;
+            match rng.below(10) {
+                0..=5 => {
+                    if p.server.device_view(p.id(i)).unwrap().open_tasks.len() < 60 {
+                        let kind = [TaskKind::Lock, TaskKind::Scan, TaskKind::Locate]
+                            [rng.below(3) as usize];
+                        let t = p.queue(i, kind);
+                        tasks[i].push((t, generation[i]));
+                    }
+                }
+                6 => {
+                    let id = p.id(i);
+                    let secret = p.server.enroll(id, p.now).unwrap();
+                    generation[i] += 1;
+                    let platform = if rng.below(2) == 0 {
+                        Platform::Ios
+                    } else {
+                        Platform::Android
+                    };
+                    let mut cfg = DeviceConfig::new(id, generation[i], secret, platform);
+                    cfg.push_token =
+                        heapless::String::try_from(format!("tok-{i}-{}", generation[i]).as_str())
+                            .unwrap();
+                    if let Some(conn) = p.devices[i].conn.take() {
+                        p.server.connection_closed(conn, p.now);
+                    }
+                    let online = p.devices[i].online;
+                    // Tasks of the old generation: dropped or already final.
+                    for (t, g) in &tasks[i] {
+                        if *g < generation[i] {
+                            let s = p.state(i, *t);
+                            assert!(s.is_final(), "{t:?} of an old generation: {s:?}");
+                        }
+                    }
+                    p.devices[i] = SimDevice::new(cfg, p.now);
+                    p.devices[i].online = online;
+                }
+                7 => p.go_offline(i),
+                8 => p.go_online(i),
+                _ => {
+                    let now = p.now;
+                    p.devices[i].dev.manual_sync(now);
+                }
+            }
+        }
+        p.run_for(Duration::from_mins(7));
+        let fleet = p.server.fleet_view().unwrap();
+        assert_eq!(fleet.devices, n, "round {round}");
+    }
+    for i in 0..n {
+        p.go_online(i);
+    }
+    p.run_for(Duration::from_hours(8));
+    let mut runs = 0;
+    for i in 0..n {
+        let view = p.server.device_view(p.id(i)).unwrap();
+        assert_eq!(view.generation, generation[i]);
+        assert!(
+            view.open_tasks.is_empty(),
+            "device {i}: {:?}",
+            view.open_tasks
+        );
+        for (t, g) in &tasks[i] {
+            let times = p.times_executed(i, *t);
+            let state = p.state(i, *t);
+            if *g == generation[i] {
+                assert_eq!(times, 1, "device {i} task {t:?} ({state:?})");
+                assert!(matches!(state, TaskState::Succeeded { .. }), "{state:?}");
+                runs += 1;
+            } else {
+                assert_eq!(times, 0, "old generation's {t:?} ran after re-enrolment");
+            }
+        }
+        let target = p.server.store().push_target(p.id(i)).unwrap();
+        if generation[i] > 0 {
+            let want = format!("tok-{i}-{}", generation[i]);
+            assert_eq!(target.map(|t| t.1.to_string()), Some(want), "device {i}");
+        }
+    }
+    assert!(runs > 1500, "{runs}");
+}
