@@ -9,8 +9,14 @@
 //! by a multiplication), so the table grows by a quarter, not doubles: at
 //! most 80 % full, at least 64 % after a growth, so 40 to 50 bytes per
 //! 32-byte entry (and 2.25 times that for a moment while it grows). Entries are never removed, so probing stops at the first free
-//! slot, and there is always one. The hasher is keyed per process (foldhash
-//! with a random seed), so ids chosen by a peer cannot be made to pile up.
+//! slot, and there is always one.
+//!
+//! Known shortcoming: the hasher (hashbrown's foldhash, built without its
+//! `std` feature) is seeded from code, stack and static addresses only, so
+//! it is only as unpredictable as address-space randomisation: with that
+//! off, every process hashes alike (and foldhash makes no claim against
+//! chosen keys). Peers cannot insert: only enrolled devices (ids chosen by
+//! the operator) get entries; an unknown id in a `Hello` is only looked up.
 
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
