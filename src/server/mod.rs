@@ -1012,10 +1012,15 @@ impl<S: FleetStore> Server<S> {
 
     fn overdue_timer(&mut self, device: DeviceId, now: Instant) {
         let online = self.online.contains_key(&device);
-        let Some(p) = self.pushes.get_mut(&device).filter(|p| p.due) else {
+        let Some(p) = self.pushes.get_mut(&device) else {
             return;
         };
+        // This check ran: none of the device's is queued now, whether or
+        // not it is due (re-enrolled and not back yet).
         p.armed = false;
+        if !p.due {
+            return;
+        }
         if online && now >= p.due_at {
             // Connected at its deadline: that counts as a check-in. Else no
             // check would be left armed, and a device that went silent after
@@ -1041,11 +1046,11 @@ impl<S: FleetStore> Server<S> {
         let Some(p) = self.pushes.entry_or_default(device) else {
             return;
         };
-        if !p.due {
-            // `overdue` stays: a device re-enrolled while overdue is
-            // announced `Back` at this check-in, as any other.
-            (p.due, p.armed) = (true, false);
-        }
+        // `overdue` stays: a device re-enrolled while overdue is announced
+        // `Back` at this check-in, as any other. `armed` stays too: a check
+        // queued before the re-enrolment is still queued, and serves (it
+        // re-arms itself for the new deadline); one more would make two.
+        p.due = true;
         p.due_at = at;
         if core::mem::take(&mut p.overdue) {
             self.events.push_back(ServerEvent::Back { device });
