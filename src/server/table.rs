@@ -209,7 +209,7 @@ mod tests {
     /// Growth from empty keeps every entry, never fills the table past
     /// `MAX_LOAD` and never leaves it below 64 % full (past a few entries).
     #[test]
-    fn grows_by_half_and_keeps_everything() {
+    fn grows_by_a_quarter_and_keeps_everything() {
         let mut t = Table::<E>::default();
         assert_eq!((t.len(), t.get(7), t.iter().count()), (0, None, 0));
         for k in 0..5000u64 {
