@@ -21,7 +21,7 @@ GROUPS = [
     ("wire codec (mdm_sync::wire)", r"/src/wire/"),
     ("auth, time (mdm_sync)", r"/src/(auth|time)\.rs"),
     ("postcard + serde", r"/(postcard|serde|serde_core|cobs)-\d"),
-    ("sha2 + hmac + digest", r"/(sha2|hmac|digest|hybrid-array|block-buffer|crypto-common|ctutils|cmov|typenum)-\d"),
+    ("sha2 + digest", r"/(sha2|hmac|digest|hybrid-array|block-buffer|crypto-common|ctutils|cmov|typenum)-\d"),
     ("crc", r"/crc(-catalog)?-\d"),
     ("heapless", r"/heapless-\d"),
     ("core (inlined generic code)", r"library/core/"),
