@@ -2,18 +2,12 @@
 //! backwards: such a clock may delay a timer by the jump, never strand it,
 //! and never delay timers armed after the jump.
 
-use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig, ServerEvent};
+mod common;
+
+use common::server;
+use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerEvent};
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{DeviceId, Platform, TaskKind};
-
-fn server() -> Server<MemoryStore> {
-    Server::new(
-        ServerConfig::default(),
-        MemoryStore::new(),
-        [1; 32],
-        [2; 32],
-    )
-}
 
 fn enrolled(s: &mut Server<MemoryStore>, id: u64, now: Instant) -> DeviceId {
     let d = DeviceId(id);

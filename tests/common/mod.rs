@@ -69,6 +69,16 @@ pub struct Pair {
 
 pub const START: Instant = Instant::from_millis(1_000_000);
 
+/// A server with the default configuration over an empty in-memory store.
+pub fn server() -> Server<MemoryStore> {
+    Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [1; 32],
+        [2; 32],
+    )
+}
+
 impl Pair {
     pub fn new(n: usize) -> Self {
         Self::with_config(n, ServerConfig::default())
