@@ -472,7 +472,10 @@ impl<S: FleetStore> Server<S> {
     /// Enrolls a device, or re-enrolls it in a new generation. Returns the
     /// secret to provision on the device. Re-enrollment drops every task of
     /// the old generation (the console sees them [`TaskState::Dropped`]) and
-    /// ends the device's open session.
+    /// ends the device's open session. The check-in promised at the last
+    /// handshake still holds: a device that never checks in with its new
+    /// secret is reported [`ServerEvent::Overdue`] then, and one that was
+    /// overdue stays so until it checks in ([`ServerEvent::Back`]).
     pub fn enroll(&mut self, id: DeviceId, now: Instant) -> Result<Secret, S> {
         let generation = match self.store.device(id)? {
             None => 0,
@@ -483,9 +486,6 @@ impl<S: FleetStore> Server<S> {
             }
         };
         self.store.put_device(&DeviceRecord::new(id, generation))?;
-        if let Some(p) = self.pushes.get_mut(&id) {
-            p.due = false;
-        }
         Ok(auth::derive_secret_prepared(&self.master, id, generation))
     }
 
@@ -1015,8 +1015,7 @@ impl<S: FleetStore> Server<S> {
         let Some(p) = self.pushes.get_mut(&device) else {
             return;
         };
-        // This check ran: none of the device's is queued now, whether or
-        // not it is due (re-enrolled and not back yet).
+        // This check ran: none of the device's is queued now.
         p.armed = false;
         if !p.due {
             return;
@@ -1046,10 +1045,8 @@ impl<S: FleetStore> Server<S> {
         let Some(p) = self.pushes.entry_or_default(device) else {
             return;
         };
-        // `overdue` stays: a device re-enrolled while overdue is announced
-        // `Back` at this check-in, as any other. `armed` stays too: a check
-        // queued before the re-enrolment is still queued, and serves (it
-        // re-arms itself for the new deadline); one more would make two.
+        // A queued check (`armed`) serves: it re-arms itself for the new
+        // deadline; one more would make two.
         p.due = true;
         p.due_at = at;
         if core::mem::take(&mut p.overdue) {
