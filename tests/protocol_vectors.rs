@@ -1181,3 +1181,19 @@ fn trickled_bytes_do_not_extend_the_handshake() {
     dec.push(&buf[..n]);
     assert_eq!(dec.decode(), Some(Ok(want)));
 }
+
+/// Where PROTOCOL.md says which version a device's `Hello` carries, it names
+/// the version the code speaks (both places said 3 after version 4 came).
+#[test]
+fn the_spec_names_the_current_version_for_the_hello() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md");
+    let text = std::fs::read_to_string(path).expect("PROTOCOL.md at the crate root");
+    let v = PROTOCOL_VERSION;
+    for want in [
+        format!("# mdm-sync protocol, version {v}\n"),
+        format!("| protocol version the device speaks ({v}) |"),
+        format!("`Hello` carries: `version` {v};"),
+    ] {
+        assert!(text.contains(&want), "PROTOCOL.md lacks: {want}");
+    }
+}

@@ -77,3 +77,36 @@ fn one_whole_sync_is_far_smaller_than_json() {
     assert_eq!(rows.len(), 11, "{rows:?}");
     assert!(ours * 2 < json, "ours {ours} bytes, JSON {json} bytes");
 }
+
+/// The README's "Bytes on the wire" table is this test's (its two acks on one
+/// row): a protocol change that moves a size must move the README too.
+#[test]
+fn the_readme_table_matches() {
+    let readme = include_str!("../README.md");
+    let rows = rows();
+    let mut want = Vec::new();
+    let acks: Vec<_> = rows.iter().filter(|r| r.1 == "Ack").collect();
+    for (dir, kind, o, j) in rows.iter().filter(|r| r.1 != "Ack") {
+        want.push(format!("| {dir} | {kind} | {o} | {j} |"));
+    }
+    let (ack_o, ack_j) = acks.iter().fold((0, 0), |(o, j), r| (o + r.2, j + r.3));
+    want.push(format!(
+        "| down | Ack ×{} | {ack_o} | {ack_j} |",
+        acks.len()
+    ));
+    let ours: usize = rows.iter().map(|r| r.2).sum();
+    let json: usize = rows.iter().map(|r| r.3).sum();
+    let thousands = |n: usize| match n {
+        0..1000 => n.to_string(),
+        _ => format!("{},{:03}", n / 1000, n % 1000),
+    };
+    want.push(format!(
+        "| | **whole sync, {} messages** | **{}** | **{} ",
+        rows.len(),
+        thousands(ours),
+        thousands(json)
+    ));
+    for line in want {
+        assert!(readme.contains(&line), "README lacks the row: {line}");
+    }
+}
