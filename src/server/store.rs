@@ -459,8 +459,15 @@ impl MemoryStore {
         let Some(open) = self.open.get_mut(&device) else {
             return;
         };
-        if let Some(p) = open.iter().position(|t| *t == id) {
-            open.remove(p);
+        match open.iter().position(|t| *t == id) {
+            // The newest (often the only) one: nothing to shift.
+            Some(p) if p + 1 == open.len() => {
+                open.pop();
+            }
+            Some(p) => {
+                open.remove(p);
+            }
+            None => {}
         }
         if open.is_empty() {
             if let Some(list) = self.open.remove(&device) {
