@@ -801,21 +801,23 @@ impl FleetStore for MemoryStore {
         // The task is found once and changed where it is; its device's open
         // list is touched only if the change moves it in or out of it (the
         // device stays: see the trait).
-        let mut task = None;
-        if let Some(stored) = self.tasks.get_mut(&id) {
-            let was_final = stored.state.is_final();
-            if update(stored, &mut c.seqs) {
-                let t = *stored;
-                match (was_final, t.state.is_final()) {
-                    (false, true) => self.unindex_task(t.device, t.id),
-                    (true, false) => self.index_task(&t),
-                    _ => {}
-                }
-                task = Some(t);
-            }
+        let Some(stored) = self.tasks.get_mut(&id) else {
+            self.commit_device(&c);
+            return Ok(None);
+        };
+        let was_final = stored.state.is_final();
+        if !update(stored, &mut c.seqs) {
+            self.commit_device(&c);
+            return Ok(None);
+        }
+        let task = *stored;
+        match (was_final, task.state.is_final()) {
+            (false, true) => self.unindex_task(task.device, task.id),
+            (true, false) => self.index_task(&task),
+            _ => {}
         }
         self.commit_device(&c);
-        Ok(task)
+        Ok(Some(task))
     }
 
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
