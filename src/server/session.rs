@@ -910,27 +910,29 @@ impl<S: FleetStore> Server<S> {
             task: None,
             compliance: None,
         };
-        let (task, policy_state, event);
+        let (policy_state, event);
         match body {
             ReportBody::Task { task: id, status } => {
-                task = self.apply_status(conn, device, id, status, now)?;
-                // Any status for an offer means the device accepted its seq.
-                if let Some(t) = task
-                    .as_ref()
-                    .filter(|t| seq_newer(t.seq, seqs.last_task_seq))
-                {
-                    commit.seqs.last_task_seq = t.seq;
+                let mut update = |t: &mut TaskRecord, seqs: &mut ReportSeqs| {
+                    let changed = apply_status(t, conn, device, status, now);
+                    // Any status for an offer means the device accepted its seq.
+                    if changed && seq_newer(t.seq, seqs.last_task_seq) {
+                        seqs.last_task_seq = t.seq;
+                    }
+                    changed
+                };
+                let task = self.store.commit_task_report(commit, id, &mut update)?;
+                // Durable now: to be acknowledged; tell the console.
+                if let Some(t) = &task {
+                    self.task_changed(t);
                 }
-                commit.task = task.as_ref();
-                event = None;
+                return Ok(seq);
             }
             ReportBody::Compliance(e) => {
-                task = None;
                 commit.compliance = Some(e);
-                event = Some(ServerEvent::Compliance { device, event: e });
+                event = ServerEvent::Compliance { device, event: e };
             }
             ReportBody::Policy(r) => {
-                task = None;
                 commit.policy_version = Some(r.version);
                 // A report on an older version leaves a newer assignment pending.
                 let assigned = self.store.policy(device)?.map_or(0, |p| p.version);
@@ -942,51 +944,13 @@ impl<S: FleetStore> Server<S> {
                     commit.policy_state = Some(&policy_state);
                     policy_state.clone()
                 };
-                event = Some(ServerEvent::PolicyReported { device, state });
+                event = ServerEvent::PolicyReported { device, state };
             }
         }
         self.store.commit_report(commit)?;
         // Durable now: to be acknowledged; tell the console.
-        if let Some(t) = &task {
-            self.task_changed(t);
-        }
-        if let Some(e) = event {
-            self.events.push_back(e);
-        }
+        self.events.push_back(event);
         Ok(seq)
-    }
-
-    /// The task record a status report leads to, or `None` when it changes
-    /// nothing (another device's task, or one already final).
-    fn apply_status(
-        &mut self,
-        conn: ConnId,
-        device: wire::DeviceId,
-        id: TaskId,
-        status: TaskStatus,
-        now: Instant,
-    ) -> Result<Option<TaskRecord>, S> {
-        let Some(mut t) = self.store.task(id)?.filter(|t| t.device == device) else {
-            return Ok(None);
-        };
-        if t.state.is_final() {
-            return Ok(None);
-        }
-        t.state = match status {
-            TaskStatus::Received => TaskState::Delivered,
-            TaskStatus::Succeeded { result } => TaskState::Succeeded { result },
-            TaskStatus::Failed { reason } => TaskState::Failed { reason },
-            TaskStatus::Cancelled => TaskState::Cancelled,
-            TaskStatus::Deferred { .. } if t.cancel_requested => TaskState::Cancelled,
-            TaskStatus::Deferred { retry_after_s } => {
-                t.deferred_in = conn.0;
-                TaskState::Deferred { retry_after_s }
-            }
-        };
-        if t.state.is_final() {
-            t.finished_at = Some(now);
-        }
-        Ok(Some(t))
     }
 
     /// Progress of task `id` from the session of `device`.
@@ -1047,6 +1011,35 @@ impl<S: FleetStore> Server<S> {
             None => Ok(()),
         }
     }
+}
+
+/// Applies a status report to `t`, the stored task: `false` when it changes
+/// nothing (another device's task, or one already final).
+fn apply_status(
+    t: &mut TaskRecord,
+    conn: ConnId,
+    device: wire::DeviceId,
+    status: TaskStatus,
+    now: Instant,
+) -> bool {
+    if t.device != device || t.state.is_final() {
+        return false;
+    }
+    t.state = match status {
+        TaskStatus::Received => TaskState::Delivered,
+        TaskStatus::Succeeded { result } => TaskState::Succeeded { result },
+        TaskStatus::Failed { reason } => TaskState::Failed { reason },
+        TaskStatus::Cancelled => TaskState::Cancelled,
+        TaskStatus::Deferred { .. } if t.cancel_requested => TaskState::Cancelled,
+        TaskStatus::Deferred { retry_after_s } => {
+            t.deferred_in = conn.0;
+            TaskState::Deferred { retry_after_s }
+        }
+    };
+    if t.state.is_final() {
+        t.finished_at = Some(now);
+    }
+    true
 }
 
 #[cfg(test)]

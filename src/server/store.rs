@@ -345,6 +345,32 @@ pub trait FleetStore {
     /// device was read just before ([`report_seqs`](Self::report_seqs)); if
     /// it is gone, its fields are not written.
     fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Self::Error>;
+    /// Stores one accepted report about task `id`: `update` is given the
+    /// stored task (if there is one) and the report's new device sequences,
+    /// and says whether the report changes them (it changes nothing when it
+    /// returns `false`); then all is stored as by
+    /// [`commit_report`](Self::commit_report), with `commit.task` set to the
+    /// changed task. Returns that task. `update` changes the task only when
+    /// it returns `true`, and never its id or device. The default reads the task
+    /// ([`task`](Self::task)) and calls `commit_report`; a store may find the
+    /// task once for both.
+    fn commit_task_report(
+        &mut self,
+        commit: ReportCommit<'_>,
+        id: TaskId,
+        update: &mut dyn FnMut(&mut TaskRecord, &mut ReportSeqs) -> bool,
+    ) -> Result<Option<TaskRecord>, Self::Error> {
+        let mut seqs = commit.seqs;
+        let task = self
+            .task(id)?
+            .and_then(|mut t| update(&mut t, &mut seqs).then_some(t));
+        self.commit_report(ReportCommit {
+            seqs,
+            task: task.as_ref(),
+            ..commit
+        })?;
+        Ok(task)
+    }
     /// Visits every device (console queries).
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Self::Error>;
     /// Visits every task, final ones included (console queries).
@@ -408,30 +434,70 @@ impl MemoryStore {
             .retain(|_, t| !t.state.is_final() || t.finished_at.is_none_or(|f| f >= before));
     }
 
+    /// Keeps `rec` in its device's open list exactly while it is not final.
     fn index_task(&mut self, rec: &TaskRecord) {
-        let is_final = rec.state.is_final();
-        let Some(open) = self.open.get_mut(&rec.device) else {
-            if !is_final {
+        if rec.state.is_final() {
+            self.unindex_task(rec.device, rec.id);
+            return;
+        }
+        match self.open.get_mut(&rec.device) {
+            Some(open) => {
+                if !open.contains(&rec.id) {
+                    open.push(rec.id);
+                }
+            }
+            None => {
                 let mut list = self.spare_lists.pop().unwrap_or_default();
                 list.push(rec.id);
                 self.open.insert(rec.device, list);
             }
+        }
+    }
+
+    /// Takes task `id` out of `device`'s open list (it is final).
+    fn unindex_task(&mut self, device: DeviceId, id: TaskId) {
+        let Some(open) = self.open.get_mut(&device) else {
             return;
         };
-        let pos = open.iter().position(|t| *t == rec.id);
-        match (pos, is_final) {
-            (None, false) => open.push(rec.id),
-            (Some(p), true) => {
+        match open.iter().position(|t| *t == id) {
+            // The newest (often the only) one: nothing to shift.
+            Some(p) if p + 1 == open.len() => {
+                open.pop();
+            }
+            Some(p) => {
                 open.remove(p);
             }
-            _ => {}
+            None => {}
         }
         if open.is_empty() {
-            if let Some(list) = self.open.remove(&rec.device) {
+            if let Some(list) = self.open.remove(&device) {
                 if self.spare_lists.len() < MAX_SPARE_LISTS && list.capacity() <= 64 {
                     self.spare_lists.push(list);
                 }
             }
+        }
+    }
+
+    /// The rest of a report's commit once its task is stored: the compliance
+    /// log and the device's fields.
+    fn commit_device(&mut self, c: &ReportCommit<'_>) {
+        if let Some(e) = c.compliance {
+            self.compliance.push((c.device, e));
+        }
+        let Some(i) = self.devices.find(c.device.0) else {
+            return;
+        };
+        if c.policy_version.is_some() || c.policy_state.is_some() {
+            // The policy lives in the row's flags and side maps: rewritten
+            // whole, as `put_device` does.
+            if let Some(row) = self.devices.at(i) {
+                let mut rec = self.unpack(row);
+                c.apply_to(&mut rec);
+                self.replace_row(i, &rec);
+            }
+        } else if let Some(row) = self.devices.at_mut(i) {
+            row.last_report_seq = c.seqs.last_report_seq;
+            row.last_task_seq = c.seqs.last_task_seq;
         }
     }
 
@@ -722,25 +788,36 @@ impl FleetStore for MemoryStore {
         if let Some(t) = c.task {
             self.put_task(t)?;
         }
-        if let Some(e) = c.compliance {
-            self.compliance.push((c.device, e));
-        }
-        let Some(i) = self.devices.find(c.device.0) else {
-            return Ok(());
-        };
-        if c.policy_version.is_some() || c.policy_state.is_some() {
-            // The policy lives in the row's flags and side maps: rewritten
-            // whole, as `put_device` does.
-            if let Some(row) = self.devices.at(i) {
-                let mut rec = self.unpack(row);
-                c.apply_to(&mut rec);
-                self.replace_row(i, &rec);
-            }
-        } else if let Some(row) = self.devices.at_mut(i) {
-            row.last_report_seq = c.seqs.last_report_seq;
-            row.last_task_seq = c.seqs.last_task_seq;
-        }
+        self.commit_device(&c);
         Ok(())
+    }
+
+    fn commit_task_report(
+        &mut self,
+        mut c: ReportCommit<'_>,
+        id: TaskId,
+        update: &mut dyn FnMut(&mut TaskRecord, &mut ReportSeqs) -> bool,
+    ) -> Result<Option<TaskRecord>, Infallible> {
+        // The task is found once and changed where it is; its device's open
+        // list is touched only if the change moves it in or out of it (the
+        // device stays: see the trait).
+        let Some(stored) = self.tasks.get_mut(&id) else {
+            self.commit_device(&c);
+            return Ok(None);
+        };
+        let was_final = stored.state.is_final();
+        if !update(stored, &mut c.seqs) {
+            self.commit_device(&c);
+            return Ok(None);
+        }
+        let task = *stored;
+        match (was_final, task.state.is_final()) {
+            (false, true) => self.unindex_task(task.device, task.id),
+            (true, false) => self.index_task(&task),
+            _ => {}
+        }
+        self.commit_device(&c);
+        Ok(Some(task))
     }
 
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
@@ -916,6 +993,142 @@ mod packing_tests {
         store.commit_report(commit).unwrap();
         assert_eq!(store.device_count(), 0);
         assert_eq!(store.report_seqs(DeviceId(1)).unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod task_report_tests {
+    use super::*;
+
+    /// A `MemoryStore` that keeps the trait's default `commit_task_report`.
+    struct Plain(MemoryStore);
+
+    impl FleetStore for Plain {
+        type Error = Infallible;
+        fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Infallible> {
+            self.0.device(id)
+        }
+        fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
+            self.0.put_device(rec)
+        }
+        fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Arc<str>)>, Infallible> {
+            self.0.push_target(id)
+        }
+        fn set_push_target(
+            &mut self,
+            id: DeviceId,
+            p: Platform,
+            t: &str,
+        ) -> Result<(), Infallible> {
+            self.0.set_push_target(id, p, t)
+        }
+        fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
+            self.0.task(id)
+        }
+        fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Infallible> {
+            self.0.put_task(rec)
+        }
+        fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Infallible> {
+            self.0.open_tasks(device, out)
+        }
+        fn open_task_count(&self, device: DeviceId) -> Result<usize, Infallible> {
+            self.0.open_task_count(device)
+        }
+        fn next_task_id(&mut self) -> Result<TaskId, Infallible> {
+            self.0.next_task_id()
+        }
+        fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Infallible> {
+            self.0.policy(device)
+        }
+        fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Infallible> {
+            self.0.put_policy(device, policy)
+        }
+        fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Infallible> {
+            self.0.commit_report(commit)
+        }
+        fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
+            self.0.for_each_device(f)
+        }
+        fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Infallible> {
+            self.0.for_each_task(f)
+        }
+    }
+
+    fn task(id: u64, device: u64, state: TaskState) -> TaskRecord {
+        TaskRecord {
+            id: TaskId(id),
+            device: DeviceId(device),
+            generation: 0,
+            kind: TaskKind::Lock,
+            state,
+            seq: id as u32,
+            cancel_requested: false,
+            deferred_in: 0,
+            supersede: None,
+            expires_at: None,
+            created_at: Instant::ZERO,
+            finished_at: None,
+        }
+    }
+
+    /// `MemoryStore`'s own `commit_task_report` leaves the store as the
+    /// trait's default does (a read, then `commit_report`), and returns the
+    /// same: for every pair of stored and new state, a change refused by
+    /// `update`, and a task that is not there.
+    #[test]
+    fn the_memory_store_commits_a_task_report_as_the_default_does() {
+        let states = [
+            TaskState::Queued,
+            TaskState::Offered,
+            TaskState::Delivered,
+            TaskState::Succeeded { result: None },
+            TaskState::Cancelled,
+        ];
+        for old in states {
+            for new in states {
+                for accept in [true, false] {
+                    for id in [1, 2, 9] {
+                        let (mut own, mut plain) = (MemoryStore::new(), Plain(MemoryStore::new()));
+                        for store in [&mut own, &mut plain.0] {
+                            store
+                                .put_device(&DeviceRecord::new(DeviceId(5), 0))
+                                .unwrap();
+                            store.put_task(&task(1, 5, old)).unwrap();
+                            store.put_task(&task(2, 5, TaskState::Queued)).unwrap();
+                        }
+                        let commit = ReportCommit {
+                            device: DeviceId(5),
+                            seqs: ReportSeqs {
+                                last_report_seq: 1,
+                                last_task_seq: 0,
+                            },
+                            policy_version: None,
+                            policy_state: None,
+                            task: None,
+                            compliance: None,
+                        };
+                        let mut update = |t: &mut TaskRecord, seqs: &mut ReportSeqs| {
+                            if accept && t.id == TaskId(1) {
+                                t.state = new;
+                                seqs.last_task_seq = t.seq;
+                            }
+                            accept && t.id == TaskId(1)
+                        };
+                        let a = own.commit_task_report(commit, TaskId(id), &mut update);
+                        let b = plain.commit_task_report(commit, TaskId(id), &mut update);
+                        assert_eq!(a, b);
+                        let mut ids = (Vec::new(), Vec::new());
+                        own.open_tasks(DeviceId(5), &mut ids.0).unwrap();
+                        plain.open_tasks(DeviceId(5), &mut ids.1).unwrap();
+                        assert_eq!(ids.0, ids.1, "{old:?} -> {new:?}");
+                        for t in [1, 2, 9].map(TaskId) {
+                            assert_eq!(own.task(t), plain.task(t));
+                        }
+                        assert_eq!(own.device(DeviceId(5)), plain.device(DeviceId(5)));
+                    }
+                }
+            }
+        }
     }
 }
 
