@@ -1008,8 +1008,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.periodic_at = now + self.periodic;
         for i in self.inflight.iter_mut() {
             i.progress = i.progress.or(Some(None));
-            self.progress_news = true;
         }
+        self.progress_news |= !self.inflight.is_empty();
     }
 
     /// The server's report numbering wins when it holds reports numbered

@@ -262,7 +262,7 @@ enum TimerSource {
 /// up once (at a million devices, one cache miss instead of two).
 /// Flat, 24 bytes (`Option`s of `Instant` would make it 40), 32 with its
 /// device's id in a `PushStates` slot, one per device that ever synced.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct PushState {
     /// When the last push was sent, if `pushed`.
     last: Instant,
@@ -278,6 +278,12 @@ struct PushState {
     used: bool,
 }
 
+impl Default for PushState {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// A device's `PushState` in `PushStates`: 32 bytes, two to a cache line.
 #[derive(Clone, Copy, Debug)]
 struct PushSlot {
@@ -289,13 +295,8 @@ impl Entry for PushSlot {
     const FREE: PushSlot = PushSlot {
         id: 0,
         state: PushState {
-            last: Instant::ZERO,
-            due_at: Instant::ZERO,
-            pushed: false,
-            due: false,
-            overdue: false,
-            armed: false,
             used: false,
+            ..PushState::DEFAULT
         },
     };
     fn key(&self) -> Option<u64> {
@@ -326,10 +327,7 @@ impl PushStates {
         if self.0.find(device.0).is_none() {
             self.0.insert_new(PushSlot {
                 id: device.0,
-                state: PushState {
-                    used: true,
-                    ..PushState::default()
-                },
+                state: PushState::default(),
             });
         }
         self.get_mut(&device)
@@ -341,6 +339,19 @@ impl PushStates {
 }
 
 impl PushState {
+    /// A device's state before anything happened: in use, so that a state
+    /// reset to its default never frees its slot in `PushStates` (which
+    /// would cut the probe chain of the devices after it).
+    const DEFAULT: PushState = PushState {
+        last: Instant::ZERO,
+        due_at: Instant::ZERO,
+        pushed: false,
+        due: false,
+        overdue: false,
+        armed: false,
+        used: true,
+    };
+
     fn is_overdue(&self) -> bool {
         self.due && self.overdue
     }

@@ -720,23 +720,15 @@ impl FleetStore for MemoryStore {
         if token.is_empty() {
             return Ok(());
         }
-        let target = PushTarget {
+        let target = || PushTarget {
             id: id.0,
-            token: None,
+            token: Some(token.into()),
             platform,
         };
         match self.push.get_mut(id.0) {
             Some(t) if t.platform == platform && t.token.as_deref() == Some(token) => {}
-            Some(t) => {
-                *t = PushTarget {
-                    token: Some(token.into()),
-                    ..target
-                }
-            }
-            None => self.push.insert_new(PushTarget {
-                token: Some(token.into()),
-                ..target
-            }),
+            Some(t) => *t = target(),
+            None => self.push.insert_new(target()),
         }
         Ok(())
     }
