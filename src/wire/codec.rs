@@ -96,13 +96,18 @@ impl Reader<'_> {
         Ok((n >> 1) as i32 ^ -((n & 1) as i32))
     }
 
-    /// An `Option` tag: 0 for `None`, 1 for `Some`.
-    fn some(&mut self) -> R<bool> {
+    /// A `bool`: 0 or 1.
+    fn bool(&mut self) -> R<bool> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(Fallback),
         }
+    }
+
+    /// An `Option` tag: 0 for `None`, 1 for `Some` (encoded as a `bool`).
+    fn some(&mut self) -> R<bool> {
+        self.bool()
     }
 
     fn opt_u32(&mut self) -> R<Option<u32>> {
@@ -167,17 +172,33 @@ impl Reader<'_> {
 /// the size of a policy, and is built only once, by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SessionDown {
-    Welcome { ack: u32, periodic_s: u32 },
-    Ack { seq: u32 },
+    Welcome {
+        ack: u32,
+        periodic_s: u32,
+        want_token: bool,
+    },
+    Ack {
+        seq: u32,
+    },
     Task(Task),
-    Cancel { task: TaskId },
+    Cancel {
+        task: TaskId,
+    },
     SyncEnd,
 }
 
 impl From<SessionDown> for Down {
     fn from(m: SessionDown) -> Down {
         match m {
-            SessionDown::Welcome { ack, periodic_s } => Down::Welcome { ack, periodic_s },
+            SessionDown::Welcome {
+                ack,
+                periodic_s,
+                want_token,
+            } => Down::Welcome {
+                ack,
+                periodic_s,
+                want_token,
+            },
             SessionDown::Ack { seq } => Down::Ack { seq },
             SessionDown::Task(t) => Down::Task(t),
             SessionDown::Cancel { task } => Down::Cancel { task },
@@ -213,6 +234,7 @@ fn down<M: From<SessionDown>>(bytes: &[u8]) -> R<Option<M>> {
         1 => SessionDown::Welcome {
             ack: r.u32()?,
             periodic_s: r.u32()?,
+            want_token: r.bool()?,
         }
         .into(),
         2 => SessionDown::Ack { seq: r.u32()? }.into(),
@@ -558,7 +580,7 @@ mod tests {
         ) {
             let task = TaskId(id);
             let downs = [
-                Down::Welcome { ack: seq, periodic_s: seq / 3 },
+                Down::Welcome { ack: seq, periodic_s: seq / 3, want_token: seq % 2 == 0 },
                 Down::Ack { seq },
                 Down::Task(Task { seq, id: task, kind: TaskKind::ALL[kind] }),
                 Down::Cancel { task },
