@@ -589,7 +589,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     /// Replaces the push token; it goes to the server with the next sync
-    /// (and with every later one until a `Welcome` confirms it).
+    /// (and with every later one until a `Welcome` confirms it). Known
+    /// limit: an empty token does not withdraw the old one, which the server
+    /// keeps (an empty `Hello.push_token` means "unchanged", PROTOCOL.md 16).
     pub fn set_push_token(
         &mut self,
         token: heapless::String<{ wire::PUSH_TOKEN_MAX }>,
