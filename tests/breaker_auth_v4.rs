@@ -1,5 +1,5 @@
-//! Version 4 handshakes against the server, hostile cases: a version-3
-//! device, proofs with the wrong secret, generation, nonce or `Hello`, and
+//! Version 4 handshakes (authentication unchanged in version 5) against the
+//! server, hostile cases: a version-3 device, proofs with the wrong secret, generation, nonce or `Hello`, and
 //! replays across sessions.
 
 mod common;
@@ -7,7 +7,9 @@ mod common;
 use mdm_sync::auth;
 use mdm_sync::server::{MemoryStore, PeerError, Server, ServerConfig, ServerError};
 use mdm_sync::time::Instant;
-use mdm_sync::wire::{self, frame, DeviceId, Down, ErrorCode, Hello, Platform, SyncTrigger, Up};
+use mdm_sync::wire::{
+    self, frame, DeviceId, Down, ErrorCode, Hello, Platform, SyncTrigger, Up, PROTOCOL_VERSION,
+};
 
 const NOW: Instant = Instant::from_millis(77);
 
@@ -70,7 +72,7 @@ fn challenged(
     let Down::Challenge { nonce, version, .. } = out(s, conn, 0)[0] else {
         panic!("no challenge")
     };
-    assert_eq!(version, 4);
+    assert_eq!(version, PROTOCOL_VERSION);
     (conn, hash, nonce)
 }
 
@@ -90,7 +92,8 @@ const AUTH_FAILED: Result<(), ServerError<core::convert::Infallible>> =
     Err(ServerError::Peer(PeerError::AuthFailed));
 
 /// A version-3 device (its `Hello` is version 4's layout with version 3) of
-/// an enrolled device gets `VersionMismatch { supported: 4 }`, no challenge.
+/// an enrolled device gets `VersionMismatch { supported: PROTOCOL_VERSION }`,
+/// no challenge.
 #[test]
 fn a_version_3_device_gets_a_version_error() {
     let mut s = server();
@@ -105,7 +108,9 @@ fn a_version_3_device_gets_a_version_error() {
     );
     assert_eq!(
         out(&mut s, conn, 0),
-        vec![Down::Error(ErrorCode::VersionMismatch { supported: 4 })]
+        vec![Down::Error(ErrorCode::VersionMismatch {
+            supported: PROTOCOL_VERSION
+        })]
     );
 }
 
@@ -118,8 +123,8 @@ fn wrong_inputs_and_replays_fail() {
     let g0 = s.enroll(id, NOW).unwrap();
     let g1 = s.enroll(id, NOW).unwrap(); // now generation 1
     assert_eq!(g1, auth::derive_secret(&[3; 32], id, 1));
-    let h1 = hello(id.0, 4, 1, "tok");
-    let h0 = hello(id.0, 4, 0, "tok");
+    let h1 = hello(id.0, PROTOCOL_VERSION, 1, "tok");
+    let h0 = hello(id.0, PROTOCOL_VERSION, 0, "tok");
 
     // The old generation's secret, in either generation's Hello.
     for (h, secret) in [(&h0, g0), (&h1, g0), (&h0, g1)] {
@@ -139,7 +144,7 @@ fn wrong_inputs_and_replays_fail() {
     );
     let (conn, _, nonce) = challenged(&mut s, &h1);
     let mut buf = [0u8; 600];
-    let n = frame::encode(&hello(id.0, 4, 1, "tol"), &mut buf).unwrap();
+    let n = frame::encode(&hello(id.0, PROTOCOL_VERSION, 1, "tol"), &mut buf).unwrap();
     let wrong = auth::hello_hash(frame::payload(&buf[..n]));
     assert_eq!(
         prove(&mut s, conn, &nonce, auth::proof(&g1, &nonce, &wrong)),

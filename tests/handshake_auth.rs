@@ -713,6 +713,7 @@ fn after_the_proof_the_challenge_again_and_an_unkeyed_error_are_dropped() {
     let welcome = Down::Welcome {
         ack: 0,
         periodic_s: 0,
+        want_token: false,
     };
     let n = frame::encode_keyed(&welcome, &mut buf, frame::session_key(&nonce)).unwrap();
     d.handle_bytes(&buf[..n], NOW).unwrap();

@@ -529,6 +529,15 @@ fn down_vectors() -> Vec<Vector> {
             Down::Welcome {
                 ack: 5,
                 periodic_s: 10_800,
+                want_token: false,
+            },
+        ),
+        down(
+            "welcome-want-token",
+            Down::Welcome {
+                ack: 5,
+                periodic_s: 10_800,
+                want_token: true,
             },
         ),
     ];
@@ -620,6 +629,7 @@ fn handshake<const O: usize, const I: usize>(d: &mut Device<O, I>, now: Instant)
     let welcome = Down::Welcome {
         ack: 0,
         periodic_s: 0,
+        want_token: false,
     };
     d.handle_bytes(&down_frame(&welcome), now).unwrap();
 }
@@ -714,6 +724,7 @@ fn bounds() -> Vec<(&'static str, usize)> {
             payload_len(&Down::Welcome {
                 ack: u32::MAX,
                 periodic_s: u32::MAX,
+                want_token: true,
             }),
         ),
         ("ack", payload_len(&Down::Ack { seq: u32::MAX })),

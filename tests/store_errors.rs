@@ -46,7 +46,7 @@ impl FleetStore for Flaky {
         }
         ok(self.inner.push_target(id))
     }
-    fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<(), Down> {
+    fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<bool, Down> {
         if core::mem::take(&mut self.fail) {
             return Err(Down);
         }

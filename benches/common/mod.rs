@@ -135,6 +135,7 @@ pub fn down_messages() -> Vec<(&'static str, Down)> {
             Down::Welcome {
                 ack: 1_016,
                 periodic_s: 10_800,
+                want_token: false,
             },
         ),
         ("down_ack", Down::Ack { seq: 1_017 }),
@@ -359,7 +360,8 @@ pub struct Recorded {
 }
 
 /// One whole sync: boot sync with the handshake, one task, its status and
-/// one policy.
+/// one policy. Its `Hello` carries the device's push token, as the first
+/// sync after each boot does (PROTOCOL.md 7.2).
 pub fn recorded_sync() -> Recorded {
     let mut rig = Rig::new();
     rig.queue(TaskKind::Lock);
@@ -370,6 +372,29 @@ pub fn recorded_sync() -> Recorded {
     rig.device.handle_timeout(rig.now);
     rig.pump();
     assert_eq!(rig.syncs_done, 1, "the sync did not complete");
+    recording(rig)
+}
+
+/// The same sync as [`recorded_sync`] after the boot sync, started by the
+/// server's push: its `Hello` carries no push token, which the server
+/// confirmed in the boot sync.
+pub fn recorded_steady_sync() -> Recorded {
+    let mut rig = Rig::new();
+    rig.device.handle_timeout(rig.now);
+    rig.pump();
+    rig.advance(Duration::from_mins(10));
+    rig.queue(TaskKind::Lock);
+    rig.server
+        .assign_policy(rig.id, &sample_policy(1).settings, rig.now)
+        .unwrap();
+    rig.record = Some((Vec::new(), Vec::new()));
+    rig.pump();
+    assert_eq!(rig.syncs_done, 2, "the sync did not complete");
+    recording(rig)
+}
+
+/// What `rig` recorded, with its session's key.
+fn recording(mut rig: Rig) -> Recorded {
     let (up, down) = rig.record.take().unwrap();
     // The first frame down is the challenge, unkeyed; its nonce gives the key.
     let mut dec = FrameDecoder::<{ MAX_FRAME }>::new();
@@ -428,9 +453,12 @@ pub struct SyncInput {
 pub struct Fleet {
     server: Server<MemoryStore>,
     devices: u64,
-    /// Per device: last task sequence accepted, last report sequence sent.
+    /// Per device: last task sequence accepted, last report sequence sent,
+    /// and whether the server has confirmed its push token (the device
+    /// engine sends its token until then, none after: PROTOCOL.md 7.2).
     task_seq: Vec<u32>,
     report_seq: Vec<u32>,
+    token_confirmed: Vec<bool>,
     nonces: u64,
     next_task: u64,
     now: Instant,
@@ -455,6 +483,7 @@ impl Fleet {
             devices,
             task_seq: vec![0; devices as usize],
             report_seq: vec![0; devices as usize],
+            token_confirmed: vec![false; devices as usize],
             nonces: 0,
             next_task: 0,
             now: T0,
@@ -462,7 +491,8 @@ impl Fleet {
             out: Box::new([0; 8192]),
             inputs: Vec::new(),
         };
-        // Every device syncs once, so each has a push token like a real fleet.
+        // Every device syncs once, with its push token, so each has one like
+        // a real fleet; later syncs carry none, as the device engine's.
         for start in (0..devices).step_by(4096) {
             fleet.prepare((start..devices.min(start + 4096)).map(DeviceId));
             fleet.run_prepared(true);
@@ -503,7 +533,11 @@ impl Fleet {
             device,
             generation: 0,
             platform: Platform::Android,
-            push_token: heapless::String::try_from(FCM_TOKEN).unwrap(),
+            push_token: if self.token_confirmed[i] {
+                heapless::String::new()
+            } else {
+                heapless::String::try_from(FCM_TOKEN).unwrap()
+            },
             trigger: SyncTrigger::Push,
             last_task_seq: self.task_seq[i],
             policy_version: 0,
@@ -523,6 +557,7 @@ impl Fleet {
         let reports = encode(&report(r + 1, TaskStatus::Succeeded { result: None }), key);
         self.task_seq[i] += 1;
         self.report_seq[i] += 1;
+        self.token_confirmed[i] = true;
         SyncInput {
             device,
             task,
@@ -567,7 +602,11 @@ impl Fleet {
             let nonce = auth::nonce(&NONCE_SEED, input.nonce_counter);
             assert!(matches!(challenge[..], [Down::Challenge { nonce: n, .. }] if n == nonce));
             assert!(
-                matches!(offers[..], [Down::Welcome { .. }, Down::Task(t), Down::SyncEnd] if t.id == task),
+                matches!(
+                    offers[..],
+                    [Down::Welcome { want_token: false, .. }, Down::Task(t), Down::SyncEnd]
+                    if t.id == task
+                ),
                 "{offers:?}"
             );
             assert!(matches!(acks[..], [Down::Ack { .. }]), "{acks:?}");

@@ -170,7 +170,7 @@ pub enum FDown {
     /// stale one).
     Challenge(Option<u16>, [u8; 16], Option<u8>),
     /// See [`Down::Welcome`].
-    Welcome(u32, u32),
+    Welcome(u32, u32, bool),
     /// See [`Down::Ack`].
     Ack(u32),
     /// A task with an arbitrary sequence.
@@ -194,7 +194,11 @@ impl FDown {
                 attempt: stale.map_or(attempt, |k| attempt.wrapping_sub(u64::from(k) + 1)),
                 nonce,
             },
-            FDown::Welcome(ack, periodic_s) => Down::Welcome { ack, periodic_s },
+            FDown::Welcome(ack, periodic_s, want_token) => Down::Welcome {
+                ack,
+                periodic_s,
+                want_token,
+            },
             FDown::Ack(seq) => Down::Ack { seq },
             FDown::Task(seq, id, k) => Down::Task(Task {
                 seq,

@@ -50,8 +50,9 @@ fn device_harness_keys_its_messages_after_the_challenge() {
     s.tag(dop::FEED_MSG).u32(variant(0, 8)).u8(0);
     s.0.extend_from_slice(&[0x11; 16]);
     s.u8(0);
-    // FDown::Welcome(ack 0, periodic 0), then the next task offer.
-    s.tag(dop::FEED_MSG).u32(variant(1, 8)).u32(0).u32(0);
+    // FDown::Welcome(ack 0, periodic 0, token not wanted), then the next
+    // task offer.
+    s.tag(dop::FEED_MSG).u32(variant(1, 8)).u32(0).u32(0).u8(0);
     s.tag(dop::NEXT_TASK).u8(0).u16(7).u8(0);
     assert_eq!(mdm_sync_fuzz::device::run_counting(&s.0), 1);
 }

@@ -54,7 +54,9 @@ pub struct DeviceConfig {
     pub secret: Secret,
     /// Android or iOS.
     pub platform: Platform,
-    /// The current push token.
+    /// The current push token, sent to the server until it confirms it
+    /// (once per boot, see [`Device::set_push_token`](super::Device::set_push_token)
+    /// for a change while running).
     pub push_token: String<PUSH_TOKEN_MAX>,
     /// Timer settings.
     pub timers: DeviceTimers,

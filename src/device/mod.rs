@@ -437,6 +437,14 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // Its hint, or a task that runs, decides then.
     refused_resync: bool,
     app_deferred: bool,
+    // The server holds `cfg.push_token`: a `Welcome` that did not ask for
+    // the token answered a `Hello` that carried it. Hellos then carry none.
+    // RAM only, not in the snapshot: the first session of each boot sends
+    // the token again, one resend per boot (PROTOCOL.md 7.2).
+    token_confirmed: bool,
+    // This session's `Hello` carried the current push token (cleared when the
+    // token changes during the session): its `Welcome` may confirm it.
+    hello_token: bool,
     // The server answered a report with `SequenceGap` in the last session:
     // it holds fewer reports than it once acknowledged, and the next
     // `Welcome`'s lower ack is believed (see `adopt_server_numbering`).
@@ -519,6 +527,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             refused_resync: false,
             server_behind: false,
             app_deferred: false,
+            token_confirmed: false,
+            hello_token: false,
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
@@ -578,13 +588,20 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.periodic
     }
 
-    /// Replaces the push token; it goes to the server with the next sync.
+    /// Replaces the push token; it goes to the server with the next sync
+    /// (and with every later one until a `Welcome` confirms it). Known
+    /// limit: an empty token does not withdraw the old one, which the server
+    /// keeps (an empty `Hello.push_token` means "unchanged", PROTOCOL.md 16).
     pub fn set_push_token(
         &mut self,
         token: heapless::String<{ wire::PUSH_TOKEN_MAX }>,
         now: Instant,
     ) {
         self.cfg.push_token = token;
+        // A Hello under way carried the old token, if any: its Welcome
+        // confirms nothing.
+        self.token_confirmed = false;
+        self.hello_token = false;
         // A session under way may have sent its Hello with the old token:
         // this want outlives it (its Welcome clears only what it served).
         self.session_wants.0 &= !(1 << SyncTrigger::Report.index());
@@ -928,8 +945,16 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 trace!("challenge answered, awaiting welcome");
                 Ok(())
             }
-            (Link::AwaitWelcome, Down::Welcome { ack, periodic_s }) => {
+            (
+                Link::AwaitWelcome,
+                Down::Welcome {
+                    ack,
+                    periodic_s,
+                    want_token,
+                },
+            ) => {
                 self.on_welcome(ack, periodic_s, now);
+                self.on_token_answer(want_token);
                 Ok(())
             }
             (Link::Syncing, Down::Ack { seq }) => {
@@ -1010,6 +1035,26 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             i.progress = i.progress.or(Some(None));
         }
         self.progress_news |= !self.inflight.is_empty();
+    }
+
+    /// What the `Welcome` says of the push token. Unasked, it confirms the
+    /// token this session's `Hello` carried: later Hellos carry none. Asked
+    /// for it, the device sends it in its next `Hello`; when this session's
+    /// carried none, that next session follows at once (one more sync per
+    /// request, and only when the server lost a token it once confirmed: a
+    /// request answering a `Hello` with the token, or a device without one,
+    /// waits for the next sync, so a server that cannot store the token
+    /// causes no loop).
+    fn on_token_answer(&mut self, want_token: bool) {
+        if !want_token {
+            self.token_confirmed |= self.hello_token;
+            return;
+        }
+        debug!("the server asks for the push token");
+        self.token_confirmed = false;
+        if !self.hello_token && !self.cfg.push_token.is_empty() {
+            self.wants.set(SyncTrigger::Report);
+        }
     }
 
     /// The server's report numbering wins when it holds reports numbered
@@ -1390,6 +1435,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if let Up::Hello(_) = msg {
             self.hello_hash = crate::auth::hello_hash(frame::payload(&buf[..n]));
             self.send_hello = false;
+            self.hello_token = !self.token_confirmed;
         } else {
             self.proof = None;
         }
@@ -1413,14 +1459,21 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.outbox.iter_mut().find(|e| !e.sent())
     }
 
+    /// The session's `Hello`: with the push token until the server has
+    /// confirmed it (see `token_confirmed`), else with an empty one.
     fn hello(&self) -> Hello {
+        let push_token = if self.token_confirmed {
+            heapless::String::new()
+        } else {
+            self.cfg.push_token.clone()
+        };
         Hello {
             version: PROTOCOL_VERSION,
             attempt: self.attempt,
             device: self.cfg.id,
             generation: self.cfg.generation,
             platform: self.cfg.platform,
-            push_token: self.cfg.push_token.clone(),
+            push_token,
             trigger: self.trigger,
             last_task_seq: self.last_task_seq,
             policy_version: self.policy_version,

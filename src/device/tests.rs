@@ -36,6 +36,7 @@ fn syncing<const O: usize, const I: usize>() -> Device<O, I> {
         &Down::Welcome {
             ack: 0,
             periodic_s: 0,
+            want_token: false,
         },
     );
     d
@@ -445,6 +446,7 @@ fn down(msg: u8, arg: u8) -> Down {
         5 => Down::Welcome {
             ack: small,
             periodic_s: 0,
+            want_token: arg & 1 != 0,
         },
         _ => Down::Error(ErrorCode::Busy),
     }
@@ -672,7 +674,13 @@ fn snapshots_along_random_runs_are_what_serde_writes() {
                             None => arg,
                         };
                         let ack = d.next_report_seq.wrapping_sub(1 + (arg >> 4) % 3);
-                        feed_at(&mut d, &Down::Welcome { ack, periodic_s }, now);
+                        let want_token = arg & 0x100 != 0;
+                        let welcome = Down::Welcome {
+                            ack,
+                            periodic_s,
+                            want_token,
+                        };
+                        feed_at(&mut d, &welcome, now);
                     }
                 }
                 2 => {
@@ -754,4 +762,202 @@ fn a_configured_periodic_interval_is_clamped_and_survives_a_reboot() {
         let r = Device::<16, 4>::restore(c, &buf[..n], T0).unwrap();
         assert_eq!(r.periodic_interval(), want, "after a reboot, set {set:?}");
     }
+}
+
+// ---- the push token (protocol version 5) ------------------------------------
+
+fn token(s: &str) -> heapless::String<{ wire::PUSH_TOKEN_MAX }> {
+    heapless::String::try_from(s).unwrap()
+}
+
+fn with_token(t: &str) -> DeviceConfig {
+    let mut c = cfg();
+    c.push_token = token(t);
+    c
+}
+
+/// Connects if a sync is wanted at `now` and sends the `Hello`: `None` when
+/// no sync was wanted.
+fn open(d: &mut Device, now: Instant) -> Option<Hello> {
+    d.handle_timeout(now);
+    drain(d);
+    if d.link != Link::Connecting {
+        return None;
+    }
+    d.connected(now);
+    let mut buf = [0u8; 600];
+    let n = d.poll_transmit(&mut buf).unwrap().expect("a hello");
+    match wire::decode::<Up>(frame::payload(&buf[..n])) {
+        Ok(Up::Hello(h)) => Some(h),
+        other => panic!("not a hello: {other:?}"),
+    }
+}
+
+/// Answers the open session's `Hello` up to its `Welcome`, which asks for
+/// the token when `want_token`.
+fn welcome(d: &mut Device, want_token: bool, now: Instant) {
+    let attempt = d.attempt;
+    let challenge = Down::Challenge {
+        version: PROTOCOL_VERSION,
+        attempt,
+        nonce: [1; 16],
+    };
+    feed_at(d, &challenge, now);
+    let mut buf = [0u8; 600];
+    assert!(d.poll_transmit(&mut buf).unwrap().is_some(), "a proof");
+    let welcome = Down::Welcome {
+        ack: d.next_report_seq.wrapping_sub(1),
+        periodic_s: 0,
+        want_token,
+    };
+    feed_at(d, &welcome, now);
+    assert_eq!(d.link, Link::Syncing);
+}
+
+/// A whole sync at `now`, its `Welcome` asking for the token when
+/// `want_token`; returns its `Hello`, `None` when no sync was wanted.
+fn sync(d: &mut Device, want_token: bool, now: Instant) -> Option<Hello> {
+    let hello = open(d, now)?;
+    welcome(d, want_token, now);
+    feed_at(d, &Down::SyncEnd, now);
+    let done = drain(d).iter().any(|e| matches!(e, Event::SyncDone { .. }));
+    assert!(done, "the sync did not complete");
+    Some(hello)
+}
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// A manual sync at `now`: its `Hello` carries no token.
+fn steady(d: &mut Device, now: Instant) {
+    d.manual_sync(now);
+    let hello = sync(d, false, now).expect("a manual sync");
+    assert!(hello.push_token.is_empty(), "{hello:?}");
+}
+
+#[test]
+fn a_confirmed_token_is_not_sent_again() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    let first = sync(&mut d, false, T0).unwrap();
+    assert_eq!(
+        first.push_token,
+        token("fcm:one"),
+        "the boot sync carries it"
+    );
+    steady(&mut d, T0 + MIN);
+    d.push_received(T0 + MIN + MIN);
+    let third = sync(&mut d, false, T0 + MIN + MIN).unwrap();
+    assert!(third.push_token.is_empty(), "{third:?}");
+}
+
+#[test]
+fn a_session_that_ends_before_its_welcome_confirms_nothing() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    // Closed after the challenge, before the welcome.
+    let hello = open(&mut d, T0).unwrap();
+    assert_eq!(hello.push_token, token("fcm:one"));
+    let attempt = d.attempt;
+    let challenge = Down::Challenge {
+        version: PROTOCOL_VERSION,
+        attempt,
+        nonce: [1; 16],
+    };
+    feed_at(&mut d, &challenge, T0);
+    d.disconnected(T0);
+    // The retry after the backoff carries the token again.
+    let retry = T0 + d.cfg.timers.backoff_max;
+    let again = sync(&mut d, false, retry).unwrap();
+    assert_eq!(again.push_token, token("fcm:one"));
+    steady(&mut d, retry + MIN);
+}
+
+#[test]
+fn a_reboot_sends_the_token_once_more() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    sync(&mut d, false, T0).unwrap();
+    let mut snap = [0u8; 1024];
+    let n = d.snapshot(&mut snap).unwrap();
+    let mut r: Device = Device::restore(with_token("fcm:one"), &snap[..n], T0 + MIN).unwrap();
+    r.manual_sync(T0 + MIN);
+    let hello = sync(&mut r, false, T0 + MIN).unwrap();
+    assert_eq!(
+        hello.push_token,
+        token("fcm:one"),
+        "not sent after the reboot"
+    );
+    steady(&mut r, T0 + MIN + MIN);
+}
+
+#[test]
+fn a_new_token_is_sent_until_a_welcome_confirms_it() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    sync(&mut d, false, T0).unwrap();
+    let t1 = T0 + MIN;
+    d.set_push_token(token("fcm:two"), t1);
+    let hello = sync(&mut d, false, t1).expect("a new token starts a sync");
+    assert_eq!(hello.push_token, token("fcm:two"));
+    steady(&mut d, t1 + MIN);
+}
+
+#[test]
+fn a_token_changed_after_the_hello_is_not_confirmed_by_its_welcome() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    let hello = open(&mut d, T0).unwrap();
+    assert_eq!(hello.push_token, token("fcm:one"));
+    d.set_push_token(token("fcm:two"), T0);
+    welcome(&mut d, false, T0);
+    feed_at(&mut d, &Down::SyncEnd, T0);
+    drain(&mut d);
+    // The change wants a sync of its own, which carries the new token.
+    let next = sync(&mut d, false, T0).expect("the change starts a sync");
+    assert_eq!(next.push_token, token("fcm:two"));
+}
+
+#[test]
+fn a_welcome_asking_for_the_token_brings_it_in_a_sync_at_once() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    sync(&mut d, false, T0).unwrap();
+    let t1 = T0 + MIN;
+    d.push_received(t1);
+    // The server lost the token: this Hello had none, the Welcome asks.
+    let hello = sync(&mut d, true, t1).unwrap();
+    assert!(hello.push_token.is_empty());
+    let resend = sync(&mut d, false, t1).expect("no sync follows the request");
+    assert_eq!(resend.trigger, SyncTrigger::Report);
+    assert_eq!(resend.push_token, token("fcm:one"));
+    assert!(sync(&mut d, false, t1).is_none(), "a second extra sync");
+    steady(&mut d, t1 + MIN);
+}
+
+#[test]
+fn a_request_answering_a_hello_with_the_token_waits_for_the_next_sync() {
+    // A server that cannot keep the token asks every time: no sync loop,
+    // and the token rides on every later Hello.
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    let mut now = T0;
+    for _ in 0..3 {
+        let hello = sync(&mut d, true, now).unwrap();
+        assert_eq!(hello.push_token, token("fcm:one"));
+        assert!(sync(&mut d, true, now).is_none(), "a sync loop");
+        now = now + MIN;
+        d.manual_sync(now);
+    }
+}
+
+#[test]
+fn a_device_without_a_token_never_loops_on_the_request() {
+    let mut d: Device = Device::new(cfg(), T0);
+    assert!(d.cfg.push_token.is_empty());
+    let mut now = T0;
+    for _ in 0..3 {
+        let hello = sync(&mut d, true, now).unwrap();
+        assert!(hello.push_token.is_empty());
+        assert!(sync(&mut d, true, now).is_none(), "a sync loop");
+        now = now + MIN;
+        d.manual_sync(now);
+    }
+    // Asked even after a Welcome confirmed its (empty) token: still none.
+    sync(&mut d, false, now).unwrap();
+    d.manual_sync(now + MIN);
+    sync(&mut d, true, now + MIN).unwrap();
+    assert!(sync(&mut d, true, now + MIN).is_none(), "a sync loop");
 }

@@ -648,7 +648,10 @@ impl<S: FleetStore> Server<S> {
         if superseded {
             return Err(ServerError::Peer(PeerError::Superseded));
         }
-        self.store
+        // An empty token leaves the stored one; without one stored, the
+        // Welcome asks the device for it (PROTOCOL.md 6.5).
+        let has_target = self
+            .store
             .set_push_target(id, hello.platform, &hello.push_token)?;
         if seq_newer(rec.last_task_seq, hello.last_task_seq) {
             self.device_state_lost(id, now)?;
@@ -691,6 +694,7 @@ impl<S: FleetStore> Server<S> {
             &Down::Welcome {
                 ack: rec.last_report_seq,
                 periodic_s,
+                want_token: !has_target,
             },
         );
         let trigger = hello.trigger;

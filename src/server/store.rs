@@ -316,14 +316,24 @@ pub trait FleetStore {
     fn prefetch_push_target(&self, id: DeviceId) {
         let _ = id;
     }
-    /// Records platform and push token (called on every handshake; a store
-    /// may skip the write when nothing changed).
+    /// Records platform and push token, called on every handshake with the
+    /// `Hello`'s. An empty token means "unchanged" (a device sends its token
+    /// only until the server confirmed it, PROTOCOL.md 7.2): the stored
+    /// target, if any, stays as it is. A store may skip the write when
+    /// nothing changed.
+    ///
+    /// Returns whether the store holds a push target for `id` after the
+    /// call; the engine asks the device for its token (`Welcome.want_token`)
+    /// when it does not. Called on every handshake, mostly with an empty
+    /// token: a store should answer that case without reading the token
+    /// itself (`MemoryStore` reads a flag of the device's row, which the
+    /// handshake has just read).
     fn set_push_target(
         &mut self,
         id: DeviceId,
         platform: Platform,
         token: &str,
-    ) -> Result<(), Self::Error>;
+    ) -> Result<bool, Self::Error>;
     /// One task.
     fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Self::Error>;
     /// Inserts or replaces a task.
@@ -514,6 +524,8 @@ impl MemoryStore {
             sync_lo: 0,
             sync_hi: 0,
             flags: OCCUPIED,
+            // Not part of the record: kept from the row it replaces.
+            has_push: old.is_some_and(|o| o.has_push),
         };
         if let Some((at, trigger)) = rec.last_sync {
             row.flags |= HAS_SYNC | (trigger.index() as u8) << TRIGGER_SHIFT;
@@ -618,6 +630,11 @@ struct Row {
     sync_lo: u32,
     sync_hi: u16,
     flags: u8,
+    /// `MemoryStore::push` holds a target for this device: read on each
+    /// handshake in place of the push table (a cache miss at a million
+    /// devices). Kept apart from `flags`, whose bits are all taken, in what
+    /// was the row's padding byte.
+    has_push: bool,
 }
 
 impl Row {
@@ -631,6 +648,7 @@ impl Row {
         sync_lo: 0,
         sync_hi: 0,
         flags: 0,
+        has_push: false,
     };
 
     fn policy_tag(&self) -> u8 {
@@ -686,7 +704,9 @@ impl FleetStore for MemoryStore {
         match self.devices.find(rec.id.0) {
             Some(i) => self.replace_row(i, rec),
             None => {
-                let row = self.pack(rec, None);
+                let mut row = self.pack(rec, None);
+                // A target set before the device was enrolled.
+                row.has_push = self.push.get(rec.id.0).is_some();
                 self.devices.insert_new(row);
             }
         }
@@ -716,9 +736,13 @@ impl FleetStore for MemoryStore {
         id: DeviceId,
         platform: Platform,
         token: &str,
-    ) -> Result<(), Infallible> {
+    ) -> Result<bool, Infallible> {
         if token.is_empty() {
-            return Ok(());
+            // The row, not the push table: the handshake has just read it.
+            return Ok(match self.devices.get(id.0) {
+                Some(row) => row.has_push,
+                None => self.push.get(id.0).is_some(),
+            });
         }
         let target = || PushTarget {
             id: id.0,
@@ -730,7 +754,10 @@ impl FleetStore for MemoryStore {
             Some(t) => *t = target(),
             None => self.push.insert_new(target()),
         }
-        Ok(())
+        if let Some(row) = self.devices.get_mut(id.0) {
+            row.has_push = true;
+        }
+        Ok(true)
     }
 
     fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
@@ -1011,7 +1038,7 @@ mod task_report_tests {
             id: DeviceId,
             p: Platform,
             t: &str,
-        ) -> Result<(), Infallible> {
+        ) -> Result<bool, Infallible> {
             self.0.set_push_target(id, p, t)
         }
         fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
@@ -1194,21 +1221,29 @@ mod table_tests {
 
     proptest! {
         /// Random push targets set and read against a map: a new token or
-        /// platform replaces the old one, an empty token changes nothing.
+        /// platform replaces the old one, an empty token changes nothing,
+        /// and the answer says whether a target is held, for devices
+        /// enrolled (or written again) before, after or never.
         #[test]
         fn push_targets_match_a_map(
-            ops in proptest::collection::vec((0u64..48, 0usize..4, any::<bool>()), 0..300),
+            ops in proptest::collection::vec(
+                (0u64..48, 0usize..4, any::<bool>(), 0u8..4), 0..300,
+            ),
         ) {
             let tokens = ["", "a", "b", &"t".repeat(144)];
             let mut store = MemoryStore::new();
             let mut model = StdMap::new();
-            for (id, token, ios) in ops {
+            for (id, token, ios, put) in ops {
                 let platform = if ios { Platform::Ios } else { Platform::Android };
                 let (id, token) = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15), tokens[token]);
-                store.set_push_target(DeviceId(id), platform, token).unwrap();
+                if put == 0 {
+                    store.put_device(&record(id, token.len() as u32)).unwrap();
+                }
+                let has = store.set_push_target(DeviceId(id), platform, token).unwrap();
                 if !token.is_empty() {
                     model.insert(id, (platform, Arc::<str>::from(token)));
                 }
+                prop_assert_eq!(has, model.contains_key(&id));
                 store.prefetch_push_target(DeviceId(id));
                 prop_assert_eq!(store.push_target(DeviceId(id)).unwrap(), model.get(&id).cloned());
             }

@@ -96,13 +96,18 @@ impl Reader<'_> {
         Ok((n >> 1) as i32 ^ -((n & 1) as i32))
     }
 
-    /// An `Option` tag: 0 for `None`, 1 for `Some`.
-    fn some(&mut self) -> R<bool> {
+    /// A `bool`: 0 or 1.
+    fn bool(&mut self) -> R<bool> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(Fallback),
         }
+    }
+
+    /// An `Option` tag: 0 for `None`, 1 for `Some` (encoded as a `bool`).
+    fn some(&mut self) -> R<bool> {
+        self.bool()
     }
 
     fn opt_u32(&mut self) -> R<Option<u32>> {
@@ -163,11 +168,12 @@ impl Reader<'_> {
     }
 }
 
-/// The `Down` messages decoded by hand, in a small enum: a whole `Down` is
-/// the size of a policy, and is built only once, by the caller.
+/// The `Down` messages of an open session decoded by hand, in a small enum:
+/// a whole `Down` is the size of a policy, and is built only once, by the
+/// caller. Not the `Welcome`, which opens the session: it is read by hand
+/// only as a whole `Down` (see [`DownMsg`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SessionDown {
-    Welcome { ack: u32, periodic_s: u32 },
     Ack { seq: u32 },
     Task(Task),
     Cancel { task: TaskId },
@@ -177,7 +183,6 @@ pub(crate) enum SessionDown {
 impl From<SessionDown> for Down {
     fn from(m: SessionDown) -> Down {
         match m {
-            SessionDown::Welcome { ack, periodic_s } => Down::Welcome { ack, periodic_s },
             SessionDown::Ack { seq } => Down::Ack { seq },
             SessionDown::Task(t) => Down::Task(t),
             SessionDown::Cancel { task } => Down::Cancel { task },
@@ -204,17 +209,40 @@ impl From<SessionUp> for Up {
     }
 }
 
+/// What [`down`] builds: a whole `Down`, or a [`SessionDown`].
+trait DownMsg: From<SessionDown> {
+    /// A `Welcome`, when this type holds one.
+    fn welcome(ack: u32, periodic_s: u32, want_token: bool) -> Option<Self>;
+}
+
+impl DownMsg for Down {
+    fn welcome(ack: u32, periodic_s: u32, want_token: bool) -> Option<Self> {
+        Some(Down::Welcome {
+            ack,
+            periodic_s,
+            want_token,
+        })
+    }
+}
+
+impl DownMsg for SessionDown {
+    /// None: the caller reads the `Welcome` as a whole `Down` (its bool
+    /// here would cost every message of a session a few instructions).
+    fn welcome(_: u32, _: u32, _: bool) -> Option<Self> {
+        None
+    }
+}
+
 /// Builds `M` (a `SessionDown` or a whole `Down`) in the arm that read it,
 /// so that no other copy of the message is made on the way.
 #[inline(always)]
-fn down<M: From<SessionDown>>(bytes: &[u8]) -> R<Option<M>> {
+fn down<M: DownMsg>(bytes: &[u8]) -> R<Option<M>> {
     let mut r = Reader { bytes };
     let msg = match r.u32()? {
-        1 => SessionDown::Welcome {
-            ack: r.u32()?,
-            periodic_s: r.u32()?,
+        1 => {
+            let (ack, periodic_s, want_token) = (r.u32()?, r.u32()?, r.bool()?);
+            M::welcome(ack, periodic_s, want_token).ok_or(Fallback)?
         }
-        .into(),
         2 => SessionDown::Ack { seq: r.u32()? }.into(),
         3 => SessionDown::Task(Task {
             seq: r.u32()?,
@@ -557,14 +585,18 @@ mod tests {
             mac in any::<[u8; 32]>(),
         ) {
             let task = TaskId(id);
+            let mut buf = [0u8; MAX_PAYLOAD];
+            // Read by hand as a whole `Down` only: it opens the session.
+            let welcome = Down::Welcome { ack: seq, periodic_s: seq / 3, want_token: seq % 2 == 0 };
+            let n = encode_payload(&welcome, &mut buf).unwrap();
+            prop_assert_eq!(session_down(&buf[..n]), None);
+            prop_assert_eq!(decode_down(&buf[..n]), Ok(welcome));
             let downs = [
-                Down::Welcome { ack: seq, periodic_s: seq / 3 },
                 Down::Ack { seq },
                 Down::Task(Task { seq, id: task, kind: TaskKind::ALL[kind] }),
                 Down::Cancel { task },
                 Down::SyncEnd,
             ];
-            let mut buf = [0u8; MAX_PAYLOAD];
             for msg in downs {
                 let n = encode_payload(&msg, &mut buf).unwrap();
                 let hand = session_down(&buf[..n]).map(Down::from);

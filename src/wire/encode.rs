@@ -61,10 +61,15 @@ pub(super) fn down(msg: &Down, out: &mut [u8]) -> usize {
             w.varint(*attempt);
             w.bytes(nonce);
         }
-        Down::Welcome { ack, periodic_s } => {
+        Down::Welcome {
+            ack,
+            periodic_s,
+            want_token,
+        } => {
             w.push(1);
             w.u32(*ack);
             w.u32(*periodic_s);
+            w.push((*want_token).into());
         }
         Down::Ack { seq } => {
             w.push(2);

@@ -23,7 +23,7 @@ use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Largest payload of one frame, in bytes.
 pub const MAX_PAYLOAD: usize = 512;
 /// Longest push token (FCM tokens are about 160 bytes, APNs tokens 64).
@@ -297,6 +297,7 @@ mod tests {
             Down::Welcome {
                 ack: u32::MAX,
                 periodic_s: u32::MAX,
+                want_token: true,
             },
             Down::Ack { seq: u32::MAX },
             Down::Task(task),

@@ -299,7 +299,12 @@ pub struct Hello {
     pub generation: u32,
     /// Android or iOS.
     pub platform: Platform,
-    /// Token for the platform's push service.
+    /// Token for the platform's push service, or empty: the device has none,
+    /// or the server has it already. The reference device sends its token
+    /// only until a `Welcome` confirms it (PROTOCOL.md 7.2): in the first
+    /// session after boot, after the token changed, and after a `Welcome`
+    /// asked for it ([`Down::Welcome`]'s `want_token`). An empty token leaves
+    /// the stored one as it is.
     pub push_token: String<PUSH_TOKEN_MAX>,
     /// Why the device connected.
     pub trigger: SyncTrigger,
@@ -385,6 +390,9 @@ pub enum Down {
         ack: u32,
         /// Periodic sync interval the server suggests, in seconds (0: keep).
         periodic_s: u32,
+        /// The server holds no push token for the device (the `Hello` had
+        /// none, or it could not be stored): send it in the next `Hello`.
+        want_token: bool,
     },
     /// Reports up to and including `seq` are stored durably.
     Ack {

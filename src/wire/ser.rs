@@ -613,7 +613,7 @@ pub(crate) mod tests {
             let task = TaskId(id);
             let downs = [
                 Down::Challenge { version: c, attempt: id, nonce: *mac.first_chunk().unwrap() },
-                Down::Welcome { ack: seq, periodic_s: seq / 3 },
+                Down::Welcome { ack: seq, periodic_s: seq / 3, want_token: seq % 2 == 1 },
                 Down::Ack { seq },
                 Down::Task(Task { seq, id: task, kind: TaskKind::ALL[kind] }),
                 Down::Cancel { task },

@@ -35,7 +35,8 @@ use std::panic::catch_unwind;
 
 use mdm_sync::device::{pick_latest, Device, DeviceConfig, DeviceError, Event};
 use mdm_sync::server::{
-    MemoryStore, Server, ServerConfig, ServerError, ServerEvent, SupersedeKey, TaskOptions,
+    FleetStore, MemoryStore, Server, ServerConfig, ServerError, ServerEvent, SupersedeKey,
+    TaskOptions,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
@@ -1234,6 +1235,13 @@ impl<const O: usize, const I: usize> Sim<O, I> {
         self.truth.check_executions()?;
         self.truth.check_reports()?;
         for (d, dev) in self.devs.iter().enumerate() {
+            // Every device synced since its last boot, so the server holds
+            // its token, though later Hellos carried none (PROTOCOL.md 7.2).
+            let target = self.server.store().push_target(dev.id);
+            let token = target.map_err(|e| format!("push_target: {e:?}"))?;
+            if token.as_ref().map(|(_, t)| &**t) != Some(dev.cfg.push_token.as_str()) {
+                return Err(format!("dev{d}: the server holds push token {token:?}"));
+            }
             let view = self
                 .server
                 .device_view(dev.id)

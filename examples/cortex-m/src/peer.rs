@@ -146,7 +146,13 @@ impl Peer {
                 hprintln!("server: device {} authenticated (proof ok)", self.device.0);
                 self.state = State::Open;
                 let ack = self.stored;
-                push(replies, Down::Welcome { ack, periodic_s: 0 });
+                // This peer keeps no push targets: it never asks for one.
+                let welcome = Down::Welcome {
+                    ack,
+                    periodic_s: 0,
+                    want_token: false,
+                };
+                push(replies, welcome);
                 self.offer(replies);
             }
             (State::Open, Up::Report { seq, body }) => {
