@@ -6,8 +6,8 @@
 
 mod common;
 
+use mdm_sync::server::PushToken;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use mdm_sync::server::{
     DeviceRecord, FleetStore, MemoryStore, PolicyState, ReportCommit, ReportSeqs, Server,
@@ -82,7 +82,7 @@ fn random_record(rng: &mut Rng, id: u64) -> DeviceRecord {
 fn check_store(
     store: &MemoryStore,
     devices: &HashMap<u64, DeviceRecord>,
-    push: &HashMap<u64, (Platform, Arc<str>)>,
+    push: &HashMap<u64, (Platform, PushToken)>,
     pool: &[u64],
 ) {
     assert_eq!(store.device_count(), devices.len());
@@ -110,7 +110,7 @@ fn memory_store_matches_maps_over_long_sequences() {
             MemoryStore::with_capacity(sized)
         };
         let mut devices: HashMap<u64, DeviceRecord> = HashMap::new();
-        let mut push: HashMap<u64, (Platform, Arc<str>)> = HashMap::new();
+        let mut push: HashMap<u64, (Platform, PushToken)> = HashMap::new();
         let tokens = ["", "a", "b", "longer-token-0123456789"];
         for step in 0..50_000 {
             // Ids spread over the pool, with a hot set reused often.
@@ -164,7 +164,7 @@ fn memory_store_matches_maps_over_long_sequences() {
                     };
                     store.set_push_target(d, platform, token).unwrap();
                     if !token.is_empty() {
-                        push.insert(id, (platform, Arc::from(token)));
+                        push.insert(id, (platform, PushToken::try_from(token).unwrap()));
                     }
                 }
                 _ => {}

@@ -13,8 +13,8 @@
 //! - a whole sync woken by a push (connect, handshake, tasks, statuses,
 //!   policy, close) costs the server no allocation, whether it carries one
 //!   task or four: the push token handed to the application in
-//!   `ServerEvent::SendPush` is the store's, shared (`Arc<str>`), and new
-//!   sessions reuse the buffers of closed ones.
+//!   `ServerEvent::SendPush` is a copy in a fixed buffer (`PushToken`), and
+//!   new sessions reuse the buffers of closed ones.
 
 use std::alloc::System;
 use std::process::ExitCode;

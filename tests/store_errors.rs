@@ -40,7 +40,10 @@ impl FleetStore for Flaky {
     fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Down> {
         ok(self.inner.report_seqs(id))
     }
-    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, std::sync::Arc<str>)>, Down> {
+    fn push_target(
+        &self,
+        id: DeviceId,
+    ) -> Result<Option<(Platform, mdm_sync::server::PushToken)>, Down> {
         if self.fail_push.take() {
             return Err(Down);
         }

@@ -63,7 +63,10 @@ impl FleetStore for Once {
         self.tick()?;
         ok(self.inner.report_seqs(id))
     }
-    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, std::sync::Arc<str>)>, Down> {
+    fn push_target(
+        &self,
+        id: DeviceId,
+    ) -> Result<Option<(Platform, mdm_sync::server::PushToken)>, Down> {
         self.tick()?;
         ok(self.inner.push_target(id))
     }

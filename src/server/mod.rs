@@ -31,12 +31,11 @@ mod table;
 
 pub use console::{DeviceView, FleetView, TaskCounts};
 pub use store::{
-    DeviceRecord, FleetStore, MemoryStore, PolicyState, ReportCommit, ReportSeqs, SupersedeKey,
-    TaskRecord, TaskState,
+    DeviceRecord, FleetStore, MemoryStore, PolicyState, PushToken, ReportCommit, ReportSeqs,
+    SupersedeKey, TaskRecord, TaskState,
 };
 
 use alloc::collections::{BinaryHeap, VecDeque};
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
@@ -121,9 +120,9 @@ pub enum ServerEvent {
         device: DeviceId,
         /// Its platform (FCM or APNs).
         platform: Platform,
-        /// Its push token, shared with the store (see
+        /// Its push token, a copy of the store's (see
         /// [`FleetStore::push_target`]).
-        token: Arc<str>,
+        token: PushToken,
     },
     /// Close this connection (after sending what `poll_transmit` gave).
     Close {

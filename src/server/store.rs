@@ -10,7 +10,6 @@
 //! The engine never acknowledges anything to a device before the store call
 //! that makes it durable has returned `Ok`.
 
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::convert::Infallible;
 
@@ -21,8 +20,12 @@ use super::table::{Entry, Slot, Table};
 use crate::time::Instant;
 use crate::wire::{
     ComplianceEvent, DeviceId, Platform, Policy, PolicyOutcome, SyncTrigger, TaskId, TaskKind,
-    TaskResult,
+    TaskResult, PUSH_TOKEN_MAX,
 };
+
+/// A device's push token, in a fixed buffer of the longest a `Hello` may
+/// carry: stores hand it out and push events carry it without allocating.
+pub type PushToken = heapless::String<PUSH_TOKEN_MAX>;
 
 /// A key that makes a newer task replace an undelivered older one with the
 /// same key (five clicks on "lock" for an offline device give one lock).
@@ -306,10 +309,8 @@ pub trait FleetStore {
         Ok(self.device(id)?.as_ref().map(ReportSeqs::of))
     }
     /// Platform and push token of a device, once it has sent them. The
-    /// token is shared: a store that keeps tokens in memory hands out another
-    /// reference (no copy, no allocation), one that reads them from disk
-    /// allocates it.
-    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Arc<str>)>, Self::Error>;
+    /// token is returned by value in a fixed buffer: no allocation.
+    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Self::Error>;
     /// A hint that [`push_target`](Self::push_target) of `id` is likely asked
     /// soon (a task was queued for a device not in session, so a push may
     /// follow): a store may start loading it. The default does nothing.
@@ -327,7 +328,8 @@ pub trait FleetStore {
     /// when it does not. Called on every handshake, mostly with an empty
     /// token: a store should answer that case without reading the token
     /// itself (`MemoryStore` reads a flag of the device's row, which the
-    /// handshake has just read).
+    /// handshake has just read). The engine passes no token longer than
+    /// [`PUSH_TOKEN_MAX`](crate::wire::PUSH_TOKEN_MAX) bytes.
     fn set_push_target(
         &mut self,
         id: DeviceId,
@@ -663,27 +665,33 @@ impl Entry for Row {
     }
 }
 
-/// A device's platform and push token, as `MemoryStore` keeps it: 32 bytes,
-/// two to a cache line in a [`Table`] (free without a token).
+/// A device's platform and push token, as `MemoryStore` keeps it: in a
+/// [`Table`] entry of 224 bytes, the token in the entry itself (free without
+/// a token). A push reads the entry and its token in one go: with the token
+/// in a heap block of its own, the block's address would come from the
+/// entry, and at a million devices its cache miss would follow the entry's
+/// instead of overlapping it. That costs memory: the entry's room for the
+/// longest token is kept whatever the token's length (about 300 bytes per
+/// device with a token, against about 220 with a 144-byte token on the heap).
 #[derive(Clone, Debug)]
 struct PushTarget {
     id: u64,
-    token: Option<Arc<str>>,
+    token: PushToken,
     platform: Platform,
 }
 
-// Two to a cache line (checked when compiling).
-const _: () = assert!(core::mem::size_of::<PushTarget>() == 32);
+// Seven cache lines to a pair of entries, two `Row`s to a line (checked when compiling).
+const _: () = assert!(core::mem::size_of::<PushTarget>() == 224);
 const _: () = assert!(core::mem::size_of::<Row>() == 32);
 
 impl Entry for PushTarget {
     const FREE: PushTarget = PushTarget {
         id: 0,
-        token: None,
+        token: PushToken::new(),
         platform: Platform::Android,
     };
     fn key(&self) -> Option<u64> {
-        self.token.as_ref().map(|_| self.id)
+        (!self.token.is_empty()).then_some(self.id)
     }
 }
 
@@ -713,19 +721,18 @@ impl FleetStore for MemoryStore {
         Ok(())
     }
 
-    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Arc<str>)>, Infallible> {
+    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {
         let target = self.push.get(id.0);
-        Ok(target.and_then(|t| Some((t.platform, t.token.clone()?))))
+        Ok(target.map(|t| (t.platform, t.token.clone())))
     }
 
     fn prefetch_push_target(&self, id: DeviceId) {
-        // Reads the map slot and every cache line of the token (its counts
-        // and the bytes `set_push_target` compares), which at a million
-        // devices miss the cache: issued here, beside the device's record,
-        // the misses overlap instead of following it.
-        if let Some(t) = self.push.get(id.0).and_then(|t| t.token.as_ref()) {
-            let lines = t.as_bytes().iter().step_by(64).chain(t.as_bytes().last());
-            lines.for_each(|b| {
+        // Reads every cache line of the entry that its token reaches, which
+        // at a million devices miss the cache: issued here, beside the
+        // device's record, the misses overlap.
+        if let Some(t) = self.push.get(id.0) {
+            let bytes = t.token.as_bytes();
+            bytes.iter().step_by(64).chain(bytes.last()).for_each(|b| {
                 core::hint::black_box(*b);
             });
         }
@@ -737,6 +744,10 @@ impl FleetStore for MemoryStore {
         platform: Platform,
         token: &str,
     ) -> Result<bool, Infallible> {
+        // The wire bounds a token to `PUSH_TOKEN_MAX` bytes; a longer one
+        // from a direct caller is not stored: like an empty one, it leaves
+        // the stored target as it is.
+        let token = PushToken::try_from(token).unwrap_or_default();
         if token.is_empty() {
             // The row, not the push table: the handshake has just read it.
             return Ok(match self.devices.get(id.0) {
@@ -744,15 +755,14 @@ impl FleetStore for MemoryStore {
                 None => self.push.get(id.0).is_some(),
             });
         }
-        let target = || PushTarget {
-            id: id.0,
-            token: Some(token.into()),
-            platform,
-        };
         match self.push.get_mut(id.0) {
-            Some(t) if t.platform == platform && t.token.as_deref() == Some(token) => {}
-            Some(t) => *t = target(),
-            None => self.push.insert_new(target()),
+            Some(t) if t.platform == platform && t.token == token => {}
+            Some(t) => (t.platform, t.token) = (platform, token),
+            None => self.push.insert_new(PushTarget {
+                id: id.0,
+                token,
+                platform,
+            }),
         }
         if let Some(row) = self.devices.get_mut(id.0) {
             row.has_push = true;
@@ -1030,7 +1040,7 @@ mod task_report_tests {
         fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
             self.0.put_device(rec)
         }
-        fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, Arc<str>)>, Infallible> {
+        fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {
             self.0.push_target(id)
         }
         fn set_push_target(
@@ -1219,6 +1229,30 @@ mod table_tests {
         }
     }
 
+    /// A token of the longest length the wire allows is kept whole; a
+    /// longer one from a direct caller is refused and the old one stays.
+    #[test]
+    fn push_tokens_up_to_the_wire_limit_are_kept() {
+        let (mut store, d) = (MemoryStore::new(), DeviceId(3));
+        let longest = "x".repeat(PUSH_TOKEN_MAX);
+        store.set_push_target(d, Platform::Ios, &longest).unwrap();
+        let held = store.push_target(d).unwrap().map(|(p, t)| (p, t.len()));
+        assert_eq!(held, Some((Platform::Ios, PUSH_TOKEN_MAX)));
+        let too_long = "y".repeat(PUSH_TOKEN_MAX + 1);
+        store
+            .set_push_target(d, Platform::Android, &too_long)
+            .unwrap();
+        let held = store
+            .push_target(d)
+            .unwrap()
+            .map(|(p, t)| (p, t == longest.as_str()));
+        assert_eq!(held, Some((Platform::Ios, true)));
+        store
+            .set_push_target(DeviceId(4), Platform::Android, &too_long)
+            .unwrap();
+        assert_eq!(store.push_target(DeviceId(4)).unwrap(), None);
+    }
+
     proptest! {
         /// Random push targets set and read against a map: a new token or
         /// platform replaces the old one, an empty token changes nothing,
@@ -1241,7 +1275,7 @@ mod table_tests {
                 }
                 let has = store.set_push_target(DeviceId(id), platform, token).unwrap();
                 if !token.is_empty() {
-                    model.insert(id, (platform, Arc::<str>::from(token)));
+                    model.insert(id, (platform, PushToken::try_from(token).unwrap()));
                 }
                 prop_assert_eq!(has, model.contains_key(&id));
                 store.prefetch_push_target(DeviceId(id));
