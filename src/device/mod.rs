@@ -363,14 +363,6 @@ enum Flag {
 #[derive(Clone, Debug)]
 pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = DEFAULT_INFLIGHT> {
     cfg: DeviceConfig,
-    // The snapshot header's device id and generation, encoded once (they
-    // never change): servers and phones only, firmware keeps the RAM.
-    #[cfg(feature = "hand-encode")]
-    id_gen: snapshot::Encoded,
-    // The snapshot header's policy version and periodic interval (in ms),
-    // with their encoding: they seldom change. Servers and phones only.
-    #[cfg(feature = "hand-encode")]
-    settings: (u32, u64, snapshot::Encoded),
     // Persisted state.
     counter: u64,
     // `Hello.attempt` of the current (or last) connection. Each boot counts
@@ -478,13 +470,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
         let periodic = periodic_within_bounds(cfg.timers.periodic.as_millis());
         let rng = cfg.jitter_seed | 1;
-        #[cfg(feature = "hand-encode")]
-        let id_gen = snapshot::Encoded::of(&snapshot::IdGen(&cfg));
         let mut d = Self {
-            #[cfg(feature = "hand-encode")]
-            id_gen,
-            #[cfg(feature = "hand-encode")]
-            settings: (0, 0, snapshot::Encoded::EMPTY),
             cfg,
             counter: 0,
             attempt: 1 << 32,
@@ -532,20 +518,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
-        d.settings_changed();
         d
-    }
-
-    /// Call after the policy version or the periodic interval changed: with
-    /// `hand-encode`, encodes them again for the snapshot header (which
-    /// encodes them itself whenever they differ from these).
-    fn settings_changed(&mut self) {
-        #[cfg(feature = "hand-encode")]
-        {
-            let ms = self.periodic.as_millis();
-            let piece = snapshot::Settings(self.policy_version, ms);
-            self.settings = (self.policy_version, ms, snapshot::Encoded::of(&piece));
-        }
     }
 
     /// This device's id.
@@ -762,7 +735,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         debug!("policy {} applied, report queued", version);
         self.policy = None;
         self.policy_version = version;
-        self.settings_changed();
         self.kick(now);
         Ok(())
     }
@@ -1026,7 +998,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         if periodic_s != 0 {
             self.periodic = periodic_within_bounds(u64::from(periodic_s).saturating_mul(1000));
-            self.settings_changed();
         }
         // The session serves every trigger that was pending when it opened.
         self.wants.0 &= !self.session_wants.0;
