@@ -56,8 +56,8 @@ const ENTRY_ROOM: usize = 1 + MAX_REPORT_BODY;
 
 const _: () = assert!(MAX_REPORT_BODY < 0x80, "a body's length is one byte");
 
-/// The header, as one piece.
-struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>);
+/// The header, as one piece, with the outbox's length.
+struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>, usize);
 
 impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
     #[inline(always)]
@@ -77,7 +77,7 @@ impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
         w.fixed(ms.to_le_bytes());
         // Both within `u16` (see `Device::FITS_SNAPSHOT`).
         w.fixed((d.inflight.len() as u16).to_le_bytes());
-        w.fixed((d.outbox.len() as u16).to_le_bytes());
+        w.fixed((self.1 as u16).to_le_bytes());
     }
 }
 
@@ -243,20 +243,20 @@ impl<const O: usize, const I: usize> Device<O, I> {
         let () = Self::FITS_SNAPSHOT;
         let room = buf.len().saturating_sub(4);
         let mut w = Writer::new(&mut buf[..room]);
-        w.piece::<HEADER, _>(&HeaderPiece(self));
-        for Inflight { task, .. } in &self.inflight {
-            w.piece::<TASK, _>(task);
-        }
         // Servers and phones write the outbox's two halves (it wraps around)
         // one after the other: a chained iterator checks which half it is in
         // at every step. Firmware keeps the one loop (0.2 KB less flash).
         #[cfg(feature = "hand-encode")]
-        let halves = {
+        let (halves, reports) = {
             let (front, back) = self.outbox.as_slices();
-            [front, back]
+            ([front, back], front.len() + back.len())
         };
         #[cfg(not(feature = "hand-encode"))]
-        let halves = [&self.outbox];
+        let (halves, reports) = ([&self.outbox], self.outbox.len());
+        w.piece::<HEADER, _>(&HeaderPiece(self, reports));
+        for Inflight { task, .. } in &self.inflight {
+            w.piece::<TASK, _>(task);
+        }
         for half in halves {
             for e in half {
                 w.piece::<ENTRY_ROOM, _>(e);
