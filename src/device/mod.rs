@@ -306,6 +306,12 @@ impl PartialEq for Body {
 impl Eq for Body {}
 
 impl Entry {
+    /// The task of this report when it is a task's `Received` never put on
+    /// the wire (so a final status may still take its place).
+    fn unsent_received(&self) -> Option<TaskId> {
+        received_task(&self.body).filter(|_| self.wire == Wire::New)
+    }
+
     fn is_compliance(&self) -> bool {
         self.body.first() == Some(&wire::REPORT_COMPLIANCE)
     }
@@ -691,20 +697,27 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// it goes into the slot reserved for it when the task was accepted.
     fn queue_final(&mut self, task: TaskId, status: TaskStatus) -> Result<(), DeviceError> {
         let body = ReportBody::Task { task, status };
-        for e in self.outbox.iter_mut().rev() {
-            let Some(id) = received_task(&e.body).filter(|_| e.wire == Wire::New) else {
-                break;
-            };
-            if id == task {
-                // Firmware writes the whole body again: `put_status` would
-                // cost flash there (a serde path for a bare status).
-                #[cfg(feature = "hand-encode")]
-                e.body.put_status(&status)?;
-                #[cfg(not(feature = "hand-encode"))]
-                e.body.put(&body)?;
-                self.persist = true;
-                return Ok(());
-            }
+        // Usually the back one, the last queued: found without setting up a
+        // walk through the ring.
+        let back = self.outbox.back().and_then(Entry::unsent_received);
+        let slot = if back == Some(task) {
+            self.outbox.back_mut()
+        } else if back.is_some() {
+            let before = self.outbox.iter_mut().rev().skip(1);
+            let mut unsent = before.map_while(|e| Some((e.unsent_received()?, e)));
+            unsent.find(|(id, _)| *id == task).map(|(_, e)| e)
+        } else {
+            None
+        };
+        if let Some(e) = slot {
+            // Firmware writes the whole body again: `put_status` would
+            // cost flash there (a serde path for a bare status).
+            #[cfg(feature = "hand-encode")]
+            e.body.put_status(&status)?;
+            #[cfg(not(feature = "hand-encode"))]
+            e.body.put(&body)?;
+            self.persist = true;
+            return Ok(());
         }
         self.enqueue(body, 0)
     }

@@ -960,3 +960,67 @@ fn a_device_without_a_token_never_loops_on_the_request() {
     sync(&mut d, true, now + MIN).unwrap();
     assert!(sync(&mut d, true, now + MIN).is_none(), "a sync loop");
 }
+
+/// A final status takes the place of its task's unsent `Received` at the
+/// back of the outbox or behind other tasks' unsent `Received`s only: never
+/// past a final status, a report the application raised, or one that went
+/// out.
+#[test]
+fn a_final_status_takes_the_place_of_an_unsent_received_behind_others_only() {
+    let done = TaskStatus::Succeeded { result: None };
+    let received = TaskStatus::Received;
+    let bodies = |d: &Device| {
+        let body = |e: &Entry| wire::decode::<ReportBody>(&e.body).unwrap();
+        d.outbox
+            .iter()
+            .map(|e| (e.seq, body(e)))
+            .collect::<std::vec::Vec<_>>()
+    };
+    let report = |id: u64, status| ReportBody::Task {
+        task: TaskId(id),
+        status,
+    };
+    let mut d = syncing::<16, 4>();
+    for seq in 1..=3 {
+        feed(&mut d, &task(seq));
+    }
+    drain(&mut d);
+    // Behind two other tasks' `Received`s, then the back one.
+    d.task_status(TaskId(101), done, T0).unwrap();
+    d.task_status(TaskId(103), done, T0).unwrap();
+    let want = [
+        (1, report(101, done)),
+        (2, report(102, received)),
+        (3, report(103, done)),
+    ];
+    assert_eq!(bodies(&d), want);
+    // Not past a final status: a report of its own.
+    d.task_status(TaskId(102), done, T0).unwrap();
+    assert_eq!(
+        bodies(&d)[1..],
+        [
+            (2, report(102, received)),
+            (3, report(103, done)),
+            (4, report(102, done))
+        ]
+    );
+    // Not past a compliance event.
+    feed(&mut d, &task(4));
+    drain(&mut d);
+    d.raise_compliance(ComplianceEvent::ProfileChanged, T0)
+        .unwrap();
+    d.task_status(TaskId(104), done, T0).unwrap();
+    let all = bodies(&d);
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[4], (5, report(104, received)));
+    assert_eq!(all[6], (7, report(104, done)));
+    // Not in place of a `Received` that went out.
+    let mut d = syncing::<16, 4>();
+    feed(&mut d, &task(1));
+    drain(&mut d);
+    let mut buf = [0u8; 600];
+    while d.poll_transmit(&mut buf).unwrap().is_some() {}
+    d.task_status(TaskId(101), done, T0).unwrap();
+    let want = [(1, report(101, received)), (2, report(101, done))];
+    assert_eq!(bodies(&d), want);
+}
