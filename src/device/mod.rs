@@ -1437,8 +1437,15 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         // (opt-level z), for a scan of a few reports at most.
         debug_assert!(self.sent_prefix());
         #[cfg(feature = "hand-encode")]
-        if self.outbox.back().is_none_or(Entry::sent) {
-            return None;
+        {
+            if self.outbox.back().is_none_or(Entry::sent) {
+                return None;
+            }
+            // None sent and waiting for its ack (the usual case): the front
+            // one, found without setting up a walk through the ring.
+            if self.outbox.front().is_some_and(|e| !e.sent()) {
+                return self.outbox.front_mut();
+            }
         }
         self.outbox.iter_mut().find(|e| !e.sent())
     }
