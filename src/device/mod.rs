@@ -306,6 +306,12 @@ impl PartialEq for Body {
 impl Eq for Body {}
 
 impl Entry {
+    /// The task of this report when it is a task's `Received` never put on
+    /// the wire (so a final status may still take its place).
+    fn unsent_received(&self) -> Option<TaskId> {
+        received_task(&self.body).filter(|_| self.wire == Wire::New)
+    }
+
     fn is_compliance(&self) -> bool {
         self.body.first() == Some(&wire::REPORT_COMPLIANCE)
     }
@@ -363,14 +369,6 @@ enum Flag {
 #[derive(Clone, Debug)]
 pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = DEFAULT_INFLIGHT> {
     cfg: DeviceConfig,
-    // The snapshot header's device id and generation, encoded once (they
-    // never change): servers and phones only, firmware keeps the RAM.
-    #[cfg(feature = "hand-encode")]
-    id_gen: snapshot::Encoded,
-    // The snapshot header's policy version and periodic interval (in ms),
-    // with their encoding: they seldom change. Servers and phones only.
-    #[cfg(feature = "hand-encode")]
-    settings: (u32, u64, snapshot::Encoded),
     // Persisted state.
     counter: u64,
     // `Hello.attempt` of the current (or last) connection. Each boot counts
@@ -478,13 +476,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
         let periodic = periodic_within_bounds(cfg.timers.periodic.as_millis());
         let rng = cfg.jitter_seed | 1;
-        #[cfg(feature = "hand-encode")]
-        let id_gen = snapshot::Encoded::of(&snapshot::IdGen(&cfg));
         let mut d = Self {
-            #[cfg(feature = "hand-encode")]
-            id_gen,
-            #[cfg(feature = "hand-encode")]
-            settings: (0, 0, snapshot::Encoded::EMPTY),
             cfg,
             counter: 0,
             attempt: 1 << 32,
@@ -532,20 +524,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
-        d.settings_changed();
         d
-    }
-
-    /// Call after the policy version or the periodic interval changed: with
-    /// `hand-encode`, encodes them again for the snapshot header (which
-    /// encodes them itself whenever they differ from these).
-    fn settings_changed(&mut self) {
-        #[cfg(feature = "hand-encode")]
-        {
-            let ms = self.periodic.as_millis();
-            let piece = snapshot::Settings(self.policy_version, ms);
-            self.settings = (self.policy_version, ms, snapshot::Encoded::of(&piece));
-        }
     }
 
     /// This device's id.
@@ -718,20 +697,31 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// it goes into the slot reserved for it when the task was accepted.
     fn queue_final(&mut self, task: TaskId, status: TaskStatus) -> Result<(), DeviceError> {
         let body = ReportBody::Task { task, status };
-        for e in self.outbox.iter_mut().rev() {
-            let Some(id) = received_task(&e.body).filter(|_| e.wire == Wire::New) else {
-                break;
-            };
-            if id == task {
-                // Firmware writes the whole body again: `put_status` would
-                // cost flash there (a serde path for a bare status).
-                #[cfg(feature = "hand-encode")]
-                e.body.put_status(&status)?;
-                #[cfg(not(feature = "hand-encode"))]
-                e.body.put(&body)?;
-                self.persist = true;
-                return Ok(());
+        // Usually the back one, the last queued: servers and phones look
+        // there first, without setting up a walk through the ring (firmware
+        // walks from it: 0.1 KB less flash).
+        #[cfg(feature = "hand-encode")]
+        let slot = {
+            let back = self.outbox.back().and_then(Entry::unsent_received);
+            if back == Some(task) {
+                self.outbox.back_mut()
+            } else if back.is_some() {
+                unsent_received_of(self.outbox.iter_mut().rev().skip(1), task)
+            } else {
+                None
             }
+        };
+        #[cfg(not(feature = "hand-encode"))]
+        let slot = unsent_received_of(self.outbox.iter_mut().rev(), task);
+        if let Some(e) = slot {
+            // Firmware writes the whole body again: `put_status` would
+            // cost flash there (a serde path for a bare status).
+            #[cfg(feature = "hand-encode")]
+            e.body.put_status(&status)?;
+            #[cfg(not(feature = "hand-encode"))]
+            e.body.put(&body)?;
+            self.persist = true;
+            return Ok(());
         }
         self.enqueue(body, 0)
     }
@@ -762,7 +752,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         debug!("policy {} applied, report queued", version);
         self.policy = None;
         self.policy_version = version;
-        self.settings_changed();
         self.kick(now);
         Ok(())
     }
@@ -1026,7 +1015,6 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         if periodic_s != 0 {
             self.periodic = periodic_within_bounds(u64::from(periodic_s).saturating_mul(1000));
-            self.settings_changed();
         }
         // The session serves every trigger that was pending when it opened.
         self.wants.0 &= !self.session_wants.0;
@@ -1453,8 +1441,15 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         // (opt-level z), for a scan of a few reports at most.
         debug_assert!(self.sent_prefix());
         #[cfg(feature = "hand-encode")]
-        if self.outbox.back().is_none_or(Entry::sent) {
-            return None;
+        {
+            if self.outbox.back().is_none_or(Entry::sent) {
+                return None;
+            }
+            // None sent and waiting for its ack (the usual case): the front
+            // one, found without setting up a walk through the ring.
+            if self.outbox.front().is_some_and(|e| !e.sent()) {
+                return self.outbox.front_mut();
+            }
         }
         self.outbox.iter_mut().find(|e| !e.sent())
     }
@@ -1502,6 +1497,16 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             }
         }
     }
+}
+
+/// Of `entries`, newest first, while each is a task's unsent `Received`:
+/// the one of `task`.
+fn unsent_received_of<'a>(
+    entries: impl Iterator<Item = &'a mut Entry>,
+    task: TaskId,
+) -> Option<&'a mut Entry> {
+    let mut unsent = entries.map_while(|e| Some((e.unsent_received()?, e)));
+    unsent.find(|(id, _)| *id == task).map(|(_, e)| e)
 }
 
 /// Frames report `e` into `buf` and marks it sent. Out of line on servers

@@ -1,23 +1,27 @@
-//! The device's persistent state: a small postcard record with a CRC.
+//! The device's persistent state: a small record of fixed-width fields with
+//! a CRC.
 //!
-//! Layout: `postcard(header, running tasks, outbox) || CRC-32 (LE)` over the
-//! postcard bytes. Write snapshots alternately into two storage slots
-//! ([`Device::snapshot_slot`]) and restore with [`pick_latest`]: a write torn
-//! by power loss fails its CRC, and the other slot still holds the previous
-//! snapshot, taken before anything newer could leave the device.
+//! Layout (PROTOCOL.md, section 14): a header of fixed-width little-endian
+//! fields, the running tasks, the outbox's report bodies, then the CRC-32
+//! (LE) of all that. Every number is at a fixed offset and width, so a
+//! snapshot, taken for every report queued (on the path of every task), is a
+//! run of plain stores rather than varints to work out. Write snapshots
+//! alternately into two storage slots ([`Device::snapshot_slot`]) and
+//! restore with [`pick_latest`]: a write torn by power loss fails its CRC,
+//! and the other slot still holds the previous snapshot, taken before
+//! anything newer could leave the device.
 
 use heapless::Vec;
-use serde::Deserialize;
-#[cfg(test)]
-use serde::Serialize;
 
-use super::{Body, Device, DeviceConfig, Entry, Flag, Inflight, Wire};
+use super::{Body, Device, Entry, Flag, Inflight, Wire};
 use crate::log::debug;
 use crate::time::Instant;
-use crate::wire::{crc32, DeviceId, EncodeError, Out, Piece, Task, Writer, MAX_REPORT_BODY};
+use crate::wire::{
+    crc32, EncodeError, Out, Piece, Task, TaskId, TaskKind, Writer, MAX_REPORT_BODY,
+};
 
-// 2: outbox reports as the bytes of their encoded body (1: decoded values).
-const FORMAT: u8 = 2;
+// 3: fixed-width fields, outbox sequences implied (2: a postcard record).
+const FORMAT: u8 = 3;
 
 /// Why a snapshot could not be restored. The engine is never half-restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,154 +42,192 @@ pub enum SnapshotError {
     Inconsistent,
 }
 
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct Header {
-    format: u8,
-    counter: u64,
-    device: DeviceId,
-    generation: u32,
-    last_task_seq: u32,
-    next_report_seq: u32,
-    policy_version: u32,
-    periodic_ms: u64,
-}
+// The bytes of each piece: every field has a fixed width, so each is written
+// through a `Chunk` of exactly its size (see `Writer::piece`) in constant
+// offsets. The header: format, counter, device id, generation, last task
+// sequence, next report sequence, policy version, periodic interval (ms) and
+// the counts of running tasks and reports.
+const HEADER: usize = 1 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 2 + 2;
+// A running task: sequence, id, kind.
+const TASK: usize = 4 + 8 + 1;
+// An outbox report, at most: its body's length (one byte), then the body,
+// copied whole (the bytes past its length are overwritten next, or scratch).
+const ENTRY_ROOM: usize = 1 + MAX_REPORT_BODY;
 
-// The room each piece of a snapshot is written in when the buffer has it
-// (see `Writer::piece`): each write needs the room of its longest case.
-// The header: format, two `u64`s, four `u32`s, the interval and the running
-// tasks' count (the last starts at most 51 bytes in and needs 10). With the
-// id and generation, and the policy version and interval, copied whole (16
-// bytes each, 15 used) it is no longer: the second copy starts at most 36 in.
-const HEADER_ROOM: usize = 64;
-// A running task: sequence, id (room 10, from at most 5 in) and kind.
-const TASK_ROOM: usize = 20;
-// An outbox report: sequence, then its body's length (room 10, from at most
-// 5 in) and the body copied whole (from at most 6 in).
-const ENTRY_ROOM: usize = 6 + MAX_REPORT_BODY;
+const _: () = assert!(MAX_REPORT_BODY < 0x80, "a body's length is one byte");
 
-/// Up to 16 bytes of snapshot encoded ahead of time, for values that are in
-/// every snapshot and change seldom or never (servers and phones only).
-#[cfg(feature = "hand-encode")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Encoded {
-    pub(super) bytes: [u8; 16],
-    pub(super) len: u8,
-}
-
-#[cfg(feature = "hand-encode")]
-impl Encoded {
-    pub(super) const EMPTY: Self = Self {
-        bytes: [0; 16],
-        len: 0,
-    };
-
-    /// `piece`, which is at most 16 bytes and needs a room of at most 16
-    /// (see `Writer::piece`): a `u32` and a `u64` varint need 5 + 10, the
-    /// second from at most 5 in.
-    pub(super) fn of<P: Piece>(piece: &P) -> Self {
-        let mut bytes = [0; 16];
-        let mut w = Writer::new(&mut bytes);
-        w.piece::<16, _>(piece);
-        let len = w.len().min(16) as u8;
-        Self { bytes, len }
-    }
-}
-
-/// The device id and generation (never change).
-#[cfg(feature = "hand-encode")]
-pub(super) struct IdGen<'a>(pub(super) &'a DeviceConfig);
-
-#[cfg(feature = "hand-encode")]
-impl Piece for IdGen<'_> {
-    #[inline(always)]
-    fn write<W: Out>(&self, w: &mut W) {
-        w.varint(self.0.id.0);
-        w.varint32(self.0.generation);
-    }
-}
-
-/// The policy version and the periodic interval in ms (seldom change).
-#[cfg(feature = "hand-encode")]
-pub(super) struct Settings(pub(super) u32, pub(super) u64);
-
-#[cfg(feature = "hand-encode")]
-impl Piece for Settings {
-    #[inline(always)]
-    fn write<W: Out>(&self, w: &mut W) {
-        w.varint32(self.0);
-        w.varint(self.1);
-    }
-}
-
-/// The header and the running tasks' count, as one piece.
-struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>);
+/// The header, as one piece, with the outbox's length.
+struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>, usize);
 
 impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
     #[inline(always)]
     fn write<W: Out>(&self, w: &mut W) {
         let d = self.0;
         w.push(FORMAT);
-        // The device id and generation never change: with `hand-encode` they
-        // were encoded once, by `new`. Firmware encodes them each time, in
-        // loops over arrays, not one call per field: that keeps opt-level s
-        // at its size (a `Chunk` unrolls the loops all the same).
-        #[cfg(feature = "hand-encode")]
-        {
-            w.varint(d.counter);
-            w.array(&d.id_gen.bytes, d.id_gen.len.into());
-            w.varint32(d.last_task_seq);
-            w.varint32(d.next_report_seq);
-            let (version, ms, ref settings) = d.settings;
-            if (version, ms) == (d.policy_version, d.periodic.as_millis()) {
-                w.array(&settings.bytes, settings.len.into());
-            } else {
-                Settings(d.policy_version, d.periodic.as_millis()).write(w);
-            }
-        }
-        #[cfg(not(feature = "hand-encode"))]
-        {
-            for v in [d.counter, d.cfg.id.0] {
-                w.varint(v);
-            }
-            let seqs = [
-                d.cfg.generation,
-                d.last_task_seq,
-                d.next_report_seq,
-                d.policy_version,
-            ];
-            for v in seqs {
-                w.varint32(v);
-            }
-            w.varint(d.periodic.as_millis());
-        }
-        w.varint(d.inflight.len() as u64);
+        w.fixed(d.counter.to_le_bytes());
+        w.fixed(d.cfg.id.0.to_le_bytes());
+        w.fixed(d.cfg.generation.to_le_bytes());
+        w.fixed(d.last_task_seq.to_le_bytes());
+        w.fixed(d.next_report_seq.to_le_bytes());
+        w.fixed(d.policy_version.to_le_bytes());
+        // At most 7 days (604,800,000 ms) wherever it comes from; a longer
+        // one set behind the engine's back is written as the most a `u32`
+        // holds (a restore clamps it to 7 days all the same).
+        let ms = u32::try_from(d.periodic.as_millis()).unwrap_or(u32::MAX);
+        w.fixed(ms.to_le_bytes());
+        // Both within `u16` (see `Device::FITS_SNAPSHOT`).
+        w.fixed((d.inflight.len() as u16).to_le_bytes());
+        w.fixed((self.1 as u16).to_le_bytes());
     }
 }
 
 impl Piece for Task {
     #[inline(always)]
     fn write<W: Out>(&self, w: &mut W) {
-        w.varint32(self.seq);
-        w.varint(self.id.0);
-        w.varint32(self.kind as u32); // its variant index
+        w.fixed(self.seq.to_le_bytes());
+        w.fixed(self.id.0.to_le_bytes());
+        w.push(self.kind as u8); // its variant index
     }
 }
 
 impl Piece for Entry {
     #[inline(always)]
     fn write<W: Out>(&self, w: &mut W) {
-        w.varint32(self.seq);
+        // The length is below 0x80: its varint is the one byte it is.
         w.len_prefixed_of(&self.body.bytes, self.body.len());
     }
 }
 
-// Report bodies are borrowed from the snapshot and copied, never decoded.
-type Decoded<'a, const O: usize, const I: usize> = (Header, Vec<Task, I>, Vec<(u32, &'a [u8]), O>);
+/// A snapshot's header, as read back.
+struct Header {
+    counter: u64,
+    device: u64,
+    generation: u32,
+    last_task_seq: u32,
+    next_report_seq: u32,
+    policy_version: u32,
+    periodic_ms: u32,
+    tasks: usize,
+    reports: usize,
+}
+
+/// A cursor over a snapshot's bytes; running out of them is `Malformed`.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], SnapshotError> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(SnapshotError::Malformed)?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn u8(&mut self) -> Result<u8, SnapshotError> {
+        let [b] = self.take()?;
+        Ok(b)
+    }
+
+    fn u16(&mut self) -> Result<u16, SnapshotError> {
+        self.take().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or(SnapshotError::Malformed)?;
+        self.0 = rest;
+        Ok(head)
+    }
+
+    /// The format byte (`UnknownFormat` unless ours) and the counter.
+    fn start(&mut self) -> Result<u64, SnapshotError> {
+        match self.u8()? {
+            FORMAT => self.u64(),
+            other => Err(SnapshotError::UnknownFormat(other)),
+        }
+    }
+
+    /// The header after the format byte and the counter.
+    fn header(&mut self, counter: u64) -> Result<Header, SnapshotError> {
+        Ok(Header {
+            counter,
+            device: self.u64()?,
+            generation: self.u32()?,
+            last_task_seq: self.u32()?,
+            next_report_seq: self.u32()?,
+            policy_version: self.u32()?,
+            periodic_ms: self.u32()?,
+            tasks: self.u16()?.into(),
+            reports: self.u16()?.into(),
+        })
+    }
+
+    fn task(&mut self) -> Result<Task, SnapshotError> {
+        let seq = self.u32()?;
+        let id = TaskId(self.u64()?);
+        let kind = TaskKind::ALL.get(usize::from(self.u8()?));
+        let kind = *kind.ok_or(SnapshotError::Malformed)?;
+        Ok(Task { seq, id, kind })
+    }
+
+    /// A report body: its length, then that many bytes (checked for length
+    /// by `consistent`, never decoded).
+    fn body(&mut self) -> Result<&'a [u8], SnapshotError> {
+        let len = self.u8()?;
+        self.bytes(len.into())
+    }
+}
+
+/// What a snapshot holds, read but not yet checked against the engine's
+/// invariants: the report bodies are borrowed from it and copied, never
+/// decoded.
+type Decoded<'a, const O: usize, const I: usize> = (Header, Vec<Task, I>, Vec<&'a [u8], O>);
+
+/// Reads a snapshot's payload (after its CRC was checked): `Malformed` when
+/// it is cut short, has bytes left over, a task of no known kind, or more
+/// tasks or reports than the engine's capacities.
+fn decode<const O: usize, const I: usize>(
+    payload: &[u8],
+) -> Result<Decoded<'_, O, I>, SnapshotError> {
+    let mut r = Reader(payload);
+    let counter = r.start()?;
+    let h = r.header(counter)?;
+    let mut tasks = Vec::new();
+    for _ in 0..h.tasks {
+        tasks
+            .push(r.task()?)
+            .map_err(|_| SnapshotError::Malformed)?;
+    }
+    let mut bodies = Vec::new();
+    for _ in 0..h.reports {
+        bodies
+            .push(r.body()?)
+            .map_err(|_| SnapshotError::Malformed)?;
+    }
+    if !r.0.is_empty() {
+        return Err(SnapshotError::Malformed);
+    }
+    Ok((h, tasks, bodies))
+}
 
 impl<const O: usize, const I: usize> Device<O, I> {
     /// Upper bound of [`snapshot`](Self::snapshot)'s length for these capacities.
-    pub const SNAPSHOT_MAX: usize = 64 + I * 20 + O * 48 + 4;
+    pub const SNAPSHOT_MAX: usize = HEADER + I * TASK + O * ENTRY_ROOM + 4;
+
+    /// The snapshot counts running tasks and reports in two bytes each: an
+    /// engine with more room than that does not compile.
+    const FITS_SNAPSHOT: () = assert!(
+        O <= u16::MAX as usize && I <= u16::MAX as usize,
+        "a snapshot counts tasks and reports in 16 bits"
+    );
 
     /// Which of two storage slots the current snapshot belongs in (0 or 1).
     pub fn snapshot_slot(&self) -> usize {
@@ -195,28 +237,26 @@ impl<const O: usize, const I: usize> Device<O, I> {
     /// Writes the persistent state into `buf`; returns its length. Bytes of
     /// `buf` after that length may be overwritten too (scratch).
     ///
-    /// Written by hand in the postcard encoding of `(Header, [Task],
-    /// [(u32, bytes)])`, which is what `restore` reads (a test checks the
-    /// bytes against serde's): a snapshot is taken for every report queued,
-    /// so it is on the path of every task.
+    /// The layout is that of PROTOCOL.md, section 14, which `restore` reads
+    /// (a test checks the bytes against a plain writer of that layout).
     pub fn snapshot(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let () = Self::FITS_SNAPSHOT;
         let room = buf.len().saturating_sub(4);
         let mut w = Writer::new(&mut buf[..room]);
-        w.piece::<HEADER_ROOM, _>(&HeaderPiece(self));
-        for Inflight { task, .. } in &self.inflight {
-            w.piece::<TASK_ROOM, _>(task);
-        }
         // Servers and phones write the outbox's two halves (it wraps around)
         // one after the other: a chained iterator checks which half it is in
         // at every step. Firmware keeps the one loop (0.2 KB less flash).
         #[cfg(feature = "hand-encode")]
-        let halves = {
+        let (halves, reports) = {
             let (front, back) = self.outbox.as_slices();
-            [front, back]
+            ([front, back], front.len() + back.len())
         };
         #[cfg(not(feature = "hand-encode"))]
-        let halves = [&self.outbox];
-        w.varint(halves.iter().map(|h| h.len()).sum::<usize>() as u64);
+        let (halves, reports) = ([&self.outbox], self.outbox.len());
+        w.piece::<HEADER, _>(&HeaderPiece(self, reports));
+        for Inflight { task, .. } in &self.inflight {
+            w.piece::<TASK, _>(task);
+        }
         for half in halves {
             for e in half {
                 w.piece::<ENTRY_ROOM, _>(e);
@@ -238,7 +278,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
     /// (`Hello.attempt` is numbered from the boot snapshot's counter), so no
     /// stale `Challenge` of the earlier enrollment is taken (PROTOCOL.md 16).
     /// Its first event is the boot snapshot's [`Event::Persist`](super::Event::Persist).
-    pub fn continuing(cfg: DeviceConfig, counter: u64, now: Instant) -> Self {
+    pub fn continuing(cfg: super::DeviceConfig, counter: u64, now: Instant) -> Self {
         let mut d = Self::new(cfg, now);
         d.counter = counter;
         // This boot's connections are numbered from its boot snapshot's counter.
@@ -255,26 +295,25 @@ impl<const O: usize, const I: usize> Device<O, I> {
     /// they are never run twice. A boot sync is wanted at once. The first
     /// event is a [`Event::Persist`](super::Event::Persist): the boot snapshot,
     /// whose counter numbers this boot's connections (`Hello.attempt`).
-    pub fn restore(cfg: DeviceConfig, bytes: &[u8], now: Instant) -> Result<Self, SnapshotError> {
-        snapshot_counter(bytes)?; // CRC, then the format byte, before the rest
+    pub fn restore(
+        cfg: super::DeviceConfig,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Result<Self, SnapshotError> {
         let payload = checked(bytes)?;
-        let (h, tasks, outbox): Decoded<O, I> = match postcard::take_from_bytes(payload) {
-            Ok((d, [])) => d,
-            _ => return Err(SnapshotError::Malformed),
-        };
-        if h.device != cfg.id || h.generation != cfg.generation {
+        let (h, tasks, outbox): Decoded<O, I> = decode(payload)?;
+        if h.device != cfg.id.0 || h.generation != cfg.generation {
             return Err(SnapshotError::Foreign);
         }
-        if !consistent::<O>(&h, tasks.len(), &outbox) {
+        if !consistent::<O>(tasks.len(), &outbox) {
             return Err(SnapshotError::Inconsistent);
         }
         let mut d = Self::continuing(cfg, h.counter, now);
         d.last_task_seq = h.last_task_seq;
         d.next_report_seq = h.next_report_seq;
         d.policy_version = h.policy_version;
-        d.periodic = super::periodic_within_bounds(h.periodic_ms);
+        d.periodic = super::periodic_within_bounds(h.periodic_ms.into());
         d.periodic_at = now + d.periodic;
-        d.settings_changed();
         for task in tasks {
             let slot = Inflight {
                 task,
@@ -286,7 +325,9 @@ impl<const O: usize, const I: usize> Device<O, I> {
                 .push(slot)
                 .map_err(|_| SnapshotError::Inconsistent)?;
         }
-        for (seq, body) in outbox {
+        // The outbox runs without gaps up to `next_report_seq - 1`.
+        let mut seq = h.next_report_seq.wrapping_sub(outbox.len() as u32);
+        for body in outbox {
             let entry = Entry {
                 seq,
                 body: Body::from_slice(body).ok_or(SnapshotError::Inconsistent)?,
@@ -296,6 +337,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
             d.outbox
                 .push_back(entry)
                 .map_err(|_| SnapshotError::Inconsistent)?;
+            seq = seq.wrapping_add(1);
         }
         debug!(
             "restored snapshot {}: {} task(s) interrupted by reboot, {} report(s) unacked",
@@ -308,14 +350,12 @@ impl<const O: usize, const I: usize> Device<O, I> {
     }
 }
 
-/// Outbox sequence numbers must run without gaps up to `next_report_seq - 1`,
-/// every report body must be 1 to [`MAX_REPORT_BODY`] bytes, and the outbox
+/// Every report body must be 1 to [`MAX_REPORT_BODY`] bytes, and the outbox
 /// must have room for one final report per running task.
-fn consistent<const O: usize>(h: &Header, tasks: usize, outbox: &[(u32, &[u8])]) -> bool {
-    let valid = outbox.iter().enumerate().all(|(k, (seq, body))| {
-        let back = (outbox.len() - k) as u32;
-        h.next_report_seq.wrapping_sub(back) == *seq && (1..=MAX_REPORT_BODY).contains(&body.len())
-    });
+fn consistent<const O: usize>(tasks: usize, outbox: &[&[u8]]) -> bool {
+    let valid = outbox
+        .iter()
+        .all(|body| (1..=MAX_REPORT_BODY).contains(&body.len()));
     valid && outbox.len() + tasks <= O
 }
 
@@ -331,12 +371,7 @@ fn checked(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
 
 /// The counter of a snapshot whose CRC checks, for choosing between slots.
 pub fn snapshot_counter(bytes: &[u8]) -> Result<u64, SnapshotError> {
-    let payload = checked(bytes)?;
-    match postcard::take_from_bytes::<Header>(payload) {
-        Ok((h, _)) if h.format == FORMAT => Ok(h.counter),
-        Ok((h, _)) => Err(SnapshotError::UnknownFormat(h.format)),
-        Err(_) => Err(SnapshotError::Malformed),
-    }
+    Reader(checked(bytes)?).start()
 }
 
 /// Of two storage slots, the valid snapshot with the higher counter; `None`
@@ -355,75 +390,72 @@ pub(super) mod tests {
     use super::*;
     use crate::device::{Device, DeviceConfig};
     use crate::time::Duration;
-    use crate::wire::{encode_serde, Platform, TaskId, TaskKind};
-    use serde::ser::Serializer;
+    use crate::wire::{reason, DeviceId, Platform, ReportBody, TaskId, TaskKind, TaskStatus};
 
-    /// A byte string: a varint length, then the bytes.
-    struct Bytes<'a>(&'a [u8]);
-
-    impl Serialize for Bytes<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(self.0)
+    /// A task running since before the snapshot.
+    fn running(task: Task) -> Inflight {
+        Inflight {
+            task,
+            announced: true,
+            cancel: Flag::No,
+            progress: None,
         }
     }
 
-    /// Serializes whatever the closure iterates as a sequence.
-    struct Seq<F>(F);
-
-    impl<F: Fn() -> It, It: Iterator<Item = T>, T: Serialize> Serialize for Seq<F> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq((self.0)())
-        }
-    }
-
-    /// The snapshot as serde writes the tuple that `restore` reads.
-    pub(in crate::device) fn by_serde<const O: usize, const I: usize>(
+    /// The snapshot as PROTOCOL.md, section 14, lays it out, written plainly
+    /// field by field (without the pieces and chunks of `snapshot`), CRC
+    /// included.
+    pub(in crate::device) fn by_layout<const O: usize, const I: usize>(
         d: &Device<O, I>,
-        buf: &mut [u8],
-    ) -> usize {
-        let header = Header {
-            format: FORMAT,
-            counter: d.counter,
-            device: d.cfg.id,
-            generation: d.cfg.generation,
-            last_task_seq: d.last_task_seq,
-            next_report_seq: d.next_report_seq,
-            policy_version: d.policy_version,
-            periodic_ms: d.periodic.as_millis(),
-        };
-        let tasks = Seq(|| d.inflight.iter().map(|i| i.task));
-        let outbox = Seq(|| d.outbox.iter().map(|e| (e.seq, Bytes(&e.body))));
-        encode_serde(&(header, tasks, outbox), buf)
+    ) -> std::vec::Vec<u8> {
+        let mut v = std::vec![FORMAT];
+        v.extend_from_slice(&d.counter.to_le_bytes());
+        v.extend_from_slice(&d.cfg.id.0.to_le_bytes());
+        v.extend_from_slice(&d.cfg.generation.to_le_bytes());
+        v.extend_from_slice(&d.last_task_seq.to_le_bytes());
+        v.extend_from_slice(&d.next_report_seq.to_le_bytes());
+        v.extend_from_slice(&d.policy_version.to_le_bytes());
+        let ms = d.periodic.as_millis().min(u64::from(u32::MAX)) as u32;
+        v.extend_from_slice(&ms.to_le_bytes());
+        v.extend_from_slice(&(d.inflight.len() as u16).to_le_bytes());
+        v.extend_from_slice(&(d.outbox.len() as u16).to_le_bytes());
+        for i in &d.inflight {
+            v.extend_from_slice(&i.task.seq.to_le_bytes());
+            v.extend_from_slice(&i.task.id.0.to_le_bytes());
+            v.push(
+                TaskKind::ALL
+                    .iter()
+                    .position(|k| *k == i.task.kind)
+                    .unwrap() as u8,
+            );
+        }
+        for e in &d.outbox {
+            v.push(e.body.len() as u8);
+            v.extend_from_slice(&e.body);
+        }
+        let crc = crc32(&v);
+        v.extend_from_slice(&crc.to_le_bytes());
+        v
     }
 
     #[test]
-    fn hand_written_snapshot_is_what_serde_writes() {
+    fn hand_written_snapshot_is_the_layout() {
         let t0 = Instant::from_millis(1_000);
         let cfg = DeviceConfig::new(DeviceId(u64::MAX - 3), 7, [9; 32], Platform::Ios);
         let mut d: Device = Device::new(cfg, t0);
-        let (mut want, mut got) = ([0u8; 1024], [0u8; 1024]);
+        let mut got = [0u8; 1024];
         for k in 0..4u32 {
             d.counter = u64::from(k) << (20 * k);
             d.last_task_seq = u32::MAX >> k;
             d.next_report_seq = 1 << (9 * k);
             d.policy_version = 300 * k;
             d.periodic = Duration::from_millis(60_000 << k);
-            if k.is_multiple_of(2) {
-                d.settings_changed();
-            }
             let task = Task {
                 seq: 1 << (10 * k),
                 id: TaskId(u64::MAX >> (13 * k)),
                 kind: TaskKind::ALL[k as usize],
             };
-            d.inflight
-                .push(Inflight {
-                    task,
-                    announced: true,
-                    cancel: Flag::No,
-                    progress: None,
-                })
-                .unwrap();
+            d.inflight.push(running(task)).unwrap();
             let body = Body::from_slice(&[k as u8; MAX_REPORT_BODY][..1 + 9 * k as usize]).unwrap();
             let entry = Entry {
                 seq: 40_000 * k,
@@ -431,10 +463,9 @@ pub(super) mod tests {
                 wire: Wire::New,
             };
             d.outbox.push_back(entry).unwrap();
-            let w = by_serde(&d, &mut want);
+            let want = by_layout(&d);
             let n = d.snapshot(&mut got).unwrap();
-            assert_eq!(got[..n - 4], want[..w]);
-            assert_eq!(n, w + 4);
+            assert_eq!(got[..n], want[..]);
             let short = d.snapshot(&mut got[..n - 1]);
             assert_eq!(short, Err(EncodeError::BufferTooSmall { needed: n }));
             // Exactly long enough: the last pieces go through the writer
@@ -465,7 +496,13 @@ pub(super) mod tests {
         }
     }
 
-    fn random_device<const O: usize, const I: usize>(rng: &mut u64) -> Device<O, I> {
+    /// A device in a random state within its capacities; with `consistent`,
+    /// one that `restore` takes back (its outbox numbered up to
+    /// `next_report_seq - 1`, with room for each running task's report).
+    fn random_device<const O: usize, const I: usize>(
+        rng: &mut u64,
+        consistent: bool,
+    ) -> Device<O, I> {
         let t0 = Instant::from_millis(1_000);
         let id = DeviceId(edgy(rng, 64));
         let generation = edgy(rng, 32) as u32;
@@ -476,24 +513,13 @@ pub(super) mod tests {
         d.next_report_seq = edgy(rng, 32) as u32;
         d.policy_version = edgy(rng, 32) as u32;
         d.periodic = Duration::from_millis(edgy(rng, 64));
-        // Both ways of writing them: encoded ahead, or (set behind the
-        // engine's back, as here) encoded by the snapshot itself.
-        if edgy(rng, 8).is_multiple_of(2) {
-            d.settings_changed();
-        }
         for _ in 0..edgy(rng, 8) as usize % (I + 1) {
             let task = Task {
                 seq: edgy(rng, 32) as u32,
                 id: TaskId(edgy(rng, 64)),
                 kind: TaskKind::ALL[edgy(rng, 8) as usize % 5],
             };
-            let slot = Inflight {
-                task,
-                announced: true,
-                cancel: Flag::No,
-                progress: None,
-            };
-            d.inflight.push(slot).unwrap();
+            d.inflight.push(running(task)).unwrap();
         }
         // Start the ring anywhere, so that the outbox often wraps around.
         for _ in 0..edgy(rng, 8) as usize % (O + 1) {
@@ -505,7 +531,13 @@ pub(super) mod tests {
             d.outbox.push_back(entry).unwrap();
             d.outbox.pop_front();
         }
-        for _ in 0..edgy(rng, 8) as usize % (O + 1) {
+        let room = if consistent {
+            O.saturating_sub(d.inflight.len())
+        } else {
+            O
+        };
+        let reports = edgy(rng, 8) as usize % (room + 1);
+        for k in 0..reports {
             let mut body = Body::EMPTY;
             for b in body.bytes.iter_mut() {
                 *b = edgy(rng, 8) as u8; // bytes past the length too (scratch)
@@ -517,16 +549,19 @@ pub(super) mod tests {
             ];
             body.len = len[edgy(rng, 8) as usize % 3] as u8;
             let wire = [Wire::New, Wire::Sent, Wire::Again][edgy(rng, 8) as usize % 3];
-            let seq = edgy(rng, 32) as u32;
+            let seq = if consistent {
+                d.next_report_seq.wrapping_sub((reports - k) as u32)
+            } else {
+                edgy(rng, 32) as u32
+            };
             d.outbox.push_back(Entry { seq, body, wire }).unwrap();
         }
         d
     }
 
-    fn same_as_serde<const O: usize, const I: usize>(d: &Device<O, I>) {
-        let mut want = [0u8; 4096];
-        let w = by_serde(d, &mut want);
-        let n = w + 4;
+    fn same_as_layout<const O: usize, const I: usize>(d: &Device<O, I>) {
+        let want = by_layout(d);
+        let n = want.len();
         assert!(n <= Device::<O, I>::SNAPSHOT_MAX, "{n} > SNAPSHOT_MAX");
         for size in [
             n - 1,
@@ -551,20 +586,189 @@ pub(super) mod tests {
                 );
             } else {
                 assert_eq!(r, Ok(n), "size {size}");
-                assert_eq!(got[..w], want[..w], "size {size}");
-                assert_eq!(got[w..n], crc32(&want[..w]).to_le_bytes());
+                assert_eq!(got[..n], want[..], "size {size}");
             }
         }
     }
 
-    #[test]
-    fn random_snapshots_are_what_serde_writes_at_every_buffer_size() {
-        let mut rng = 0x1234_5678_9abc_def1u64;
-        for _ in 0..20_000 {
-            same_as_serde(&random_device::<16, 4>(&mut rng));
-            same_as_serde(&random_device::<4, 2>(&mut rng));
-            same_as_serde(&random_device::<1, 1>(&mut rng));
-            same_as_serde(&random_device::<40, 12>(&mut rng));
+    /// A restored engine holds what was snapshotted: the header's values
+    /// (the interval clamped), the outbox with its sequences and bodies
+    /// (never replaced), and each running task's failure after it.
+    fn restores_what_was_written<const O: usize, const I: usize>(d: &Device<O, I>) {
+        let bytes = by_layout(d);
+        let now = Instant::from_millis(5_000);
+        let r = Device::<O, I>::restore(d.cfg.clone(), &bytes, now).unwrap();
+        assert_eq!(snapshot_counter(&bytes), Ok(d.counter));
+        assert_eq!(r.counter, d.counter);
+        assert_eq!(r.attempt, d.counter.wrapping_add(1) << 32);
+        assert_eq!(r.last_task_seq, d.last_task_seq);
+        assert_eq!(r.policy_version, d.policy_version);
+        let ms = d.periodic.as_millis().min(u64::from(u32::MAX));
+        assert_eq!(r.periodic, super::super::periodic_within_bounds(ms));
+        assert_eq!(r.running_tasks().count(), 0);
+        assert_eq!(r.outbox.len(), d.outbox.len() + d.inflight.len());
+        for (got, want) in r.outbox.iter().zip(&d.outbox) {
+            assert_eq!(
+                (got.seq, &got.body, got.wire),
+                (want.seq, &want.body, Wire::Again)
+            );
         }
+        // Interrupted tasks are failed from the last one running back.
+        let failed = r.outbox.iter().skip(d.outbox.len());
+        for (e, i) in failed.zip(d.inflight.iter().rev()) {
+            let status = TaskStatus::Failed {
+                reason: reason::INTERRUPTED_BY_REBOOT,
+            };
+            let want = ReportBody::Task {
+                task: i.task.id,
+                status,
+            };
+            assert_eq!(crate::wire::decode::<ReportBody>(&e.body), Ok(want));
+        }
+        let next = d.next_report_seq.wrapping_add(d.inflight.len() as u32);
+        assert_eq!(r.next_report_seq, next);
+    }
+
+    /// A random device's snapshot is the layout at every buffer size; one
+    /// in four is consistent, and restores to what was written.
+    fn random_snapshot<const O: usize, const I: usize>(rng: &mut u64, consistent: bool) {
+        let d = random_device::<O, I>(rng, consistent);
+        same_as_layout(&d);
+        if consistent {
+            restores_what_was_written(&d);
+        }
+    }
+
+    #[test]
+    fn random_snapshots_are_the_layout_and_restore_to_what_was_written() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        for k in 0..20_000 {
+            let consistent = k % 4 == 0;
+            random_snapshot::<16, 4>(&mut rng, consistent);
+            random_snapshot::<4, 2>(&mut rng, consistent);
+            random_snapshot::<1, 1>(&mut rng, consistent);
+            random_snapshot::<40, 12>(&mut rng, consistent);
+        }
+    }
+
+    /// `bytes` with a CRC that checks.
+    fn sealed(bytes: &[u8]) -> std::vec::Vec<u8> {
+        let mut v = bytes.to_vec();
+        v.extend_from_slice(&crc32(bytes).to_le_bytes());
+        v
+    }
+
+    /// A snapshot cut anywhere (even before its format byte), or with a byte
+    /// more, is `Malformed`; another format is `UnknownFormat`, whatever
+    /// follows it.
+    #[test]
+    fn cut_long_or_foreign_format_snapshots_are_refused() {
+        let mut rng = 0x5151_7777_0000_0001u64;
+        let cfg_of = |d: &Device<16, 4>| d.cfg.clone();
+        for _ in 0..200 {
+            let d = random_device::<16, 4>(&mut rng, true);
+            let bytes = by_layout(&d);
+            let body = &bytes[..bytes.len() - 4];
+            let now = Instant::from_millis(5_000);
+            for cut in 0..body.len() {
+                let r = Device::<16, 4>::restore(cfg_of(&d), &sealed(&body[..cut]), now);
+                assert_eq!(r.err(), Some(SnapshotError::Malformed), "cut at {cut}");
+            }
+            let mut long = body.to_vec();
+            long.push(0);
+            let r = Device::<16, 4>::restore(cfg_of(&d), &sealed(&long), now);
+            assert_eq!(r.err(), Some(SnapshotError::Malformed));
+            for format in [0, 1, 2, 4, 0xFF] {
+                let mut other = body.to_vec();
+                other[0] = format;
+                let other = sealed(&other);
+                assert_eq!(
+                    snapshot_counter(&other),
+                    Err(SnapshotError::UnknownFormat(format))
+                );
+                let r = Device::<16, 4>::restore(cfg_of(&d), &other, now);
+                assert_eq!(r.err(), Some(SnapshotError::UnknownFormat(format)));
+            }
+        }
+    }
+
+    /// What the header promises is checked against the bytes and the
+    /// engine: a task of no known kind and more tasks or reports than the
+    /// engine holds are `Malformed`; a body of 0 bytes, or more than any
+    /// report body, and more reports than leave room for each running
+    /// task's are `Inconsistent`; another device's is `Foreign`.
+    #[test]
+    fn header_counts_kinds_and_bodies_are_checked() {
+        let t0 = Instant::from_millis(1_000);
+        let cfg = DeviceConfig::new(DeviceId(77), 3, [9; 32], Platform::Ios);
+        let mut d = Device::<4, 2>::new(cfg.clone(), t0);
+        d.next_report_seq = 10;
+        let task = Task {
+            seq: 1,
+            id: TaskId(5),
+            kind: TaskKind::Wipe,
+        };
+        d.inflight.push(running(task)).unwrap();
+        let body = Body::from_slice(&[0, 5, 0]).unwrap();
+        let entry = Entry {
+            seq: 9,
+            body,
+            wire: Wire::Sent,
+        };
+        d.outbox.push_back(entry).unwrap();
+        let bytes = by_layout(&d);
+        let body = &bytes[..bytes.len() - 4];
+        let restore = |b: &[u8]| Device::<4, 2>::restore(cfg.clone(), &sealed(b), t0).err();
+        assert_eq!(restore(body), None);
+        let kind_at = HEADER + 12;
+        let counts_at = HEADER - 4;
+        let len_at = HEADER + TASK;
+        let with = |at: usize, v: &[u8]| {
+            let mut b = body.to_vec();
+            b[at..at + v.len()].copy_from_slice(v);
+            b
+        };
+        assert_eq!(
+            restore(&with(kind_at, &[5])),
+            Some(SnapshotError::Malformed)
+        );
+        assert_eq!(restore(&with(kind_at, &[4])), None);
+        // Three tasks (the capacity is two): more bytes than there are, and
+        // too many even when they are there.
+        let mut three = with(counts_at, &[3, 0]);
+        assert_eq!(restore(&three), Some(SnapshotError::Malformed));
+        let task_bytes = &body[HEADER..HEADER + TASK];
+        three.splice(HEADER..HEADER, task_bytes.iter().chain(task_bytes).copied());
+        assert_eq!(restore(&three), Some(SnapshotError::Malformed));
+        // Five reports (the capacity is four).
+        let mut five = with(counts_at + 2, &[5, 0]);
+        for _ in 0..4 {
+            five.extend_from_slice(&[1, 0]);
+        }
+        assert_eq!(restore(&five), Some(SnapshotError::Malformed));
+        // Four reports and a running task: no room for its failure.
+        let mut four = with(counts_at + 2, &[4, 0]);
+        for _ in 0..3 {
+            four.extend_from_slice(&[1, 0]);
+        }
+        assert_eq!(restore(&four), Some(SnapshotError::Inconsistent));
+        assert_eq!(
+            restore(&with(len_at, &[0])[..len_at + 1]),
+            Some(SnapshotError::Inconsistent)
+        );
+        let mut long = with(len_at, &[MAX_REPORT_BODY as u8 + 1]);
+        long.truncate(len_at + 1);
+        long.extend_from_slice(&[0; MAX_REPORT_BODY + 1]);
+        assert_eq!(restore(&long), Some(SnapshotError::Inconsistent));
+        let mut longest = with(len_at, &[MAX_REPORT_BODY as u8]);
+        longest.truncate(len_at + 1);
+        longest.extend_from_slice(&[0; MAX_REPORT_BODY]);
+        assert_eq!(restore(&longest), None);
+        let other = DeviceConfig::new(DeviceId(78), 3, [9; 32], Platform::Ios);
+        let r = Device::<4, 2>::restore(other, &bytes, t0);
+        assert_eq!(r.err(), Some(SnapshotError::Foreign));
+        let later = DeviceConfig::new(DeviceId(77), 4, [9; 32], Platform::Ios);
+        let r = Device::<4, 2>::restore(later, &bytes, t0);
+        assert_eq!(r.err(), Some(SnapshotError::Foreign));
     }
 }

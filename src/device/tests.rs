@@ -600,9 +600,10 @@ fn feed_at<const O: usize, const I: usize>(d: &mut Device<O, I>, msg: &Down, now
     let _ = d.handle_bytes(&buf[..n], now);
 }
 
-/// The outbox's bodies and the snapshot are serde's, byte for byte, and the
-/// snapshot restores to the same settings, whose snapshot is serde's again.
-fn snapshot_as_serde<const O: usize, const I: usize>(
+/// The outbox's bodies are serde's, byte for byte, the snapshot is the
+/// layout of PROTOCOL.md, and it restores to the same settings, whose
+/// snapshot is the layout again.
+fn snapshot_checked<const O: usize, const I: usize>(
     d: &Device<O, I>,
     now: Instant,
 ) -> std::vec::Vec<u8> {
@@ -613,11 +614,10 @@ fn snapshot_as_serde<const O: usize, const I: usize>(
         let n = wire::encode_serde(&report, &mut want);
         assert_eq!(e.body[..], want[..n], "{report:?}");
     }
-    let mut want = [0u8; 4096];
-    let w = super::snapshot::tests::by_serde(d, &mut want);
+    let want = super::snapshot::tests::by_layout(d);
     let mut got = std::vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
     let n = d.snapshot(&mut got).unwrap();
-    assert_eq!(got[..n - 4], want[..w]);
+    assert_eq!(got[..n], want[..]);
     got.truncate(n);
     let r = Device::<O, I>::restore(cfg(), &got, now).unwrap();
     assert_eq!(
@@ -626,23 +626,22 @@ fn snapshot_as_serde<const O: usize, const I: usize>(
     );
     let mut again = std::vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
     let m = r.snapshot(&mut again).unwrap();
-    let w = super::snapshot::tests::by_serde(&r, &mut want);
-    assert_eq!(again[..m - 4], want[..w], "restored");
+    let want = super::snapshot::tests::by_layout(&r);
+    assert_eq!(again[..m], want[..], "restored");
     got
 }
 
 /// Snapshots along random runs of the engine (sessions whose `Welcome` sets
 /// any periodic interval or none, tasks, policies applied or refused, acks,
-/// reboots) are what serde writes: the header's settings encoded ahead are
-/// never stale.
+/// reboots) are the layout, and restore to the settings they were taken with.
 #[test]
-fn snapshots_along_random_runs_are_what_serde_writes() {
+fn snapshots_along_random_runs_are_the_layout() {
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let periods = [0, 1, 59, 60, 61, 3_600, 604_800, 604_801, u32::MAX];
     for _ in 0..600 {
         let mut now = T0;
         let mut d = Device::<6, 2>::new(cfg(), now);
-        let mut saved = snapshot_as_serde(&d, now);
+        let mut saved = snapshot_checked(&d, now);
         let mut buf = [0u8; 600];
         for _ in 0..60 {
             let r = crate::xorshift(&mut rng);
@@ -737,7 +736,7 @@ fn snapshots_along_random_runs_are_what_serde_writes() {
             if !(r >> 40).is_multiple_of(3) {
                 while d.poll_transmit(&mut buf).ok().flatten().is_some() {}
             }
-            saved = snapshot_as_serde(&d, now);
+            saved = snapshot_checked(&d, now);
         }
     }
 }
@@ -960,4 +959,68 @@ fn a_device_without_a_token_never_loops_on_the_request() {
     d.manual_sync(now + MIN);
     sync(&mut d, true, now + MIN).unwrap();
     assert!(sync(&mut d, true, now + MIN).is_none(), "a sync loop");
+}
+
+/// A final status takes the place of its task's unsent `Received` at the
+/// back of the outbox or behind other tasks' unsent `Received`s only: never
+/// past a final status, a report the application raised, or one that went
+/// out.
+#[test]
+fn a_final_status_takes_the_place_of_an_unsent_received_behind_others_only() {
+    let done = TaskStatus::Succeeded { result: None };
+    let received = TaskStatus::Received;
+    let bodies = |d: &Device| {
+        let body = |e: &Entry| wire::decode::<ReportBody>(&e.body).unwrap();
+        d.outbox
+            .iter()
+            .map(|e| (e.seq, body(e)))
+            .collect::<std::vec::Vec<_>>()
+    };
+    let report = |id: u64, status| ReportBody::Task {
+        task: TaskId(id),
+        status,
+    };
+    let mut d = syncing::<16, 4>();
+    for seq in 1..=3 {
+        feed(&mut d, &task(seq));
+    }
+    drain(&mut d);
+    // Behind two other tasks' `Received`s, then the back one.
+    d.task_status(TaskId(101), done, T0).unwrap();
+    d.task_status(TaskId(103), done, T0).unwrap();
+    let want = [
+        (1, report(101, done)),
+        (2, report(102, received)),
+        (3, report(103, done)),
+    ];
+    assert_eq!(bodies(&d), want);
+    // Not past a final status: a report of its own.
+    d.task_status(TaskId(102), done, T0).unwrap();
+    assert_eq!(
+        bodies(&d)[1..],
+        [
+            (2, report(102, received)),
+            (3, report(103, done)),
+            (4, report(102, done))
+        ]
+    );
+    // Not past a compliance event.
+    feed(&mut d, &task(4));
+    drain(&mut d);
+    d.raise_compliance(ComplianceEvent::ProfileChanged, T0)
+        .unwrap();
+    d.task_status(TaskId(104), done, T0).unwrap();
+    let all = bodies(&d);
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[4], (5, report(104, received)));
+    assert_eq!(all[6], (7, report(104, done)));
+    // Not in place of a `Received` that went out.
+    let mut d = syncing::<16, 4>();
+    feed(&mut d, &task(1));
+    drain(&mut d);
+    let mut buf = [0u8; 600];
+    while d.poll_transmit(&mut buf).unwrap().is_some() {}
+    d.task_status(TaskId(101), done, T0).unwrap();
+    let want = [(1, report(101, received)), (2, report(101, done))];
+    assert_eq!(bodies(&d), want);
 }

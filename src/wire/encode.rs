@@ -20,12 +20,6 @@ impl Writer<'_> {
         self.varint(v.into());
     }
 
-    fn task(&mut self, t: &Task) {
-        self.u32(t.seq);
-        self.varint(t.id.0);
-        self.push(t.kind as u8);
-    }
-
     /// A report body by hand when it is a task report; `false` for the rest.
     #[inline]
     fn report_body(&mut self, body: &ReportBody) -> bool {
@@ -36,6 +30,36 @@ impl Writer<'_> {
         self.varint(task.0);
         status.write(self);
         true
+    }
+}
+
+/// `Down::Ack`, as one piece (see `Writer::piece`): the tag, the sequence.
+struct AckPiece(u32);
+
+const ACK_ROOM: usize = 1 + 5;
+
+impl Piece for AckPiece {
+    #[inline(always)]
+    fn write<O: Out>(&self, w: &mut O) {
+        w.push(2);
+        w.varint32(self.0);
+    }
+}
+
+/// `Down::Task`, as one piece: the tag, then the task's sequence, id and
+/// kind (its variant index).
+struct Offer<'a>(&'a Task);
+
+const OFFER_ROOM: usize = 1 + 5 + 10 + 1;
+
+impl Piece for Offer<'_> {
+    #[inline(always)]
+    fn write<O: Out>(&self, w: &mut O) {
+        let t = self.0;
+        w.push(3);
+        w.varint32(t.seq);
+        w.varint(t.id.0);
+        w.push(t.kind as u8);
     }
 }
 
@@ -71,14 +95,8 @@ pub(super) fn down(msg: &Down, out: &mut [u8]) -> usize {
             w.u32(*periodic_s);
             w.push((*want_token).into());
         }
-        Down::Ack { seq } => {
-            w.push(2);
-            w.u32(*seq);
-        }
-        Down::Task(task) => {
-            w.push(3);
-            w.task(task);
-        }
+        Down::Ack { seq } => w.piece::<ACK_ROOM, _>(&AckPiece(*seq)),
+        Down::Task(task) => w.piece::<OFFER_ROOM, _>(&Offer(task)),
         Down::Cancel { task } => {
             w.push(4);
             w.varint(task.0);

@@ -126,12 +126,17 @@ impl<'a> Writer<'a> {
 /// or, with `hand-encode`, a [`Chunk`] of output known to be long enough.
 pub(crate) trait Out {
     fn push(&mut self, byte: u8);
-    /// A varint of up to ten bytes.
+    /// A varint of up to ten bytes (the pieces written by hand: servers and
+    /// phones only; firmware's one piece, the snapshot, has no varints).
+    #[cfg(feature = "hand-encode")]
     fn varint(&mut self, v: u64);
     /// A varint of a `u32` (up to five bytes).
+    #[cfg(feature = "hand-encode")]
     fn varint32(&mut self, v: u32);
     /// See [`Writer::len_prefixed_of`].
     fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize);
+    /// `N` bytes as they are (a fixed-width integer's little-endian bytes).
+    fn fixed<const N: usize>(&mut self, bytes: [u8; N]);
     /// `array[..len]` (the whole array when `len` is past it), bytes written
     /// before (see [`Chunk`]'s whole copy).
     #[cfg(feature = "hand-encode")]
@@ -148,10 +153,12 @@ impl Out for Writer<'_> {
     fn push(&mut self, byte: u8) {
         Writer::push(self, byte);
     }
+    #[cfg(feature = "hand-encode")]
     #[inline(always)]
     fn varint(&mut self, v: u64) {
         Writer::varint(self, v);
     }
+    #[cfg(feature = "hand-encode")]
     #[inline(always)]
     fn varint32(&mut self, v: u32) {
         Writer::varint(self, v.into());
@@ -159,6 +166,10 @@ impl Out for Writer<'_> {
     #[inline(always)]
     fn len_prefixed_of<const N: usize>(&mut self, array: &[u8; N], len: usize) {
         Writer::len_prefixed_of(self, array, len);
+    }
+    #[inline(always)]
+    fn fixed<const N: usize>(&mut self, bytes: [u8; N]) {
+        self.bytes(&bytes);
     }
     #[cfg(feature = "hand-encode")]
     #[inline(always)]
@@ -246,6 +257,13 @@ impl<const K: usize> Out for Chunk<'_, K> {
         if let Some(dst) = self.room::<N>() {
             *dst = *array;
             self.len += len;
+        }
+    }
+    #[inline(always)]
+    fn fixed<const N: usize>(&mut self, bytes: [u8; N]) {
+        if let Some(dst) = self.room::<N>() {
+            *dst = bytes;
+            self.len += N;
         }
     }
     #[inline(always)]
@@ -677,24 +695,29 @@ pub(crate) mod tests {
             impl Piece for P {
                 fn write<O: Out>(&self, o: &mut O) {
                     o.push(7);
-                    o.varint(self.0);
-                    o.varint32(self.1);
+                    #[cfg(feature = "hand-encode")]
+                    {
+                        o.varint(self.0);
+                        o.varint32(self.1);
+                    }
+                    o.fixed(self.0.to_le_bytes());
+                    o.fixed(self.1.to_le_bytes());
                     o.len_prefixed_of(&self.2, self.3);
                 }
             }
             let p = P(a, b, body, len);
-            let mut want = [1u8; 64];
+            let mut want = [1u8; 96];
             let mut w = Writer::new(&mut want[1..]);
             p.write(&mut w);
             let n = w.len();
-            // n is at most 1 + 10 + 5 + 1 + 8 = 25: sizes go up to 65.
+            // n is at most 1 + 10 + 5 + 8 + 4 + 1 + 8 = 37: sizes go up to 77.
             for size in 0..=n + 40 {
                 for fits in [true, false] {
-                    let mut got = [0xEEu8; 80];
+                    let mut got = [0xEEu8; 96];
                     let mut w = Writer::new(&mut got[..size]);
                     w.push(1);
                     if fits {
-                        w.piece::<36, _>(&p); // 1 + 10 + 5 + 10 + 8 at most
+                        w.piece::<48, _>(&p); // 1 + 10 + 5 + 8 + 4 + 10 + 8 at most
                     } else {
                         w.piece::<8, _>(&p);
                     }
