@@ -436,7 +436,8 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     refused_resync: bool,
     app_deferred: bool,
     // The server holds `cfg.push_token`: a `Welcome` that did not ask for
-    // the token answered a `Hello` that carried it. Hellos then carry none.
+    // the token answered a `Hello` that carried it. Hellos then carry none
+    // but in periodic syncs.
     // RAM only, not in the snapshot: the first session of each boot sends
     // the token again, one resend per boot (PROTOCOL.md 7.2).
     token_confirmed: bool,
@@ -1423,7 +1424,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if let Up::Hello(_) = msg {
             self.hello_hash = crate::auth::hello_hash(frame::payload(&buf[..n]));
             self.send_hello = false;
-            self.hello_token = !self.token_confirmed;
+            self.hello_token = self.hello_carries_token();
         } else {
             self.proof = None;
         }
@@ -1454,13 +1455,23 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.outbox.iter_mut().find(|e| !e.sent())
     }
 
-    /// The session's `Hello`: with the push token until the server has
-    /// confirmed it (see `token_confirmed`), else with an empty one.
+    /// Whether this session's `Hello` carries the push token: until the
+    /// server has confirmed it (see `token_confirmed`), and in every periodic
+    /// sync. The periodic one repairs a server that holds another token than
+    /// the current one (a store restored from a backup, say) and so never
+    /// asks for it: pushes to that token fail, so the device soon syncs only
+    /// periodically, and its next periodic sync corrects the server.
+    fn hello_carries_token(&self) -> bool {
+        !self.token_confirmed || self.trigger == SyncTrigger::Periodic
+    }
+
+    /// The session's `Hello`: with the push token when it carries one (see
+    /// `hello_carries_token`), else with an empty one.
     fn hello(&self) -> Hello {
-        let push_token = if self.token_confirmed {
-            heapless::String::new()
-        } else {
+        let push_token = if self.hello_carries_token() {
             self.cfg.push_token.clone()
+        } else {
+            heapless::String::new()
         };
         Hello {
             version: PROTOCOL_VERSION,

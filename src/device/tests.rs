@@ -848,6 +848,25 @@ fn a_confirmed_token_is_not_sent_again() {
     assert!(third.push_token.is_empty(), "{third:?}");
 }
 
+/// A confirmed token still goes with every periodic sync (and only with
+/// those): a server that holds another token (a store restored from a
+/// backup) never asks for it, and pushes to that token fail, so the periodic
+/// sync is the one that comes and corrects it.
+#[test]
+fn every_periodic_sync_carries_the_token() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    sync(&mut d, false, T0).unwrap();
+    let mut last = T0;
+    for _ in 0..3 {
+        let now = last + d.periodic_interval();
+        let hello = sync(&mut d, false, now).expect("a periodic sync");
+        assert_eq!(hello.trigger, SyncTrigger::Periodic, "{hello:?}");
+        assert_eq!(hello.push_token, token("fcm:one"), "{hello:?}");
+        last = now + MIN;
+        steady(&mut d, last);
+    }
+}
+
 #[test]
 fn a_session_that_ends_before_its_welcome_confirms_nothing() {
     let mut d: Device = Device::new(with_token("fcm:one"), T0);
