@@ -7,9 +7,7 @@
 //! more than a few sessions.
 
 use mdm_sync::device::{Device, DeviceConfig, Event};
-use mdm_sync::server::{
-    DeviceRecord, FleetStore, MemoryStore, PushToken, Server, ServerConfig,
-};
+use mdm_sync::server::{DeviceRecord, FleetStore, MemoryStore, PushToken, Server, ServerConfig};
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{self, frame, DeviceId, Down, FrameDecoder, Platform, Up, MAX_FRAME};
 use proptest::prelude::*;

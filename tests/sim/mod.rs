@@ -1190,6 +1190,13 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             if dev.engine.outbox_len() != 0 || dev.engine.running_tasks().count() != 0 {
                 let _ = write!(out, "dev{d} has an outbox or running tasks; ");
             }
+            // The server learns the token in the first sync after boot, which
+            // a clock that went back may delay by the jump (hours): settling
+            // waits for it (`check_final` then checks the token itself).
+            let target = self.server.store().push_target(dev.id);
+            if !matches!(target, Ok(Some((_, ref t))) if *t == dev.cfg.push_token) {
+                let _ = write!(out, "dev{d}: the server holds push token {target:?}; ");
+            }
         }
         out
     }
