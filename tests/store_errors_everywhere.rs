@@ -1,7 +1,8 @@
 //! A store that fails once, at its n-th call, for every n of a whole run:
 //! tasks, compliance events and a policy report, through handshakes, reports
 //! and operator calls. Whatever call fails, once the device syncs again the
-//! server holds every report exactly once and every task's real outcome.
+//! server holds every report exactly once, every task's real outcome and the
+//! device's push token.
 
 use core::cell::Cell;
 
@@ -117,6 +118,7 @@ impl FleetStore for Once {
 }
 
 const ID: DeviceId = DeviceId(3);
+const TOKEN: &str = "fcm:token";
 
 /// The device's app: runs every task to success, applies every policy.
 fn on_event(d: &mut Device, ev: Event, now: Instant) {
@@ -214,7 +216,9 @@ fn run(fail_at: u64, every: u64) -> u64 {
     let secret = s.enroll(ID, t0).unwrap();
     s.store_mut().fail_at = fail_at;
     s.store_mut().every = every;
-    let mut d: Device = Device::new(DeviceConfig::new(ID, 0, secret, Platform::Android), t0);
+    let mut cfg = DeviceConfig::new(ID, 0, secret, Platform::Android);
+    cfg.push_token = TOKEN.try_into().unwrap();
+    let mut d: Device = Device::new(cfg, t0);
     let mut now = t0;
     // Operator calls retried until the store takes them (a failed one
     // queued nothing).
@@ -259,6 +263,14 @@ fn run(fail_at: u64, every: u64) -> u64 {
     assert_eq!(
         view.policy_state,
         PolicyState::Applied { version },
+        "store failing at call {fail_at}"
+    );
+    // The token went in the boot sync's Hello, or in a later one if no
+    // Welcome confirmed it (protocol version 5 sends it only until then).
+    let target = s.store().inner.push_target(ID).unwrap();
+    assert_eq!(
+        target.as_ref().map(|(_, t)| t.as_str()),
+        Some(TOKEN),
         "store failing at call {fail_at}"
     );
     let compliance = s.store_mut().inner.take_compliance();

@@ -4,7 +4,7 @@
 //! Input: capacity choice (u8: even = outbox 16 / 4 tasks, odd = 4 / 2), then
 //! operations (see [`crate::script::device`]).
 //!
-//! The harness plays the server's side of the handshake as version 4 wants
+//! The harness plays the server's side of the handshake as the protocol wants
 //! it: it reads the bytes it feeds for the first frame of each session (with
 //! a decoder like the device's), and once that is a `Challenge` the device
 //! takes, it frames the `Down` messages it builds itself with that nonce's

@@ -40,8 +40,8 @@ use mdm_sync::server::{
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
-    ComplianceEvent, DeviceId, Platform, PolicyOutcome, Setting, SettingFailure, TaskId, TaskKind,
-    TaskResult, TaskStatus, Up, MAX_FRAME,
+    self, ComplianceEvent, DeviceId, Down, Platform, PolicyOutcome, Setting, SettingFailure,
+    TaskId, TaskKind, TaskResult, TaskStatus, Up, MAX_FRAME,
 };
 
 use net::{Conn, Dir, FrameFault};
@@ -924,11 +924,30 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             };
             self.conns[c].assembler.extend_from_slice(&buf[..n]);
             for frame in net::split_frames(&mut self.conns[c].assembler)? {
+                self.check_welcome(c, &frame)?;
                 self.send_frame(c, Dir::Down, frame)?;
             }
             self.drain_server_events()?;
         }
         Ok(progress)
+    }
+
+    /// A `Welcome` asks for the push token exactly when the store holds
+    /// none for the device (PROTOCOL.md 6.5; `MemoryStore` answers from a
+    /// flag in the device's row, which every row write must keep).
+    fn check_welcome(&self, c: usize, frame: &[u8]) -> Res {
+        let payload = frame.get(4..frame.len().saturating_sub(4)).unwrap_or(&[]);
+        if let Ok(Down::Welcome { want_token, .. }) = wire::decode::<Down>(payload) {
+            let d = self.conns[c].dev;
+            let held = self.server.store().push_target(self.devs[d].id);
+            let held = held.map_err(|e| format!("push_target: {e:?}"))?;
+            if want_token == held.is_some() {
+                return Err(format!(
+                    "dev{d}: Welcome want_token {want_token}, the store holds {held:?}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn drain_server_events(&mut self) -> Res<bool> {
@@ -1189,6 +1208,13 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             }
             if dev.engine.outbox_len() != 0 || dev.engine.running_tasks().count() != 0 {
                 let _ = write!(out, "dev{d} has an outbox or running tasks; ");
+            }
+            // The server learns the token in the first sync after boot, which
+            // a clock that went back may delay by the jump (hours): settling
+            // waits for it (`check_final` then checks the token itself).
+            let target = self.server.store().push_target(dev.id);
+            if !matches!(target, Ok(Some((_, ref t))) if *t == dev.cfg.push_token) {
+                let _ = write!(out, "dev{d}: the server holds push token {target:?}; ");
             }
         }
         out
