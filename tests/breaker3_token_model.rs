@@ -293,16 +293,12 @@ proptest! {
 
 /// The server's store is restored from a backup taken while it held the
 /// device's previous token; the device, which has since had its new token
-/// confirmed, sends none, and the restored store answers that it holds a
-/// target: no `want_token`, and every push goes to the replaced token until
-/// the device reboots or its token changes again. (Version 4 sent the token
-/// in every `Hello`, so one sync repaired such a store.) The v5 rules cover a
-/// store that lost the token (7.2), not one that holds an older one; and
-/// when the push service rejects the older token (PROTOCOL.md 16 counts on
-/// that), neither `FleetStore` nor `MemoryStore` can drop it, so the server
-/// never comes to hold "no target" and ask.
+/// confirmed, sends none in push-started syncs, and the restored store
+/// answers that it holds a target: no `want_token`. Pushes go to the
+/// replaced token until the device's next periodic sync, which carries its
+/// token (PROTOCOL.md 7.2) and corrects the store. (Version 4 sent the token
+/// in every `Hello`, so any sync repaired such a store.)
 #[test]
-#[ignore = "open (breaker3): a store restored with an older token is never corrected; needs a decision: a token fingerprint in the Hello, a periodic resend, or a store call that drops a target the push service rejected"]
 fn a_store_restored_with_an_older_token_is_corrected_by_the_next_sync() {
     let mut w = World::new(1);
     w.pump(None, None); // the boot sync: "fcm:a" held and confirmed

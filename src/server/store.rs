@@ -673,7 +673,12 @@ impl Entry for Row {
 /// instead of overlapping it. That costs memory: the entry's room for the
 /// longest token is kept whatever the token's length (`fleet_memory` at
 /// 1,000,000 devices: 349 bytes per device for its 152-byte token; 433
-/// bytes per synced device, against 328 with the token on the heap).
+/// bytes per synced device, against 328 with the token on the heap). It
+/// also makes growing the table slower: a growth copies every entry at once
+/// (the table does not grow incrementally), and past 800,000 devices with
+/// tokens that copy took about 250 ms, against about 40 ms with 32-byte
+/// entries, during which the engine serves nothing else. Known shortcoming;
+/// in exchange a sync at 1,000,000 devices took about 13 % less time.
 #[derive(Clone, Debug)]
 struct PushTarget {
     id: u64,
