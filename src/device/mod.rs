@@ -437,13 +437,15 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     app_deferred: bool,
     // The server holds `cfg.push_token`: a `Welcome` that did not ask for
     // the token answered a `Hello` that carried it. Hellos then carry none
-    // but in periodic syncs.
+    // but once per periodic interval (see `hello_carries_token`).
     // RAM only, not in the snapshot: the first session of each boot sends
     // the token again, one resend per boot (PROTOCOL.md 7.2).
     token_confirmed: bool,
     // This session's `Hello` carried the current push token (cleared when the
     // token changes during the session): its `Welcome` may confirm it.
     hello_token: bool,
+    // Start of the last session whose `Welcome` confirmed the token.
+    token_confirmed_at: Instant,
     // The server answered a report with `SequenceGap` in the last session:
     // it holds fewer reports than it once acknowledged, and the next
     // `Welcome`'s lower ack is believed (see `adopt_server_numbering`).
@@ -522,6 +524,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             app_deferred: false,
             token_confirmed: false,
             hello_token: false,
+            token_confirmed_at: now,
             stats: DeviceStats::default(),
         };
         d.wants.set(SyncTrigger::Boot);
@@ -1036,7 +1039,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// causes no loop).
     fn on_token_answer(&mut self, want_token: bool) {
         if !want_token {
-            self.token_confirmed |= self.hello_token;
+            if self.hello_token {
+                self.token_confirmed = true;
+                self.token_confirmed_at = self.session_start;
+            }
             return;
         }
         debug!("the server asks for the push token");
@@ -1456,13 +1462,15 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     /// Whether this session's `Hello` carries the push token: until the
-    /// server has confirmed it (see `token_confirmed`), and in every periodic
-    /// sync. The periodic one repairs a server that holds another token than
-    /// the current one (a store restored from a backup, say) and so never
-    /// asks for it: pushes to that token fail, so the device soon syncs only
-    /// periodically, and its next periodic sync corrects the server.
+    /// server has confirmed it (see `token_confirmed`), and again once a
+    /// periodic interval has passed since the session that confirmed it
+    /// started, whatever starts this sync (or the clock went back past that
+    /// start). The resend repairs a server that holds another token than the
+    /// current one (a store restored from a backup, say) and so never asks
+    /// for it: within one periodic interval and one sync.
     fn hello_carries_token(&self) -> bool {
-        !self.token_confirmed || self.trigger == SyncTrigger::Periodic
+        let (at, since) = (self.session_start, self.token_confirmed_at);
+        !self.token_confirmed || at < since || at >= since + self.periodic
     }
 
     /// The session's `Hello`: with the push token when it carries one (see

@@ -848,10 +848,10 @@ fn a_confirmed_token_is_not_sent_again() {
     assert!(third.push_token.is_empty(), "{third:?}");
 }
 
-/// A confirmed token still goes with every periodic sync (and only with
-/// those): a server that holds another token (a store restored from a
-/// backup) never asks for it, and pushes to that token fail, so the periodic
-/// sync is the one that comes and corrects it.
+/// A confirmed token goes again with the first sync a periodic interval
+/// after the session that confirmed it (and only then): a server that holds
+/// another token (a store restored from a backup) never asks for it. Here
+/// those are the periodic syncs, each a periodic interval after the last.
 #[test]
 fn every_periodic_sync_carries_the_token() {
     let mut d: Device = Device::new(with_token("fcm:one"), T0);
@@ -865,6 +865,26 @@ fn every_periodic_sync_carries_the_token() {
         last = now + MIN;
         steady(&mut d, last);
     }
+}
+
+/// The same for a device that syncs more often than its periodic interval
+/// (so that no sync is periodic): one sync per interval carries the token,
+/// whatever started it.
+#[test]
+fn a_device_syncing_often_sends_its_token_once_per_periodic_interval() {
+    let mut d: Device = Device::new(with_token("fcm:one"), T0);
+    sync(&mut d, false, T0).unwrap();
+    let step = Duration::from_millis(d.periodic_interval().as_millis() / 3);
+    let mut carried = std::vec::Vec::new();
+    for i in 1..=9u64 {
+        let now = T0 + Duration::from_millis(step.as_millis() * i);
+        d.manual_sync(now);
+        let hello = sync(&mut d, false, now).expect("a manual sync");
+        assert_eq!(hello.trigger, SyncTrigger::Manual, "{hello:?}");
+        carried.push(!hello.push_token.is_empty());
+    }
+    let once = [false, false, true];
+    assert_eq!(carried, [once, once, once].concat());
 }
 
 #[test]
