@@ -821,6 +821,8 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             .snapshot(&mut buf)
             .map_err(|e| format!("dev{d}: snapshot: {e:?} (SNAPSHOT_MAX too small?)"))?;
         buf.truncate(n);
+        round_trip::<O, I>(&dev.cfg, &buf, dev.clock.instant(self.t))
+            .map_err(|e| format!("dev{d}: snapshot round trip: {e}"))?;
         let slot = dev.engine.snapshot_slot();
         let crash = dev.faults.crash.take();
         let running = dev.engine.running_tasks().map(|t| t.id).collect();
@@ -1309,4 +1311,56 @@ pub(crate) fn result_of(kind: TaskKind, task: TaskId) -> Option<TaskResult> {
         }),
         _ => None,
     }
+}
+
+/// Every snapshot an engine takes restores, and the restored engine, before
+/// anything happens to it, snapshots to the same bytes but for the tasks
+/// that were running: none is (PROTOCOL.md 14), each comes back as its
+/// `Failed { reason: 1 }` report after the outbox, last task first, and
+/// `next_report_seq` counts them. So the implied report sequences, the
+/// header's fields and every report body survive a reboot exactly.
+fn round_trip<const O: usize, const I: usize>(
+    cfg: &DeviceConfig,
+    bytes: &[u8],
+    now: Instant,
+) -> Res {
+    const HEADER: usize = 41;
+    const TASK: usize = 13;
+    let r = Device::<O, I>::restore(cfg.clone(), bytes, now).map_err(|e| format!("{e:?}"))?;
+    let mut again = vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
+    let n = r.snapshot(&mut again).map_err(|e| format!("{e:?}"))?;
+    again.truncate(n);
+    let u16_at = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let tasks = u16_at(bytes, HEADER - 4);
+    let reports = u16_at(bytes, HEADER - 2);
+    let mut want = bytes[..HEADER].to_vec();
+    let next = u32_at(bytes, 25).wrapping_add(tasks as u32);
+    want[25..29].copy_from_slice(&next.to_le_bytes());
+    want[HEADER - 4..HEADER - 2].copy_from_slice(&0u16.to_le_bytes());
+    want[HEADER - 2..HEADER].copy_from_slice(&((reports + tasks) as u16).to_le_bytes());
+    let task_end = HEADER + tasks * TASK;
+    want.extend_from_slice(&bytes[task_end..bytes.len() - 4]);
+    for k in (0..tasks).rev() {
+        let at = HEADER + k * TASK + 4;
+        let id = TaskId(u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()));
+        let body = wire::ReportBody::Task {
+            task: id,
+            status: TaskStatus::Failed {
+                reason: wire::reason::INTERRUPTED_BY_REBOOT,
+            },
+        };
+        let mut b = [0u8; 64];
+        let len = wire::encode_payload(&body, &mut b).map_err(|e| format!("{e:?}"))?;
+        want.push(len as u8);
+        want.extend_from_slice(&b[..len]);
+    }
+    let crc = wire::crc32(&want);
+    want.extend_from_slice(&crc.to_le_bytes());
+    if again != want {
+        return Err(format!(
+            "restored engine snapshots to {again:02x?}, not {want:02x?} (from {bytes:02x?})"
+        ));
+    }
+    Ok(())
 }
