@@ -324,6 +324,17 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             .map(|i| {
                 let id = DeviceId(i as u64 + 1);
                 let secret = server.enroll(id, Instant::ZERO).expect("enroll");
+                // SIM_REPORT_BASE=N: the server's store starts each device's
+                // report numbering at N (say near u32::MAX, so that it wraps).
+                if let Some(base) = std::env::var("SIM_REPORT_BASE")
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                {
+                    let store = server.store_mut();
+                    let mut rec = store.device(id).expect("store").expect("enrolled");
+                    rec.last_report_seq = base;
+                    store.put_device(&rec).expect("store");
+                }
                 let platform = if i % 2 == 0 {
                     Platform::Android
                 } else {
@@ -927,6 +938,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             self.conns[c].assembler.extend_from_slice(&buf[..n]);
             for frame in net::split_frames(&mut self.conns[c].assembler)? {
                 self.check_welcome(c, &frame)?;
+                self.forget_unstored_reports(c, &frame);
                 self.send_frame(c, Dir::Down, frame)?;
             }
             self.drain_server_events()?;
@@ -950,6 +962,21 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             }
         }
         Ok(())
+    }
+
+    /// A `Welcome` says the server stored no report numbered after its
+    /// `ack`: one sent with such a number before is sent again as new, and
+    /// after the device adopts the server's numbering (PROTOCOL.md 9.3, 9.4) a
+    /// number may carry another report. So the numbers seen leaving the
+    /// device after `ack` are forgotten (the truth counts each stored report
+    /// once).
+    fn forget_unstored_reports(&mut self, c: usize, frame: &[u8]) {
+        let payload = frame.get(4..frame.len().saturating_sub(4)).unwrap_or(&[]);
+        if let Ok(Down::Welcome { ack, .. }) = wire::decode::<Down>(payload) {
+            let d = self.conns[c].dev;
+            let seen = &mut self.truth.devs[d].seen_reports;
+            seen.retain(|s| !wire::seq_newer(*s, ack));
+        }
     }
 
     fn drain_server_events(&mut self) -> Res<bool> {
