@@ -8,8 +8,9 @@
 //!
 //! Invariants: no panic; a restored engine is within its capacities, has no
 //! running task (they are reported as interrupted), snapshots again to bytes
-//! that restore to the same state; `pick_latest` returns one of its inputs,
-//! and a valid one whenever either is valid.
+//! that restore to the same state and snapshot to the same bytes;
+//! `pick_latest` returns one of its inputs, and a valid one whenever either
+//! is valid.
 
 use mdm_sync::device::{pick_latest, snapshot_counter, Device};
 use mdm_sync::time::Instant;
@@ -69,6 +70,16 @@ fn restore<const O: usize, const I: usize>(bytes: &[u8]) -> bool {
     assert_eq!(again.policy_version(), d.policy_version());
     assert_eq!(again.outbox_len(), d.outbox_len());
     assert_eq!(again.periodic_interval(), d.periodic_interval());
+    // A restored engine runs no task, so its snapshot round-trips exactly.
+    let mut twice = vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
+    let m = again
+        .snapshot(&mut twice)
+        .expect("a restored engine fits SNAPSHOT_MAX");
+    assert_eq!(
+        twice[..m],
+        buf[..n],
+        "snapshot -> restore -> snapshot changed"
+    );
     true
 }
 

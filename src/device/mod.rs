@@ -1074,7 +1074,14 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             .outbox
             .front()
             .map_or(last_assigned, |e| e.seq.wrapping_sub(1));
-        let ahead = wire::seq_newer(ack, last_assigned);
+        // An ack exactly 2^31 away, which the window orders neither way,
+        // counts as ahead: the one reading that loses no report.
+        let ahead = ack != last_assigned && !wire::seq_newer(last_assigned, ack);
+        // An ack that covers a report no server has seen (never put on the
+        // wire) speaks of other reports: the device lost its state and queued
+        // these before this Welcome. Taken for acknowledged, they would be lost.
+        let unseen = self.outbox.iter().find(|e| e.wire == Wire::New);
+        let ahead = ahead || unseen.is_some_and(|e| !wire::seq_newer(e.seq, ack));
         let behind = server_behind && wire::seq_newer(acked, ack);
         if !ahead && !behind {
             return;

@@ -374,11 +374,18 @@ pub fn snapshot_counter(bytes: &[u8]) -> Result<u64, SnapshotError> {
     Reader(checked(bytes)?).start()
 }
 
-/// Of two storage slots, the valid snapshot with the higher counter; `None`
-/// when neither is valid (first boot, or both slots destroyed).
+/// Of two storage slots, the valid snapshot with the newer counter; `None`
+/// when neither is valid (first boot, or both slots destroyed). Counters are
+/// compared across their wrap from `u64::MAX` to 0 (as report sequences are,
+/// PROTOCOL.md 9.1): the two slots hold consecutive ones, and a restored
+/// counter may be any.
 pub fn pick_latest<'a>(a: &'a [u8], b: &'a [u8]) -> Option<&'a [u8]> {
     match (snapshot_counter(a), snapshot_counter(b)) {
-        (Ok(x), Ok(y)) => Some(if y > x { b } else { a }),
+        (Ok(x), Ok(y)) => Some(if y != x && y.wrapping_sub(x) < 1 << 63 {
+            b
+        } else {
+            a
+        }),
         (Ok(_), Err(_)) => Some(a),
         (Err(_), Ok(_)) => Some(b),
         (Err(_), Err(_)) => None,

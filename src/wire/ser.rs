@@ -761,4 +761,47 @@ pub(crate) mod tests {
             assert_eq!((c, &chunked[..c]), (p, &plain[..p]), "len {len}");
         }
     }
+
+    /// `Down::Task` and `Down::Ack`, written as pieces, against postcard at
+    /// every varint length boundary (each `2^(7k)` and one either side, and
+    /// the largest values) and into output of every length up to past
+    /// their room: the chunk and the writer paths, and every cut.
+    #[test]
+    fn task_and_ack_at_every_varint_boundary_and_output_length() {
+        let edges = |bits: u32| {
+            let max = u64::MAX >> (64 - bits);
+            let mut v = std::vec![0, 1, max - 1, max];
+            for k in 1..=bits / 7 {
+                let b = 1u64 << (7 * k);
+                v.extend([b - 1, b, b + 1].into_iter().filter(|x| *x <= max));
+            }
+            v
+        };
+        for seq in edges(32) {
+            let seq = seq as u32;
+            let mut msgs = std::vec![Down::Ack { seq }];
+            for id in edges(64) {
+                for kind in TaskKind::ALL {
+                    msgs.push(Down::Task(Task {
+                        seq,
+                        id: TaskId(id),
+                        kind,
+                    }));
+                }
+            }
+            for msg in &msgs {
+                let want = postcard_bytes(msg);
+                for size in (0..=24).chain([1024]) {
+                    let mut got = [0xEEu8; 1024];
+                    assert_eq!(
+                        msg.encode(&mut got[..size]),
+                        want.len(),
+                        "{msg:?} in {size}"
+                    );
+                    let n = size.min(want.len());
+                    assert_eq!(got[..n], want[..n], "{msg:?} in {size}");
+                }
+            }
+        }
+    }
 }

@@ -324,6 +324,17 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             .map(|i| {
                 let id = DeviceId(i as u64 + 1);
                 let secret = server.enroll(id, Instant::ZERO).expect("enroll");
+                // SIM_REPORT_BASE=N: the server's store starts each device's
+                // report numbering at N (say near u32::MAX, so that it wraps).
+                if let Some(base) = std::env::var("SIM_REPORT_BASE")
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                {
+                    let store = server.store_mut();
+                    let mut rec = store.device(id).expect("store").expect("enrolled");
+                    rec.last_report_seq = base;
+                    store.put_device(&rec).expect("store");
+                }
                 let platform = if i % 2 == 0 {
                     Platform::Android
                 } else {
@@ -821,6 +832,8 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             .snapshot(&mut buf)
             .map_err(|e| format!("dev{d}: snapshot: {e:?} (SNAPSHOT_MAX too small?)"))?;
         buf.truncate(n);
+        round_trip::<O, I>(&dev.cfg, &buf, dev.clock.instant(self.t))
+            .map_err(|e| format!("dev{d}: snapshot round trip: {e}"))?;
         let slot = dev.engine.snapshot_slot();
         let crash = dev.faults.crash.take();
         let running = dev.engine.running_tasks().map(|t| t.id).collect();
@@ -925,6 +938,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             self.conns[c].assembler.extend_from_slice(&buf[..n]);
             for frame in net::split_frames(&mut self.conns[c].assembler)? {
                 self.check_welcome(c, &frame)?;
+                self.forget_unstored_reports(c, &frame);
                 self.send_frame(c, Dir::Down, frame)?;
             }
             self.drain_server_events()?;
@@ -948,6 +962,21 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             }
         }
         Ok(())
+    }
+
+    /// A `Welcome` says the server stored no report numbered after its
+    /// `ack`: one sent with such a number before is sent again as new, and
+    /// after the device adopts the server's numbering (PROTOCOL.md 9.3, 9.4) a
+    /// number may carry another report. So the numbers seen leaving the
+    /// device after `ack` are forgotten (the truth counts each stored report
+    /// once).
+    fn forget_unstored_reports(&mut self, c: usize, frame: &[u8]) {
+        let payload = frame.get(4..frame.len().saturating_sub(4)).unwrap_or(&[]);
+        if let Ok(Down::Welcome { ack, .. }) = wire::decode::<Down>(payload) {
+            let d = self.conns[c].dev;
+            let seen = &mut self.truth.devs[d].seen_reports;
+            seen.retain(|s| !wire::seq_newer(*s, ack));
+        }
     }
 
     fn drain_server_events(&mut self) -> Res<bool> {
@@ -1309,4 +1338,56 @@ pub(crate) fn result_of(kind: TaskKind, task: TaskId) -> Option<TaskResult> {
         }),
         _ => None,
     }
+}
+
+/// Every snapshot an engine takes restores, and the restored engine, before
+/// anything happens to it, snapshots to the same bytes but for the tasks
+/// that were running: none is (PROTOCOL.md 14), each comes back as its
+/// `Failed { reason: 1 }` report after the outbox, last task first, and
+/// `next_report_seq` counts them. So the implied report sequences, the
+/// header's fields and every report body survive a reboot exactly.
+fn round_trip<const O: usize, const I: usize>(
+    cfg: &DeviceConfig,
+    bytes: &[u8],
+    now: Instant,
+) -> Res {
+    const HEADER: usize = 41;
+    const TASK: usize = 13;
+    let r = Device::<O, I>::restore(cfg.clone(), bytes, now).map_err(|e| format!("{e:?}"))?;
+    let mut again = vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
+    let n = r.snapshot(&mut again).map_err(|e| format!("{e:?}"))?;
+    again.truncate(n);
+    let u16_at = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let tasks = u16_at(bytes, HEADER - 4);
+    let reports = u16_at(bytes, HEADER - 2);
+    let mut want = bytes[..HEADER].to_vec();
+    let next = u32_at(bytes, 25).wrapping_add(tasks as u32);
+    want[25..29].copy_from_slice(&next.to_le_bytes());
+    want[HEADER - 4..HEADER - 2].copy_from_slice(&0u16.to_le_bytes());
+    want[HEADER - 2..HEADER].copy_from_slice(&((reports + tasks) as u16).to_le_bytes());
+    let task_end = HEADER + tasks * TASK;
+    want.extend_from_slice(&bytes[task_end..bytes.len() - 4]);
+    for k in (0..tasks).rev() {
+        let at = HEADER + k * TASK + 4;
+        let id = TaskId(u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()));
+        let body = wire::ReportBody::Task {
+            task: id,
+            status: TaskStatus::Failed {
+                reason: wire::reason::INTERRUPTED_BY_REBOOT,
+            },
+        };
+        let mut b = [0u8; 64];
+        let len = wire::encode_payload(&body, &mut b).map_err(|e| format!("{e:?}"))?;
+        want.push(len as u8);
+        want.extend_from_slice(&b[..len]);
+    }
+    let crc = wire::crc32(&want);
+    want.extend_from_slice(&crc.to_le_bytes());
+    if again != want {
+        return Err(format!(
+            "restored engine snapshots to {again:02x?}, not {want:02x?} (from {bytes:02x?})"
+        ));
+    }
+    Ok(())
 }
