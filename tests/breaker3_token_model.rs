@@ -332,13 +332,10 @@ fn a_store_restored_with_an_older_token_is_corrected_by_the_next_sync() {
 
 /// The store restored with the replaced token, as above, but the device
 /// syncs on its own more often than its periodic interval (a manual sync
-/// every half interval here; reports or compliance events do the same).
-/// Every `Welcome` restarts the periodic timer, so no sync has trigger
-/// `Periodic`, none carries the token, and the server pushes to the replaced
-/// token for good, though PROTOCOL.md 7.2 promises the repair "at most one
-/// periodic interval later".
+/// every half interval here; reports or compliance events do the same), so
+/// no sync has trigger `Periodic`: the first sync a periodic interval after
+/// the token's last confirmation still carries it (PROTOCOL.md 7.2).
 #[test]
-#[ignore = "open (breaker4): a device that syncs more often than its periodic interval never sends its confirmed token again"]
 fn a_store_restored_with_an_older_token_is_corrected_though_the_device_syncs_often() {
     let mut w = World::new(1);
     w.pump(None, None); // the boot sync: "fcm:a" held and confirmed
@@ -369,10 +366,9 @@ fn a_store_restored_with_an_older_token_is_corrected_though_the_device_syncs_oft
 
 /// The store restored with the replaced token, as above; the periodic timer
 /// fires just as the device raises a compliance event, so the session that
-/// serves the periodic sync has trigger `Compliance`: no token. Its
-/// `Welcome` restarts the periodic timer, and so on at every interval.
+/// serves the periodic sync has trigger `Compliance`; it still carries the
+/// token, being the first sync a periodic interval after its confirmation.
 #[test]
-#[ignore = "open (breaker4): a periodic sync under another trigger (here Compliance) carries no token"]
 fn a_periodic_sync_under_another_trigger_corrects_a_restored_store() {
     use mdm_sync::wire::ComplianceEvent;
     let mut w = World::new(1);
