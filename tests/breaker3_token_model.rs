@@ -291,15 +291,10 @@ proptest! {
     }
 }
 
-/// The server's store is restored from a backup taken while it held the
-/// device's previous token; the device, which has since had its new token
-/// confirmed, sends none in push-started syncs, and the restored store
-/// answers that it holds a target: no `want_token`. Pushes go to the
-/// replaced token until the device's next periodic sync, which carries its
-/// token (PROTOCOL.md 7.2) and corrects the store. (Version 4 sent the token
-/// in every `Hello`, so any sync repaired such a store.)
-#[test]
-fn a_store_restored_with_an_older_token_is_corrected_by_the_next_sync() {
+/// A device whose token "fcm:a" and then "fcm:b" the server confirmed, and
+/// a server whose store was then restored from a backup taken in between:
+/// it holds the device's row and the replaced token "fcm:a".
+fn restored_with_the_replaced_token() -> World {
     let mut w = World::new(1);
     w.pump(None, None); // the boot sync: "fcm:a" held and confirmed
     let backup = w.server.store().device(ID).unwrap().unwrap();
@@ -314,6 +309,28 @@ fn a_store_restored_with_an_older_token_is_corrected_by_the_next_sync() {
     store.put_device(&backup).unwrap();
     store.set_push_target(ID, Platform::Ios, TOKENS[1]).unwrap();
     w.server = server(store);
+    w
+}
+
+fn assert_holds_the_current_token(w: &World) {
+    let held = w.server.store().push_target(ID).unwrap();
+    assert_eq!(
+        held.map(|(_, t)| t),
+        Some(token(2)),
+        "the server still pushes to the replaced token"
+    );
+}
+
+/// The server's store is restored from a backup taken while it held the
+/// device's previous token; the device, which has since had its new token
+/// confirmed, sends none in push-started syncs, and the restored store
+/// answers that it holds a target: no `want_token`. Pushes go to the
+/// replaced token until the device's next periodic sync, which carries its
+/// token (PROTOCOL.md 7.2) and corrects the store. (Version 4 sent the token
+/// in every `Hello`, so any sync repaired such a store.)
+#[test]
+fn a_store_restored_with_an_older_token_is_corrected_by_the_next_sync() {
+    let mut w = restored_with_the_replaced_token();
 
     // A day of periodic syncs, and a push-started one.
     for _ in 0..8 {
@@ -322,12 +339,7 @@ fn a_store_restored_with_an_older_token_is_corrected_by_the_next_sync() {
     }
     w.device.push_received(w.now);
     w.pump(None, None);
-    let held = w.server.store().push_target(ID).unwrap();
-    assert_eq!(
-        held.map(|(_, t)| t),
-        Some(token(2)),
-        "the server still pushes to the replaced token"
-    );
+    assert_holds_the_current_token(&w);
 }
 
 /// The store restored with the replaced token, as above, but the device
@@ -337,17 +349,7 @@ fn a_store_restored_with_an_older_token_is_corrected_by_the_next_sync() {
 /// the token's last confirmation still carries it (PROTOCOL.md 7.2).
 #[test]
 fn a_store_restored_with_an_older_token_is_corrected_though_the_device_syncs_often() {
-    let mut w = World::new(1);
-    w.pump(None, None); // the boot sync: "fcm:a" held and confirmed
-    let backup = w.server.store().device(ID).unwrap().unwrap();
-    w.now = w.now + Duration::from_mins(5);
-    w.set_token(2);
-    w.pump(None, None); // "fcm:b" held and confirmed
-
-    let mut store = MemoryStore::new();
-    store.put_device(&backup).unwrap();
-    store.set_push_target(ID, Platform::Ios, TOKENS[1]).unwrap();
-    w.server = server(store);
+    let mut w = restored_with_the_replaced_token();
 
     // Four periodic intervals, a sync every half of one.
     let half = Duration::from_millis(w.device.periodic_interval().as_millis() / 2);
@@ -356,12 +358,7 @@ fn a_store_restored_with_an_older_token_is_corrected_though_the_device_syncs_oft
         w.device.manual_sync(w.now);
         w.pump(None, None);
     }
-    let held = w.server.store().push_target(ID).unwrap();
-    assert_eq!(
-        held.map(|(_, t)| t),
-        Some(token(2)),
-        "the server still pushes to the replaced token"
-    );
+    assert_holds_the_current_token(&w);
 }
 
 /// The store restored with the replaced token, as above; the periodic timer
@@ -371,17 +368,7 @@ fn a_store_restored_with_an_older_token_is_corrected_though_the_device_syncs_oft
 #[test]
 fn a_periodic_sync_under_another_trigger_corrects_a_restored_store() {
     use mdm_sync::wire::ComplianceEvent;
-    let mut w = World::new(1);
-    w.pump(None, None);
-    let backup = w.server.store().device(ID).unwrap().unwrap();
-    w.now = w.now + Duration::from_mins(5);
-    w.set_token(2);
-    w.pump(None, None);
-
-    let mut store = MemoryStore::new();
-    store.put_device(&backup).unwrap();
-    store.set_push_target(ID, Platform::Ios, TOKENS[1]).unwrap();
-    w.server = server(store);
+    let mut w = restored_with_the_replaced_token();
 
     for _ in 0..4 {
         w.now = w.now + w.device.periodic_interval();
@@ -391,10 +378,5 @@ fn a_periodic_sync_under_another_trigger_corrects_a_restored_store() {
             .unwrap();
         w.pump(None, None);
     }
-    let held = w.server.store().push_target(ID).unwrap();
-    assert_eq!(
-        held.map(|(_, t)| t),
-        Some(token(2)),
-        "the server still pushes to the replaced token"
-    );
+    assert_holds_the_current_token(&w);
 }
