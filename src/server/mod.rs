@@ -573,7 +573,7 @@ impl<S: FleetStore> Server<S> {
                 // next to its record, though only `request_push` needs them:
                 // at a million devices all three loads miss the cache, and
                 // issued together their misses overlap.
-                core::hint::black_box(self.pushes.get(&device).map(|p| p.last));
+                self.pushes.0.touch_home(device.0);
                 self.store.prefetch_push_target(device);
                 let generation = self.store.device_generation(device)?;
                 generation.ok_or(ServerError::UnknownDevice)?

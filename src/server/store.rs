@@ -666,38 +666,79 @@ impl Entry for Row {
 }
 
 /// A device's platform and push token, as `MemoryStore` keeps it: in a
-/// [`Table`] entry of 224 bytes, the token in the entry itself (free without
-/// a token). A push reads the entry and its token in one go: with the token
-/// in a heap block of its own, the block's address would come from the
-/// entry, and at a million devices its cache miss would follow the entry's
-/// instead of overlapping it. That costs memory: the entry's room for the
-/// longest token is kept whatever the token's length (`fleet_memory` at
-/// 1,000,000 devices: 349 bytes per device for its 152-byte token; 433
-/// bytes per synced device, against 328 with the token on the heap). It
-/// also makes growing the table slower: a growth copies every entry at once
-/// (the table does not grow incrementally), and past 800,000 devices with
-/// tokens that copy took about 250 ms, against about 40 ms with 32-byte
-/// entries, during which the engine serves nothing else. Known shortcoming;
-/// in exchange a sync at 1,000,000 devices took about 13 % less time.
+/// [`Table`] entry of 216 bytes, the token's bytes in the entry itself
+/// (free without a token). A push reads the entry and its token in one go:
+/// with the token in a heap block of its own, the block's address would come
+/// from the entry, and at a million devices its cache miss would follow the
+/// entry's instead of overlapping it. The token is a plain byte array, not a
+/// [`PushToken`], so that [`Table::touch_home`] can read each of its cache
+/// lines without first reading its length (a `String`'s bytes past its
+/// length cannot be read); it is checked as UTF-8 again when read out.
+///
+/// That costs memory: the entry's room for the longest token is kept
+/// whatever the token's length (`fleet_memory` at 1,000,000 devices: 349
+/// bytes per device for its 152-byte token; 433 bytes per synced device,
+/// against 328 with the token on the heap). It also makes growing the table
+/// slower: a growth copies every entry at once (the table does not grow
+/// incrementally), and past 800,000 devices with tokens that copy took
+/// about 250 ms, against about 40 ms with 32-byte entries, during which the
+/// engine serves nothing else. Known shortcoming; in exchange a sync at
+/// 1,000,000 devices took about 13 % less time.
 #[derive(Clone, Debug)]
 struct PushTarget {
     id: u64,
-    token: PushToken,
+    token: [u8; PUSH_TOKEN_MAX],
+    /// Bytes of `token` in use; 0 in a free slot.
+    len: u8,
     platform: Platform,
 }
 
 // Seven cache lines to a pair of entries, two `Row`s to a line (checked when compiling).
-const _: () = assert!(core::mem::size_of::<PushTarget>() == 224);
+const _: () = assert!(core::mem::size_of::<PushTarget>() == 216);
 const _: () = assert!(core::mem::size_of::<Row>() == 32);
+// A token's length fits `PushTarget::len`.
+const _: () = assert!(PUSH_TOKEN_MAX <= u8::MAX as usize);
+
+impl PushTarget {
+    /// The token's bytes.
+    fn bytes(&self) -> &[u8] {
+        self.token.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    /// An entry holding `token` (at most `PUSH_TOKEN_MAX` bytes: a
+    /// `PushToken`).
+    fn new(id: DeviceId, platform: Platform, token: &PushToken) -> Self {
+        let mut t = Self {
+            id: id.0,
+            platform,
+            ..Self::FREE
+        };
+        if let Some(room) = t.token.get_mut(..token.len()) {
+            room.copy_from_slice(token.as_bytes());
+            t.len = token.len() as u8;
+        }
+        t
+    }
+}
 
 impl Entry for PushTarget {
     const FREE: PushTarget = PushTarget {
         id: 0,
-        token: PushToken::new(),
+        token: [0; PUSH_TOKEN_MAX],
+        len: 0,
         platform: Platform::Android,
     };
     fn key(&self) -> Option<u64> {
-        (!self.token.is_empty()).then_some(self.id)
+        (self.len != 0).then_some(self.id)
+    }
+    fn touch(&self) {
+        // One byte of every line the entry reaches (the key's line too:
+        // the array starts right after it).
+        let ends = [core::hint::black_box(self.id) as u8, self.len];
+        let bytes = self.token.iter().step_by(64).chain(self.token.last());
+        bytes.chain(&ends).for_each(|b| {
+            core::hint::black_box(*b);
+        });
     }
 }
 
@@ -729,19 +770,20 @@ impl FleetStore for MemoryStore {
 
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {
         let target = self.push.get(id.0);
-        Ok(target.map(|t| (t.platform, t.token.clone())))
+        // Stored from a `PushToken`, so its bytes are UTF-8 and fit.
+        let token = |t: &PushTarget| {
+            let text = core::str::from_utf8(t.bytes()).ok()?;
+            PushToken::try_from(text).ok()
+        };
+        Ok(target.and_then(|t| Some((t.platform, token(t)?))))
     }
 
     fn prefetch_push_target(&self, id: DeviceId) {
-        // Reads every cache line of the entry that its token reaches, which
-        // at a million devices miss the cache: issued here, beside the
-        // device's record, the misses overlap.
-        if let Some(t) = self.push.get(id.0) {
-            let bytes = t.token.as_bytes();
-            bytes.iter().step_by(64).chain(bytes.last()).for_each(|b| {
-                core::hint::black_box(*b);
-            });
-        }
+        // Every cache line of the entry's home pair: at a million devices
+        // they miss the cache, and issued here, beside the device's record,
+        // the misses overlap (a lookup would read the token's lines only
+        // once the key's line had come).
+        self.push.touch_home(id.0);
     }
 
     fn set_push_target(
@@ -762,13 +804,9 @@ impl FleetStore for MemoryStore {
             });
         }
         match self.push.get_mut(id.0) {
-            Some(t) if t.platform == platform && t.token == token => {}
-            Some(t) => (t.platform, t.token) = (platform, token),
-            None => self.push.insert_new(PushTarget {
-                id: id.0,
-                token,
-                platform,
-            }),
+            Some(t) if t.platform == platform && t.bytes() == token.as_bytes() => {}
+            Some(t) => *t = PushTarget::new(id, platform, &token),
+            None => self.push.insert_new(PushTarget::new(id, platform, &token)),
         }
         if let Some(row) = self.devices.get_mut(id.0) {
             row.has_push = true;

@@ -29,6 +29,12 @@ pub(crate) trait Entry: Clone {
     const FREE: Self;
     /// The entry's key; `None` for a free slot.
     fn key(&self) -> Option<u64>;
+    /// Reads every cache line the entry spans, whatever it holds, so that
+    /// their misses start now (see [`Table::touch_home`]). The default reads
+    /// the key, enough for an entry of one line.
+    fn touch(&self) {
+        core::hint::black_box(self.key());
+    }
 }
 
 /// Where an entry is: a pair and the entry in it.
@@ -91,6 +97,18 @@ impl<E: Entry> Table<E> {
     pub(crate) fn home(&self, key: u64) -> usize {
         let h = self.hasher.hash_one(key);
         ((u128::from(h) * self.pairs.len() as u128) >> 64) as usize
+    }
+
+    /// Reads every cache line of the pair where the search for `key`
+    /// starts, without looking at what they hold: no load waits for another,
+    /// so at a million devices the misses of several tables touched one
+    /// after the other overlap, where a lookup's reads of an entry's later
+    /// lines wait for its key to compare. `key`'s entry is in that pair
+    /// unless its home was full when it came (then this is only a hint).
+    pub(crate) fn touch_home(&self, key: u64) {
+        if let Some(pair) = self.pairs.get(self.home(key)) {
+            pair.0.iter().for_each(E::touch);
+        }
     }
 
     /// The slot of `key`'s entry, or the free slot where it would go.
@@ -211,6 +229,7 @@ mod tests {
     #[test]
     fn grows_by_a_quarter_and_keeps_everything() {
         let mut t = Table::<E>::default();
+        t.touch_home(7); // a hint, also on a table without pairs
         assert_eq!((t.len(), t.get(7), t.iter().count()), (0, None, 0));
         for k in 0..5000u64 {
             t.insert_new(E(Some(k * 7)));
