@@ -350,12 +350,14 @@ impl<const O: usize, const I: usize> Device<O, I> {
     }
 }
 
-/// Every report body must be 1 to [`MAX_REPORT_BODY`] bytes, and the outbox
+/// Every report body must be 1 to [`MAX_REPORT_BODY`] bytes and decode as a
+/// [`ReportBody`](crate::wire::ReportBody) (a body the server cannot read
+/// would end every session at it, and never be acknowledged), and the outbox
 /// must have room for one final report per running task.
 fn consistent<const O: usize>(tasks: usize, outbox: &[&[u8]]) -> bool {
-    let valid = outbox
-        .iter()
-        .all(|body| (1..=MAX_REPORT_BODY).contains(&body.len()));
+    let valid = outbox.iter().all(|body| {
+        (1..=MAX_REPORT_BODY).contains(&body.len()) && crate::wire::is_report_body(body)
+    });
     valid && outbox.len() + tasks <= O
 }
 
@@ -397,7 +399,10 @@ pub(super) mod tests {
     use super::*;
     use crate::device::{Device, DeviceConfig};
     use crate::time::Duration;
-    use crate::wire::{reason, DeviceId, Platform, ReportBody, TaskId, TaskKind, TaskStatus};
+    use crate::wire::{
+        reason, ComplianceEvent, DeviceId, Platform, PolicyOutcome, PolicyReport, ReportBody,
+        SettingFailure, TaskId, TaskKind, TaskStatus, MAX_POLICY_FAILURES,
+    };
 
     /// A task running since before the snapshot.
     fn running(task: Task) -> Inflight {
@@ -463,7 +468,9 @@ pub(super) mod tests {
                 kind: TaskKind::ALL[k as usize],
             };
             d.inflight.push(running(task)).unwrap();
-            let body = Body::from_slice(&[k as u8; MAX_REPORT_BODY][..1 + 9 * k as usize]).unwrap();
+            // Bodies of 3 to 32 bytes (a partial policy with k failures).
+            let mut body = Body::EMPTY;
+            body.put(&policy_report(k, 1 << 28, 1 << 14)).unwrap();
             let entry = Entry {
                 seq: 40_000 * k,
                 body,
@@ -480,6 +487,39 @@ pub(super) mod tests {
             let mut exact = [0u8; 1024];
             assert_eq!(d.snapshot(&mut exact[..n]), Ok(n));
             assert_eq!(exact[..n], got[..n]);
+        }
+    }
+
+    /// A partial policy's report with `failures` failures, each field at
+    /// `version` and `field` (at 2^28 and 2^14: the longest body there is).
+    fn policy_report(failures: u32, version: u32, field: u16) -> ReportBody {
+        let failed = (0..failures.min(MAX_POLICY_FAILURES as u32)).map(|_| SettingFailure {
+            key: field,
+            reason: field,
+        });
+        let outcome = PolicyOutcome::Partial {
+            failed: failed.collect(),
+        };
+        ReportBody::Policy(PolicyReport { version, outcome })
+    }
+
+    /// A random report body of 2 to `MAX_REPORT_BODY` bytes, near varint
+    /// length boundaries.
+    fn random_report(rng: &mut u64) -> ReportBody {
+        match edgy(rng, 8) % 3 {
+            0 => ReportBody::Task {
+                task: TaskId(edgy(rng, 64)),
+                status: TaskStatus::Failed {
+                    reason: edgy(rng, 16) as u16,
+                },
+            },
+            1 => ReportBody::Compliance(ComplianceEvent::ManualScanResult {
+                threats: edgy(rng, 16) as u16,
+            }),
+            _ => {
+                let failures = edgy(rng, 8) as u32 % (MAX_POLICY_FAILURES as u32 + 1);
+                policy_report(failures, edgy(rng, 32) as u32, edgy(rng, 16) as u16)
+            }
         }
     }
 
@@ -549,12 +589,7 @@ pub(super) mod tests {
             for b in body.bytes.iter_mut() {
                 *b = edgy(rng, 8) as u8; // bytes past the length too (scratch)
             }
-            let len = [
-                1,
-                MAX_REPORT_BODY,
-                1 + edgy(rng, 8) as usize % MAX_REPORT_BODY,
-            ];
-            body.len = len[edgy(rng, 8) as usize % 3] as u8;
+            body.put(&random_report(rng)).unwrap();
             let wire = [Wire::New, Wire::Sent, Wire::Again][edgy(rng, 8) as usize % 3];
             let seq = if consistent {
                 d.next_report_seq.wrapping_sub((reports - k) as u32)
@@ -767,10 +802,24 @@ pub(super) mod tests {
         long.truncate(len_at + 1);
         long.extend_from_slice(&[0; MAX_REPORT_BODY + 1]);
         assert_eq!(restore(&long), Some(SnapshotError::Inconsistent));
+        // The longest body there is takes `MAX_REPORT_BODY` bytes.
         let mut longest = with(len_at, &[MAX_REPORT_BODY as u8]);
         longest.truncate(len_at + 1);
-        longest.extend_from_slice(&[0; MAX_REPORT_BODY]);
+        let mut buf = [0; MAX_REPORT_BODY];
+        let report = policy_report(4, 1 << 28, 1 << 14);
+        let n = crate::wire::encode_payload(&report, &mut buf).unwrap();
+        assert_eq!(n, MAX_REPORT_BODY);
+        longest.extend_from_slice(&buf);
         assert_eq!(restore(&longest), None);
+        // A body of the right length that is no `ReportBody` (an unknown
+        // tag, a truncated one, one with a byte left over): the server could
+        // not read it and would never acknowledge it.
+        for bad in [&[0xFF][..], &[0, 5], &[1, 0, 0], &[0, 5, 0, 0]] {
+            let mut b = with(len_at, &[bad.len() as u8]);
+            b.truncate(len_at + 1);
+            b.extend_from_slice(bad);
+            assert_eq!(restore(&b), Some(SnapshotError::Inconsistent), "{bad:?}");
+        }
         let other = DeviceConfig::new(DeviceId(78), 3, [9; 32], Platform::Ios);
         let r = Device::<4, 2>::restore(other, &bytes, t0);
         assert_eq!(r.err(), Some(SnapshotError::Foreign));

@@ -406,6 +406,131 @@ fn read_hello(r: &mut Reader<'_>, out: &mut Hello) -> R<()> {
     Ok(())
 }
 
+/// Whether `bytes` is exactly the encoding of one [`ReportBody`], as postcard
+/// would decode it: the check a snapshot restore makes on each report
+/// (PROTOCOL.md 14). Its structure is walked here, building nothing, with a
+/// varint loop of its own rather than `Reader`'s unrolled ones: on a device
+/// this costs a fraction of the flash of postcard's decoder of the type (or
+/// of `Reader`), which nothing else there needs.
+pub(crate) fn is_report_body(bytes: &[u8]) -> bool {
+    let mut w = Walk(bytes);
+    w.report_body().is_some() && w.0.is_empty()
+}
+
+/// A cursor for [`is_report_body`]: each step `None` at the first byte that
+/// postcard would refuse.
+struct Walk<'a>(&'a [u8]);
+
+/// Varint widths as `(bytes at most, last byte at most)`: see `Reader::varint`.
+const U16: (usize, u8) = (3, 0x03);
+const U32: (usize, u8) = (5, 0x0F);
+const U64: (usize, u8) = (10, 0x01);
+
+impl Walk<'_> {
+    /// A varint's value, saturated at `u32::MAX` (callers compare tags and a
+    /// length, all small). Not inlined: one copy serves every field.
+    #[inline(never)]
+    fn varint(&mut self, (max, last): (usize, u8)) -> Option<u32> {
+        let mut out = 0u32;
+        for i in 0..max {
+            let (&b, rest) = self.0.split_first()?;
+            self.0 = rest;
+            let bits = u32::from(b & 0x7F);
+            out |= bits.checked_shl(7 * i as u32).unwrap_or(0);
+            if i >= 4 && bits != 0 {
+                out = u32::MAX;
+            }
+            if b < 0x80 {
+                return (i + 1 < max || b <= last).then_some(out);
+            }
+        }
+        None
+    }
+
+    /// A tag, or any `u32`.
+    fn tag(&mut self) -> Option<u32> {
+        self.varint(U32)
+    }
+
+    /// A `bool` (or an `Option`'s tag).
+    #[inline(never)]
+    fn flag(&mut self) -> Option<bool> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        (b < 2).then_some(b == 1)
+    }
+
+    fn report_body(&mut self) -> Option<()> {
+        match self.tag()? {
+            // `Task`: the task's id, then its `TaskStatus`.
+            0 => {
+                self.varint(U64)?;
+                match self.tag()? {
+                    0 | 4 => {}
+                    1 => {
+                        if self.flag()? {
+                            match self.tag()? {
+                                // A location: two `i32`s, a `u32`.
+                                0 => (0..3).try_for_each(|_| self.tag().map(drop))?,
+                                1 => self.varint(U16).map(drop)?,
+                                _ => return None,
+                            }
+                        }
+                    }
+                    2 => {
+                        self.varint(U16)?;
+                    }
+                    3 => {
+                        if self.flag()? {
+                            self.tag()?;
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            // `ComplianceEvent`: no field, a `bool` or a `u16`.
+            1 => match self.tag()? {
+                0 => {}
+                1 | 5 => {
+                    self.flag()?;
+                }
+                2..=4 | 6 => {
+                    self.varint(U16)?;
+                }
+                _ => return None,
+            },
+            // `PolicyReport`: its version, then the `PolicyOutcome`.
+            2 => {
+                self.tag()?;
+                match self.tag()? {
+                    0 => {}
+                    1 => {
+                        // A `usize` length, as postcard reads it here.
+                        #[cfg(target_pointer_width = "64")]
+                        let failures = self.varint(U64)?;
+                        #[cfg(not(target_pointer_width = "64"))]
+                        let failures = self.tag()?;
+                        if failures > super::MAX_POLICY_FAILURES as u32 {
+                            return None;
+                        }
+                        for _ in 0..failures {
+                            // A failure's key and reason.
+                            self.varint(U16)?;
+                            self.varint(U16)?;
+                        }
+                    }
+                    2 => {
+                        self.varint(U16)?;
+                    }
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +584,43 @@ mod tests {
                     policy_version: policy,
                 },
             )
+    }
+
+    /// Every kind of report body, fields near varint length boundaries.
+    fn report_body() -> impl Strategy<Value = ReportBody> {
+        use crate::wire::{
+            ComplianceEvent as C, PolicyOutcome, PolicyReport, SettingFailure, MAX_POLICY_FAILURES,
+        };
+        let n16 = varied::<u16>;
+        let compliance = prop_oneof![
+            Just(C::ProfileChanged),
+            any::<bool>().prop_map(|active| C::DeviceAdminChanged { active }),
+            n16().prop_map(|category| C::BlockedPageVisited { category }),
+            n16().prop_map(|days| C::PasswordOverdue { days }),
+            n16().prop_map(|threats| C::MalwarePersisting { threats }),
+            any::<bool>().prop_map(|enabled| C::UsbDebugging { enabled }),
+            n16().prop_map(|threats| C::ManualScanResult { threats }),
+        ];
+        let failure = (n16(), n16()).prop_map(|(key, reason)| SettingFailure { key, reason });
+        let outcome = prop_oneof![
+            Just(PolicyOutcome::Applied),
+            proptest::collection::vec(failure, 0..=MAX_POLICY_FAILURES).prop_map(|f| {
+                PolicyOutcome::Partial {
+                    failed: f.into_iter().collect(),
+                }
+            }),
+            n16().prop_map(|reason| PolicyOutcome::Rejected { reason }),
+        ];
+        prop_oneof![
+            (varied::<u64>(), status()).prop_map(|(t, status)| ReportBody::Task {
+                task: TaskId(t),
+                status
+            }),
+            compliance.prop_map(ReportBody::Compliance),
+            (varied::<u32>(), outcome).prop_map(|(version, outcome)| {
+                ReportBody::Policy(PolicyReport { version, outcome })
+            }),
+        ]
     }
 
     fn blank_hello() -> Hello {
@@ -548,6 +710,30 @@ mod tests {
             if hello_into(&bytes, &mut hello) {
                 prop_assert_eq!(Ok(Up::Hello(hello)), decode_postcard::<Up>(&bytes));
             }
+        }
+
+        /// The report body check answers as postcard's decoder, on any bytes
+        /// and on every report body encoded, then cut short, grown or with a
+        /// byte changed.
+        #[test]
+        fn report_body_check_as_postcard(
+            bytes in payloads(), body in report_body(), cut in any::<prop::sample::Index>(),
+            at in any::<prop::sample::Index>(), byte in any::<u8>(), how in 0u8..4,
+        ) {
+            let postcard = |b: &[u8]| decode_postcard::<ReportBody>(b).is_ok();
+            prop_assert_eq!(is_report_body(&bytes), postcard(&bytes));
+            let mut buf = [0u8; MAX_PAYLOAD];
+            let n = encode_payload(&body, &mut buf).unwrap();
+            prop_assert!(n <= crate::wire::MAX_REPORT_BODY);
+            let mut b = buf[..n].to_vec();
+            match how {
+                0 => {}
+                1 => b.truncate(cut.index(n)),
+                2 => b.push(byte),
+                _ => b[at.index(n)] = byte,
+            }
+            prop_assert_eq!(is_report_body(&b), postcard(&b), "{:?}", b);
+            prop_assert!(how != 0 || is_report_body(&b));
         }
 
         /// A `Hello` read by hand is postcard's `Up::Hello`, on any bytes that

@@ -12,6 +12,7 @@ pub mod frame;
 mod msg;
 mod ser;
 
+pub(crate) use codec::is_report_body;
 #[cfg(feature = "alloc")]
 pub(crate) use codec::{hello_into, session_up, SessionUp};
 pub(crate) use codec::{session_down, SessionDown};
