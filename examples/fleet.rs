@@ -995,6 +995,15 @@ fn settings(round: usize) -> [Setting; 3] {
 /// Runs a batch of operator calls in one trip to the engine.
 fn console(s: &mut Server<MemoryStore>, now: Instant, ops: Vec<Op>) -> Vec<Outcome> {
     let id = |d: usize| DeviceId(d as u64 + 1);
+    // The batch's devices are known ahead: hinted first, their state's cache
+    // misses (at a large fleet) overlap instead of coming one call at a time.
+    for op in &ops {
+        match *op {
+            Op::Enqueue { device, .. } => s.prefetch_device(device),
+            Op::Policy { device, .. } => s.prefetch_device(id(device)),
+            Op::Cancel { .. } => {}
+        }
+    }
     let run = |op| match op {
         Op::Enqueue { task, device, kind } => {
             // Locks carry a supersede key: clicking "lock" again for a device

@@ -17,8 +17,9 @@ fn main() {
             .map(|s| s.replace('_', "").parse().expect("a number"))
             .unwrap_or(default)
     };
-    let (devices, syncs) = (arg(100_000), arg(100_000));
+    let (devices, syncs, lookahead) = (arg(100_000), arg(100_000), arg(0));
     let mut fleet = common::Fleet::new(devices);
+    fleet.lookahead = lookahead as usize;
     let t = fleet.timed(syncs);
     let ns = t.as_nanos() as f64 / syncs as f64;
     println!("{devices} devices, {syncs} syncs: {ns:.0} ns per sync");

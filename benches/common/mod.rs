@@ -465,6 +465,9 @@ pub struct Fleet {
     rng: u64,
     out: Box<[u8; 8192]>,
     inputs: Vec<SyncInput>,
+    /// How many syncs ahead `run_prepared` hints the next device to the
+    /// server (`Server::prefetch_device`); 0: no hints.
+    pub lookahead: usize,
 }
 
 impl Fleet {
@@ -490,6 +493,7 @@ impl Fleet {
             rng: 0x9E37_79B9_7F4A_7C15,
             out: Box::new([0; 8192]),
             inputs: Vec::new(),
+            lookahead: 0,
         };
         // Every device syncs once, with its push token, so each has one like
         // a real fleet; later syncs carry none, as the device engine's.
@@ -574,7 +578,12 @@ impl Fleet {
     /// server sends and the task's final state.
     pub fn run_prepared(&mut self, check: bool) {
         let inputs = core::mem::take(&mut self.inputs);
-        for input in &inputs {
+        for (i, input) in inputs.iter().enumerate() {
+            if self.lookahead > 0 {
+                if let Some(next) = inputs.get(i + self.lookahead) {
+                    self.server.prefetch_device(next.device);
+                }
+            }
             self.run_one(input, check);
         }
         self.inputs = inputs;

@@ -15,7 +15,7 @@ use core::convert::Infallible;
 
 use hashbrown::HashMap;
 
-use super::table::{Entry, Slot, Table};
+use super::table::{prefetch, Entry, Slot, Table};
 
 use crate::time::Instant;
 use crate::wire::{
@@ -307,6 +307,12 @@ pub trait FleetStore {
     /// default reads the whole record; a store may read just these.
     fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Self::Error> {
         Ok(self.device(id)?.as_ref().map(ReportSeqs::of))
+    }
+    /// A hint that `id`'s record is likely read soon (see
+    /// [`Server::prefetch_device`](super::Server::prefetch_device)): a store
+    /// may start loading it. The default does nothing.
+    fn prefetch_device(&self, id: DeviceId) {
+        let _ = id;
     }
     /// Platform and push token of a device, once it has sent them. The
     /// token is returned by value in a fixed buffer: no allocation.
@@ -663,6 +669,9 @@ impl Entry for Row {
     fn key(&self) -> Option<u64> {
         (self.flags & OCCUPIED != 0).then_some(self.id)
     }
+    fn touch(&self) {
+        prefetch(&self.id);
+    }
 }
 
 /// A device's platform and push token, as `MemoryStore` keeps it: in a
@@ -732,13 +741,10 @@ impl Entry for PushTarget {
         (self.len != 0).then_some(self.id)
     }
     fn touch(&self) {
-        // One byte of every line the entry reaches (the key's line too:
-        // the array starts right after it).
-        let ends = [core::hint::black_box(self.id) as u8, self.len];
+        // One byte of every line the entry reaches.
+        prefetch(&self.id);
         let bytes = self.token.iter().step_by(64).chain(self.token.last());
-        bytes.chain(&ends).for_each(|b| {
-            core::hint::black_box(*b);
-        });
+        bytes.chain([&self.len]).for_each(prefetch);
     }
 }
 
@@ -766,6 +772,10 @@ impl FleetStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    fn prefetch_device(&self, id: DeviceId) {
+        self.devices.touch_home(id.0);
     }
 
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {

@@ -29,12 +29,21 @@ pub(crate) trait Entry: Clone {
     const FREE: Self;
     /// The entry's key; `None` for a free slot.
     fn key(&self) -> Option<u64>;
-    /// Reads every cache line the entry spans, whatever it holds, so that
-    /// their misses start now (see [`Table::touch_home`]). The default reads
-    /// the key, enough for an entry of one line.
-    fn touch(&self) {
-        core::hint::black_box(self.key());
-    }
+    /// Asks for every cache line the entry spans, whatever it holds, so
+    /// that their misses start now (see [`Table::touch_home`]), with
+    /// [`prefetch`] on one of its fields per line.
+    fn touch(&self);
+}
+
+/// Asks for the cache line of `at` without waiting for it (x86-64: a
+/// prefetch instruction). Elsewhere, the value is read: a load that waits,
+/// but whose miss still overlaps those of the loads issued right after it.
+#[inline(always)]
+pub(crate) fn prefetch<T: Copy>(at: &T) {
+    #[cfg(target_arch = "x86_64")]
+    safe_arch::prefetch_t0(at);
+    #[cfg(not(target_arch = "x86_64"))]
+    core::hint::black_box(*at);
 }
 
 /// Where an entry is: a pair and the entry in it.
@@ -222,6 +231,9 @@ mod tests {
         fn key(&self) -> Option<u64> {
             self.0
         }
+        fn touch(&self) {
+            prefetch(&self.0);
+        }
     }
 
     /// Growth from empty keeps every entry, never fills the table past
@@ -272,6 +284,9 @@ mod tests {
             const FREE: V = V(None, 0);
             fn key(&self) -> Option<u64> {
                 self.0
+            }
+            fn touch(&self) {
+                prefetch(&self.1);
             }
         }
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
