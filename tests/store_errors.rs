@@ -49,6 +49,9 @@ impl FleetStore for Flaky {
         }
         ok(self.inner.push_target(id))
     }
+    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Down> {
+        ok(self.inner.remove_push_target(id))
+    }
     fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<bool, Down> {
         if core::mem::take(&mut self.fail) {
             return Err(Down);

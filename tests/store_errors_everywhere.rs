@@ -71,6 +71,10 @@ impl FleetStore for Once {
         self.tick()?;
         ok(self.inner.push_target(id))
     }
+    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Down> {
+        self.tick()?;
+        ok(self.inner.remove_push_target(id))
+    }
     fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<bool, Down> {
         self.tick()?;
         ok(self.inner.set_push_target(id, p, token))

@@ -121,7 +121,9 @@ pub enum ServerEvent {
         /// Its platform (FCM or APNs).
         platform: Platform,
         /// Its push token, a copy of the store's (see
-        /// [`FleetStore::push_target`]).
+        /// [`FleetStore::push_target`]). If the push service refuses it
+        /// for good (the app was uninstalled, the token expired), call
+        /// [`Server::push_token_rejected`].
         token: PushToken,
     },
     /// Close this connection (after sending what `poll_transmit` gave).
@@ -548,6 +550,20 @@ impl<S: FleetStore> Server<S> {
             task,
             state,
         });
+    }
+
+    /// The push service refused `device`'s token for good (the token is no
+    /// longer registered, or malformed): the store drops it
+    /// ([`FleetStore::remove_push_target`]), so that no push goes to it
+    /// again. The device's next sync, whatever starts it (at the latest its
+    /// periodic one), carries no token, and its `Welcome` asks for one
+    /// (`want_token`, PROTOCOL.md 7.2): the device syncs again at once and
+    /// sends the token it has, and pushes resume with it. Work queued
+    /// meanwhile waits for that sync. Returns whether the store held a token.
+    pub fn push_token_rejected(&mut self, device: DeviceId) -> Result<bool, S> {
+        self.store
+            .remove_push_target(device)
+            .map_err(ServerError::Store)
     }
 
     /// A hint that work for `device` comes soon: a task to queue for it, or

@@ -342,6 +342,13 @@ pub trait FleetStore {
         platform: Platform,
         token: &str,
     ) -> Result<bool, Self::Error>;
+    /// Drops `id`'s push target (the push service refused its token, see
+    /// [`Server::push_token_rejected`](super::Server::push_token_rejected)):
+    /// [`push_target`](Self::push_target) answers `None` and
+    /// [`set_push_target`](Self::set_push_target) with an empty token
+    /// answers `false` until a token is set again. Returns whether a target
+    /// was held.
+    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Self::Error>;
     /// One task.
     fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Self::Error>;
     /// Inserts or replaces a task.
@@ -700,6 +707,10 @@ struct PushTarget {
     /// Bytes of `token` in use; 0 in a free slot.
     len: u8,
     platform: Platform,
+    /// The token was dropped (`remove_push_target`). The entry keeps its
+    /// slot: the table frees none (see `Table`), and the device's next
+    /// token goes back in it.
+    removed: bool,
 }
 
 // Seven cache lines to a pair of entries, two `Row`s to a line (checked when compiling).
@@ -709,6 +720,11 @@ const _: () = assert!(core::mem::size_of::<Row>() == 32);
 const _: () = assert!(PUSH_TOKEN_MAX <= u8::MAX as usize);
 
 impl PushTarget {
+    /// Whether the entry holds a target: a token that was not removed.
+    fn held(&self) -> bool {
+        !self.removed
+    }
+
     /// The token's bytes.
     fn bytes(&self) -> &[u8] {
         self.token.get(..usize::from(self.len)).unwrap_or_default()
@@ -736,6 +752,7 @@ impl Entry for PushTarget {
         token: [0; PUSH_TOKEN_MAX],
         len: 0,
         platform: Platform::Android,
+        removed: false,
     };
     fn key(&self) -> Option<u64> {
         (self.len != 0).then_some(self.id)
@@ -767,7 +784,7 @@ impl FleetStore for MemoryStore {
             None => {
                 let mut row = self.pack(rec, None);
                 // A target set before the device was enrolled.
-                row.has_push = self.push.get(rec.id.0).is_some();
+                row.has_push = self.push.get(rec.id.0).is_some_and(PushTarget::held);
                 self.devices.insert_new(row);
             }
         }
@@ -779,7 +796,7 @@ impl FleetStore for MemoryStore {
     }
 
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {
-        let target = self.push.get(id.0);
+        let target = self.push.get(id.0).filter(|t| t.held());
         // Stored from a `PushToken`, so its bytes are UTF-8 and fit.
         let token = |t: &PushTarget| {
             let text = core::str::from_utf8(t.bytes()).ok()?;
@@ -810,11 +827,11 @@ impl FleetStore for MemoryStore {
             // The row, not the push table: the handshake has just read it.
             return Ok(match self.devices.get(id.0) {
                 Some(row) => row.has_push,
-                None => self.push.get(id.0).is_some(),
+                None => self.push.get(id.0).is_some_and(PushTarget::held),
             });
         }
         match self.push.get_mut(id.0) {
-            Some(t) if t.platform == platform && t.bytes() == token.as_bytes() => {}
+            Some(t) if t.held() && t.platform == platform && t.bytes() == token.as_bytes() => {}
             Some(t) => *t = PushTarget::new(id, platform, &token),
             None => self.push.insert_new(PushTarget::new(id, platform, &token)),
         }
@@ -822,6 +839,17 @@ impl FleetStore for MemoryStore {
             row.has_push = true;
         }
         Ok(true)
+    }
+
+    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+        let held = match self.push.get_mut(id.0) {
+            Some(t) => !core::mem::replace(&mut t.removed, true),
+            None => false,
+        };
+        if let Some(row) = self.devices.get_mut(id.0) {
+            row.has_push = false;
+        }
+        Ok(held)
     }
 
     fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
@@ -1105,6 +1133,9 @@ mod task_report_tests {
         ) -> Result<bool, Infallible> {
             self.0.set_push_target(id, p, t)
         }
+        fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+            self.0.remove_push_target(id)
+        }
         fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
             self.0.task(id)
         }
@@ -1308,10 +1339,11 @@ mod table_tests {
     }
 
     proptest! {
-        /// Random push targets set and read against a map: a new token or
-        /// platform replaces the old one, an empty token changes nothing,
-        /// and the answer says whether a target is held, for devices
-        /// enrolled (or written again) before, after or never.
+        /// Random push targets set, removed and read against a map: a new
+        /// token or platform replaces the old one, an empty token changes
+        /// nothing, a removed one is gone until set again, and the answer
+        /// says whether a target is held, for devices enrolled (or written
+        /// again) before, after or never.
         #[test]
         fn push_targets_match_a_map(
             ops in proptest::collection::vec(
@@ -1327,6 +1359,13 @@ mod table_tests {
                 if put == 0 {
                     store.put_device(&record(id, token.len() as u32)).unwrap();
                 }
+                if put == 3 && ios {
+                    // The push service refused it: dropped until set again.
+                    let held = store.remove_push_target(DeviceId(id)).unwrap();
+                    prop_assert_eq!(held, model.remove(&id).is_some());
+                    prop_assert_eq!(store.push_target(DeviceId(id)).unwrap(), None);
+                    continue;
+                }
                 let has = store.set_push_target(DeviceId(id), platform, token).unwrap();
                 if !token.is_empty() {
                     model.insert(id, (platform, PushToken::try_from(token).unwrap()));
@@ -1338,7 +1377,7 @@ mod table_tests {
             for id in (0..48u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) {
                 prop_assert_eq!(store.push_target(DeviceId(id)).unwrap(), model.get(&id).cloned());
             }
-            prop_assert_eq!(store.push.len(), model.len());
+            prop_assert_eq!(store.push.iter().filter(|t| t.held()).count(), model.len());
         }
     }
 
