@@ -792,8 +792,8 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// Offers a task just queued, not yet stored, in the device's open session
-    /// (stored as offered before it is sent), then the session's `SyncEnd` if
-    /// it still owes one.
+    /// (stored as offered before it is sent, its first event `Offered`), then
+    /// the session's `SyncEnd` if it still owes one.
     pub(super) fn offer_new(
         &mut self,
         conn: ConnId,
@@ -804,7 +804,8 @@ impl<S: FleetStore> Server<S> {
         match self.offer_one(conn, t, now)? {
             // Not stored: the task is not queued.
             Offer::NoSession => Err(ServerError::UnknownConnection),
-            Offer::OtherGeneration => Ok(self.store.put_task(t)?), // never offered to it
+            // Never offered to it: stored as queued, and announced so.
+            Offer::OtherGeneration => self.set_state(t, TaskState::Queued, now),
             Offer::Done { owed_end } => {
                 if owed_end || self.readers_dropped != dropped {
                     self.end_burst(conn, t.device, now)?;
