@@ -531,11 +531,29 @@ impl<S: FleetStore> Server<S> {
 
     /// Stores a task's new state and tells the console.
     fn set_state(&mut self, t: &mut TaskRecord, state: TaskState, now: Instant) -> Result<(), S> {
+        self.store_state(t, state, now, None)
+    }
+
+    /// As [`set_state`](Self::set_state); with `limit`, `t` is a task not
+    /// stored yet, stored only if its device has fewer open tasks than that
+    /// ([`FleetStore::put_new_task`]), else `Err(QueueFull)` and nothing is
+    /// stored or announced.
+    fn store_state(
+        &mut self,
+        t: &mut TaskRecord,
+        state: TaskState,
+        now: Instant,
+        limit: Option<usize>,
+    ) -> Result<(), S> {
         t.state = state;
         if state.is_final() {
             t.finished_at = Some(now);
         }
-        self.store.put_task(t)?;
+        match limit {
+            None => self.store.put_task(t)?,
+            Some(max) if self.store.put_new_task(t, max)? => {}
+            Some(_) => return Err(ServerError::QueueFull),
+        }
         self.task_changed(t);
         Ok(())
     }
@@ -587,12 +605,20 @@ impl<S: FleetStore> Server<S> {
             }
         };
         // Without a supersede key every open task stays: counted, not read.
-        let (id, live) = match opts.supersede {
-            None => {
+        // A device in session mostly has some (those it runs): the store
+        // counts them as it stores this one (`limit`: `put_new_task`), in the
+        // one lookup of its open list. One out of session mostly has none:
+        // counted apart (no list, next to nothing to look up).
+        let (id, live, limit) = match (opts.supersede, session) {
+            (None, Some(_)) => (self.store.next_task_id()?, 0, Some(self.cfg.max_open_tasks)),
+            (None, None) => {
                 let live = self.store.open_task_count(device)?;
-                (self.store.next_task_id()?, live)
+                (self.store.next_task_id()?, live, None)
             }
-            Some(key) => self.supersede(device, key, now)?,
+            (Some(key), _) => {
+                let (id, live) = self.supersede(device, key, now)?;
+                (id, live, None)
+            }
         };
         if live >= self.cfg.max_open_tasks {
             return Err(ServerError::QueueFull);
@@ -617,8 +643,8 @@ impl<S: FleetStore> Server<S> {
         let stored = match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
-            Some((conn, _)) => self.offer_new(conn, &mut t, now),
-            None => self.set_state(&mut t, TaskState::Queued, now),
+            Some((conn, _)) => self.offer_new(conn, &mut t, now, limit),
+            None => self.store_state(&mut t, TaskState::Queued, now, limit),
         };
         // A task the store refused was never queued, nor announced; one
         // stored before a later error was both.
