@@ -228,9 +228,10 @@ fn a_quick_task_costs_one_report_and_the_server_records_its_final_status() {
         "{down:?}"
     );
     assert_eq!(l.state(lock), TaskState::Succeeded { result: None });
-    // Offered straight to its final state: the console never saw it Delivered.
+    // Queued in session, it is announced once, as offered; then straight to
+    // its final state: the console never saw it Delivered.
     let done = TaskState::Succeeded { result: None };
-    let states = vec![TaskState::Queued, TaskState::Offered, done];
+    let states = vec![TaskState::Offered, done];
     assert_eq!(l.states_of(lock), states);
     assert_eq!(l.last_report_seq(), seq);
     assert_eq!(l.d.dev.outbox_len(), 0);

@@ -2,6 +2,8 @@
 //! is refused with `QueueFull` and leaves nothing behind. Final tasks, and
 //! tasks a new one supersedes, make room.
 
+mod common;
+
 use mdm_sync::server::{
     FleetStore, MemoryStore, Server, ServerConfig, ServerError, ServerEvent, SupersedeKey,
     TaskOptions, TaskState,
@@ -67,4 +69,49 @@ fn the_open_task_limit_counts_only_open_tasks() {
         .filter(|e| matches!(e, ServerEvent::TaskChanged { task, .. } if *task == last))
         .count();
     assert_eq!(queued, 1);
+}
+
+/// A device in session: the limit is checked as the task is stored (one
+/// lookup of its open list). A refused task is not offered, announced or
+/// numbered: the next one the device gets follows its last without a gap,
+/// and it runs it.
+#[test]
+fn a_device_in_session_is_refused_a_task_past_the_limit_and_gets_the_next() {
+    let cfg = ServerConfig {
+        max_open_tasks: 2,
+        ..ServerConfig::default()
+    };
+    let mut p = common::Pair::with_config(1, cfg);
+    p.devices[0].behaviour = common::Behaviour::Hold;
+    let first = p.queue(0, TaskKind::Scan);
+    p.tick(); // pushed, synced, held: the session stays open (no time passes)
+    assert_eq!(p.state(0, first), TaskState::Delivered);
+    let id = p.id(0);
+    assert!(p.server.device_view(id).unwrap().online);
+
+    let second = p.queue(0, TaskKind::Locate);
+    assert_eq!(p.state(0, second), TaskState::Offered, "offered at once");
+    p.tick();
+    p.events.clear();
+    let r = p
+        .server
+        .enqueue_task(id, TaskKind::Wipe, TaskOptions::default(), p.now);
+    assert_eq!(r, Err(ServerError::QueueFull));
+    p.tick();
+    assert!(p.events.is_empty(), "{:?}", p.events);
+    assert_eq!(p.devices[0].executed.len(), 2, "nothing more was offered");
+
+    // A final task makes room; the next task runs on the device.
+    p.finish(
+        0,
+        first,
+        mdm_sync::wire::TaskStatus::Succeeded { result: None },
+    );
+    p.tick();
+    let third = p.queue(0, TaskKind::Lock);
+    p.tick();
+    assert_eq!(p.times_executed(0, third), 1);
+    assert_eq!(p.state(0, third), TaskState::Delivered);
+    let seqs: Vec<u32> = p.devices[0].executed.iter().map(|t| t.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }

@@ -145,7 +145,9 @@ pub enum ServerEvent {
         /// The connection.
         conn: ConnId,
     },
-    /// A task changed state.
+    /// A task changed state, or was queued. A task queued for a device in
+    /// session is offered at once: its first event says `Offered`, not
+    /// `Queued` (see [`Server::enqueue_task`]).
     TaskChanged {
         /// Its device.
         device: DeviceId,
@@ -534,11 +536,29 @@ impl<S: FleetStore> Server<S> {
 
     /// Stores a task's new state and tells the console.
     fn set_state(&mut self, t: &mut TaskRecord, state: TaskState, now: Instant) -> Result<(), S> {
+        self.store_state(t, state, now, None)
+    }
+
+    /// As [`set_state`](Self::set_state); with `limit`, `t` is a task not
+    /// stored yet, stored only if its device has fewer open tasks than that
+    /// ([`FleetStore::put_new_task`]), else `Err(QueueFull)` and nothing is
+    /// stored or announced.
+    fn store_state(
+        &mut self,
+        t: &mut TaskRecord,
+        state: TaskState,
+        now: Instant,
+        limit: Option<usize>,
+    ) -> Result<(), S> {
         t.state = state;
         if state.is_final() {
             t.finished_at = Some(now);
         }
-        self.store.put_task(t)?;
+        match limit {
+            None => self.store.put_task(t)?,
+            Some(max) if self.store.put_new_task(t, max)? => {}
+            Some(_) => return Err(ServerError::QueueFull),
+        }
         self.task_changed(t);
         Ok(())
     }
@@ -593,8 +613,13 @@ impl<S: FleetStore> Server<S> {
     /// A store error is returned whether it came before the task was stored
     /// (then there is no task, and no event about it) or after (offering it,
     /// or reading the push target for its push). In the second case the task
-    /// is queued, its expiry armed, and its `TaskChanged { Queued }` event
-    /// says so: queueing it again would make two.
+    /// is queued, its expiry armed, and its `TaskChanged` event says so:
+    /// queueing it again would make two.
+    ///
+    /// The task's first [`ServerEvent::TaskChanged`] has the state it was
+    /// stored in: `Queued`; or, for a device in session, `Offered` (it is
+    /// offered at once, and announced once), or `Expired` if its expiry has
+    /// passed already.
     pub fn enqueue_task(
         &mut self,
         device: DeviceId,
@@ -619,12 +644,20 @@ impl<S: FleetStore> Server<S> {
             }
         };
         // Without a supersede key every open task stays: counted, not read.
-        let (id, live) = match opts.supersede {
-            None => {
+        // A device in session mostly has some (those it runs): the store
+        // counts them as it stores this one (`limit`: `put_new_task`), in the
+        // one lookup of its open list. One out of session mostly has none:
+        // counted apart (no list, next to nothing to look up).
+        let (id, live, limit) = match (opts.supersede, session) {
+            (None, Some(_)) => (self.store.next_task_id()?, 0, Some(self.cfg.max_open_tasks)),
+            (None, None) => {
                 let live = self.store.open_task_count(device)?;
-                (self.store.next_task_id()?, live)
+                (self.store.next_task_id()?, live, None)
             }
-            Some(key) => self.supersede(device, key, now)?,
+            (Some(key), _) => {
+                let (id, live) = self.supersede(device, key, now)?;
+                (id, live, None)
+            }
         };
         if live >= self.cfg.max_open_tasks {
             return Err(ServerError::QueueFull);
@@ -643,31 +676,22 @@ impl<S: FleetStore> Server<S> {
             created_at: now,
             finished_at: None,
         };
-        // The console hears of the task ahead of what storing it announces
-        // (its offer), so its event goes first; it is taken back if the store
-        // refused the task (nothing was announced after it then). Events are
-        // seen only once this call returns, so none is seen early.
+        // The task is announced once stored, with the state it is stored in:
+        // `Queued`, or, offered at once, `Offered` (no `Queued` before it).
         let announced = self.events.len();
-        self.events.push_back(ServerEvent::TaskChanged {
-            device,
-            task: id,
-            state: TaskState::Queued,
-        });
         let stored = match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
-            Some((conn, _)) => self.offer_new(conn, &mut t, now),
-            None => self.store.put_task(&t).map_err(ServerError::Store),
+            Some((conn, _)) => self.offer_new(conn, &mut t, now, limit),
+            None => self.store_state(&mut t, TaskState::Queued, now, limit),
         };
-        // A task the store refused was never queued; one stored before a
-        // later error was.
-        let kept = stored.is_ok() || self.events.len() > announced + 1;
+        // A task the store refused was never queued, nor announced; one
+        // stored before a later error was both.
+        let kept = stored.is_ok() || self.events.len() > announced;
         if kept {
             if let Some(at) = opts.expires_at {
                 self.arm_timer(at, Timer::Expire(id));
             }
-        } else {
-            self.events.pop_back();
         }
         stored?;
         if session.is_none() {

@@ -777,7 +777,7 @@ impl<S: FleetStore> Server<S> {
             let Some(mut t) = self.store.task(*tid)? else {
                 continue;
             };
-            self.offer_one(conn, &mut t, now)?;
+            self.offer_one(conn, &mut t, now, None)?;
         }
         self.scratch = ids;
         if let Some(p) = self.store.policy(device)? {
@@ -792,19 +792,22 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// Offers a task just queued, not yet stored, in the device's open session
-    /// (stored as offered before it is sent), then the session's `SyncEnd` if
-    /// it still owes one.
+    /// (stored as offered before it is sent, its first event `Offered`), then
+    /// the session's `SyncEnd` if it still owes one. `limit`: as for
+    /// `store_state`.
     pub(super) fn offer_new(
         &mut self,
         conn: ConnId,
         t: &mut TaskRecord,
         now: Instant,
+        limit: Option<usize>,
     ) -> Result<(), S> {
         let dropped = self.readers_dropped;
-        match self.offer_one(conn, t, now)? {
+        match self.offer_one(conn, t, now, limit)? {
             // Not stored: the task is not queued.
             Offer::NoSession => Err(ServerError::UnknownConnection),
-            Offer::OtherGeneration => Ok(self.store.put_task(t)?), // never offered to it
+            // Never offered to it: stored as queued, and announced so.
+            Offer::OtherGeneration => self.store_state(t, TaskState::Queued, now, limit),
             Offer::Done { owed_end } => {
                 if owed_end || self.readers_dropped != dropped {
                     self.end_burst(conn, t.device, now)?;
@@ -834,8 +837,14 @@ impl<S: FleetStore> Server<S> {
 
     /// Offers a task in the session, if it is of the session's enrollment
     /// and offerable there; says what it found (the session's lookup serves
-    /// `offer_new` too).
-    fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<Offer, S> {
+    /// `offer_new` too). With `limit`, the task is new (see `store_state`).
+    fn offer_one(
+        &mut self,
+        conn: ConnId,
+        t: &mut TaskRecord,
+        now: Instant,
+        limit: Option<usize>,
+    ) -> Result<Offer, S> {
         let Some(sync) = self.sync_of(conn) else {
             // `send` dropped the session earlier in this burst (a reader too
             // far behind). The work stays stored for the device's next
@@ -864,12 +873,19 @@ impl<S: FleetStore> Server<S> {
             return Ok(done);
         }
         if t.expires_at.is_some_and(|e| now >= e) {
-            self.set_state(t, TaskState::Expired, now)?;
+            self.store_state(t, TaskState::Expired, now, limit)?;
             return Ok(done);
         }
         t.seq = sync.next_seq;
         sync.next_seq = sync.next_seq.wrapping_add(1);
-        self.set_state(t, TaskState::Offered, now)?; // stored before it is sent
+        // Stored before it is sent.
+        let stored = self.store_state(t, TaskState::Offered, now, limit);
+        if matches!(stored, Err(ServerError::QueueFull)) {
+            if let Some(sync) = self.sync_of(conn) {
+                sync.next_seq = t.seq; // refused: its sequence is not used up
+            }
+        }
+        stored?;
         let task = Task {
             seq: t.seq,
             id: t.id,

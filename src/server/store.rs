@@ -357,8 +357,23 @@ pub trait FleetStore {
     fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Self::Error>;
     /// How many of a device's tasks are not final (as many as
     /// [`open_tasks`](Self::open_tasks) appends), checked against
-    /// `ServerConfig::max_open_tasks` for each task queued.
+    /// `ServerConfig::max_open_tasks` for a task queued for a device out of
+    /// session (see [`put_new_task`](Self::put_new_task) for one in session).
     fn open_task_count(&self, device: DeviceId) -> Result<usize, Self::Error>;
+    /// Stores a task never stored before, as [`put_task`](Self::put_task),
+    /// if its device has fewer than `max_open` tasks that are not final
+    /// ([`open_task_count`](Self::open_task_count)); returns whether it did
+    /// (nothing is stored when not). Called for a task queued without a
+    /// supersede key for a device in session, `max_open` being
+    /// `ServerConfig::max_open_tasks`. The default counts, then stores; a
+    /// store may find the device's open tasks once for both.
+    fn put_new_task(&mut self, rec: &TaskRecord, max_open: usize) -> Result<bool, Self::Error> {
+        if self.open_task_count(rec.device)? >= max_open {
+            return Ok(false);
+        }
+        self.put_task(rec)?;
+        Ok(true)
+    }
     /// A fresh task id, never handed out before.
     fn next_task_id(&mut self) -> Result<TaskId, Self::Error>;
     /// The policy assigned to a device.
@@ -862,6 +877,29 @@ impl FleetStore for MemoryStore {
         Ok(())
     }
 
+    fn put_new_task(&mut self, rec: &TaskRecord, max_open: usize) -> Result<bool, Infallible> {
+        // A device's open list, if it has one, is found once, to count and to
+        // add to (the task is new: it is not in it). A task final at once
+        // (expired) is counted, not listed.
+        match self.open.get_mut(&rec.device) {
+            Some(open) if open.len() >= max_open => return Ok(false),
+            Some(open) => {
+                if !rec.state.is_final() {
+                    open.push(rec.id);
+                }
+            }
+            None if max_open == 0 => return Ok(false),
+            // A new list: as `put_task` (a second lookup, cheap in a map
+            // that holds only the devices with open tasks).
+            None => return self.put_task(rec).map(|()| true),
+        }
+        // `entry`, not a second call site of `insert`: with one, hashbrown's
+        // `insert` stays inlined in `put_task` (callgrind: a second one made
+        // it a call, and each `put_task` dearer).
+        self.tasks.entry(rec.id).insert(*rec);
+        Ok(true)
+    }
+
     fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Infallible> {
         if let Some(open) = self.open.get(&device) {
             out.extend_from_slice(open);
@@ -1239,6 +1277,44 @@ mod task_report_tests {
                             assert_eq!(own.task(t), plain.task(t));
                         }
                         assert_eq!(own.device(DeviceId(5)), plain.device(DeviceId(5)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `MemoryStore`'s own `put_new_task` (one lookup of the open list)
+    /// stores or refuses as the trait's default does (a count, then
+    /// `put_task`): below, at and above the limit, for a device with no open
+    /// list, and for a task final at once (expired), which is counted but not
+    /// listed.
+    #[test]
+    fn the_memory_store_puts_a_new_task_as_the_default_does() {
+        let expired = TaskState::Expired;
+        for open in 0..4 {
+            for max in 0..5 {
+                for state in [TaskState::Queued, TaskState::Offered, expired] {
+                    let (mut own, mut plain) = (MemoryStore::new(), Plain(MemoryStore::new()));
+                    for store in [&mut own, &mut plain.0] {
+                        for id in 1..=open {
+                            store.put_task(&task(id, 5, TaskState::Queued)).unwrap();
+                        }
+                        // A final task of the device and an open one of another.
+                        store.put_task(&task(7, 5, expired)).unwrap();
+                        store.put_task(&task(8, 6, TaskState::Queued)).unwrap();
+                    }
+                    let new = task(9, 5, state);
+                    let stored = own.put_new_task(&new, max).unwrap();
+                    assert_eq!(stored, plain.put_new_task(&new, max).unwrap());
+                    assert_eq!(stored, open < max as u64, "{open} open, limit {max}");
+                    for device in [5, 6].map(DeviceId) {
+                        let mut ids = (Vec::new(), Vec::new());
+                        own.open_tasks(device, &mut ids.0).unwrap();
+                        plain.open_tasks(device, &mut ids.1).unwrap();
+                        assert_eq!(ids.0, ids.1, "{open} open, limit {max}, {state:?}");
+                    }
+                    for t in [1, 2, 3, 7, 8, 9].map(TaskId) {
+                        assert_eq!(own.task(t), plain.task(t));
                     }
                 }
             }
