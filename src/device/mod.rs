@@ -44,6 +44,8 @@ mod config;
 mod snapshot;
 
 pub use config::{DeviceConfig, DeviceTimers};
+#[cfg(feature = "embedded")]
+pub(crate) use snapshot::counter_newer;
 pub use snapshot::{pick_latest, snapshot_counter, SnapshotError};
 
 use heapless::{Deque, Vec};
