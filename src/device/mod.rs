@@ -468,8 +468,9 @@ fn undecodable(link: Link, payload: &[u8], e: wire::DecodeError) -> SessionError
 
 /// The periodic interval `ms` clamped to `1 min ..= 7 days`, wherever it
 /// comes from (the configuration, a `Welcome`, a snapshot), so that a reboot
-/// never changes it.
-fn periodic_within_bounds(ms: u64) -> Duration {
+/// never changes it. The server clamps its own the same way, so that it
+/// expects devices at the interval they keep.
+pub(crate) fn periodic_within_bounds(ms: u64) -> Duration {
     Duration::from_millis(ms.clamp(60_000, 7 * 24 * 3_600_000))
 }
 

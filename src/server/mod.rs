@@ -60,7 +60,9 @@ pub struct ConnId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Periodic interval suggested to devices (3 h); also the basis of the
-    /// overdue check.
+    /// overdue check. [`Server::new`] clamps it to 1 min ..= 7 days for
+    /// both, as devices clamp the interval a `Welcome` suggests
+    /// (PROTOCOL.md 11); [`Server::config`] shows the clamped value.
     pub periodic_interval: Duration,
     /// How late past its periodic interval a device may be before it is
     /// reported overdue (30 min).
@@ -416,7 +418,10 @@ pub struct Server<S: FleetStore> {
 impl<S: FleetStore> Server<S> {
     /// A server over `store`. `master` derives every device's secret (keep it
     /// like a root key); `nonce_seed` must be fresh random bytes per process.
-    pub fn new(cfg: ServerConfig, store: S, master: Secret, nonce_seed: Secret) -> Self {
+    pub fn new(mut cfg: ServerConfig, store: S, master: Secret, nonce_seed: Secret) -> Self {
+        // Devices are expected at the interval they keep (see the field).
+        let periodic = cfg.periodic_interval.as_millis();
+        cfg.periodic_interval = crate::device::periodic_within_bounds(periodic);
         Self {
             cfg,
             store,
