@@ -108,7 +108,8 @@ impl Default for ServerConfig {
 pub struct TaskOptions {
     /// Not delivered by then, it expires.
     pub expires_at: Option<Instant>,
-    /// Replaces undelivered tasks of the device with the same key.
+    /// Replaces undelivered tasks of the device with the same key (none
+    /// when the task is refused, e.g. with `QueueFull`).
     pub supersede: Option<SupersedeKey>,
 }
 
@@ -644,6 +645,9 @@ impl<S: FleetStore> Server<S> {
 
     /// A new task id for `device`, and how many of its open tasks stay once
     /// the undelivered ones with supersede key `key` are superseded by it.
+    /// When that many reach `max_open_tasks`, `QueueFull` and nothing is
+    /// superseded: the tasks are counted first, so a refused task replaces
+    /// none (it would leave them superseded by a task that never exists).
     fn supersede(
         &mut self,
         device: DeviceId,
@@ -651,23 +655,40 @@ impl<S: FleetStore> Server<S> {
         now: Instant,
     ) -> Result<(TaskId, usize), S> {
         let open = self.open_task_ids(device)?;
-        let id = self.store.next_task_id()?;
-        let mut live = 0;
-        for tid in &open {
-            let Some(mut t) = self.store.task(*tid)? else {
-                continue;
-            };
+        let result = self.supersede_open(&open, key, now);
+        self.scratch = open;
+        result
+    }
+
+    /// `supersede` over the device's open tasks `open`.
+    fn supersede_open(
+        &mut self,
+        open: &[TaskId],
+        key: SupersedeKey,
+        now: Instant,
+    ) -> Result<(TaskId, usize), S> {
+        let replaced = |t: &TaskRecord| {
             let replaceable = matches!(
                 t.state,
                 TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
             );
-            if t.supersede == Some(key) && replaceable {
-                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
-            } else {
+            t.supersede == Some(key) && replaceable
+        };
+        let mut live = 0;
+        for tid in open {
+            if self.store.task(*tid)?.is_some_and(|t| !replaced(&t)) {
                 live += 1;
             }
         }
-        self.scratch = open;
+        if live >= self.cfg.max_open_tasks {
+            return Err(ServerError::QueueFull);
+        }
+        let id = self.store.next_task_id()?;
+        for tid in open {
+            if let Some(mut t) = self.store.task(*tid)?.filter(replaced) {
+                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
+            }
+        }
         Ok((id, live))
     }
 
