@@ -574,8 +574,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.periodic
     }
 
-    /// Replaces the push token; it goes to the server with the next sync
-    /// (and with every later one until a `Welcome` confirms it). Known
+    /// Replaces the push token; it goes to the server in a sync this call
+    /// asks for at once (and in every later one until a `Welcome` confirms
+    /// it), even when the token is the same as before. Known
     /// limit: an empty token does not withdraw the old one, which the server
     /// keeps (an empty `Hello.push_token` means "unchanged", PROTOCOL.md 16).
     pub fn set_push_token(
