@@ -7,7 +7,8 @@
 //! reports, which the server takes for resends). The counter reaches
 //! `u64::MAX` only through a snapshot written with it (no device persists
 //! 2^64 times), but `restore` must not turn any byte string into an engine
-//! that breaks its guarantees later.
+//! that breaks its guarantees later. The embedded runner, which chooses
+//! between its slots itself, is checked the same way at the end.
 
 use mdm_sync::device::{pick_latest, snapshot_counter, Device, DeviceConfig, Event};
 use mdm_sync::time::Instant;
@@ -39,8 +40,10 @@ fn with_counter(bytes: &[u8], counter: u64) -> Vec<u8> {
     body
 }
 
-#[test]
-fn the_newest_slot_is_picked_across_the_counter_wrap() {
+/// From counters just below the wrap (and at it), a device persists its
+/// boot snapshot and then one snapshot per compliance event; `check` sees
+/// both slots after each write, with the device and the counter written.
+fn across_the_wrap(mut check: impl FnMut(&[Vec<u8>; 2], &Device, u64, u64)) {
     let now = Instant::from_millis(1_000);
     let mut first: Device = Device::new(cfg(), now);
     let boot = next_snapshot(&mut first);
@@ -49,20 +52,109 @@ fn the_newest_slot_is_picked_across_the_counter_wrap() {
         let old = with_counter(&boot, start);
         let mut d: Device = Device::restore(cfg(), &old, now).unwrap();
         slots[(start % 2) as usize] = old;
-        // Persist events: the boot snapshot, then one per compliance event.
         for k in 1..=4u64 {
             let snap = next_snapshot(&mut d);
             let counter = start.wrapping_add(k);
             assert_eq!(snapshot_counter(&snap), Ok(counter));
-            slots[d.snapshot_slot()] = snap.clone();
-            let picked = pick_latest(&slots[0], &slots[1]).unwrap();
-            assert_eq!(
-                snapshot_counter(picked),
-                Ok(counter),
-                "from {start}: the slot of counter {counter} is the newest"
-            );
+            slots[d.snapshot_slot()] = snap;
+            check(&slots, &d, start, counter);
             d.raise_compliance(mdm_sync::wire::ComplianceEvent::ProfileChanged, now)
                 .unwrap();
         }
+    }
+}
+
+#[test]
+fn the_newest_slot_is_picked_across_the_counter_wrap() {
+    across_the_wrap(|slots, _, start, counter| {
+        let picked = pick_latest(&slots[0], &slots[1]).unwrap();
+        assert_eq!(
+            snapshot_counter(picked),
+            Ok(counter),
+            "from {start}: the slot of counter {counter} is the newest"
+        );
+    });
+}
+
+/// The embedded runner's restore picks the newest slot too (breaker5). It
+/// reads one slot at a time into the caller's buffer and compared counters
+/// with a plain `>`, so once the counter wrapped it restored the older slot
+/// (here a compliance event queued after it was lost; in general reports
+/// and accepted tasks that may have left already).
+#[cfg(all(feature = "embedded", feature = "tokio"))]
+mod breaker5_embedded_runner {
+    use super::{across_the_wrap, cfg};
+    use mdm_sync::adapters::embedded::{
+        Connector, Handler, Runner, SnapshotStore, Wake, WakeSource,
+    };
+    use mdm_sync::device::Device;
+    use mdm_sync::wire::{Policy, PolicyOutcome, Task, TaskId, TaskStatus};
+
+    /// Two slots in memory.
+    struct Slots([Vec<u8>; 2]);
+
+    impl SnapshotStore for Slots {
+        type Error = core::convert::Infallible;
+
+        async fn read(&mut self, slot: usize, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            let data = &self.0[slot];
+            buf[..data.len()].copy_from_slice(data);
+            Ok(data.len())
+        }
+
+        async fn write(&mut self, slot: usize, bytes: &[u8]) -> Result<(), Self::Error> {
+            self.0[slot] = bytes.to_vec();
+            Ok(())
+        }
+    }
+
+    /// Restore never connects, waits, runs or applies anything.
+    struct Unused;
+
+    impl Connector for Unused {
+        type Connection<'a> = embedded_io_adapters::tokio_1::FromTokio<tokio::net::TcpStream>;
+        type Error = std::io::Error;
+
+        async fn connect(&mut self) -> Result<Self::Connection<'_>, Self::Error> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    impl WakeSource for Unused {
+        async fn wait(&mut self) -> Wake {
+            Wake::Shutdown
+        }
+    }
+
+    impl Handler for Unused {
+        async fn execute(&mut self, _task: Task) -> Option<TaskStatus> {
+            None
+        }
+        async fn cancel(&mut self, _task: TaskId) -> Option<TaskStatus> {
+            None
+        }
+        async fn apply_policy(&mut self, _policy: &Policy) -> Option<PolicyOutcome> {
+            None
+        }
+    }
+
+    #[test]
+    fn the_runner_restores_the_newest_slot_across_the_counter_wrap() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // The newest slot holds the most reports (one per compliance event).
+        across_the_wrap(|slots, d, start, counter| {
+            let mut runner = Runner::new(Unused, Unused, Slots(slots.clone()), Unused);
+            let mut buf = [0u8; <Device>::SNAPSHOT_MAX];
+            let restored: Device = rt
+                .block_on(runner.restore(cfg(), &mut buf))
+                .expect("a valid slot restores");
+            assert_eq!(
+                restored.outbox_len(),
+                d.outbox_len(),
+                "from {start}: the runner restored an older slot than the one of counter {counter}"
+            );
+        });
     }
 }

@@ -56,7 +56,9 @@ use core::task::Poll;
 use embassy_time::with_deadline;
 use embedded_io_async::{Read, Write};
 
-use crate::device::{snapshot_counter, Device, DeviceConfig, DeviceError, Event, SessionError};
+use crate::device::{
+    counter_newer, snapshot_counter, Device, DeviceConfig, DeviceError, Event, SessionError,
+};
 use crate::device::{SnapshotError, DEFAULT_INFLIGHT, DEFAULT_OUTBOX};
 use crate::log::{debug, warning};
 use crate::time::Instant;
@@ -274,7 +276,8 @@ where
             let n = self.store.read(slot, buf).await;
             let n = n.map_err(RestoreError::Storage)?.min(needed);
             if let Ok(counter) = snapshot_counter(&buf[..n]) {
-                if best.is_none_or(|(c, _)| counter > c) {
+                // Across the counter's wrap, as `pick_latest` compares.
+                if best.is_none_or(|(c, _)| counter_newer(counter, c)) {
                     best = Some((counter, slot));
                 }
             }

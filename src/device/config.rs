@@ -55,8 +55,9 @@ pub struct DeviceConfig {
     /// Android or iOS.
     pub platform: Platform,
     /// The current push token, sent to the server until it confirms it
-    /// (once per boot, see [`Device::set_push_token`](super::Device::set_push_token)
-    /// for a change while running).
+    /// (once per boot), then again once per periodic interval (PROTOCOL.md
+    /// 7.2); see [`Device::set_push_token`](super::Device::set_push_token)
+    /// for a change while running.
     pub push_token: String<PUSH_TOKEN_MAX>,
     /// Timer settings.
     pub timers: DeviceTimers,

@@ -44,6 +44,8 @@ mod config;
 mod snapshot;
 
 pub use config::{DeviceConfig, DeviceTimers};
+#[cfg(feature = "embedded")]
+pub(crate) use snapshot::counter_newer;
 pub use snapshot::{pick_latest, snapshot_counter, SnapshotError};
 
 use heapless::{Deque, Vec};
@@ -466,8 +468,9 @@ fn undecodable(link: Link, payload: &[u8], e: wire::DecodeError) -> SessionError
 
 /// The periodic interval `ms` clamped to `1 min ..= 7 days`, wherever it
 /// comes from (the configuration, a `Welcome`, a snapshot), so that a reboot
-/// never changes it.
-fn periodic_within_bounds(ms: u64) -> Duration {
+/// never changes it. The server clamps its own the same way, so that it
+/// expects devices at the interval they keep.
+pub(crate) fn periodic_within_bounds(ms: u64) -> Duration {
     Duration::from_millis(ms.clamp(60_000, 7 * 24 * 3_600_000))
 }
 
@@ -571,8 +574,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.periodic
     }
 
-    /// Replaces the push token; it goes to the server with the next sync
-    /// (and with every later one until a `Welcome` confirms it). Known
+    /// Replaces the push token; it goes to the server in a sync this call
+    /// asks for at once (and in every later one until a `Welcome` confirms
+    /// it), even when the token is the same as before. Known
     /// limit: an empty token does not withdraw the old one, which the server
     /// keeps (an empty `Hello.push_token` means "unchanged", PROTOCOL.md 16).
     pub fn set_push_token(

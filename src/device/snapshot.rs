@@ -376,6 +376,13 @@ pub fn snapshot_counter(bytes: &[u8]) -> Result<u64, SnapshotError> {
     Reader(checked(bytes)?).start()
 }
 
+/// Whether snapshot counter `a` is newer than `b`, across the counter's wrap
+/// from `u64::MAX` to 0 (PROTOCOL.md 14): every chooser of a slot asks this
+/// (`pick_latest`, and the embedded runner, which reads one slot at a time).
+pub(crate) fn counter_newer(a: u64, b: u64) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 63
+}
+
 /// Of two storage slots, the valid snapshot with the newer counter; `None`
 /// when neither is valid (first boot, or both slots destroyed). Counters are
 /// compared across their wrap from `u64::MAX` to 0 (as report sequences are,
@@ -383,11 +390,7 @@ pub fn snapshot_counter(bytes: &[u8]) -> Result<u64, SnapshotError> {
 /// counter may be any.
 pub fn pick_latest<'a>(a: &'a [u8], b: &'a [u8]) -> Option<&'a [u8]> {
     match (snapshot_counter(a), snapshot_counter(b)) {
-        (Ok(x), Ok(y)) => Some(if y != x && y.wrapping_sub(x) < 1 << 63 {
-            b
-        } else {
-            a
-        }),
+        (Ok(x), Ok(y)) => Some(if counter_newer(y, x) { b } else { a }),
         (Ok(_), Err(_)) => Some(a),
         (Err(_), Ok(_)) => Some(b),
         (Err(_), Err(_)) => None,

@@ -60,7 +60,9 @@ pub struct ConnId(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Periodic interval suggested to devices (3 h); also the basis of the
-    /// overdue check.
+    /// overdue check. [`Server::new`] clamps it to 1 min ..= 7 days for
+    /// both, as devices clamp the interval a `Welcome` suggests
+    /// (PROTOCOL.md 11); [`Server::config`] shows the clamped value.
     pub periodic_interval: Duration,
     /// How late past its periodic interval a device may be before it is
     /// reported overdue (30 min).
@@ -106,7 +108,8 @@ impl Default for ServerConfig {
 pub struct TaskOptions {
     /// Not delivered by then, it expires.
     pub expires_at: Option<Instant>,
-    /// Replaces undelivered tasks of the device with the same key.
+    /// Replaces undelivered tasks of the device with the same key (none
+    /// when the task is refused, e.g. with `QueueFull`).
     pub supersede: Option<SupersedeKey>,
 }
 
@@ -423,7 +426,10 @@ pub struct Server<S: FleetStore> {
 impl<S: FleetStore> Server<S> {
     /// A server over `store`. `master` derives every device's secret (keep it
     /// like a root key); `nonce_seed` must be fresh random bytes per process.
-    pub fn new(cfg: ServerConfig, store: S, master: Secret, nonce_seed: Secret) -> Self {
+    pub fn new(mut cfg: ServerConfig, store: S, master: Secret, nonce_seed: Secret) -> Self {
+        // Devices are expected at the interval they keep (see the field).
+        let periodic = cfg.periodic_interval.as_millis();
+        cfg.periodic_interval = crate::device::periodic_within_bounds(periodic);
         Self {
             cfg,
             store,
@@ -702,6 +708,9 @@ impl<S: FleetStore> Server<S> {
 
     /// A new task id for `device`, and how many of its open tasks stay once
     /// the undelivered ones with supersede key `key` are superseded by it.
+    /// When that many reach `max_open_tasks`, `QueueFull` and nothing is
+    /// superseded: the tasks are counted first, so a refused task replaces
+    /// none (it would leave them superseded by a task that never exists).
     fn supersede(
         &mut self,
         device: DeviceId,
@@ -709,23 +718,40 @@ impl<S: FleetStore> Server<S> {
         now: Instant,
     ) -> Result<(TaskId, usize), S> {
         let open = self.open_task_ids(device)?;
-        let id = self.store.next_task_id()?;
-        let mut live = 0;
-        for tid in &open {
-            let Some(mut t) = self.store.task(*tid)? else {
-                continue;
-            };
+        let result = self.supersede_open(&open, key, now);
+        self.scratch = open;
+        result
+    }
+
+    /// `supersede` over the device's open tasks `open`.
+    fn supersede_open(
+        &mut self,
+        open: &[TaskId],
+        key: SupersedeKey,
+        now: Instant,
+    ) -> Result<(TaskId, usize), S> {
+        let replaced = |t: &TaskRecord| {
             let replaceable = matches!(
                 t.state,
                 TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
             );
-            if t.supersede == Some(key) && replaceable {
-                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
-            } else {
+            t.supersede == Some(key) && replaceable
+        };
+        let mut live = 0;
+        for tid in open {
+            if self.store.task(*tid)?.is_some_and(|t| !replaced(&t)) {
                 live += 1;
             }
         }
-        self.scratch = open;
+        if live >= self.cfg.max_open_tasks {
+            return Err(ServerError::QueueFull);
+        }
+        let id = self.store.next_task_id()?;
+        for tid in open {
+            if let Some(mut t) = self.store.task(*tid)?.filter(replaced) {
+                self.set_state(&mut t, TaskState::Superseded { by: id }, now)?;
+            }
+        }
         Ok((id, live))
     }
 

@@ -684,6 +684,7 @@ impl<S: FleetStore> Server<S> {
             end_sent: false,
         };
         self.set_phase(conn, Phase::Syncing(sync));
+        // 60 ..= 604,800 s (clamped by `Server::new`): never 0 ("keep yours").
         let periodic_s = self
             .cfg
             .periodic_interval
