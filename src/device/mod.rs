@@ -475,11 +475,35 @@ pub(crate) fn periodic_within_bounds(ms: u64) -> Duration {
 }
 
 impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
+    /// Capacities with which the engine can do its work, checked when the
+    /// program is compiled: an outbox of at least 3 (a running task's two
+    /// reports and one more, for a compliance event or a policy report) and
+    /// room for one running task. Smaller ones would make an engine that
+    /// defers every task for good, or can never raise a compliance event.
+    const USABLE: () = assert!(
+        OUTBOX >= 3 && INFLIGHT >= 1,
+        "Device needs OUTBOX >= 3 and INFLIGHT >= 1"
+    );
+
     /// A device on its first boot: no history, a boot sync wanted at once.
     /// Its first event is a [`Event::Persist`], as after
     /// [`restore`](Self::restore): the boot snapshot's counter numbers this
     /// boot's connections, so it must be stored before anything is sent.
+    /// Capacities below `OUTBOX` = 3 or `INFLIGHT` = 1 do not compile:
+    ///
+    /// ```
+    /// # use mdm_sync::{device::{Device, DeviceConfig}, time::Instant, wire::{DeviceId, Platform}};
+    /// let cfg = DeviceConfig::new(DeviceId(1), 0, [7; 32], Platform::Android);
+    /// let smallest = Device::<3, 1>::new(cfg, Instant::ZERO);
+    /// ```
+    ///
+    /// ```compile_fail
+    /// # use mdm_sync::{device::{Device, DeviceConfig}, time::Instant, wire::{DeviceId, Platform}};
+    /// let cfg = DeviceConfig::new(DeviceId(1), 0, [7; 32], Platform::Android);
+    /// let too_small = Device::<2, 1>::new(cfg, Instant::ZERO);
+    /// ```
     pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
+        let () = Self::USABLE;
         let periodic = periodic_within_bounds(cfg.timers.periodic.as_millis());
         let rng = cfg.jitter_seed | 1;
         let mut d = Self {

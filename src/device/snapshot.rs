@@ -691,7 +691,7 @@ pub(super) mod tests {
             let consistent = k % 4 == 0;
             random_snapshot::<16, 4>(&mut rng, consistent);
             random_snapshot::<4, 2>(&mut rng, consistent);
-            random_snapshot::<1, 1>(&mut rng, consistent);
+            random_snapshot::<3, 1>(&mut rng, consistent);
             random_snapshot::<40, 12>(&mut rng, consistent);
         }
     }
