@@ -31,3 +31,32 @@ fn garbage_datagrams_from_other_ports_are_skipped() {
     assert_eq!(got, Some(DeviceId(42)));
     assert_eq!(rx.try_recv().unwrap(), None);
 }
+
+/// A flood of datagrams that are not pushes: `try_recv` reads a bounded
+/// number of them per call (it returns, leaving the rest queued), and the
+/// push behind them comes out at a later call.
+#[test]
+fn a_flood_of_garbage_does_not_hold_try_recv() {
+    use mdm_sync::adapters::push::TRY_RECV_DATAGRAMS;
+    let rx = UdpPushReceiver::bind_loopback().unwrap();
+    let to = rx.local_addr().unwrap();
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let flood = 3 * TRY_RECV_DATAGRAMS + 5;
+    for i in 0..flood {
+        other.send_to(&[i as u8; 8], to).unwrap();
+    }
+    other.send_to(&encode_push(DeviceId(7)), to).unwrap();
+    // Loopback delivers at once, but give the kernel a moment all the same.
+    std::thread::sleep(WallDuration::from_millis(50));
+    let mut calls = 0;
+    let got = loop {
+        calls += 1;
+        if let Some(id) = rx.try_recv().unwrap() {
+            break id;
+        }
+        assert!(calls <= flood, "the push never came");
+    };
+    assert_eq!(got, DeviceId(7));
+    // Each call read at most its bound: the push needed several.
+    assert!(calls > flood / TRY_RECV_DATAGRAMS, "{calls} calls");
+}

@@ -178,10 +178,13 @@ impl UdpPushReceiver {
         }
     }
 
-    /// A push that has already arrived, without waiting.
+    /// A push that has already arrived, without waiting. Reads at most
+    /// [`TRY_RECV_DATAGRAMS`] datagrams: a flood of datagrams that are not
+    /// pushes cannot hold the caller's loop, and a push queued behind more
+    /// of them than that comes at a later call.
     pub fn try_recv(&self) -> io::Result<Option<DeviceId>> {
         self.socket.set_nonblocking(true)?;
-        loop {
+        for _ in 0..TRY_RECV_DATAGRAMS {
             match self.recv_one() {
                 Ok(Some(id)) => return Ok(Some(id)),
                 Ok(None) => continue,
@@ -189,6 +192,7 @@ impl UdpPushReceiver {
                 Err(e) => return Err(e),
             }
         }
+        Ok(None)
     }
 
     /// One datagram: `Some` if it is a push.
@@ -203,6 +207,9 @@ impl UdpPushReceiver {
         }
     }
 }
+
+/// Datagrams [`UdpPushReceiver::try_recv`] reads at most per call.
+pub const TRY_RECV_DATAGRAMS: usize = 32;
 
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
