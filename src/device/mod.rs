@@ -443,6 +443,10 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // RAM only, not in the snapshot: the first session of each boot sends
     // the token again, one resend per boot (PROTOCOL.md 7.2).
     token_confirmed: bool,
+    // A `Welcome` came since this engine's state began (`new`; kept across
+    // restores). Until one has, none of its reports has been put on the
+    // wire: reports are sent only after a `Welcome`.
+    welcomed: bool,
     // This session's `Hello` carried the current push token (cleared when the
     // token changes during the session): its `Welcome` may confirm it.
     hello_token: bool,
@@ -550,6 +554,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             server_behind: false,
             app_deferred: false,
             token_confirmed: false,
+            welcomed: false,
             hello_token: false,
             token_confirmed_at: now,
             stats: DeviceStats::default(),
@@ -1040,8 +1045,17 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     fn on_welcome(&mut self, ack: u32, periodic_s: u32, now: Instant) {
         debug!("authenticated, syncing; server holds reports up to {}", ack);
         self.link = Link::Syncing;
+        let first = !core::mem::replace(&mut self.welcomed, true);
         self.adopt_server_numbering(ack);
         self.on_ack(ack);
+        if first && !self.outbox.is_empty() {
+            // The first `Welcome` of this engine state, and reports are
+            // about to leave: a snapshot that says so comes first, so that
+            // a restore tells reports that may have left from reports that
+            // cannot have (PROTOCOL.md 9.4, 14). Reports queued later are
+            // snapshotted as they are queued.
+            self.persist = true;
+        }
         for e in self.outbox.iter_mut().filter(|e| e.sent()) {
             e.wire = Wire::Again;
         }

@@ -56,6 +56,11 @@ const ENTRY_ROOM: usize = 1 + MAX_REPORT_BODY;
 
 const _: () = assert!(MAX_REPORT_BODY < 0x80, "a body's length is one byte");
 
+/// The longest periodic interval a snapshot holds: 7 days, in the low 31 bits
+/// of its `periodic_ms` (the top bit: no `Welcome` yet, see `HeaderPiece`).
+const PERIODIC_MAX_MS: u64 = 7 * 24 * 3_600_000;
+const _: () = assert!(PERIODIC_MAX_MS < 1 << 31);
+
 /// The header, as one piece, with the outbox's length.
 struct HeaderPiece<'a, const O: usize, const I: usize>(&'a Device<O, I>, usize);
 
@@ -70,11 +75,12 @@ impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
         w.fixed(d.last_task_seq.to_le_bytes());
         w.fixed(d.next_report_seq.to_le_bytes());
         w.fixed(d.policy_version.to_le_bytes());
-        // At most 7 days (604,800,000 ms) wherever it comes from; a longer
-        // one set behind the engine's back is written as the most a `u32`
-        // holds (a restore clamps it to 7 days all the same).
-        let ms = u32::try_from(d.periodic.as_millis()).unwrap_or(u32::MAX);
-        w.fixed(ms.to_le_bytes());
+        // At most 7 days (604,800,000 ms) wherever it comes from, below
+        // 2^31 (a longer one set behind the engine's back is written as 7
+        // days, as a restore would clamp it): the top bit says that no
+        // `Welcome` came since the engine's state began.
+        let ms = d.periodic.as_millis().min(PERIODIC_MAX_MS) as u32;
+        w.fixed((ms | u32::from(!d.welcomed) << 31).to_le_bytes());
         // Both within `u16` (see `Device::FITS_SNAPSHOT`).
         w.fixed((d.inflight.len() as u16).to_le_bytes());
         w.fixed((self.1 as u16).to_le_bytes());
@@ -107,6 +113,9 @@ struct Header {
     next_report_seq: u32,
     policy_version: u32,
     periodic_ms: u32,
+    /// A `Welcome` came since the engine's state began (the top bit of the
+    /// stored `periodic_ms` clear).
+    welcomed: bool,
     tasks: usize,
     reports: usize,
 }
@@ -157,14 +166,18 @@ impl<'a> Reader<'a> {
 
     /// The header after the format byte and the counter.
     fn header(&mut self, counter: u64) -> Result<Header, SnapshotError> {
+        let (device, generation) = (self.u64()?, self.u32()?);
+        let (last_task_seq, next_report_seq) = (self.u32()?, self.u32()?);
+        let (policy_version, periodic) = (self.u32()?, self.u32()?);
         Ok(Header {
             counter,
-            device: self.u64()?,
-            generation: self.u32()?,
-            last_task_seq: self.u32()?,
-            next_report_seq: self.u32()?,
-            policy_version: self.u32()?,
-            periodic_ms: self.u32()?,
+            device,
+            generation,
+            last_task_seq,
+            next_report_seq,
+            policy_version,
+            periodic_ms: periodic & !(1 << 31),
+            welcomed: periodic >> 31 == 0,
             tasks: self.u16()?.into(),
             reports: self.u16()?.into(),
         })
@@ -314,6 +327,7 @@ impl<const O: usize, const I: usize> Device<O, I> {
         d.policy_version = h.policy_version;
         d.periodic = super::periodic_within_bounds(h.periodic_ms.into());
         d.periodic_at = now + d.periodic;
+        d.welcomed = h.welcomed;
         for task in tasks {
             let slot = Inflight {
                 task,
@@ -331,8 +345,9 @@ impl<const O: usize, const I: usize> Device<O, I> {
             let entry = Entry {
                 seq,
                 body: Body::from_slice(body).ok_or(SnapshotError::Inconsistent)?,
-                // It may have left before the reboot: never replaced.
-                wire: Wire::Again,
+                // It may have left before the reboot, if a `Welcome` came:
+                // then it is never replaced. Else it cannot have.
+                wire: if h.welcomed { Wire::Again } else { Wire::New },
             };
             d.outbox
                 .push_back(entry)
@@ -430,8 +445,10 @@ pub(super) mod tests {
         v.extend_from_slice(&d.last_task_seq.to_le_bytes());
         v.extend_from_slice(&d.next_report_seq.to_le_bytes());
         v.extend_from_slice(&d.policy_version.to_le_bytes());
-        let ms = d.periodic.as_millis().min(u64::from(u32::MAX)) as u32;
-        v.extend_from_slice(&ms.to_le_bytes());
+        // The interval (at most 7 days), its top bit set before any Welcome.
+        let ms = d.periodic.as_millis().min(7 * 24 * 3_600_000) as u32;
+        let unwelcomed = if d.welcomed { 0 } else { 1 << 31 };
+        v.extend_from_slice(&(ms | unwelcomed).to_le_bytes());
         v.extend_from_slice(&(d.inflight.len() as u16).to_le_bytes());
         v.extend_from_slice(&(d.outbox.len() as u16).to_le_bytes());
         for i in &d.inflight {
@@ -563,6 +580,7 @@ pub(super) mod tests {
         d.next_report_seq = edgy(rng, 32) as u32;
         d.policy_version = edgy(rng, 32) as u32;
         d.periodic = Duration::from_millis(edgy(rng, 64));
+        d.welcomed = edgy(rng, 8).is_multiple_of(2);
         for _ in 0..edgy(rng, 8) as usize % (I + 1) {
             let task = Task {
                 seq: edgy(rng, 32) as u32,
@@ -637,8 +655,8 @@ pub(super) mod tests {
     }
 
     /// A restored engine holds what was snapshotted: the header's values
-    /// (the interval clamped), the outbox with its sequences and bodies
-    /// (never replaced), and each running task's failure after it.
+    /// (the interval clamped, whether a Welcome came), the outbox with its
+    /// sequences and bodies, and each running task's failure after it.
     fn restores_what_was_written<const O: usize, const I: usize>(d: &Device<O, I>) {
         let bytes = by_layout(d);
         let now = Instant::from_millis(5_000);
@@ -648,15 +666,18 @@ pub(super) mod tests {
         assert_eq!(r.attempt, d.counter.wrapping_add(1) << 32);
         assert_eq!(r.last_task_seq, d.last_task_seq);
         assert_eq!(r.policy_version, d.policy_version);
-        let ms = d.periodic.as_millis().min(u64::from(u32::MAX));
-        assert_eq!(r.periodic, super::super::periodic_within_bounds(ms));
+        assert_eq!(
+            r.periodic,
+            super::super::periodic_within_bounds(d.periodic.as_millis())
+        );
+        assert_eq!(r.welcomed, d.welcomed);
         assert_eq!(r.running_tasks().count(), 0);
         assert_eq!(r.outbox.len(), d.outbox.len() + d.inflight.len());
+        // Reports that may have left (after a Welcome) are never replaced;
+        // before any Welcome none can have.
+        let wire = if d.welcomed { Wire::Again } else { Wire::New };
         for (got, want) in r.outbox.iter().zip(&d.outbox) {
-            assert_eq!(
-                (got.seq, &got.body, got.wire),
-                (want.seq, &want.body, Wire::Again)
-            );
+            assert_eq!((got.seq, &got.body, got.wire), (want.seq, &want.body, wire));
         }
         // Interrupted tasks are failed from the last one running back.
         let failed = r.outbox.iter().skip(d.outbox.len());
