@@ -18,11 +18,9 @@ use mdm_sync::wire::{
     ComplianceEvent, DeviceId, Platform, PolicyOutcome, SettingFailure, Task, TaskKind, TaskStatus,
 };
 
-type Small = Device<3, 1>;
-
-struct Rig {
+struct Rig<const O: usize = 3, const I: usize = 1> {
     server: Server<MemoryStore>,
-    dev: Small,
+    dev: Device<O, I>,
     cfg: DeviceConfig,
     conn: Option<ConnId>,
     online: bool,
@@ -41,7 +39,7 @@ struct Rig {
     syncs: usize,
 }
 
-impl Rig {
+impl<const O: usize, const I: usize> Rig<O, I> {
     fn new() -> Self {
         let now = Instant::from_millis(1_000_000);
         let mut server = Server::new(
@@ -56,7 +54,7 @@ impl Rig {
         cfg.push_token = heapless::String::try_from("tok").unwrap();
         Self {
             server,
-            dev: Small::new(cfg.clone(), now),
+            dev: Device::new(cfg.clone(), now),
             cfg,
             conn: None,
             online: true,
@@ -204,7 +202,7 @@ impl Rig {
         let bytes = pick_latest(&self.slots[0], &self.slots[1])
             .unwrap()
             .to_vec();
-        self.dev = Small::restore(self.cfg.clone(), &bytes, self.now).unwrap();
+        self.dev = Device::restore(self.cfg.clone(), &bytes, self.now).unwrap();
     }
 
     fn queue(&mut self, kind: TaskKind) -> mdm_sync::wire::TaskId {
@@ -235,7 +233,7 @@ const ALL_EVENTS: [ComplianceEvent; 7] = [
 
 #[test]
 fn five_tasks_queued_at_once_all_run() {
-    let mut r = Rig::new();
+    let mut r: Rig = Rig::new();
     r.run_for(Duration::from_mins(5));
     let tasks: Vec<_> = (0..5).map(|i| r.queue(TaskKind::ALL[i])).collect();
     r.run_for(Duration::from_mins(30));
@@ -247,7 +245,7 @@ fn five_tasks_queued_at_once_all_run() {
 
 #[test]
 fn compliance_events_and_a_policy_raised_offline_all_arrive() {
-    let mut r = Rig::new();
+    let mut r: Rig = Rig::new();
     r.run_for(Duration::from_mins(5));
     r.go_offline();
     r.to_raise.extend(ALL_EVENTS);
@@ -273,7 +271,7 @@ fn compliance_events_and_a_policy_raised_offline_all_arrive() {
 
 #[test]
 fn a_running_task_does_not_keep_compliance_or_policy_out() {
-    let mut r = Rig::new();
+    let mut r: Rig = Rig::new();
     r.run_for(Duration::from_mins(5));
     r.hold = true;
     let long = r.queue(TaskKind::Scan);
@@ -316,7 +314,7 @@ fn a_running_task_does_not_keep_compliance_or_policy_out() {
 
 #[test]
 fn a_reboot_with_a_full_outbox_and_a_running_task_loses_nothing() {
-    let mut r = Rig::new();
+    let mut r: Rig = Rig::new();
     r.run_for(Duration::from_mins(5));
     r.hold = true;
     let task = r.queue(TaskKind::Locate);
@@ -342,4 +340,24 @@ fn a_reboot_with_a_full_outbox_and_a_running_task_loses_nothing() {
         }
     );
     assert_eq!(r.compliance(), ALL_EVENTS.len());
+}
+
+/// `Device<3, 3>` can run two tasks at most (each needs two outbox slots
+/// beside the others' one): with two running, a free task slot is no room,
+/// and an offer left then must not bring a new sync at once either.
+#[test]
+fn a_device_with_more_task_slots_than_room_does_not_resync_in_a_loop() {
+    let mut r: Rig<3, 3> = Rig::new();
+    r.run_for(Duration::from_mins(5));
+    r.hold = true;
+    for _ in 0..2 {
+        r.queue(TaskKind::Scan);
+        r.run_for(Duration::from_mins(5));
+    }
+    assert_eq!(r.held.len(), 2, "two run");
+    let _waiting: Vec<_> = (0..3).map(|_| r.queue(TaskKind::Lock)).collect();
+    let syncs = r.syncs;
+    r.run_for(Duration::from_hours(2));
+    let n = r.syncs - syncs;
+    assert!(n <= 3, "{n} syncs in 2 h with both tasks running");
 }
