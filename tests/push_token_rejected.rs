@@ -25,9 +25,9 @@ fn a_rejected_token_gets_no_push_until_the_device_sends_it_again() {
     assert_eq!(pushes(&p), before + 1, "a push with the stored token");
 
     // The push service answers that the token is no longer registered.
-    assert_eq!(p.server.push_token_rejected(d), Ok(true));
+    assert_eq!(p.server.push_token_rejected(d, "token"), Ok(true));
     assert_eq!(
-        p.server.push_token_rejected(d),
+        p.server.push_token_rejected(d, "token"),
         Ok(false),
         "already dropped"
     );

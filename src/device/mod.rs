@@ -429,7 +429,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // after the next ack.
     policy_refused: bool,
     // An offer of this session was left unaccepted for lack of room: later
-    // offers of the session are left too (not a gap), and a new sync follows.
+    // offers of the session are left too (not a gap), and a new sync follows
+    // if the engine could take a task once its outbox is acknowledged (not
+    // with its task slots all running: see `on_task`).
     refused: bool,
     // That new sync starts when the session ends, unless the application said
     // "not now" in the session (`app_deferred`): the same offers would come
@@ -1180,7 +1182,13 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             if self.outbox.len() + self.inflight.len() >= OUTBOX {
                 debug!("task seq {} left for a later sync: outbox full", task.seq);
                 self.refused = true;
-                self.refused_resync = true;
+                // A new sync helps only if, its outbox acknowledged, the
+                // engine could take a task: with too many running, the same
+                // offers would be deferred again and fill the room again, a
+                // sync about every 45 s for as long as they run. A running
+                // task that finishes asks for that sync (`busy_deferred`).
+                let empty_fits = self.inflight.len() + 2 <= OUTBOX;
+                self.refused_resync = !self.inflight.is_full() && empty_fits;
                 self.busy_deferred = true;
                 return Ok(());
             }

@@ -126,7 +126,7 @@ pub enum ServerEvent {
         /// Its push token, a copy of the store's (see
         /// [`FleetStore::push_target`]). If the push service refuses it
         /// for good (the app was uninstalled, the token expired), call
-        /// [`Server::push_token_rejected`].
+        /// [`Server::push_token_rejected`] with this token.
         token: PushToken,
     },
     /// Close this connection (after sending what `poll_transmit` gave).
@@ -578,15 +578,26 @@ impl<S: FleetStore> Server<S> {
         });
     }
 
-    /// The push service refused `device`'s token for good (the token is no
-    /// longer registered, or malformed): the store drops it
+    /// The push service refused `token`, `device`'s push token, for good
+    /// (the token is no longer registered, or malformed): if the store
+    /// still holds that token, it drops it
     /// ([`FleetStore::remove_push_target`]), so that no push goes to it
     /// again. The device's next sync, whatever starts it (at the latest its
     /// periodic one), carries no token, and its `Welcome` asks for one
     /// (`want_token`, PROTOCOL.md 7.2): the device syncs again at once and
     /// sends the token it has, and pushes resume with it. Work queued
-    /// meanwhile waits for that sync. Returns whether the store held a token.
-    pub fn push_token_rejected(&mut self, device: DeviceId) -> Result<bool, S> {
+    /// meanwhile waits for that sync. Returns whether the store held that
+    /// token.
+    ///
+    /// A push service answers after the push, so the device may have sent
+    /// a new token meanwhile: a refusal of another token than the one held
+    /// (the `token` of the [`ServerEvent::SendPush`] it answers) changes
+    /// nothing, and pushes go on to the new one.
+    pub fn push_token_rejected(&mut self, device: DeviceId, token: &str) -> Result<bool, S> {
+        let held = self.store.push_target(device)?;
+        if held.is_none_or(|(_, t)| t.as_str() != token) {
+            return Ok(false);
+        }
         self.store
             .remove_push_target(device)
             .map_err(ServerError::Store)
