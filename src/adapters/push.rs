@@ -43,7 +43,12 @@ pub fn decode_push(datagram: &[u8]) -> Option<DeviceId> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PushError {
-    /// The device's push token is not usable by this sender.
+    /// The device's push token is not usable by this sender, for good (the
+    /// service refused it, or it names nothing the sender can reach). The
+    /// server adapter then drops it ([`Server::push_token_rejected`]), and
+    /// the device's next sync is asked for its token.
+    ///
+    /// [`Server::push_token_rejected`]: crate::server::Server::push_token_rejected
     BadToken,
     /// The token names an address off the loopback interface.
     NotLoopback(SocketAddr),
@@ -68,7 +73,9 @@ impl core::error::Error for PushError {}
 /// Called by the server adapter for every [`SendPush`] event, on the
 /// engine's task: it must not block. A sender for a remote service queues
 /// the request for its own worker. A failed push needs no retry: the
-/// device's periodic sync delivers the work anyway.
+/// device's periodic sync delivers the work anyway. A sender that learns only
+/// later that the service refused a token for good reports it through
+/// `ServerHandle::push_token_rejected` (tokio adapter).
 ///
 /// Any `FnMut(DeviceId, Platform, &str) -> Result<(), PushError>` is a sender.
 ///

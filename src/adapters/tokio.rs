@@ -66,12 +66,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::clock::{Clock, ScaledClock};
-use super::push::PushSender;
+use super::push::{PushError, PushSender};
 use crate::auth::Secret;
 // Host-side adapters log through `log` even with `defmt` on (see blocking.rs).
 use crate::server::{
-    ConnId, DeviceView, FleetStore, FleetView, Server, ServerError, ServerEvent, TaskOptions,
-    TaskRecord, TaskState,
+    ConnId, DeviceView, FleetStore, FleetView, PushToken, Server, ServerError, ServerEvent,
+    TaskOptions, TaskRecord, TaskState,
 };
 use crate::time::Instant;
 use crate::wire::{DeviceId, Setting, TaskId, TaskKind};
@@ -293,6 +293,20 @@ where
         opts: TaskOptions,
     ) -> Result<TaskId, CallError<S::Error>> {
         self.try_call(move |s, now| s.enqueue_task(device, kind, opts, now))
+            .await
+    }
+
+    /// The push service refused `device`'s token `token` for good, an answer
+    /// that came after the push was handed over (see
+    /// [`Server::push_token_rejected`]): the store drops it if it still
+    /// holds that token. Returns whether it did.
+    pub async fn push_token_rejected(
+        &self,
+        device: DeviceId,
+        token: &str,
+    ) -> Result<bool, CallError<S::Error>> {
+        let token = PushToken::try_from(token).unwrap_or_default();
+        self.try_call(move |s, _| s.push_token_rejected(device, &token))
             .await
     }
 
@@ -691,8 +705,17 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
                 platform,
                 token,
             } => {
-                if let Err(e) = self.push.send_push(*device, *platform, token) {
-                    debug!("push to device {} failed: {}", device.0, e);
+                match self.push.send_push(*device, *platform, token) {
+                    Ok(()) => {}
+                    // Refused for good: dropped, so that no push goes to it
+                    // again and the device's next sync is asked for its token.
+                    Err(PushError::BadToken) => {
+                        debug!("push token of device {} refused; dropped", device.0);
+                        if let Err(e) = self.server.push_token_rejected(*device, token) {
+                            debug!("dropping device {}'s token failed: {:?}", device.0, e);
+                        }
+                    }
+                    Err(e) => debug!("push to device {} failed: {}", device.0, e),
                 }
             }
             ServerEvent::Close { conn } => {

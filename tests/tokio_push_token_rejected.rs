@@ -1,0 +1,80 @@
+//! The tokio server adapter and refused push tokens: a token the push sender
+//! refuses for good (`PushError::BadToken`) is dropped from the store, so no
+//! push goes to it again; a refusal that comes later, through
+//! `ServerHandle::push_token_rejected`, drops the token only while the store
+//! still holds that one. No network: the sender is a closure.
+#![cfg(feature = "tokio")]
+
+use std::sync::{Arc, Mutex};
+
+use mdm_sync::adapters::push::PushError;
+use mdm_sync::adapters::tokio::{Builder, ServerHandle};
+use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig};
+use mdm_sync::time::Instant;
+use mdm_sync::wire::{DeviceId, Platform, TaskKind};
+
+const DEV: DeviceId = DeviceId(9);
+
+/// The device's push token as the store holds it.
+async fn target(h: &ServerHandle<MemoryStore>) -> Option<String> {
+    h.call(|s, _| {
+        s.store()
+            .push_target(DEV)
+            .unwrap()
+            .map(|(_, t)| t.to_string())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_the_sender_refuses_is_dropped_and_pushed_no_more() {
+    let mut server = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [1; 32],
+        [2; 32],
+    );
+    server.enroll(DEV, Instant::ZERO).unwrap();
+    let store = server.store_mut();
+    store
+        .set_push_target(DEV, Platform::Ios, "revoked")
+        .unwrap();
+    let tried = Arc::new(Mutex::new(Vec::new()));
+    let log = tried.clone();
+    let sender = move |_: DeviceId, _: Platform, token: &str| {
+        log.lock().unwrap().push(token.to_string());
+        match token {
+            "revoked" => Err(PushError::BadToken),
+            _ => Ok(()),
+        }
+    };
+    let (handle, engine) = Builder::new(server, sender).spawn();
+
+    handle
+        .enqueue_task(DEV, TaskKind::Lock, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(target(&handle).await, None, "dropped after the refusal");
+    handle
+        .enqueue_task(DEV, TaskKind::Scan, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(*tried.lock().unwrap(), ["revoked"], "no second push to it");
+
+    // The device sends a new token; a late refusal of the old one keeps it,
+    // one of the new one drops it.
+    handle
+        .call(|s, _| s.store_mut().set_push_target(DEV, Platform::Ios, "fresh"))
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = !handle.push_token_rejected(DEV, "revoked").await.unwrap();
+    assert!(kept, "a late refusal of the old token");
+    assert_eq!(target(&handle).await.as_deref(), Some("fresh"));
+    assert!(handle.push_token_rejected(DEV, "fresh").await.unwrap());
+    assert_eq!(target(&handle).await, None);
+
+    handle.shutdown().await;
+    engine.await.unwrap();
+}
