@@ -477,8 +477,11 @@ fn undecodable(link: Link, payload: &[u8], e: wire::DecodeError) -> SessionError
 /// never changes it. The server clamps its own the same way, so that it
 /// expects devices at the interval they keep.
 pub(crate) fn periodic_within_bounds(ms: u64) -> Duration {
-    Duration::from_millis(ms.clamp(60_000, 7 * 24 * 3_600_000))
+    Duration::from_millis(ms.clamp(60_000, PERIODIC_MAX_MS))
 }
+
+/// The longest periodic interval, 7 days, in milliseconds.
+const PERIODIC_MAX_MS: u64 = 7 * 24 * 3_600_000;
 
 impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// Capacities with which the engine can do its work, checked when the

@@ -13,7 +13,7 @@
 
 use heapless::Vec;
 
-use super::{Body, Device, Entry, Flag, Inflight, Wire};
+use super::{Body, Device, Entry, Flag, Inflight, Wire, PERIODIC_MAX_MS};
 use crate::log::debug;
 use crate::time::Instant;
 use crate::wire::{
@@ -56,9 +56,8 @@ const ENTRY_ROOM: usize = 1 + MAX_REPORT_BODY;
 
 const _: () = assert!(MAX_REPORT_BODY < 0x80, "a body's length is one byte");
 
-/// The longest periodic interval a snapshot holds: 7 days, in the low 31 bits
-/// of its `periodic_ms` (the top bit: no `Welcome` yet, see `HeaderPiece`).
-const PERIODIC_MAX_MS: u64 = 7 * 24 * 3_600_000;
+// The longest periodic interval fits the low 31 bits of a snapshot's
+// `periodic_ms` (the top bit: no `Welcome` yet, see `HeaderPiece`).
 const _: () = assert!(PERIODIC_MAX_MS < 1 << 31);
 
 /// The header, as one piece, with the outbox's length.
@@ -446,7 +445,7 @@ pub(super) mod tests {
         v.extend_from_slice(&d.next_report_seq.to_le_bytes());
         v.extend_from_slice(&d.policy_version.to_le_bytes());
         // The interval (at most 7 days), its top bit set before any Welcome.
-        let ms = d.periodic.as_millis().min(7 * 24 * 3_600_000) as u32;
+        let ms = d.periodic.as_millis().min(PERIODIC_MAX_MS) as u32;
         let unwelcomed = if d.welcomed { 0 } else { 1 << 31 };
         v.extend_from_slice(&(ms | unwelcomed).to_le_bytes());
         v.extend_from_slice(&(d.inflight.len() as u16).to_le_bytes());

@@ -618,8 +618,14 @@ impl<S: FleetStore> Server<S> {
     /// `lookahead` rows. On x86-64 this issues prefetch instructions; on other
     /// targets the lines are read, and the call waits for the first of them.
     pub fn prefetch_device(&self, device: DeviceId) {
-        self.pushes.0.touch_home(device.0);
+        self.prefetch_push(device);
         self.store.prefetch_device(device);
+    }
+
+    /// Asks for the lines of `device`'s push state and push target, which a
+    /// push reads.
+    fn prefetch_push(&self, device: DeviceId) {
+        self.pushes.0.touch_home(device.0);
         self.store.prefetch_push_target(device);
     }
 
@@ -650,12 +656,11 @@ impl<S: FleetStore> Server<S> {
         let generation = match session {
             Some((_, generation)) => generation,
             None => {
-                // The device's push state and push target are read here,
-                // next to its record, though only `request_push` needs them:
-                // at a million devices all three loads miss the cache, and
+                // The device's push state and push target are asked for
+                // here, next to its record, though only `request_push` needs
+                // them: at a million devices all three miss the cache, and
                 // issued together their misses overlap.
-                self.pushes.0.touch_home(device.0);
-                self.store.prefetch_push_target(device);
+                self.prefetch_push(device);
                 let generation = self.store.device_generation(device)?;
                 generation.ok_or(ServerError::UnknownDevice)?
             }
