@@ -25,6 +25,7 @@ macro_rules! trace {
 }
 
 mod net;
+pub(crate) mod rate;
 pub(crate) mod schedule;
 mod truth;
 
@@ -45,6 +46,7 @@ use mdm_sync::wire::{
 };
 
 use net::{Conn, Dir, FrameFault};
+use rate::{SyncRate, Why};
 pub(crate) use schedule::{schedule, schedule_from_seed, Crash, Op, Schedule, Style, Who};
 use truth::{Raised, Received, Truth};
 
@@ -284,6 +286,10 @@ struct Dev<const O: usize, const I: usize> {
     session_reports: HashSet<u32>,
     reboots: usize,
     writes: usize,
+    /// Syncs started against the triggers that justify them (`rate`).
+    rate: SyncRate,
+    /// Server clock (ms) and true time of every push the server sent it.
+    pushes_sent: Vec<(u64, u64)>,
 }
 
 /// The simulator. See the module docs.
@@ -344,9 +350,12 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                 cfg.push_token = heapless::String::try_from(format!("tok-{}", i + 1).as_str())
                     .expect("short token");
                 cfg.jitter_seed = rng.next();
+                let engine = Device::new(cfg.clone(), Instant::ZERO);
+                let periodic = engine.periodic_interval().as_millis();
+                let backoff_min = cfg.timers.backoff_min.as_millis();
                 Dev {
                     id,
-                    engine: Device::new(cfg.clone(), Instant::ZERO),
+                    engine,
                     cfg,
                     clock: Clock::default(),
                     slots: Default::default(),
@@ -362,6 +371,8 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                     session_reports: HashSet::new(),
                     reboots: 0,
                     writes: 0,
+                    rate: SyncRate::new(0, 0, periodic, backoff_min),
+                    pushes_sent: Vec::new(),
                 }
             })
             .collect();
@@ -453,6 +464,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                 let d = self.dev_index(dev);
                 let now = self.dev_now(d);
                 self.devs[d].engine.manual_sync(now);
+                self.credit(d, Why::Manual, 1);
             }
             Op::App { dev, style } => {
                 let d = self.dev_index(dev);
@@ -524,6 +536,14 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                 let t = self.t;
                 self.clock(who).jump(t, ms);
                 self.lost_ms += ms.min(0).unsigned_abs();
+                if let (Who::Device(dev), true) = (who, ms < 0) {
+                    let d = self.dev_index(dev);
+                    let (now, periodic) =
+                        (self.dev_now(d), self.devs[d].engine.periodic_interval());
+                    self.devs[d]
+                        .rate
+                        .clock_back(now.as_millis(), periodic.as_millis());
+                }
             }
             Op::Freeze { who, secs } => {
                 let t = self.t;
@@ -624,6 +644,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             Ok(()) => {
                 trace!(self, "dev{d} app: raised {event:?}");
                 self.truth.raised(d, Raised::Compliance(event));
+                self.credit(d, Why::Compliance, 1);
                 Ok(())
             }
             Err(DeviceError::OutboxFull) => {
@@ -657,6 +678,13 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             .map_err(|e| format!("dev{d}: task_status({}, {status:?}): {e:?}", task.0))?;
         trace!(self, "dev{d} app: task {} -> {status:?}", task.0);
         self.truth.raised(d, Raised::Task(task, status));
+        self.credit(d, Why::Status, 2);
+        if let TaskStatus::Deferred {
+            retry_after_s: Some(_),
+        } = status
+        {
+            self.credit(d, Why::Hint, 1);
+        }
         Ok(())
     }
 
@@ -685,6 +713,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             Ok(()) => {
                 trace!(self, "dev{d} app: policy v{version} {outcome:?}");
                 self.devs[d].app.policy_waiting = false;
+                self.credit(d, Why::Policy, 1);
                 self.truth.raised(d, Raised::Policy(version, outcome));
                 Ok(())
             }
@@ -762,7 +791,13 @@ impl<const O: usize, const I: usize> Sim<O, I> {
         let now = self.dev_now(d);
         match ev {
             Event::Persist => return self.persist(d),
-            Event::Connect => self.connect(d)?,
+            Event::Connect => {
+                let (t, periodic) = (self.t, self.devs[d].engine.periodic_interval());
+                let rate = &mut self.devs[d].rate;
+                rate.sync_started(t, now.as_millis(), periodic.as_millis())
+                    .map_err(|e| format!("dev{d}: {e}"))?;
+                self.connect(d)?
+            }
             Event::Disconnect => {
                 trace!(self, "dev{d}: disconnect");
                 if let Some(c) = self.dev_conn(d) {
@@ -779,6 +814,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                     task.seq
                 );
                 let deferred = matches!(style, Style::Defer { .. }) && !self.healed;
+                self.credit(d, Why::Accepted, 1);
                 self.truth.executed(d, task.id, !deferred);
                 match style {
                     _ if self.healed => self.report_status(d, task.id, self.success(task.id))?,
@@ -811,7 +847,11 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                 }
             }
             Event::SyncDone { trigger } => trace!(self, "dev{d}: sync done ({trigger:?})"),
-            Event::SyncFailed { error } => trace!(self, "dev{d}: sync failed: {error:?}"),
+            Event::SyncFailed { error } => {
+                trace!(self, "dev{d}: sync failed: {error:?}");
+                let t = self.t;
+                self.devs[d].rate.failed(t, now.as_millis());
+            }
             other => trace!(self, "dev{d}: event {other:?} at {now:?}"),
         }
         Ok(false)
@@ -892,6 +932,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             dev.engine = Device::new(dev.cfg.clone(), now);
             trace!(self, "dev{d}: rebooted with no snapshot (first boot)");
             self.truth.rebooted(d, 0, &[]);
+            self.credit(d, Why::Boot, 2);
             return Ok(());
         };
         let Some(meta) = dev.slots[k].meta.clone() else {
@@ -907,6 +948,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             meta.running
         );
         self.truth.rebooted(d, meta.raised, &meta.running);
+        self.credit(d, Why::Boot, 2);
         Ok(())
     }
 
@@ -949,7 +991,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
     /// A `Welcome` asks for the push token exactly when the store holds
     /// none for the device (PROTOCOL.md 6.5; `MemoryStore` answers from a
     /// flag in the device's row, which every row write must keep).
-    fn check_welcome(&self, c: usize, frame: &[u8]) -> Res {
+    fn check_welcome(&mut self, c: usize, frame: &[u8]) -> Res {
         let payload = frame.get(4..frame.len().saturating_sub(4)).unwrap_or(&[]);
         if let Ok(Down::Welcome { want_token, .. }) = wire::decode::<Down>(payload) {
             let d = self.conns[c].dev;
@@ -959,6 +1001,10 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                 return Err(format!(
                     "dev{d}: Welcome want_token {want_token}, the store holds {held:?}"
                 ));
+            }
+            if want_token {
+                // The device may sync once more to send its token (7.2).
+                self.credit(d, Why::WantToken, 1);
             }
         }
         Ok(())
@@ -990,7 +1036,10 @@ impl<const O: usize, const I: usize> Sim<O, I> {
 
     fn on_server_event(&mut self, ev: ServerEvent) -> Res {
         match ev {
-            ServerEvent::SendPush { device, .. } => self.push_requested(device)?,
+            ServerEvent::SendPush { device, .. } => {
+                self.push_sent(device)?;
+                self.push_requested(device)?
+            }
             ServerEvent::Close { conn } => {
                 trace!(self, "server: close {conn:?}");
                 if let Some(c) = self.conns.iter().position(|c| c.server == conn) {
@@ -1030,6 +1079,33 @@ impl<const O: usize, const I: usize> Sim<O, I> {
         }
     }
 
+    /// A device's sync is justified by `n` credits for `why` (`rate`).
+    fn credit(&mut self, d: usize, why: Why, n: i64) {
+        let t = self.t;
+        self.devs[d].rate.credit(t, why, n);
+    }
+
+    /// The server sent a push for `device`: at most one per
+    /// `push_min_interval` of the server's clock (PROTOCOL.md 10.2; see
+    /// `rate`).
+    fn push_sent(&mut self, device: DeviceId) -> Res {
+        let d = self.dev_of(device)?;
+        let now = self.srv_now().as_millis();
+        let min = self.server.config().push_min_interval.as_millis();
+        if let Some(&(last, _)) = self.devs[d].pushes_sent.last() {
+            if now < last.saturating_add(min) {
+                return Err(format!(
+                    "dev{d}: the server pushed at {now} ms (its clock), {} ms after the \
+                     push at {last} ms: less than push_min_interval {min} ms",
+                    now as i128 - last as i128
+                ));
+            }
+        }
+        let t = self.t;
+        self.devs[d].pushes_sent.push((now, t));
+        Ok(())
+    }
+
     fn push_requested(&mut self, device: DeviceId) -> Res {
         let d = self.dev_of(device)?;
         let f = &mut self.devs[d].faults;
@@ -1060,6 +1136,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             if !self.devs[d].faults.offline {
                 let now = self.dev_now(d);
                 self.devs[d].engine.push_received(now);
+                self.credit(d, Why::Push, 1);
             }
         }
         !due.is_empty()
@@ -1194,7 +1271,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             self.app_catch_up()?;
             match (self.converged(), converged_at) {
                 (true, None) => converged_at = Some(self.t),
-                (true, Some(at)) if self.t - at >= SETTLE_AFTER => return Ok(()),
+                (true, Some(at)) if self.t - at >= SETTLE_AFTER => return self.check_quiet(at),
                 (false, _) => converged_at = None,
                 _ => {}
             }
@@ -1204,6 +1281,48 @@ impl<const O: usize, const I: usize> Sim<O, I> {
             (SETTLE_MAX + self.lost_ms) / DAY,
             self.what_is_missing()
         ))
+    }
+
+    /// After `from` (true time; what happened at `from` led to convergence),
+    /// everything had converged and the network was healed: no work is
+    /// left, so the server pushes at most once, the push it held back before
+    /// (work that came within `push_min_interval` of its last push goes out
+    /// at the end of that interval even if a session got the work meanwhile,
+    /// PROTOCOL.md 10.2; a server clock that stood still delays it into the
+    /// tail), and a device syncs only for its periodic timer and that push
+    /// (see `rate`).
+    fn check_quiet(&self, from: u64) -> Res {
+        let window = self.t - from;
+        let min = self.server.config().push_min_interval.as_millis();
+        for (d, dev) in self.devs.iter().enumerate() {
+            let tail = dev.pushes_sent.iter().position(|(_, t)| *t > from);
+            let pushes = tail.map_or(0, |k| dev.pushes_sent.len() - k);
+            let held = match tail {
+                Some(k) if k > 0 => dev.pushes_sent[k].0 == dev.pushes_sent[k - 1].0 + min,
+                _ => false,
+            };
+            if pushes > 1 || (pushes == 1 && !held) {
+                return Err(format!(
+                    "dev{d}: {pushes} pushes in the {window} ms after everything converged \
+                     (server clock, true time: {:?})",
+                    &dev.pushes_sent[tail.unwrap_or(0)..]
+                ));
+            }
+            let periodic = dev.engine.periodic_interval().as_millis().max(1);
+            let allowed = window / periodic + 1 + pushes as u64;
+            let syncs = dev.rate.syncs_after(from) as u64;
+            if std::env::var("SIM_RATE_STATS").is_ok() {
+                let (low, fast) = (dev.rate.low, dev.rate.fast_max);
+                println!("rate dev{d}: quiet {syncs} syncs {pushes} pushes in {window} ms, low {low}, fast {fast}");
+            }
+            if syncs > allowed {
+                return Err(format!(
+                    "dev{d}: {syncs} syncs in the {window} ms after everything converged; \
+                     its periodic timer ({periodic} ms) and {pushes} push(es) allow {allowed}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn converged(&self) -> bool {
