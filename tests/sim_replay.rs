@@ -12,7 +12,8 @@
 //! event and task execution). `--seeds A..B` sweeps a range and lists the
 //! failing seeds. `--shrink` reduces a failing seed's schedule to a small one
 //! and prints it. `--tight` uses the tight capacities (outbox 4, 2 tasks) of
-//! the second property test; `--ops N` the longest schedule (default 64).
+//! the second property test, `--smallest` the smallest device that compiles
+//! (outbox 3, 1 task); `--ops N` the longest schedule (default 64).
 //! Without arguments, a short sweep runs as a smoke test.
 
 mod sim;
@@ -27,6 +28,7 @@ struct Args {
     verbose: bool,
     shrink: bool,
     tight: bool,
+    smallest: bool,
     ops: usize,
     list: bool,
     ignored: bool,
@@ -38,6 +40,7 @@ fn parse() -> Result<Args, String> {
         verbose: false,
         shrink: false,
         tight: false,
+        smallest: false,
         ops: 64,
         list: false,
         ignored: false,
@@ -65,6 +68,7 @@ fn parse() -> Result<Args, String> {
             "--verbose" | "-v" => args.verbose = true,
             "--shrink" => args.shrink = true,
             "--tight" => args.tight = true,
+            "--smallest" => args.smallest = true,
             // Test runners list tests first (nextest: `--list --format terse`).
             "--list" => args.list = true,
             "--ignored" => args.ignored = true,
@@ -78,11 +82,13 @@ fn parse() -> Result<Args, String> {
 
 fn run(
     s: &sim::Schedule,
-    tight: bool,
+    args: &Args,
     trace: bool,
     verbose: bool,
 ) -> Result<sim::Summary, sim::Failure> {
-    if tight {
+    if args.smallest {
+        sim::run::<3, 1>(s, trace, verbose)
+    } else if args.tight {
         sim::run::<4, 2>(s, trace, verbose)
     } else {
         sim::run::<16, 4>(s, trace, verbose)
@@ -112,7 +118,7 @@ fn main() -> ExitCode {
         if single {
             println!("seed {seed}: {s:?}");
         }
-        match run(&s, args.tight, single, args.verbose) {
+        match run(&s, &args, single, args.verbose) {
             Ok(summary) => {
                 if single {
                     println!("seed {seed}: ok {summary:?}");
@@ -136,11 +142,9 @@ fn main() -> ExitCode {
     }
     if args.shrink {
         for &seed in &failed {
-            let small = shrink_seed(seed, args.ops, |s| {
-                run(s, args.tight, false, false).is_err()
-            });
+            let small = shrink_seed(seed, args.ops, |s| run(s, &args, false, false).is_err());
             println!("seed {seed} shrinks to:\n{small:?}");
-            if let Err(f) = run(&small, args.tight, true, false) {
+            if let Err(f) = run(&small, &args, true, false) {
                 println!("{f}");
             }
         }

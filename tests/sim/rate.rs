@@ -45,7 +45,7 @@
 //! before, 10.2), no failures (no faults), no reports. So in the last
 //! `window` of a run a device starts at most `window / periodic + 1` syncs
 //! (the `+ 1`: the phase of its timer in the window), one more for that
-//! push; the server sends at most that one push, exactly an interval after
+//! push, one more for a retry hint a clock going back delayed; the server sends at most that one push, exactly an interval after
 //! the one before it (`Sim::check_quiet`).
 //!
 //! **Pushes.** At most one per device per `push_min_interval` of the
