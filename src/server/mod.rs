@@ -44,7 +44,7 @@ use hashbrown::{HashMap, HashSet};
 use crate::auth::{self, Secret};
 use crate::time::{Duration, Instant};
 use crate::wire::{
-    DeviceId, Platform, Policy, Setting, SyncTrigger, TaskId, TaskKind, MAX_SETTINGS,
+    seq_newer, DeviceId, Platform, Policy, Setting, SyncTrigger, TaskId, TaskKind, MAX_SETTINGS,
 };
 use sessions::Sessions;
 use table::{Entry, Table};
@@ -812,7 +812,13 @@ impl<S: FleetStore> Server<S> {
         let settings = heapless::Vec::<Setting, MAX_SETTINGS>::from_slice(settings)
             .map_err(|_| ServerError::PolicyTooLarge)?;
         let prev = self.store.policy(device)?.map_or(0, |p| p.version);
-        let version = prev.max(rec.policy_version).wrapping_add(1);
+        // The newer of the two in the window devices compare versions in.
+        let newest = if seq_newer(rec.policy_version, prev) {
+            rec.policy_version
+        } else {
+            prev
+        };
+        let version = newest.wrapping_add(1);
         self.store
             .put_policy(device, &Policy { version, settings })?;
         rec.policy_state = PolicyState::Pending;
