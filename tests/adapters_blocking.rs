@@ -3,6 +3,8 @@
 //! tokio server adapter.
 #![cfg(feature = "tokio")]
 
+mod common;
+
 use core::cell::RefCell;
 use core::time::Duration as Wall;
 use std::io::{self, Read, Write};
@@ -491,11 +493,7 @@ fn power_loss_mid_write_never_fails_a_task_that_never_ran() {
 
 #[test]
 fn tcp_loopback_sync_and_push_against_the_tokio_server() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let clock = ScaledClock::new();
     let server = Server::new(
         ServerConfig::default(),
@@ -611,30 +609,6 @@ fn down_messages(mut bytes: &[u8]) -> Vec<Down> {
     out
 }
 
-/// A tokio server engine on `clock`, with no push service, accepting on an
-/// ephemeral port of 127.0.0.1 (call inside a runtime).
-async fn loopback_server(
-    clock: ScaledClock,
-) -> (
-    mdm_sync::adapters::tokio::ServerHandle<MemoryStore>,
-    core::net::SocketAddr,
-) {
-    let server = Server::new(
-        ServerConfig::default(),
-        MemoryStore::new(),
-        [8; 32],
-        [9; 32],
-    );
-    let push = |_: DeviceId, _: Platform, _: &str| Ok(());
-    let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push)
-        .clock(clock)
-        .spawn();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
-    (handle, addr)
-}
-
 #[test]
 fn the_tokio_server_closes_silent_and_misbehaving_peers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -645,7 +619,7 @@ fn the_tokio_server_closes_silent_and_misbehaving_peers() {
         .unwrap();
     rt.block_on(async {
         // 1000x: the 30-second handshake timeout takes 30 ms.
-        let (handle, addr) = loopback_server(ScaledClock::scaled(1000.0)).await;
+        let (handle, addr) = common::loopback_server(ScaledClock::scaled(1000.0)).await;
         let limit = Wall::from_secs(5);
 
         // Silent: a timeout error frame, then the connection is closed.
@@ -690,7 +664,7 @@ fn the_tokio_server_answers_a_peer_that_half_closed() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (handle, addr) = loopback_server(ScaledClock::new()).await;
+        let (handle, addr) = common::loopback_server(ScaledClock::new()).await;
         let mut foreign = vec![0xA5, 0x5A, 5, 0, 0x00, 0x09, 0xFF, 0xFF, 0xFF];
         let crc = wire::crc32(&foreign[2..]);
         foreign.extend_from_slice(&crc.to_le_bytes());

@@ -18,6 +18,8 @@ pub struct DeviceTimers {
     /// How long a connection attempt may take (20 s).
     pub connect_timeout: Duration,
     /// How long to wait for the server's next message when one is due (30 s).
+    /// Waiting ends `linger + 3 × response_timeout` after the transport
+    /// opened at the latest, however often frames come.
     pub response_timeout: Duration,
     /// How long a session stays open for tasks still running locally, so that
     /// their progress and final status go out at once (45 s).

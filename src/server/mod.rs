@@ -44,7 +44,7 @@ use hashbrown::{HashMap, HashSet};
 use crate::auth::{self, Secret};
 use crate::time::{Duration, Instant};
 use crate::wire::{
-    DeviceId, Platform, Policy, Setting, SyncTrigger, TaskId, TaskKind, MAX_SETTINGS,
+    seq_newer, DeviceId, Platform, Policy, Setting, SyncTrigger, TaskId, TaskKind, MAX_SETTINGS,
 };
 use sessions::Sessions;
 use table::{Entry, Table};
@@ -640,9 +640,9 @@ impl<S: FleetStore> Server<S> {
     /// queueing it again would make two.
     ///
     /// The task's first [`ServerEvent::TaskChanged`] has the state it was
-    /// stored in: `Queued`; or, for a device in session, `Offered` (it is
-    /// offered at once, and announced once), or `Expired` if its expiry has
-    /// passed already.
+    /// stored in: `Expired` if its expiry has passed already (then no push
+    /// is sent for it); else `Queued`, or, for a device in session, `Offered`
+    /// (it is offered at once, and announced once).
     pub fn enqueue_task(
         &mut self,
         device: DeviceId,
@@ -701,22 +701,26 @@ impl<S: FleetStore> Server<S> {
         // The task is announced once stored, with the state it is stored in:
         // `Queued`, or, offered at once, `Offered` (no `Queued` before it).
         let announced = self.events.len();
+        // Expired on arrival, it can never be delivered: stored expired, as
+        // `offer_one` does in a session, and no push wakes the device for it.
+        let expired = opts.expires_at.is_some_and(|e| now >= e);
         let stored = match session {
             // Everything else pending went out when the session opened, or
             // when it arrived: only this task is new (stored once, as offered).
             Some((conn, _)) => self.offer_new(conn, &mut t, now, limit),
+            None if expired => self.store_state(&mut t, TaskState::Expired, now, limit),
             None => self.store_state(&mut t, TaskState::Queued, now, limit),
         };
         // A task the store refused was never queued, nor announced; one
         // stored before a later error was both.
         let kept = stored.is_ok() || self.events.len() > announced;
-        if kept {
+        if kept && !t.state.is_final() {
             if let Some(at) = opts.expires_at {
                 self.arm_timer(at, Timer::Expire(id));
             }
         }
         stored?;
-        if session.is_none() {
+        if session.is_none() && !expired {
             self.request_push(device, now)?;
         }
         Ok(id)
@@ -808,7 +812,13 @@ impl<S: FleetStore> Server<S> {
         let settings = heapless::Vec::<Setting, MAX_SETTINGS>::from_slice(settings)
             .map_err(|_| ServerError::PolicyTooLarge)?;
         let prev = self.store.policy(device)?.map_or(0, |p| p.version);
-        let version = prev.max(rec.policy_version).wrapping_add(1);
+        // The newer of the two in the window devices compare versions in.
+        let newest = if seq_newer(rec.policy_version, prev) {
+            rec.policy_version
+        } else {
+            prev
+        };
+        let version = newest.wrapping_add(1);
         self.store
             .put_policy(device, &Policy { version, settings })?;
         rec.policy_state = PolicyState::Pending;

@@ -954,10 +954,20 @@ impl<S: FleetStore> Server<S> {
                 event = ServerEvent::Compliance { device, event: e };
             }
             ReportBody::Policy(r) => {
-                commit.policy_version = Some(r.version);
-                // A report on an older version leaves a newer assignment pending.
                 let assigned = self.store.policy(device)?.map_or(0, |p| p.version);
-                let state = if seq_newer(assigned, r.version) {
+                // A version not at or before the assigned one was never
+                // assigned, so not applied (a broken or hostile device):
+                // taken as the device's version, it would number later
+                // assignments beyond what devices take as newer, even after
+                // a re-enrollment (PROTOCOL.md 10.3). Acknowledged; it
+                // changes nothing. Known cost: after the server's store went
+                // back to an older assignment, a report in flight of the
+                // newer one no longer lifts the numbering above it.
+                if r.version == assigned || seq_newer(assigned, r.version) {
+                    commit.policy_version = Some(r.version);
+                }
+                // A report on an older version leaves a newer assignment pending.
+                let state = if r.version != assigned {
                     let rec = self.store.device(device)?;
                     rec.ok_or(ServerError::UnknownDevice)?.policy_state
                 } else {

@@ -419,3 +419,37 @@ pub fn raw_handshake_gen<S: mdm_sync::server::FleetStore>(
     let answer = server.handle_bytes(conn, &buf[..n], now);
     (conn, key, answer)
 }
+
+/// A tokio server engine on `clock`, with no push service, accepting on an
+/// ephemeral port of 127.0.0.1 (call inside a runtime).
+pub async fn loopback_server(
+    clock: mdm_sync::adapters::clock::ScaledClock,
+) -> (
+    mdm_sync::adapters::tokio::ServerHandle<MemoryStore>,
+    core::net::SocketAddr,
+) {
+    let server = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [8; 32],
+        [9; 32],
+    );
+    let push = |_: DeviceId, _: Platform, _: &str| Ok(());
+    let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push)
+        .clock(clock)
+        .spawn();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
+    (handle, addr)
+}
+
+/// A tokio runtime with one worker thread, for tests that drive the tokio
+/// adapter from a blocking test thread.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}

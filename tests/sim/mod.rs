@@ -102,6 +102,15 @@ pub(crate) struct Summary {
     pub(crate) frame_faults: usize,
     /// Virtual time of the whole run, in ms.
     pub(crate) virtual_ms: u64,
+    /// Pushes the server asked for.
+    pub(crate) pushes: usize,
+    /// Connections opened in the last `SETTLE_AFTER` of the run, after
+    /// everything had converged (steady state: periodic syncs only).
+    pub(crate) steady_connections: usize,
+    /// Pushes asked for in that window.
+    pub(crate) steady_pushes: usize,
+    /// Length of that window, in ms.
+    pub(crate) steady_ms: u64,
 }
 
 /// Runs `schedule` on devices with outbox `O` and `I` task slots and checks
@@ -1044,6 +1053,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
     fn on_server_event(&mut self, ev: ServerEvent) -> Res {
         match ev {
             ServerEvent::SendPush { device, .. } => {
+                self.summary.pushes += 1;
                 self.push_sent(device)?;
                 self.push_requested(device)?
             }
@@ -1273,12 +1283,21 @@ impl<const O: usize, const I: usize> Sim<O, I> {
     fn settle(&mut self) -> Res {
         let start = self.t;
         let mut converged_at = None;
+        let mut counts_at = (0, 0);
         while self.t - start < SETTLE_MAX + self.lost_ms {
             self.advance(HOUR / 4)?;
             self.app_catch_up()?;
             match (self.converged(), converged_at) {
-                (true, None) => converged_at = Some(self.t),
-                (true, Some(at)) if self.t - at >= SETTLE_AFTER => return self.check_quiet(at),
+                (true, None) => {
+                    converged_at = Some(self.t);
+                    counts_at = (self.summary.connections, self.summary.pushes);
+                }
+                (true, Some(at)) if self.t - at >= SETTLE_AFTER => {
+                    self.summary.steady_connections = self.summary.connections - counts_at.0;
+                    self.summary.steady_pushes = self.summary.pushes - counts_at.1;
+                    self.summary.steady_ms = self.t - at;
+                    return self.check_quiet(at);
+                }
                 (false, _) => converged_at = None,
                 _ => {}
             }
