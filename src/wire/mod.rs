@@ -325,6 +325,40 @@ mod tests {
         assert_eq!(n, MAX_DOWN_PAYLOAD, "the bound is tight");
     }
 
+    /// The `Challenge` nonce is read by a loop of the crate's own
+    /// (`msg::byte_array`), not serde's `[u8; 16]` impl: both must accept the
+    /// same bytes with the same value. Checked against serde's impl read
+    /// through postcard, for a whole nonce with trailing bytes and every
+    /// shorter prefix (which both must reject).
+    #[test]
+    fn challenge_nonce_reads_as_serde_reads_a_byte_array() {
+        let nonce: [u8; 16] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x80);
+        // Tag 0, version 5, attempt 300 (a two-byte varint), then the nonce.
+        let mut payload = std::vec![0u8, 5, 0xAC, 0x02];
+        payload.extend_from_slice(&nonce);
+        payload.push(0x55); // one trailing byte, so both readers stop short of the end
+        for end in 4..=payload.len() {
+            let ours = postcard::take_from_bytes::<Down>(&payload[..end]);
+            let serdes = postcard::take_from_bytes::<[u8; 16]>(&payload[4..end]);
+            match (ours, serdes) {
+                (
+                    Ok((
+                        Down::Challenge {
+                            nonce: a, attempt, ..
+                        },
+                        rest_a,
+                    )),
+                    Ok((b, rest_b)),
+                ) => {
+                    assert_eq!((a, attempt, rest_a), (b, 300, rest_b), "prefix of {end}");
+                    assert_eq!(a, nonce);
+                }
+                (Err(_), Err(_)) => assert!(end < 20, "prefix of {end} rejected"),
+                (ours, serdes) => panic!("prefix of {end}: {ours:?} vs {serdes:?}"),
+            }
+        }
+    }
+
     /// The largest `ReportBody` fits [`MAX_REPORT_BODY`] exactly, and an
     /// [`EncodedReport`] frames to the same bytes as the `Up::Report` it stands for.
     #[test]
