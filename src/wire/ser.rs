@@ -53,7 +53,8 @@ impl<'a> Writer<'a> {
         self.len
     }
 
-    #[inline]
+    #[cfg_attr(feature = "std", inline)]
+    #[cfg_attr(not(feature = "std"), inline(never))]
     pub(crate) fn push(&mut self, byte: u8) {
         if let Some(slot) = self.out.get_mut(self.len) {
             *slot = byte;
