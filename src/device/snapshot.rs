@@ -165,9 +165,13 @@ impl<'a> Reader<'a> {
 
     /// The header after the format byte and the counter.
     fn header(&mut self, counter: u64) -> Result<Header, SnapshotError> {
-        let (device, generation) = (self.u64()?, self.u32()?);
-        let (last_task_seq, next_report_seq) = (self.u32()?, self.u32()?);
-        let (policy_version, periodic) = (self.u32()?, self.u32()?);
+        // Its length checked once: the fields are then read from an array,
+        // where the compiler sees that each is there.
+        let fields: [u8; HEADER - 9] = self.take()?;
+        let mut f = Reader(&fields);
+        let (device, generation) = (f.u64()?, f.u32()?);
+        let (last_task_seq, next_report_seq) = (f.u32()?, f.u32()?);
+        let (policy_version, periodic) = (f.u32()?, f.u32()?);
         Ok(Header {
             counter,
             device,
@@ -177,8 +181,8 @@ impl<'a> Reader<'a> {
             policy_version,
             periodic_ms: periodic & !(1 << 31),
             welcomed: periodic >> 31 == 0,
-            tasks: self.u16()?.into(),
-            reports: self.u16()?.into(),
+            tasks: f.u16()?.into(),
+            reports: f.u16()?.into(),
         })
     }
 
