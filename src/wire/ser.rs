@@ -75,7 +75,8 @@ impl<'a> Writer<'a> {
     }
 
     /// LEB128: seven bits a byte, least significant first.
-    #[inline]
+    #[cfg_attr(feature = "std", inline)]
+    #[cfg_attr(not(feature = "std"), inline(never))]
     pub(crate) fn varint(&mut self, mut v: u64) {
         loop {
             let low = v as u8 & 0x7F;
