@@ -1,8 +1,9 @@
 //! The tokio server adapter and refused push tokens: a token the push sender
-//! refuses for good (`PushError::BadToken`) is dropped from the store, so no
-//! push goes to it again; a refusal that comes later, through
-//! `ServerHandle::push_token_rejected`, drops the token only while the store
-//! still holds that one. No network: the sender is a closure.
+//! refuses for good (`PushError::BadToken`, or the UDP sender's
+//! `NotLoopback`) is dropped from the store, so no push goes to it again; a
+//! refusal that comes later, through `ServerHandle::push_token_rejected`,
+//! drops the token only while the store still holds that one. The only
+//! network use is one datagram to 127.0.0.1.
 #![cfg(feature = "tokio")]
 
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,8 @@ async fn target(h: &ServerHandle<MemoryStore>) -> Option<String> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn a_token_the_sender_refuses_is_dropped_and_pushed_no_more() {
+/// A server with `DEV` enrolled and holding push token `token`.
+fn server_holding(token: &str) -> Server<MemoryStore> {
     let mut server = Server::new(
         ServerConfig::default(),
         MemoryStore::new(),
@@ -37,9 +38,13 @@ async fn a_token_the_sender_refuses_is_dropped_and_pushed_no_more() {
     );
     server.enroll(DEV, Instant::ZERO).unwrap();
     let store = server.store_mut();
-    store
-        .set_push_target(DEV, Platform::Ios, "revoked")
-        .unwrap();
+    store.set_push_target(DEV, Platform::Ios, token).unwrap();
+    server
+}
+
+#[tokio::test]
+async fn a_token_the_sender_refuses_is_dropped_and_pushed_no_more() {
+    let server = server_holding("revoked");
     let tried = Arc::new(Mutex::new(Vec::new()));
     let log = tried.clone();
     let sender = move |_: DeviceId, _: Platform, token: &str| {
@@ -77,4 +82,46 @@ async fn a_token_the_sender_refuses_is_dropped_and_pushed_no_more() {
 
     handle.shutdown().await;
     engine.await.unwrap();
+}
+
+/// The UDP sender refuses a token that names an address off the loopback
+/// interface (`PushError::NotLoopback`): that is for good too, so the token
+/// is dropped and no second push is tried. A token the sender cannot read
+/// (`BadToken`) is dropped the same way, and a loopback one stays. Nothing is
+/// sent off the machine: the sender refuses before sending.
+#[tokio::test]
+async fn the_udp_sender_refusing_a_non_loopback_address_drops_the_token() {
+    use mdm_sync::adapters::push::{PushSender, UdpPushSender};
+
+    for (token, dropped) in [
+        ("192.0.2.1:9", true), // TEST-NET-1: not loopback
+        ("[2001:db8::1]:9", true),
+        ("not an address", true),
+        ("127.0.0.1:9", false),
+    ] {
+        let server = server_holding(token);
+        let mut udp = UdpPushSender::bind_loopback().unwrap();
+        let tried = Arc::new(Mutex::new(0));
+        let count = tried.clone();
+        let sender = move |d: DeviceId, p: Platform, t: &str| {
+            *count.lock().unwrap() += 1;
+            udp.send_push(d, p, t)
+        };
+        let (handle, engine) = Builder::new(server, sender).spawn();
+        handle
+            .enqueue_task(DEV, TaskKind::Lock, Default::default())
+            .await
+            .unwrap();
+        let held = target(&handle).await;
+        assert_eq!(held.is_none(), dropped, "{token}: {held:?}");
+        handle
+            .enqueue_task(DEV, TaskKind::Scan, Default::default())
+            .await
+            .unwrap();
+        // The push rate limit holds a second push back for a while, so a
+        // kept token is tried once here as well: what differs is the store.
+        assert_eq!(*tried.lock().unwrap(), 1, "{token}");
+        handle.shutdown().await;
+        engine.await.unwrap();
+    }
 }

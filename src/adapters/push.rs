@@ -50,10 +50,22 @@ pub enum PushError {
     ///
     /// [`Server::push_token_rejected`]: crate::server::Server::push_token_rejected
     BadToken,
-    /// The token names an address off the loopback interface.
+    /// The token names an address off the loopback interface, which
+    /// [`UdpPushSender`] never sends to. A refusal for good, like
+    /// [`BadToken`](Self::BadToken): the server adapter drops the token.
     NotLoopback(SocketAddr),
-    /// The push service (here: the socket) failed.
+    /// The push service (here: the socket) failed. The token stays: the
+    /// next push tries it again.
     Io(io::Error),
+}
+
+impl PushError {
+    /// Whether the token is refused for good (it can never be used by this
+    /// sender), so that the server adapter drops it and asks the device for
+    /// its token at its next sync; `false` for a failure that may pass.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, PushError::BadToken | PushError::NotLoopback(_))
+    }
 }
 
 impl core::fmt::Display for PushError {

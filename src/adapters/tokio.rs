@@ -66,7 +66,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use super::clock::{Clock, ScaledClock};
-use super::push::{PushError, PushSender};
+use super::push::PushSender;
 use crate::auth::Secret;
 // Host-side adapters log through `log` even with `defmt` on (see blocking.rs).
 use crate::server::{
@@ -709,8 +709,8 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
                     Ok(()) => {}
                     // Refused for good: dropped, so that no push goes to it
                     // again and the device's next sync is asked for its token.
-                    Err(PushError::BadToken) => {
-                        debug!("push token of device {} refused; dropped", device.0);
+                    Err(e) if e.is_permanent() => {
+                        debug!("push token of device {} refused ({}); dropped", device.0, e);
                         if let Err(e) = self.server.push_token_rejected(*device, token) {
                             debug!("dropping device {}'s token failed: {:?}", device.0, e);
                         }
