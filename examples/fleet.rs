@@ -995,16 +995,23 @@ fn settings(round: usize) -> [Setting; 3] {
 /// Runs a batch of operator calls in one trip to the engine.
 fn console(s: &mut Server<MemoryStore>, now: Instant, ops: Vec<Op>) -> Vec<Outcome> {
     let id = |d: usize| DeviceId(d as u64 + 1);
-    // The batch's devices are known ahead: hinted first, their state's cache
-    // misses (at a large fleet) overlap instead of coming one call at a time.
-    for op in &ops {
-        match *op {
-            Op::Enqueue { device, .. } => s.prefetch_device(device),
-            Op::Policy { device, .. } => s.prefetch_device(id(device)),
-            Op::Cancel { .. } => {}
-        }
-    }
-    let run = |op| match op {
+    // The batch's devices are known ahead: each is hinted a few calls before
+    // its own, so that at a large fleet its state's cache misses overlap the
+    // calls before it instead of coming one call at a time.
+    const AHEAD: usize = 4;
+    let hints: Vec<DeviceId> = (ops.iter())
+        .filter_map(|op| match *op {
+            Op::Enqueue { device, .. } => Some(device),
+            Op::Policy { device, .. } => Some(id(device)),
+            Op::Cancel { .. } => None,
+        })
+        .collect();
+    let mut hints = hints.into_iter();
+    hints
+        .by_ref()
+        .take(AHEAD)
+        .for_each(|d| s.prefetch_device(d));
+    let run = |s: &mut Server<MemoryStore>, op| match op {
         Op::Enqueue { task, device, kind } => {
             // Locks carry a supersede key: clicking "lock" again for a device
             // that has not taken the first one yet replaces it.
@@ -1031,7 +1038,18 @@ fn console(s: &mut Server<MemoryStore>, now: Instant, ops: Vec<Op>) -> Vec<Outco
             Outcome::Policy { device, version }
         }
     };
-    ops.into_iter().map(run).collect()
+    let mut done = Vec::with_capacity(ops.len());
+    for op in ops {
+        let hint = match op {
+            Op::Cancel { .. } => None,
+            _ => hints.next(),
+        };
+        if let Some(d) = hint {
+            s.prefetch_device(d);
+        }
+        done.push(run(s, op));
+    }
+    done
 }
 
 /// The device actions and operator calls due at `now`, from `next` on.

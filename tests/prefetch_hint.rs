@@ -11,19 +11,19 @@ use mdm_sync::wire::{ComplianceEvent, DeviceId, TaskKind};
 
 /// A scripted run of three devices: syncs, tasks queued online and offline
 /// (pushes), a reboot and a compliance event; `hint` is called before each step.
-fn run(mut hint: impl FnMut(&Pair)) -> (Vec<String>, Vec<usize>) {
+fn run(mut hint: impl FnMut(&mut Pair)) -> (Vec<String>, Vec<usize>) {
     let mut p = Pair::new(3);
     let mut tasks = Vec::new();
     for round in 0..6u64 {
-        hint(&p);
+        hint(&mut p);
         p.run_for(Duration::from_mins(2));
-        hint(&p);
+        hint(&mut p);
         let i = (round % 3) as usize;
         if round == 2 {
             p.go_offline(i);
         }
         tasks.push((i, p.queue(i, TaskKind::ALL[round as usize % 5])));
-        hint(&p);
+        hint(&mut p);
         if round == 3 {
             p.reboot(1);
             p.raise(0, ComplianceEvent::ProfileChanged);
@@ -31,7 +31,7 @@ fn run(mut hint: impl FnMut(&Pair)) -> (Vec<String>, Vec<usize>) {
         }
         p.advance(Duration::from_secs(61));
     }
-    hint(&p);
+    hint(&mut p);
     p.run_for(Duration::from_hours(4));
     let states = tasks.iter().map(|&(i, t)| format!("{:?}", p.state(i, t)));
     let mut log: Vec<String> = p.events.iter().map(|e| format!("{e:?}")).collect();
@@ -43,7 +43,7 @@ fn run(mut hint: impl FnMut(&Pair)) -> (Vec<String>, Vec<usize>) {
 #[test]
 fn hints_change_nothing() {
     let plain = run(|_| {});
-    let hinted = run(|p| {
+    let hinted = run(|p: &mut Pair| {
         for id in [0, 1, 2, 3, 4, 1 << 40, u64::MAX] {
             p.server.prefetch_device(DeviceId(id));
         }

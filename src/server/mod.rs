@@ -421,7 +421,19 @@ pub struct Server<S: FleetStore> {
     ready: VecDeque<ConnId>,
     events: VecDeque<ServerEvent>,
     scratch: Vec<TaskId>,
+    /// The devices of the last `HINTS` calls of `prefetch_device`, the
+    /// latest at `hinted_at - 1` (modulo `HINTS`).
+    hinted: [Option<DeviceId>; HINTS],
+    hinted_at: usize,
 }
+
+/// How many hinted devices the engine remembers (see `Server::prefetch_device`):
+/// a task queued for one of them finds its push target asked for already.
+const HINTS: usize = 8;
+/// How many hints later the engine gives a device's second hint to the store
+/// (`FleetStore::prefetch_device_again`). The store then reads what the first
+/// brought: a whole sync or more after it, time enough for a cache miss.
+const HINT_AGAIN_AFTER: usize = 2;
 
 impl<S: FleetStore> Server<S> {
     /// A server over `store`. `master` derives every device's secret (keep it
@@ -451,6 +463,8 @@ impl<S: FleetStore> Server<S> {
             ready: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
+            hinted: [None; HINTS],
+            hinted_at: 0,
         }
     }
 
@@ -617,9 +631,34 @@ impl<S: FleetStore> Server<S> {
     /// so that those misses overlap the work at hand: see the `fleet` bench's
     /// `lookahead` rows. On x86-64 this issues prefetch instructions; on other
     /// targets the lines are read, and the call waits for the first of them.
-    pub fn prefetch_device(&self, device: DeviceId) {
-        self.prefetch_push(device);
+    ///
+    /// The engine remembers the last few devices hinted. A lookup that takes
+    /// two steps (`MemoryStore`'s push target: which of two entries holds
+    /// the device shows in the first line) gets its second step two hints
+    /// later ([`FleetStore::prefetch_device_again`]), when the first line
+    /// has come: hint at least three items ahead for that to pay.
+    pub fn prefetch_device(&mut self, device: DeviceId) {
+        self.pushes.0.touch_home(device.0);
         self.store.prefetch_device(device);
+        let again = self.hinted_at.wrapping_sub(HINT_AGAIN_AFTER) % HINTS;
+        if let Some(earlier) = self.hinted.get(again).copied().flatten() {
+            self.store.prefetch_device_again(earlier);
+        }
+        if let Some(slot) = self.hinted.get_mut(self.hinted_at % HINTS) {
+            *slot = Some(device);
+        }
+        self.hinted_at = self.hinted_at.wrapping_add(1);
+    }
+
+    /// Whether `device` is among the last devices hinted (`prefetch_device`)
+    /// and had its second hint: its push state and push target were asked
+    /// for. One of the last `HINT_AGAIN_AFTER` hinted had only its first
+    /// (a batch hinted all at once and then worked through ends so).
+    fn hinted(&self, device: DeviceId) -> bool {
+        (HINT_AGAIN_AFTER..HINTS).any(|back| {
+            let slot = self.hinted_at.wrapping_sub(1 + back) % HINTS;
+            self.hinted.get(slot) == Some(&Some(device))
+        })
     }
 
     /// Asks for the lines of `device`'s push state and push target, which a
@@ -659,8 +698,13 @@ impl<S: FleetStore> Server<S> {
                 // The device's push state and push target are asked for
                 // here, next to its record, though only `request_push` needs
                 // them: at a million devices all three miss the cache, and
-                // issued together their misses overlap.
-                self.prefetch_push(device);
+                // issued together their misses overlap. A device hinted
+                // lately has them asked for already (and of its push target,
+                // only the lines it uses: asking for the rest here would
+                // undo that).
+                if !self.hinted(device) {
+                    self.prefetch_push(device);
+                }
                 let generation = self.store.device_generation(device)?;
                 generation.ok_or(ServerError::UnknownDevice)?
             }

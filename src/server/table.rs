@@ -33,6 +33,17 @@ pub(crate) trait Entry: Clone {
     /// that their misses start now (see [`Table::touch_home`]), with
     /// [`prefetch`] on one of its fields per line.
     fn touch(&self);
+    /// Asks for the entry's first cache line only. The default asks for
+    /// every line (`touch`).
+    fn touch_first(&self) {
+        self.touch();
+    }
+    /// Asks for the lines of the entry that hold what it uses, reading the
+    /// entry to know which (call it once its first line is in cache). The
+    /// default asks for every line (`touch`).
+    fn touch_used(&self) {
+        self.touch();
+    }
 }
 
 /// Asks for the cache line of `at` without waiting for it (x86-64: a
@@ -117,6 +128,29 @@ impl<E: Entry> Table<E> {
     pub(crate) fn touch_home(&self, key: u64) {
         if let Some(pair) = self.pairs.get(self.home(key)) {
             pair.0.iter().for_each(E::touch);
+        }
+    }
+
+    /// The first half of a hint in two steps: asks for the first cache line
+    /// of `key`'s home pair, which holds its first entry's key (for entries
+    /// laid out so) and nothing else.
+    pub(crate) fn touch_home_first(&self, key: u64) {
+        if let Some([first, _]) = self.pairs.get(self.home(key)).map(|p| &p.0) {
+            first.touch_first();
+        }
+    }
+
+    /// The second half, once the first line has come: reads the home pair's
+    /// first key and asks for the lines of the entry that holds `key`: the
+    /// first if that key is `key`, else the second (if `key` is past its
+    /// home pair, a lookup reads it as usual; this was only a hint).
+    pub(crate) fn touch_home_entry(&self, key: u64) {
+        if let Some([first, second]) = self.pairs.get(self.home(key)).map(|p| &p.0) {
+            if first.key() == Some(key) {
+                first.touch_used();
+            } else {
+                second.touch();
+            }
         }
     }
 
@@ -222,6 +256,7 @@ fn pairs_for(entries: usize, load: (usize, usize)) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::ops::AddAssign;
 
     #[derive(Clone, Debug, PartialEq)]
     struct E(Option<u64>);
@@ -241,7 +276,10 @@ mod tests {
     #[test]
     fn grows_by_a_quarter_and_keeps_everything() {
         let mut t = Table::<E>::default();
-        t.touch_home(7); // a hint, also on a table without pairs
+        // Hints, also on a table without pairs.
+        t.touch_home(7);
+        t.touch_home_first(7);
+        t.touch_home_entry(7);
         assert_eq!((t.len(), t.get(7), t.iter().count()), (0, None, 0));
         for k in 0..5000u64 {
             t.insert_new(E(Some(k * 7)));
@@ -257,6 +295,59 @@ mod tests {
         assert!((0..5000u64).all(|k| t.get(k * 7) == Some(&E(Some(k * 7)))));
         assert!((0..5000u64).all(|k| t.get(k * 7 + 1).is_none()));
         assert_eq!(t.iter().count(), 5000);
+    }
+
+    /// The second step of a two-step hint asks for the entry that holds the
+    /// key, whichever of its home pair's two it is, and only for it; for a
+    /// key past its home pair or absent, for the pair's second entry (a
+    /// guess: a lookup then reads on as usual). The first step asks for the
+    /// pair's first entry only.
+    #[test]
+    fn the_second_hint_asks_for_the_entry_holding_the_key() {
+        std::thread_local! {
+            static TOUCHED: std::cell::RefCell<Vec<Option<u64>>> = const {
+                std::cell::RefCell::new(Vec::new())
+            };
+        }
+        #[derive(Clone, Debug, PartialEq)]
+        struct T(Option<u64>);
+        impl Entry for T {
+            const FREE: T = T(None);
+            fn key(&self) -> Option<u64> {
+                self.0
+            }
+            fn touch(&self) {
+                TOUCHED.with(|t| t.borrow_mut().push(self.0));
+            }
+        }
+        let touched = |hint: &dyn Fn()| {
+            TOUCHED.with(|t| t.borrow_mut().clear());
+            hint();
+            TOUCHED.with(|t| t.take())
+        };
+        let mut t = Table::<T>::default();
+        (0..3000u64).for_each(|k| t.insert_new(T(Some(k * 3))));
+        let (mut first, mut second, mut past) = (0, 0, 0);
+        for k in (0..3000u64).map(|k| k * 3).chain([1, 2, u64::MAX]) {
+            let pair = &t.pairs[t.home(k)].0;
+            let wanted = match t.find(k) {
+                Some((at, i)) if at == t.home(k) => {
+                    [&mut first, &mut second][i].add_assign(1);
+                    Some(k)
+                }
+                _ => {
+                    past += 1;
+                    pair[1].0
+                }
+            };
+            assert_eq!(touched(&|| t.touch_home_entry(k)), [wanted], "key {k}");
+            assert_eq!(touched(&|| t.touch_home_first(k)), [pair[0].0], "key {k}");
+        }
+        // Each case came up.
+        assert!(
+            first > 100 && second > 100 && past > 10,
+            "{first} {second} {past}"
+        );
     }
 
     /// A capacity beyond what can be allocated gives an empty table that
