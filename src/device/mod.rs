@@ -645,7 +645,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
 
     /// A compliance event happened: it is queued, and a sync starts at once
     /// and is retried (backoff capped at [`DeviceTimers::compliance_retry`],
-    /// one minute by default) until the server acknowledges it. The event
+    /// one minute by default, unless the server refused the device itself:
+    /// PROTOCOL.md 11.1) until the server acknowledges it. The event
     /// survives a reboot once the [`Event::Persist`] this call raises has been
     /// written; it is sent only after that.
     pub fn raise_compliance(
@@ -1351,7 +1352,16 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.stats.failures = self.stats.failures.wrapping_add(1);
         self.failures = self.failures.saturating_add(1);
         self.end_session(Event::SyncFailed { error });
-        let delay = self.backoff();
+        // The compliance retry is for a server out of reach. One that
+        // refused the device itself (its enrollment renewed, or a protocol
+        // it does not speak) refuses the next attempt as well, so a minute
+        // would only load it with handshakes that cannot succeed.
+        let refused = matches!(
+            error,
+            SessionError::Rejected(ErrorCode::AuthFailed | ErrorCode::VersionMismatch { .. })
+                | SessionError::Protocol(ProtocolError::VersionMismatch { .. })
+        );
+        let delay = self.backoff(!refused);
         self.attempt_at = now + delay;
         warning!(
             "sync failed: {:?}; retry in {} ms",
@@ -1375,7 +1385,9 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
     }
 
-    fn backoff(&mut self) -> Duration {
+    /// The delay before the next attempt after a failure; capped at
+    /// `compliance_retry` while a compliance event waits, if `compliance_cap`.
+    fn backoff(&mut self, compliance_cap: bool) -> Duration {
         let t = self.cfg.timers;
         let doublings = self.failures.saturating_sub(1).min(20);
         let full = t
@@ -1388,7 +1400,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         let span = u32::try_from(half + 1).unwrap_or(u32::MAX);
         let jitter = (u64::from(self.next_random()) * u64::from(span)) >> 32;
         let delay = Duration::from_millis(full.as_millis() - jitter);
-        if self.outbox.iter().any(Entry::is_compliance) {
+        if compliance_cap && self.outbox.iter().any(Entry::is_compliance) {
             delay.min(t.compliance_retry)
         } else {
             delay

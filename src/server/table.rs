@@ -305,8 +305,8 @@ mod tests {
     #[test]
     fn the_second_hint_asks_for_the_entry_holding_the_key() {
         std::thread_local! {
-            static TOUCHED: std::cell::RefCell<Vec<Option<u64>>> = const {
-                std::cell::RefCell::new(Vec::new())
+            static TOUCHED: core::cell::RefCell<Vec<Option<u64>>> = const {
+                core::cell::RefCell::new(Vec::new())
             };
         }
         #[derive(Clone, Debug, PartialEq)]

@@ -57,6 +57,8 @@ pub struct SimDevice {
     pub hold_policy: bool,
     pub applied_policies: Vec<u32>,
     pub syncs_done: u32,
+    /// Why each failed sync failed, across reboots.
+    pub failed: Vec<mdm_sync::device::SessionError>,
 }
 
 pub struct Pair {
@@ -283,6 +285,7 @@ impl SimDevice {
             hold_policy: false,
             applied_policies: Vec::new(),
             syncs_done: 0,
+            failed: Vec::new(),
         }
     }
 
@@ -341,6 +344,7 @@ impl SimDevice {
                 self.dev.policy_applied(version, outcome, now).unwrap();
             }
             Event::SyncDone { .. } => self.syncs_done += 1,
+            Event::SyncFailed { error } => self.failed.push(error),
             _ => {}
         }
     }
