@@ -74,6 +74,12 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Silence after which an authenticated session is closed (120 s).
     pub idle_timeout: Duration,
+    /// Longest a session may last from its connection, whatever arrives
+    /// (10 min): a device that keeps its session alive by trickling bytes
+    /// is cut off then, with a `Timeout` error. The device engine ends its
+    /// own sessions sooner (at `linger + 3 × response_timeout`, 135 s with
+    /// its defaults).
+    pub max_session: Duration,
     /// Most concurrent connections (65 536).
     pub max_sessions: usize,
     /// Most tasks not yet final per device (64).
@@ -95,6 +101,7 @@ impl Default for ServerConfig {
             push_min_interval: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            max_session: Duration::from_mins(10),
             max_sessions: 65_536,
             max_open_tasks: 64,
             max_pending_out: 64 * 1024,

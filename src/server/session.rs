@@ -1010,12 +1010,20 @@ impl<S: FleetStore> Server<S> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return Ok(());
         };
-        let (since, limit, device) = match &s.phase {
-            Phase::Syncing(sync) => (s.last_rx, self.cfg.idle_timeout, Some(sync.device)),
+        let (deadline, limit, device) = match &s.phase {
+            // Idle too long, or open too long: trickled bytes keep the
+            // first away, not the second.
+            Phase::Syncing(sync) => {
+                let idle = s.last_rx + self.cfg.idle_timeout;
+                let deadline = idle.min(s.opened + self.cfg.max_session);
+                (deadline, self.cfg.idle_timeout, Some(sync.device))
+            }
             // Trickled bytes must not keep an unproven connection open.
-            _ => (s.opened, self.cfg.handshake_timeout, None),
+            _ => {
+                let limit = self.cfg.handshake_timeout;
+                (s.opened + limit, limit, None)
+            }
         };
-        let deadline = since + limit;
         if now < deadline {
             self.arm_timer(deadline, Timer::Session(conn));
             return Ok(());
