@@ -14,8 +14,9 @@ pub struct DeviceTimers {
     /// server may suggest another. Either is clamped to `1 min ..= 7 days`.
     pub periodic: Duration,
     /// Retry interval while a compliance event waits for its ack (1 min);
-    /// not applied after the server refused the device itself
-    /// (`AuthFailed`, a version mismatch), which the plain backoff retries.
+    /// not applied after the server refused the device itself (`AuthFailed`
+    /// in answer to its proof, a version mismatch), which the plain backoff
+    /// retries.
     pub compliance_retry: Duration,
     /// How long a connection attempt may take (20 s).
     pub connect_timeout: Duration,

@@ -1351,16 +1351,24 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     fn fail(&mut self, error: SessionError, now: Instant) {
         self.stats.failures = self.stats.failures.wrapping_add(1);
         self.failures = self.failures.saturating_add(1);
-        self.end_session(Event::SyncFailed { error });
         // The compliance retry is for a server out of reach. One that
         // refused the device itself (its enrollment renewed, or a protocol
         // it does not speak) refuses the next attempt as well, so a minute
-        // would only load it with handshakes that cannot succeed.
-        let refused = matches!(
-            error,
-            SessionError::Rejected(ErrorCode::AuthFailed | ErrorCode::VersionMismatch { .. })
-                | SessionError::Protocol(ProtocolError::VersionMismatch { .. })
-        );
+        // would only load it with handshakes that cannot succeed. The
+        // server refuses a proof only in answer to it: an `AuthFailed`
+        // before the proof went out (unkeyed before the challenge, so anyone
+        // on the link can make one) or after the `Welcome` refused nothing,
+        // and keeps the cap. Known limit: a version mismatch is unkeyed and
+        // the session key public, so one on the link can still forge a
+        // refusal, each one a delay of up to `backoff_max` (PROTOCOL.md 11.1).
+        let proof_sent = self.link == Link::AwaitWelcome && self.proof.is_none();
+        let refused = match error {
+            SessionError::Rejected(ErrorCode::AuthFailed) => proof_sent,
+            SessionError::Rejected(ErrorCode::VersionMismatch { .. })
+            | SessionError::Protocol(ProtocolError::VersionMismatch { .. }) => true,
+            _ => false,
+        };
+        self.end_session(Event::SyncFailed { error });
         let delay = self.backoff(!refused);
         self.attempt_at = now + delay;
         warning!(
