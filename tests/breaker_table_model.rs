@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Rng;
+
 use mdm_sync::server::PushToken;
 use std::collections::{HashMap, HashSet};
 
@@ -15,19 +17,6 @@ use mdm_sync::server::{
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{DeviceId, Platform, SettingFailure, SyncTrigger};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn ids(rng: &mut Rng, n: usize) -> Vec<u64> {
     let mut set = HashSet::new();

@@ -320,9 +320,13 @@ pub trait FleetStore {
     /// work is now nearer (the engine gives it two hints later). A store
     /// whose lookups take two steps, the second depending on what the first
     /// read, can take the first now (the first hint brought it in) and ask
-    /// for the second. The default does nothing.
+    /// for the second. A task queued for a device hinted so gets no
+    /// [`prefetch_push_target`](Self::prefetch_push_target) of its own, so
+    /// the default gives that hint here: a store that implements only
+    /// `prefetch_push_target` still hears of each push target before it is
+    /// read.
     fn prefetch_device_again(&self, id: DeviceId) {
-        let _ = id;
+        self.prefetch_push_target(id);
     }
     /// Platform and push token of a device, once it has sent them. The
     /// token is returned by value in a fixed buffer: no allocation.
