@@ -133,3 +133,56 @@ fn a_late_timer_call_ends_every_session_past_the_cap() {
     s.handle_timeout(late).unwrap();
     assert_eq!(s.session_count(), 0);
 }
+
+/// When an authenticated session that keeps sending (a frame a second, well
+/// inside `idle_timeout`) gets its `Timeout`: the cap is first looked at
+/// when the handshake's deadline comes, so a `max_session` below
+/// `handshake_timeout` acts as `handshake_timeout` (30 s); above it, the
+/// cap holds to the millisecond timers are run at. Returns seconds from the
+/// connection to the `Close`.
+fn cut_after(max_session: Duration) -> u64 {
+    let cfg = ServerConfig {
+        max_session,
+        ..ServerConfig::default()
+    };
+    let mut s =
+        mdm_sync::server::Server::new(cfg, mdm_sync::server::MemoryStore::new(), [1; 32], [2; 32]);
+    let t0 = Instant::from_millis(5_000);
+    let id = mdm_sync::wire::DeviceId(9);
+    let secret = s.enroll(id, t0).unwrap();
+    let (conn, key, answer) = common::raw_handshake(&mut s, id, &secret, t0);
+    answer.unwrap();
+    let mut payload = [0u8; 64];
+    let progress = mdm_sync::wire::Up::Progress {
+        task: mdm_sync::wire::TaskId(77),
+        percent: Some(1),
+    };
+    let n = mdm_sync::wire::encode_payload(&progress, &mut payload).unwrap();
+    let frame = common::raw_frame(&payload[..n], key);
+    let mut buf = [0u8; 4096];
+    for sec in 0..3600u64 {
+        let now = t0 + Duration::from_secs(sec);
+        s.handle_timeout(now).unwrap();
+        while s.poll_transmit_for(conn, &mut buf).is_some() {}
+        while let Some(ev) = s.poll_event() {
+            if ev == (ServerEvent::Close { conn }) {
+                return sec;
+            }
+        }
+        let _ = s.handle_bytes(conn, &frame, now);
+    }
+    panic!("{max_session:?}: never closed");
+}
+
+#[test]
+fn a_cap_below_the_handshake_timeout_acts_as_the_handshake_timeout() {
+    let handshake = ServerConfig::default().handshake_timeout.as_millis() / 1000;
+    assert_eq!(handshake, 30);
+    for (max_s, want) in [(0, 30), (1, 30), (29, 30), (31, 31), (200, 200)] {
+        assert_eq!(
+            cut_after(Duration::from_secs(max_s)),
+            want,
+            "max_session {max_s} s"
+        );
+    }
+}

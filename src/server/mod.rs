@@ -78,7 +78,9 @@ pub struct ServerConfig {
     /// (10 min): a device that keeps its session alive by trickling bytes
     /// is cut off then, with a `Timeout` error. The device engine ends its
     /// own sessions sooner (at `linger + 3 × response_timeout`, 135 s with
-    /// its defaults).
+    /// its defaults). The cap is first checked when the handshake's
+    /// deadline comes, so a value below `handshake_timeout` acts as
+    /// `handshake_timeout`.
     pub max_session: Duration,
     /// Most concurrent connections (65 536).
     pub max_sessions: usize,
