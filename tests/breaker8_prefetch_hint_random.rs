@@ -22,7 +22,7 @@ use core::convert::Infallible;
 use common::{Behaviour, Pair, Rng};
 use mdm_sync::server::{
     DeviceRecord, FleetStore, MemoryStore, ReportCommit, ReportSeqs, Server, ServerConfig,
-    TaskOptions, TaskRecord,
+    ServerEvent, TaskOptions, TaskRecord, TaskState,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{ComplianceEvent, DeviceId, Platform, Policy, Setting, TaskId, TaskKind};
@@ -177,6 +177,7 @@ fn step(
 
 #[test]
 fn random_operations_go_the_same_way_hinted_or_not() {
+    let (mut pushes, mut done) = (0, 0);
     for seed in 1..=40u64 {
         let mut plain = Pair::new(DEVICES);
         let mut hinted = Pair::new(DEVICES);
@@ -213,7 +214,23 @@ fn random_operations_go_the_same_way_hinted_or_not() {
             plain.events.len() > 10,
             "seed {seed}: the run does something"
         );
+        pushes += plain.count_events(|e| matches!(e, ServerEvent::SendPush { .. }));
+        done += plain.count_events(|e| {
+            matches!(
+                e,
+                ServerEvent::TaskChanged {
+                    state: TaskState::Succeeded { .. },
+                    ..
+                }
+            )
+        });
     }
+    // The runs pushed to devices off session and finished tasks: the paths
+    // the hints are about.
+    assert!(
+        pushes > 40 && done > 100,
+        "{pushes} pushes, {done} tasks done"
+    );
 }
 
 /// A store over `MemoryStore` that records its push-target hints and reads,
