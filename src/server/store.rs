@@ -321,10 +321,8 @@ pub trait FleetStore {
     /// whose lookups take two steps, the second depending on what the first
     /// read, can take the first now (the first hint brought it in) and ask
     /// for the second. A task queued for a device hinted so gets no
-    /// [`prefetch_push_target`](Self::prefetch_push_target) of its own, so
-    /// the default gives that hint here: a store that implements only
-    /// `prefetch_push_target` still hears of each push target before it is
-    /// read.
+    /// [`prefetch_push_target`](Self::prefetch_push_target) of its own: the
+    /// default gives it here.
     fn prefetch_device_again(&self, id: DeviceId) {
         self.prefetch_push_target(id);
     }
@@ -1194,8 +1192,15 @@ mod packing_tests {
 mod task_report_tests {
     use super::*;
 
-    /// A `MemoryStore` that keeps the trait's default `commit_task_report`.
-    struct Plain(MemoryStore);
+    /// A `MemoryStore` that keeps the trait's default `commit_task_report`
+    /// and hints (but records the push-target hints it gets).
+    struct Plain(MemoryStore, core::cell::RefCell<Vec<DeviceId>>);
+
+    impl Plain {
+        fn new() -> Self {
+            Plain(MemoryStore::new(), Default::default())
+        }
+    }
 
     impl FleetStore for Plain {
         type Error = Infallible;
@@ -1249,6 +1254,43 @@ mod task_report_tests {
         fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Infallible> {
             self.0.for_each_task(f)
         }
+        fn prefetch_push_target(&self, id: DeviceId) {
+            self.1.borrow_mut().push(id);
+        }
+    }
+
+    /// A store that keeps the default hints still gets its push-target hint
+    /// for a task queued for an offline device: at once when the device was
+    /// not hinted, through the default `prefetch_device_again` when it was
+    /// (the engine then skips its own).
+    #[test]
+    fn a_store_with_the_default_hints_gets_its_push_target_hint() {
+        use crate::server::{Server, ServerConfig};
+        let mut s = Server::new(ServerConfig::default(), Plain::new(), [1; 32], [2; 32]);
+        let t0 = Instant::from_millis(1);
+        for d in 1..=4 {
+            s.enroll(DeviceId(d), t0).unwrap();
+        }
+        let hinted = |s: &Server<Plain>| s.store().1.borrow().clone();
+        s.enqueue_task(DeviceId(1), TaskKind::Lock, Default::default(), t0)
+            .unwrap();
+        assert_eq!(hinted(&s), [DeviceId(1)], "not hinted: asked for once");
+        s.store().1.borrow_mut().clear();
+        for d in [2, 3, 4] {
+            s.prefetch_device(DeviceId(d));
+        }
+        assert_eq!(hinted(&s), [DeviceId(2)], "the second hint, two hints on");
+        s.enqueue_task(DeviceId(2), TaskKind::Lock, Default::default(), t0)
+            .unwrap();
+        assert_eq!(
+            hinted(&s),
+            [DeviceId(2)],
+            "asked for by the hint, not again"
+        );
+        s.enqueue_task(DeviceId(4), TaskKind::Lock, Default::default(), t0)
+            .unwrap();
+        let want = [DeviceId(2), DeviceId(4)];
+        assert_eq!(hinted(&s), want, "a first hint only: asked for at the task");
     }
 
     fn task(id: u64, device: u64, state: TaskState) -> TaskRecord {
@@ -1285,7 +1327,7 @@ mod task_report_tests {
             for new in states {
                 for accept in [true, false] {
                     for id in [1, 2, 9] {
-                        let (mut own, mut plain) = (MemoryStore::new(), Plain(MemoryStore::new()));
+                        let (mut own, mut plain) = (MemoryStore::new(), Plain::new());
                         for store in [&mut own, &mut plain.0] {
                             store
                                 .put_device(&DeviceRecord::new(DeviceId(5), 0))
@@ -1339,7 +1381,7 @@ mod task_report_tests {
         for open in 0..4 {
             for max in 0..5 {
                 for state in [TaskState::Queued, TaskState::Offered, expired] {
-                    let (mut own, mut plain) = (MemoryStore::new(), Plain(MemoryStore::new()));
+                    let (mut own, mut plain) = (MemoryStore::new(), Plain::new());
                     for store in [&mut own, &mut plain.0] {
                         for id in 1..=open {
                             store.put_task(&task(id, 5, TaskState::Queued)).unwrap();
