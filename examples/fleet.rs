@@ -1552,12 +1552,21 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
     let mut scfg = ServerConfig::default();
     scfg.handshake_timeout = wall_bound(&clock, scfg.handshake_timeout, Wall::from_secs(5));
     scfg.idle_timeout = wall_bound(&clock, scfg.idle_timeout, Wall::from_secs(5));
+    // Above the devices' own bound (`linger` + 3 response timeouts, these at
+    // least 3 s of real time each), as with the defaults (PROTOCOL.md 11.2).
+    scfg.max_session = wall_bound(&clock, scfg.max_session, Wall::from_secs(20));
     let mut key_rng = Rng::new(o.seed ^ 0xA5A5);
     let master: [u8; 32] = core::array::from_fn(|_| key_rng.next() as u8);
     let nonce_seed = mdm_sync::adapters::os_seed()?;
     let server = Server::new(
         scfg,
-        MemoryStore::with_capacity(o.devices),
+        {
+            // The fleet's size is known: room for every device and push
+            // target up front, so no table grows while devices sync.
+            let mut store = MemoryStore::with_capacity(o.devices);
+            store.reserve_push_targets(o.devices);
+            store
+        },
         master,
         nonce_seed,
     );

@@ -95,11 +95,25 @@ impl<E: Entry> Table<E> {
     /// large for the address space, or for the allocator).
     pub(crate) fn with_capacity(entries: usize) -> Self {
         let mut t = Self::default();
-        let pairs = pairs_for(entries, SIZED_LOAD);
-        if entries > 0 && t.pairs.try_reserve_exact(pairs).is_ok() {
-            t.pairs.resize(pairs, Pair([E::FREE, E::FREE]));
-        }
+        t.reserve(entries);
         t
+    }
+
+    /// Makes room for `additional` more entries at once, so that adding
+    /// them moves no entry (a growth copies the whole table); nothing if
+    /// there is room, or if that much memory cannot be had (the table then
+    /// grows as entries come).
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let entries = self.len.saturating_add(additional);
+        if additional == 0 || pairs_for(entries, MAX_LOAD) <= self.pairs.len() {
+            return;
+        }
+        let pairs = pairs_for(entries, SIZED_LOAD);
+        let mut room = Vec::new();
+        if room.try_reserve_exact(pairs).is_ok() {
+            room.resize(pairs, Pair([E::FREE, E::FREE]));
+            self.rehash_into(room);
+        }
     }
 
     /// Number of entries.
@@ -233,7 +247,12 @@ impl<E: Entry> Table<E> {
 
     fn resize(&mut self, pairs: usize) {
         let free = Pair([E::FREE, E::FREE]);
-        let old = core::mem::replace(&mut self.pairs, alloc::vec![free; pairs]);
+        self.rehash_into(alloc::vec![free; pairs]);
+    }
+
+    /// Moves every entry into `room`, free pairs that become the table.
+    fn rehash_into(&mut self, room: Vec<Pair<E>>) {
+        let old = core::mem::replace(&mut self.pairs, room);
         for pair in old {
             let [a, b] = pair.0;
             let _ = (self.place(a), self.place(b));
@@ -348,6 +367,28 @@ mod tests {
             first > 100 && second > 100 && past > 10,
             "{first} {second} {past}"
         );
+    }
+
+    /// Reserved room takes that many more entries without a growth, keeps
+    /// every entry already there, and an impossible reservation changes
+    /// nothing.
+    #[test]
+    fn reserved_room_takes_its_entries_without_growing() {
+        let mut t = Table::<E>::default();
+        (0..100u64).for_each(|k| t.insert_new(E(Some(k))));
+        t.reserve(10_000);
+        let slots = t.slots();
+        assert!((0..100u64).all(|k| t.get(k) == Some(&E(Some(k)))));
+        (100..10_100u64).for_each(|k| t.insert_new(E(Some(k))));
+        assert_eq!(t.slots(), slots, "no growth for the reserved entries");
+        assert!((0..10_100u64).all(|k| t.get(k) == Some(&E(Some(k)))));
+        t.reserve(0);
+        t.reserve(1);
+        for huge in [usize::MAX, usize::MAX / 64, 1 << 56] {
+            t.reserve(huge);
+            assert_eq!((t.len(), t.slots()), (10_100, slots));
+        }
+        assert!((0..10_100u64).all(|k| t.get(k) == Some(&E(Some(k)))));
     }
 
     /// A capacity beyond what can be allocated gives an empty table that
