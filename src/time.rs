@@ -4,7 +4,10 @@
 //! monotonic millisecond clock the caller chooses (time since boot is fine).
 //! Time may stand still, jump forward or even go backwards; all arithmetic here
 //! saturates, so no value of `now` can make an engine panic. A clock that goes
-//! backwards only delays timers, it never fires them twice.
+//! backwards only delays timers, it never fires them twice. A deadline that
+//! saturated at [`Instant::MAX`] is never due, even at `Instant::MAX`: there,
+//! every `now + d` is `now`, and deadlines that fell due as soon as they were
+//! set would have the engines loop without time passing.
 
 use core::ops::{Add, Sub};
 
@@ -43,6 +46,18 @@ impl Instant {
     /// Time from `earlier` to `self`, or zero if `earlier` is later.
     pub const fn saturating_since(self, earlier: Instant) -> Duration {
         Duration(self.0.saturating_sub(earlier.0))
+    }
+
+    /// Whether a deadline at `self` has come at `now`: never for
+    /// [`Instant::MAX`] (see the module docs).
+    pub(crate) fn is_due(self, now: Instant) -> bool {
+        self <= now && self != Instant::MAX
+    }
+
+    /// `self` as the next deadline an engine reports, `None` for "never"
+    /// ([`Instant::MAX`]).
+    pub(crate) fn as_deadline(self) -> Option<Instant> {
+        (self != Instant::MAX).then_some(self)
     }
 }
 

@@ -10,10 +10,9 @@
 //! quiet at that instant (a livelock, and a connection storm at the server).
 //! Expected: as with a clock standing still, the engines go quiet.
 //!
-//! Left open: the fix touches how every deadline is compared (a deadline that
-//! saturated is "never", or `now` is capped below the saturation point at
-//! every entry point), more than a small change; and the clock reading is
-//! absurd (584 million years) unless a scale is misconfigured.
+//! Fixed: a deadline that saturated at `Instant::MAX` is never due (the time
+//! module's `Instant::is_due`), `poll_timeout` reports none, and the adapters'
+//! clock waits `MAX_WAIT` for it, even when it reads `Instant::MAX` itself.
 
 mod common;
 
@@ -27,10 +26,15 @@ fn a_huge_clock_scale_reads_the_end_of_time() {
     let c = ScaledClock::scaled(1e300);
     std::thread::sleep(core::time::Duration::from_millis(1));
     assert_eq!(c.now(), Instant::MAX);
+    // A deadline of `Instant::MAX` is never: an adapter waits its longest,
+    // it does not spin on a wait of zero.
+    assert_eq!(
+        c.wall_until(Instant::MAX),
+        mdm_sync::adapters::clock::MAX_WAIT
+    );
 }
 
 #[test]
-#[ignore = "livelock at Instant::MAX: every deadline saturates to now; see the module docs"]
 fn a_device_and_server_at_the_end_of_time_go_quiet() {
     let mut p = Pair::new(1);
     p.run_for(Duration::from_mins(1));

@@ -21,6 +21,8 @@ pub trait Clock {
     /// Wall-clock time to wait, from now, until `deadline` has passed on this
     /// clock. Zero if it has passed; at most [`MAX_WAIT`]. Never early by more
     /// than rounding, so waking and calling `handle_timeout` makes progress.
+    /// A deadline of [`Instant::MAX`] is never (see [`crate::time`]): wait
+    /// [`MAX_WAIT`], even when the clock reads `Instant::MAX` itself.
     fn wall_until(&self, deadline: Instant) -> WallDuration;
 }
 
@@ -87,6 +89,9 @@ impl Clock for ScaledClock {
     }
 
     fn wall_until(&self, deadline: Instant) -> WallDuration {
+        if deadline == Instant::MAX {
+            return MAX_WAIT;
+        }
         self.to_wall(deadline.saturating_since(self.now()))
     }
 }

@@ -1236,18 +1236,18 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// Advances timers: fires the periodic sync, ends overdue sessions, and
     /// asks to connect when a sync is wanted. Harmless early, late or twice.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now >= self.periodic_at {
+        if self.periodic_at.is_due(now) {
             debug!("periodic timer fired");
             self.periodic_at = now + self.periodic;
             self.want(SyncTrigger::Periodic, now);
         }
-        if self.hint_at.is_some_and(|h| now >= h) {
+        if self.hint_at.is_some_and(|h| h.is_due(now)) {
             debug!("a task's retry-after came due");
             self.hint_at = None;
             self.want(SyncTrigger::Report, now);
         }
         if let Some(deadline) = self.session_deadline() {
-            if now >= deadline {
+            if deadline.is_due(now) {
                 if self.waiting_for_server() {
                     self.fail(SessionError::Timeout, now);
                 } else {
@@ -1255,7 +1255,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 }
             }
         }
-        if self.link == Link::Idle && self.wants_sync() && now >= self.attempt_at {
+        if self.link == Link::Idle && self.wants_sync() && self.attempt_at.is_due(now) {
             debug!("sync wanted: asking to connect");
             self.link = Link::Connecting;
             self.session_start = now;
@@ -1307,7 +1307,8 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     }
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has
-    /// work to do.
+    /// work to do; `None` when every deadline saturated at [`Instant::MAX`],
+    /// which is never (see [`crate::time`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.periodic_at;
         if let Some(h) = self.hint_at {
@@ -1319,7 +1320,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.link == Link::Idle && self.wants_sync() {
             next = next.min(self.attempt_at);
         }
-        Some(next)
+        next.as_deadline()
     }
 
     /// Ends the session successfully once everything is exchanged and no task

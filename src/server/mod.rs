@@ -1082,7 +1082,7 @@ impl<S: FleetStore> Server<S> {
 
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_timer().map(|(at, _, _)| at)
+        self.next_timer().and_then(|(at, _, _)| at.as_deadline())
     }
 
     /// The earliest timer of the heap and of the FIFOs, and where it is (on
@@ -1115,7 +1115,7 @@ impl<S: FleetStore> Server<S> {
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), S> {
         self.timers_ran_to = self.timers_ran_to.max(now);
         while let Some((at, timer, source)) = self.next_timer() {
-            if at > now {
+            if !at.is_due(now) {
                 break;
             }
             match source {
