@@ -10,6 +10,8 @@
 //! by a 30 s timeout; on loopback it takes well under a second plus the retry.
 #![cfg(all(feature = "embedded", feature = "tokio"))]
 
+mod common;
+
 use core::cell::Cell;
 use core::net::SocketAddr;
 use core::time::Duration as WallDuration;
@@ -17,9 +19,8 @@ use std::rc::Rc;
 
 use embedded_io_adapters::tokio_1::FromTokio;
 use mdm_sync::adapters::embedded::{Connector, Handler, Runner, SnapshotStore, Wake, WakeSource};
-use mdm_sync::adapters::tokio::{serve, Builder};
 use mdm_sync::device::{pick_latest, Device, DeviceConfig, SessionError};
-use mdm_sync::server::{MemoryStore, Server, ServerConfig, ServerEvent, TaskState};
+use mdm_sync::server::{ServerEvent, TaskState};
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
     ComplianceEvent, DeviceId, Platform, Policy, PolicyOutcome, SyncTrigger, Task, TaskId,
@@ -27,6 +28,8 @@ use mdm_sync::wire::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use common::expect_event;
 
 const DEVICE: DeviceId = DeviceId(1);
 const FIX: TaskResult = TaskResult::Location {
@@ -149,19 +152,6 @@ impl Handler for Agent {
     }
 }
 
-/// Waits for the first server event that `pick` accepts.
-async fn expect<T>(
-    events: &mut UnboundedReceiver<ServerEvent>,
-    mut pick: impl FnMut(&ServerEvent) -> Option<T>,
-) -> T {
-    loop {
-        let ev = events.recv().await.expect("server engine running");
-        if let Some(found) = pick(&ev) {
-            return found;
-        }
-    }
-}
-
 /// A loopback port with nothing listening on it.
 async fn dead_port() -> SocketAddr {
     let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -178,27 +168,13 @@ async fn runner_syncs_tasks_and_compliance_with_the_tokio_server_over_loopback()
 async fn scenario() {
     // The server: the real tokio adapter; its pushes reach the device's inbox.
     let (wake_tx, wake_rx) = mpsc::unbounded_channel();
-    let (event_tx, mut events) = mpsc::unbounded_channel();
     let push_tx = wake_tx.clone();
     let push = move |device: DeviceId, _: Platform, token: &str| {
         assert_eq!((device, token), (DEVICE, "test-token"));
         let _ = push_tx.send(Wake::Push);
         Ok(())
     };
-    let server = Server::new(
-        ServerConfig::default(),
-        MemoryStore::new(),
-        [7; 32],
-        [8; 32],
-    );
-    let (handle, engine) = Builder::new(server, push)
-        .on_event(move |ev, _| {
-            let _ = event_tx.send(ev.clone());
-        })
-        .spawn();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server_addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(listener, handle.clone()));
+    let (handle, engine, mut events, server_addr) = common::watched_loopback_server(push).await;
     let secret = handle.enroll(DEVICE).await.unwrap();
 
     // The device: the embedded runner with short retry timers.
@@ -225,13 +201,13 @@ async fn scenario() {
 
     let script = async {
         // Boot sync: the server learns the push token.
-        let trigger = expect(&mut events, |ev| match ev {
+        let trigger = expect_event(&mut events, |ev| match ev {
             ServerEvent::Authenticated { trigger, .. } => Some(*trigger),
             _ => None,
         })
         .await;
         assert_eq!(trigger, SyncTrigger::Boot);
-        expect(&mut events, |ev| {
+        expect_event(&mut events, |ev| {
             matches!(ev, ServerEvent::SessionEnded { .. }).then_some(())
         })
         .await;
@@ -247,7 +223,7 @@ async fn scenario() {
             .unwrap();
         let mut open = vec![lock, locate];
         while !open.is_empty() {
-            let (task, state) = expect(&mut events, |ev| match ev {
+            let (task, state) = expect_event(&mut events, |ev| match ev {
                 ServerEvent::TaskChanged { task, state, .. } if state.is_final() => {
                     Some((*task, *state))
                 }
@@ -262,7 +238,7 @@ async fn scenario() {
         // final status before the device has read the rest of its session,
         // and an event raised in that window goes out in the open session
         // (rightly), with no refused connect to retry after.
-        expect(&mut events, |ev| {
+        expect_event(&mut events, |ev| {
             matches!(ev, ServerEvent::SessionEnded { .. }).then_some(())
         })
         .await;
@@ -275,13 +251,13 @@ async fn scenario() {
             tokio::time::sleep(WallDuration::from_millis(5)).await;
         }
         offline.set(false);
-        let stored = expect(&mut events, |ev| match ev {
+        let stored = expect_event(&mut events, |ev| match ev {
             ServerEvent::Compliance { device, event } => Some((*device, *event)),
             _ => None,
         })
         .await;
         assert_eq!(stored, (DEVICE, event));
-        expect(&mut events, |ev| {
+        expect_event(&mut events, |ev| {
             matches!(ev, ServerEvent::SessionEnded { .. }).then_some(())
         })
         .await;

@@ -326,7 +326,18 @@ where
             connect |= cx.drain(device).await?.connect;
             if core::mem::take(&mut connect) {
                 if let Some(mut conn) = open(connector, device).await {
-                    match cx.session(device, &mut conn).await? {
+                    let step = match cx.session(device, &mut conn).await {
+                        Ok(step) => step,
+                        Err(e) => {
+                            // The transport is dropped on return: the engine
+                            // must not wait out its timers on a session that
+                            // can no longer answer. Its events wait for the
+                            // next `run`, which writes the snapshot first.
+                            device.disconnected(now());
+                            return Err(e);
+                        }
+                    };
+                    match step {
                         Step::Stop => return Ok(()),
                         Step::Connect => connect = true,
                         Step::Idle => {}

@@ -442,10 +442,18 @@ pub async fn loopback_server(
     let (handle, _engine) = mdm_sync::adapters::tokio::Builder::new(server, push)
         .clock(clock)
         .spawn();
+    let addr = serve_loopback(&handle).await;
+    (handle, addr)
+}
+
+/// Accepts connections for `handle` on an ephemeral port of 127.0.0.1.
+pub async fn serve_loopback(
+    handle: &mdm_sync::adapters::tokio::ServerHandle<MemoryStore>,
+) -> core::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(mdm_sync::adapters::tokio::serve(listener, handle.clone()));
-    (handle, addr)
+    addr
 }
 
 /// A tokio runtime with one worker thread, for tests that drive the tokio
@@ -471,5 +479,49 @@ impl Rng {
 
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+}
+
+/// The tokio server adapter on a fresh 127.0.0.1 port: an in-memory store,
+/// pushes handed to `push`, and every server event copied to the returned
+/// channel. Also the engine's task (it ends after `ServerHandle::shutdown`).
+pub async fn watched_loopback_server<P>(
+    push: P,
+) -> (
+    mdm_sync::adapters::tokio::ServerHandle<MemoryStore>,
+    tokio::task::JoinHandle<Server<MemoryStore>>,
+    tokio::sync::mpsc::UnboundedReceiver<ServerEvent>,
+    core::net::SocketAddr,
+)
+where
+    P: mdm_sync::adapters::push::PushSender + Send + 'static,
+{
+    use mdm_sync::adapters::tokio::Builder;
+    let (event_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let server = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [7; 32],
+        [8; 32],
+    );
+    let (handle, engine) = Builder::new(server, push)
+        .on_event(move |ev, _| {
+            let _ = event_tx.send(ev.clone());
+        })
+        .spawn();
+    let addr = serve_loopback(&handle).await;
+    (handle, engine, events, addr)
+}
+
+/// Waits for the first server event that `pick` accepts.
+pub async fn expect_event<T>(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<ServerEvent>,
+    mut pick: impl FnMut(&ServerEvent) -> Option<T>,
+) -> T {
+    loop {
+        let ev = events.recv().await.expect("server engine running");
+        if let Some(found) = pick(&ev) {
+            return found;
+        }
     }
 }
