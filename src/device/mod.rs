@@ -1137,6 +1137,22 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if !ahead && !behind {
             return;
         }
+        if ahead {
+            // Reports that were on the wire (sent by this engine, or restored
+            // from a snapshot taken after a `Welcome`) carry the server's
+            // numbering, so those the ack covers are held by the server. They
+            // come back only when the boot restored a snapshot older than the
+            // newest one written (a lost or corrupted newest slot); renumbered,
+            // the server would store them twice. An ack exactly 2^31 away
+            // covers none of them (9.1 orders neither way).
+            while let Some(front) = self.outbox.front() {
+                let covered = front.seq == ack || wire::seq_newer(ack, front.seq);
+                if front.wire == Wire::New || !covered {
+                    break;
+                }
+                self.outbox.pop_front();
+            }
+        }
         warning!(
             "server holds reports up to {}, device assigned up to {}: renumbering",
             ack,
