@@ -82,13 +82,13 @@ fn the_newest_slot_is_picked_across_the_counter_wrap() {
 /// (here a compliance event queued after it was lost; in general reports
 /// and accepted tasks that may have left already).
 #[cfg(all(feature = "embedded", feature = "tokio"))]
+mod common;
+
+#[cfg(all(feature = "embedded", feature = "tokio"))]
 mod breaker5_embedded_runner {
     use super::{across_the_wrap, cfg};
-    use mdm_sync::adapters::embedded::{
-        Connector, Handler, Runner, SnapshotStore, Wake, WakeSource,
-    };
+    use mdm_sync::adapters::embedded::{Runner, SnapshotStore};
     use mdm_sync::device::Device;
-    use mdm_sync::wire::{Policy, PolicyOutcome, Task, TaskId, TaskStatus};
 
     /// Two slots in memory.
     struct Slots([Vec<u8>; 2]);
@@ -108,35 +108,7 @@ mod breaker5_embedded_runner {
         }
     }
 
-    /// Restore never connects, waits, runs or applies anything.
-    struct Unused;
-
-    impl Connector for Unused {
-        type Connection<'a> = embedded_io_adapters::tokio_1::FromTokio<tokio::net::TcpStream>;
-        type Error = std::io::Error;
-
-        async fn connect(&mut self) -> Result<Self::Connection<'_>, Self::Error> {
-            Err(std::io::ErrorKind::Unsupported.into())
-        }
-    }
-
-    impl WakeSource for Unused {
-        async fn wait(&mut self) -> Wake {
-            Wake::Shutdown
-        }
-    }
-
-    impl Handler for Unused {
-        async fn execute(&mut self, _task: Task) -> Option<TaskStatus> {
-            None
-        }
-        async fn cancel(&mut self, _task: TaskId) -> Option<TaskStatus> {
-            None
-        }
-        async fn apply_policy(&mut self, _policy: &Policy) -> Option<PolicyOutcome> {
-            None
-        }
-    }
+    use crate::common::Unused;
 
     #[test]
     fn the_runner_restores_the_newest_slot_across_the_counter_wrap() {

@@ -69,6 +69,10 @@ use crate::wire::{TaskStatus, MAX_FRAME};
 /// decoder reassembles frames from chunks of any length.
 pub const RX_CHUNK: usize = 128;
 
+/// Times [`Runner::restore`] reads the slots before it gives up on a slot
+/// that reads back differently each time.
+const RESTORE_ROUNDS: usize = 3;
+
 /// A snapshot buffer large enough for the default capacities.
 pub const DEFAULT_SNAPSHOT_BUF: usize = Device::<DEFAULT_OUTBOX, DEFAULT_INFLIGHT>::SNAPSHOT_MAX;
 
@@ -271,23 +275,37 @@ where
         let buf = buf
             .get_mut(..needed)
             .ok_or(RestoreError::BufferTooSmall { needed })?;
-        let mut best: Option<(u64, usize)> = None;
-        for slot in 0..2 {
-            let n = self.store.read(slot, buf).await;
-            let n = n.map_err(RestoreError::Storage)?.min(needed);
-            if let Ok(counter) = snapshot_counter(&buf[..n]) {
-                // Across the counter's wrap, as `pick_latest` compares.
-                if best.is_none_or(|(c, _)| counter_newer(counter, c)) {
-                    best = Some((counter, slot));
+        // The buffer holds one slot at a time, so the chosen slot is read
+        // again unless it was the last one read. A read that comes back
+        // different (a transient fault) starts the choice over, a bounded
+        // number of times, rather than passing for a snapshot that does not
+        // fit this configuration.
+        let mut n = 0;
+        for _ in 0..RESTORE_ROUNDS {
+            let mut best: Option<(u64, usize)> = None;
+            for slot in 0..2 {
+                let read = self.store.read(slot, buf).await;
+                n = read.map_err(RestoreError::Storage)?.min(needed);
+                if let Ok(counter) = snapshot_counter(&buf[..n]) {
+                    // Across the counter's wrap, as `pick_latest` compares.
+                    if best.is_none_or(|(c, _)| counter_newer(counter, c)) {
+                        best = Some((counter, slot));
+                    }
                 }
             }
+            let Some((counter, slot)) = best else {
+                debug!("no valid snapshot: first boot");
+                return Ok(Device::new(cfg, now()));
+            };
+            if slot != 1 {
+                let read = self.store.read(slot, buf).await;
+                n = read.map_err(RestoreError::Storage)?.min(needed);
+            }
+            if snapshot_counter(&buf[..n]) == Ok(counter) {
+                break;
+            }
+            warning!("slot {} read differently twice: reading both again", slot);
         }
-        let Some((_, slot)) = best else {
-            debug!("no valid snapshot: first boot");
-            return Ok(Device::new(cfg, now()));
-        };
-        let n = self.store.read(slot, buf).await;
-        let n = n.map_err(RestoreError::Storage)?.min(needed);
         Device::restore(cfg, &buf[..n], now()).map_err(RestoreError::Snapshot)
     }
 

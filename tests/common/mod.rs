@@ -525,3 +525,39 @@ pub async fn expect_event<T>(
         }
     }
 }
+
+/// Stands in for a runner's connector, wake source and handler where only
+/// `Runner::restore` is used: it never connects, waits, runs or applies
+/// anything.
+#[cfg(feature = "embedded")]
+pub struct Unused;
+
+#[cfg(feature = "embedded")]
+impl mdm_sync::adapters::embedded::Connector for Unused {
+    type Connection<'a> = embedded_io_adapters::tokio_1::FromTokio<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+
+    async fn connect(&mut self) -> Result<Self::Connection<'_>, Self::Error> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[cfg(feature = "embedded")]
+impl mdm_sync::adapters::embedded::WakeSource for Unused {
+    async fn wait(&mut self) -> mdm_sync::adapters::embedded::Wake {
+        mdm_sync::adapters::embedded::Wake::Shutdown
+    }
+}
+
+#[cfg(feature = "embedded")]
+impl mdm_sync::adapters::embedded::Handler for Unused {
+    async fn execute(&mut self, _task: Task) -> Option<TaskStatus> {
+        None
+    }
+    async fn cancel(&mut self, _task: TaskId) -> Option<TaskStatus> {
+        None
+    }
+    async fn apply_policy(&mut self, _policy: &mdm_sync::wire::Policy) -> Option<PolicyOutcome> {
+        None
+    }
+}
