@@ -17,6 +17,18 @@
 //! off, every process hashes alike (and foldhash makes no claim against
 //! chosen keys). Peers cannot insert: only enrolled devices (ids chosen by
 //! the operator) get entries; an unknown id in a `Hello` is only looked up.
+//!
+//! Known shortcoming: how well sequential ids spread depends on that seed.
+//! In most processes they spread better than random keys would (a mean
+//! probe of about 0.1 pairs at 10,000 devices), but over 60 processes of
+//! `fleet_profile 10000` two had a mean probe over one pair and one of 61
+//! pairs, where a lookup reads dozens of cache lines. MurmurHash3's
+//! finalizer over the key removes that tail (any seed, any id pattern: about
+//! 0.5 pairs, as random keys), but it also removes the better-than-random
+//! spread of the usual case: at 1,000,000 sequential devices syncs took
+//! about 14 % longer (`fleet_profile 1000000 50000 0 4`, 6 processes each,
+//! alternated), so it was not kept. Not done yet: keeping foldhash and
+//! choosing a new seed when the probes an insert counts show clustering.
 
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
