@@ -18,17 +18,17 @@
 //! chosen keys). Peers cannot insert: only enrolled devices (ids chosen by
 //! the operator) get entries; an unknown id in a `Hello` is only looked up.
 //!
-//! Known shortcoming: how well sequential ids spread depends on that seed.
-//! In most processes they spread better than random keys would (a mean
-//! probe of about 0.1 pairs at 10,000 devices), but over 60 processes of
+//! How well foldhash spreads sequential ids depends on that seed. In most
+//! processes they spread better than random keys would (a mean probe of
+//! about 0.1 pairs at 10,000 devices), but over 60 processes of
 //! `fleet_profile 10000` two had a mean probe over one pair and one of 61
-//! pairs, where a lookup reads dozens of cache lines. MurmurHash3's
-//! finalizer over the key removes that tail (any seed, any id pattern: about
-//! 0.5 pairs, as random keys), but it also removes the better-than-random
-//! spread of the usual case: at 1,000,000 sequential devices syncs took
-//! about 14 % longer (`fleet_profile 1000000 50000 0 4`, 6 processes each,
-//! alternated), so it was not kept. Not done yet: keeping foldhash and
-//! choosing a new seed when the probes an insert counts show clustering.
+//! pairs, where a lookup reads dozens of cache lines. So a table counts the
+//! pairs its entries sit past their home, and once it holds 256 entries and
+//! that mean passes 1.5 it is rebuilt, once, on MurmurHash3's finalizer,
+//! where any ids spread as random keys do (about 0.5 pairs). The finalizer
+//! for every table removed the tail too, but it also gave up foldhash's
+//! usual better spread: syncs at 1,000,000 sequential devices took about
+//! 14 % longer.
 
 use alloc::vec::Vec;
 use core::hash::BuildHasher;
@@ -88,15 +88,57 @@ const SIZED_LOAD: (usize, usize) = (7, 10);
 pub(crate) struct Table<E> {
     pairs: Vec<Pair<E>>,
     len: usize,
-    hasher: DefaultHashBuilder,
+    hash: KeyHash,
+    /// Pairs past their home, summed over the entries (each counted where
+    /// it was placed: entries move only when the table is rebuilt).
+    probes: usize,
 }
+
+/// How a key's home is found.
+#[derive(Clone, Copy, Debug)]
+enum KeyHash {
+    /// foldhash: sequential ids mostly spread better than random keys.
+    Fold(DefaultHashBuilder),
+    /// MurmurHash3's finalizer of the key xor a seed: any ids spread as
+    /// random keys do. Taken when the first clusters (see `insert_new`).
+    Mix(u64),
+    /// The key itself (tests: the worst clustering there is).
+    #[cfg(test)]
+    Plain,
+}
+
+impl KeyHash {
+    fn hash(&self, key: u64) -> u64 {
+        match self {
+            KeyHash::Fold(hasher) => hasher.hash_one(key),
+            KeyHash::Mix(seed) => mix(key ^ seed),
+            #[cfg(test)]
+            KeyHash::Plain => key,
+        }
+    }
+}
+
+/// MurmurHash3's 64-bit finalizer (`fmix64`): a bijection whose every
+/// output bit depends on every input bit.
+fn mix(key: u64) -> u64 {
+    let mut h = key;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Entries from which a table judges its spread (see `insert_new`).
+const JUDGED_FROM: usize = 256;
 
 impl<E> Default for Table<E> {
     fn default() -> Self {
         Self {
             pairs: Vec::new(),
             len: 0,
-            hasher: DefaultHashBuilder::default(),
+            hash: KeyHash::Fold(DefaultHashBuilder::default()),
+            probes: 0,
         }
     }
 }
@@ -141,7 +183,7 @@ impl<E: Entry> Table<E> {
 
     /// The pair where the search for `key` starts.
     pub(crate) fn home(&self, key: u64) -> usize {
-        let h = self.hasher.hash_one(key);
+        let h = self.hash.hash(key);
         ((u128::from(h) * self.pairs.len() as u128) >> 64) as usize
     }
 
@@ -241,6 +283,20 @@ impl<E: Entry> Table<E> {
         if self.place(entry) {
             self.len += 1;
         }
+        // foldhash's spread of sequential ids depends on its seed, drawn
+        // per process: mostly a mean probe of about 0.1 pairs, but in about
+        // one process in 30 over a pair, and once 61 pairs (dozens of cache
+        // lines per lookup). Random keys average under 0.9 pairs up to the
+        // fullest this table gets, so past 1.5 the table is rebuilt once on
+        // the finalizer, where any ids spread as random keys do. (The
+        // finalizer for every table cost about 14 % at 1,000,000
+        // sequential devices: it gives up foldhash's usual better spread.)
+        let clustered = self.len >= JUDGED_FROM && self.probes > self.len + self.len / 2;
+        if clustered && !matches!(self.hash, KeyHash::Mix(_)) {
+            self.hash = KeyHash::Mix(self.hash.hash(0x6d64_6d2d_7379_6e63));
+            let free = Pair([E::FREE, E::FREE]);
+            self.rehash_into(alloc::vec![free; self.pairs.len()]);
+        }
     }
 
     /// Puts `entry` in the first free slot of its probe sequence; `false`
@@ -254,6 +310,8 @@ impl<E: Entry> Table<E> {
             return false;
         };
         *slot = entry;
+        let n = self.pairs.len();
+        self.probes += (at.0 + n - self.home(key)) % n.max(1);
         true
     }
 
@@ -265,6 +323,7 @@ impl<E: Entry> Table<E> {
     /// Moves every entry into `room`, free pairs that become the table.
     fn rehash_into(&mut self, room: Vec<Pair<E>>) {
         let old = core::mem::replace(&mut self.pairs, room);
+        self.probes = 0;
         for pair in old {
             let [a, b] = pair.0;
             let _ = (self.place(a), self.place(b));
@@ -401,6 +460,42 @@ mod tests {
             assert_eq!((t.len(), t.slots()), (10_100, slots));
         }
         assert!((0..10_100u64).all(|k| t.get(k) == Some(&E(Some(k)))));
+    }
+
+    /// A table whose hash clusters (here the key itself, sequential keys all
+    /// landing in the first pairs) is rebuilt once on the finalizer when it
+    /// judges its spread: every entry is kept and found, and the mean probe
+    /// drops under a pair (from thousands). A table on the finalizer stays
+    /// on it.
+    #[test]
+    fn a_clustering_table_is_rebuilt_on_the_finalizer() {
+        let mut t = Table::<E> {
+            hash: KeyHash::Plain,
+            ..Table::default()
+        };
+        for k in 0..JUDGED_FROM as u64 - 1 {
+            t.insert_new(E(Some(k)));
+        }
+        assert!(
+            matches!(t.hash, KeyHash::Plain),
+            "not judged before {JUDGED_FROM}"
+        );
+        for k in JUDGED_FROM as u64 - 1..20_000 {
+            t.insert_new(E(Some(k)));
+        }
+        assert!(matches!(t.hash, KeyHash::Mix(_)));
+        assert!((0..20_000u64).all(|k| t.get(k) == Some(&E(Some(k)))));
+        assert_eq!((t.len(), t.iter().count()), (20_000, 20_000));
+        let n = t.pairs.len();
+        let probes: usize = (0..20_000u64)
+            .map(|k| (t.find(k).unwrap().0 + n - t.home(k)) % n)
+            .sum();
+        assert_eq!(probes, t.probes, "the running count is the real one");
+        assert!(
+            t.probes < t.len(),
+            "mean probe {}",
+            t.probes as f64 / 20_000.0
+        );
     }
 
     /// A capacity beyond what can be allocated gives an empty table that
