@@ -35,6 +35,8 @@ pub trait Clock {
 pub struct ScaledClock {
     epoch: std::time::Instant,
     scale: f64,
+    /// The reading at `epoch`, in engine milliseconds.
+    start: u64,
 }
 
 impl ScaledClock {
@@ -54,6 +56,35 @@ impl ScaledClock {
         Self {
             epoch: std::time::Instant::now(),
             scale,
+            start: 0,
+        }
+    }
+
+    /// A real-time clock that reads the milliseconds since the Unix epoch
+    /// (1970-01-01 UTC) as the system clock gives them now, and from then on
+    /// counts monotonically. A server whose store outlives its process runs on
+    /// such a clock, so that the instants one process stored (last syncs,
+    /// task expiries) mean the same to the next one (see
+    /// `Server::recover`). A system clock set before 1970 reads 0 here.
+    ///
+    /// Only the start comes from the system clock: a change of the system
+    /// clock while the process runs is not followed, and one between two
+    /// processes moves the second's instants with it (the engines take a
+    /// clock that went back, see [`crate::time`]).
+    pub fn unix() -> Self {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
+        Self::new().starting_at(Instant::from_millis(ms))
+    }
+
+    /// This clock, reading `start` where it read zero: it goes on from
+    /// `start` at its own speed.
+    pub fn starting_at(self, start: Instant) -> Self {
+        Self {
+            start: start.as_millis(),
+            ..self
         }
     }
 
@@ -85,7 +116,7 @@ impl Clock for ScaledClock {
     fn now(&self) -> Instant {
         // Rounded down, so a wait computed from it is never early.
         let ms = self.epoch.elapsed().as_secs_f64() * 1000.0 * self.scale;
-        Instant::from_millis(ms as u64)
+        Instant::from_millis(self.start.saturating_add(ms as u64))
     }
 
     fn wall_until(&self, deadline: Instant) -> WallDuration {
@@ -116,5 +147,29 @@ mod tests {
         );
         assert_eq!(ScaledClock::scaled(f64::NAN).scale(), 1.0);
         assert_eq!(ScaledClock::scaled(-3.0).scale(), 1.0);
+    }
+
+    #[test]
+    fn a_clock_goes_on_from_where_it_starts() {
+        let start = Instant::from_millis(1_700_000_000_000);
+        let c = ScaledClock::new().starting_at(start);
+        let read = c.now();
+        // Read an instant after its creation: at `start`, or a little past.
+        assert!(read >= start && read < start + Duration::from_secs(60));
+        // A deadline at `start` has passed; one an hour later is still ahead.
+        assert_eq!(c.wall_until(start), WallDuration::ZERO);
+        assert!(c.wall_until(start + Duration::from_secs(3600)) > WallDuration::ZERO);
+        // At the end of time it stays there, and waits as for "never".
+        let end = ScaledClock::scaled(1e9).starting_at(Instant::MAX);
+        assert_eq!(end.now(), Instant::MAX);
+        assert_eq!(end.wall_until(Instant::MAX), MAX_WAIT);
+
+        // The Unix clock reads the system clock's milliseconds since 1970.
+        let unix = ScaledClock::unix().now().as_millis();
+        let system = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(unix.abs_diff(system) < 60_000, "{unix} vs {system}");
     }
 }

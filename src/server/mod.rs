@@ -263,6 +263,18 @@ enum Timer {
     Overdue(DeviceId),
 }
 
+/// What [`Server::recover`] rebuilt from the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Devices whose check-in deadline is watched again.
+    pub checkins: usize,
+    /// Open tasks whose expiry is armed again.
+    pub expiries: usize,
+    /// Devices with undelivered work that were pushed again (or whose push
+    /// waits for the rate limit).
+    pub pushed: usize,
+}
+
 /// Where a due timer is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimerSource {
@@ -434,6 +446,8 @@ pub struct Server<S: FleetStore> {
     /// latest at `hinted_at - 1` (modulo `HINTS`).
     hinted: [Option<DeviceId>; HINTS],
     hinted_at: usize,
+    /// `recover` ran (it runs once).
+    recovered: bool,
 }
 
 /// How many hinted devices the engine remembers (see `Server::prefetch_device`):
@@ -474,6 +488,7 @@ impl<S: FleetStore> Server<S> {
             scratch: Vec::new(),
             hinted: [None; HINTS],
             hinted_at: 0,
+            recovered: false,
         }
     }
 
@@ -543,6 +558,121 @@ impl<S: FleetStore> Server<S> {
             id,
             rec.generation,
         ))
+    }
+
+    // ---- restart -------------------------------------------------------------
+
+    /// Ends the engine and gives its store back, as a server process does
+    /// when it stops. What the engine kept only in memory (sessions, push
+    /// rate limits, check-in deadlines, timers, undelivered events) goes
+    /// with it; a new engine over the same store gets most of it back with
+    /// [`Server::recover`].
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Rebuilds, from the store, what an engine keeps only in memory, so that
+    /// a server restarted over a store that outlived the previous process
+    /// (a database, not [`MemoryStore`]) keeps its guarantees. Call it once,
+    /// right after [`Server::new`] and before any other call; a second call
+    /// does nothing.
+    ///
+    /// - **Check-ins:** every device that ever synced is expected again by
+    ///   its last sync plus `periodic_interval` and `overdue_slack`, as if
+    ///   that sync had happened in this process: a device that went silent
+    ///   before the restart is still reported [`ServerEvent::Overdue`]. One
+    ///   that was reported overdue before the restart is reported again.
+    /// - **Task expiries** of open tasks are armed again: an undelivered task
+    ///   whose `expires_at` passed while no server ran expires at the next
+    ///   [`Server::handle_timeout`].
+    /// - **Pushes:** each device with undelivered work (a task queued,
+    ///   pushed or deferred and not expired, or a policy it has not
+    ///   reported) is pushed again, subject to `push_min_interval` as ever:
+    ///   a push requested just before the restart may never have left the
+    ///   old process.
+    ///
+    /// The store's instants must be on the new process's clock: run the
+    /// adapters on a clock that goes on from the old one, such as
+    /// [`ScaledClock::unix`](crate::adapters::clock::ScaledClock::unix).
+    ///
+    /// Not rebuilt, and documented in PROTOCOL.md section 16: the order of
+    /// handshakes awaiting their proof (a late proof of a connection of the
+    /// old process is not known to be stale) and deferrals (a task deferred
+    /// in a session of the old process may be deferred once more).
+    ///
+    /// Cost: one pass over the store's devices and one over its tasks, with
+    /// a lookup of the assigned policy of each device whose last report is
+    /// older than it; memory for one deadline per device that ever synced.
+    pub fn recover(&mut self, now: Instant) -> Result<Recovered, S> {
+        let mut done = Recovered::default();
+        if core::mem::replace(&mut self.recovered, true) {
+            return Ok(done);
+        }
+        let wait = self.cfg.periodic_interval + self.cfg.overdue_slack;
+        let mut checks = Vec::new();
+        let mut policy_pending = Vec::new();
+        self.store.for_each_device(&mut |rec| {
+            if let Some((at, _)) = rec.last_sync {
+                checks.push((at + wait, rec.id));
+            }
+            if rec.policy_state == PolicyState::Pending {
+                policy_pending.push((rec.id, rec.policy_version));
+            }
+        })?;
+        // In deadline order, so that they all fit the FIFO (see `in_order`).
+        checks.sort_unstable();
+        for (at, device) in checks {
+            let Some(p) = self.pushes.entry_or_default(device) else {
+                continue;
+            };
+            if p.due {
+                continue; // checked in with this engine already
+            }
+            p.due = true;
+            p.due_at = at;
+            p.armed = true;
+            if !in_order(&mut self.overdue_checks, at, device) {
+                self.arm_timer(at, Timer::Overdue(device));
+            }
+            done.checkins += 1;
+        }
+        let mut wake = Vec::new();
+        let mut expiries = Vec::new();
+        self.store.for_each_task(&mut |t| {
+            if t.state.is_final() {
+                return;
+            }
+            if let Some(at) = t.expires_at {
+                expiries.push((at, t.id));
+            }
+            let undelivered = matches!(
+                t.state,
+                TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
+            );
+            if undelivered && t.expires_at.is_none_or(|e| now < e) {
+                wake.push(t.device);
+            }
+        })?;
+        done.expiries = expiries.len();
+        for (at, task) in expiries {
+            self.arm_timer(at, Timer::Expire(task));
+        }
+        for (device, reported) in policy_pending {
+            if self
+                .store
+                .policy(device)?
+                .is_some_and(|p| p.version != reported)
+            {
+                wake.push(device);
+            }
+        }
+        wake.sort_unstable();
+        wake.dedup();
+        done.pushed = wake.len();
+        for device in wake {
+            self.request_push(device, now)?;
+        }
+        Ok(done)
     }
 
     fn drop_open_tasks(&mut self, id: DeviceId, now: Instant) -> Result<(), S> {

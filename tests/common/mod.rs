@@ -222,6 +222,31 @@ impl Pair {
         moved
     }
 
+    /// Stops the server process and starts a new one over the same store,
+    /// as a server whose store outlives it (a database) restarts: every
+    /// connection drops, and what the old engine kept only in memory is
+    /// gone. With `recover`, the new engine rebuilds it from the store
+    /// (`Server::recover`). Events the old engine had not handed out yet
+    /// are lost with it.
+    pub fn restart_server(&mut self, recover: bool) -> mdm_sync::server::Recovered {
+        let now = self.now;
+        for d in &mut self.devices {
+            if d.conn.take().is_some() {
+                d.dev.disconnected(now);
+            }
+        }
+        let cfg = *self.server.config();
+        let old = core::mem::replace(&mut self.server, server());
+        // The same master key (devices keep their secrets); a fresh nonce
+        // seed, as every process must have.
+        self.server = Server::new(cfg, old.into_store(), [1; 32], [3; 32]);
+        if recover {
+            self.server.recover(now).unwrap()
+        } else {
+            Default::default()
+        }
+    }
+
     /// Powers a device off (its connection drops) and back on from its slots.
     pub fn reboot(&mut self, i: usize) {
         self.devices[i].reboot(&mut self.server, self.now);
