@@ -7,12 +7,16 @@
 //! first sync. With `synced`, instead: a server whose N devices have each
 //! done one real sync (handshake, a task, its statuses), which is what an
 //! idle device that has synced costs, with its push token, push state and
-//! check-in timer. One measurement per process, so that memory freed by one
+//! check-in timer. With `retired`: N devices with tokens enrolled, all
+//! retired (`Server::retire`), then N other devices enrolled with tokens:
+//! what a retired device still takes, and how much of its room the next
+//! devices reuse. One measurement per process, so that memory freed by one
 //! does not hide the growth of the next.
 //!
 //! ```sh
 //! cargo run --release --example fleet_memory -- 1000000
 //! cargo run --release --example fleet_memory -- 1000000 synced
+//! cargo run --release --example fleet_memory -- 1000000 retired
 //! ```
 
 #[path = "../benches/common/mod.rs"]
@@ -42,22 +46,14 @@ fn main() {
         .nth(1)
         .map(|s| s.replace('_', "").parse().expect("a device count"))
         .unwrap_or(1_000_000);
-    if std::env::args().nth(2).as_deref() == Some("synced") {
-        synced(n);
-        return;
+    match std::env::args().nth(2).as_deref() {
+        Some("synced") => return synced(n),
+        Some("retired") => return retired(n),
+        _ => {}
     }
-    let now = Instant::from_millis(1_000_000);
-    let mut server = Server::new(
-        ServerConfig::default(),
-        MemoryStore::new(),
-        [1; 32],
-        [2; 32],
-    );
-
+    let mut server = server();
     let before = rss();
-    for i in 0..n {
-        server.enroll(DeviceId(i), now).expect("enroll");
-    }
+    enroll(&mut server, 0..n);
     let enrolled = rss();
     let per_device = (enrolled.saturating_sub(before)) as f64 / n as f64;
     println!("devices enrolled:             {n}");
@@ -65,16 +61,69 @@ fn main() {
     println!("resident memory after:        {:>8.1} MiB", mib(enrolled));
     println!("per idle registered device:   {per_device:>8.1} bytes");
 
+    give_tokens(&mut server, 0..n);
+    let with_tokens = rss();
+    let per_token = (with_tokens.saturating_sub(enrolled)) as f64 / n as f64;
+    println!("plus a 152-byte push token:   {per_token:>8.1} bytes per device");
+}
+
+const NOW: Instant = Instant::from_millis(1_000_000);
+
+/// A server over an empty in-memory store.
+fn server() -> Server<MemoryStore> {
+    Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [1; 32],
+        [2; 32],
+    )
+}
+
+/// Enrolls the devices of `ids`.
+fn enroll(server: &mut Server<MemoryStore>, ids: core::ops::Range<u64>) {
+    for i in ids {
+        server.enroll(DeviceId(i), NOW).expect("enroll");
+    }
+}
+
+/// Gives each device of `ids` a push token as long as a typical FCM one.
+fn give_tokens(server: &mut Server<MemoryStore>, ids: core::ops::Range<u64>) {
     let token = "t".repeat(152);
-    for i in 0..n {
+    for i in ids {
         let store = server.store_mut();
         store
             .set_push_target(DeviceId(i), Platform::Android, &token)
             .expect("push target");
     }
-    let with_tokens = rss();
-    let per_token = (with_tokens.saturating_sub(enrolled)) as f64 / n as f64;
-    println!("plus a 152-byte push token:   {per_token:>8.1} bytes per device");
+}
+
+fn retired(n: u64) {
+    let mut server = server();
+    let before = rss();
+    enroll(&mut server, 0..n);
+    give_tokens(&mut server, 0..n);
+    let enrolled = rss();
+    for i in 0..n {
+        server.retire(DeviceId(i), NOW).expect("retire");
+    }
+    let retired = rss();
+    enroll(&mut server, n..2 * n);
+    give_tokens(&mut server, n..2 * n);
+    let again = rss();
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / n as f64;
+    println!("devices enrolled with tokens: {n}");
+    println!(
+        "per device:                   {:>8.1} bytes",
+        per(before, enrolled)
+    );
+    println!(
+        "retiring them all added:      {:>8.1} bytes per device",
+        per(enrolled, retired)
+    );
+    println!(
+        "{n} other devices with tokens then added: {:>8.1} bytes per device",
+        per(retired, again)
+    );
 }
 
 fn synced(n: u64) {

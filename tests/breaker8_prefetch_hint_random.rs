@@ -268,6 +268,12 @@ impl FleetStore for Recording {
     fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Infallible> {
         self.inner.remove_push_target(id)
     }
+    fn retire_device(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+        self.inner.retire_device(id)
+    }
+    fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
+        self.inner.retired_generation(id)
+    }
     fn set_push_target(&mut self, id: DeviceId, p: Platform, t: &str) -> Result<bool, Infallible> {
         self.inner.set_push_target(id, p, t)
     }

@@ -52,6 +52,12 @@ impl FleetStore for Flaky {
     fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Down> {
         ok(self.inner.remove_push_target(id))
     }
+    fn retire_device(&mut self, id: DeviceId) -> Result<bool, Down> {
+        ok(self.inner.retire_device(id))
+    }
+    fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, Down> {
+        ok(self.inner.retired_generation(id))
+    }
     fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<bool, Down> {
         if core::mem::take(&mut self.fail) {
             return Err(Down);

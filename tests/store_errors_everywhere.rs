@@ -75,6 +75,14 @@ impl FleetStore for Once {
         self.tick()?;
         ok(self.inner.remove_push_target(id))
     }
+    fn retire_device(&mut self, id: DeviceId) -> Result<bool, Down> {
+        self.tick()?;
+        ok(self.inner.retire_device(id))
+    }
+    fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, Down> {
+        self.tick()?;
+        ok(self.inner.retired_generation(id))
+    }
     fn set_push_target(&mut self, id: DeviceId, p: Platform, token: &str) -> Result<bool, Down> {
         self.tick()?;
         ok(self.inner.set_push_target(id, p, token))

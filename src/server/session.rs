@@ -1102,6 +1102,30 @@ mod tests {
         }
     }
 
+    /// A device retired while its check-in check is queued leaves no push
+    /// state behind once that check has run; one retired with none queued
+    /// leaves none at once.
+    #[test]
+    fn a_retired_device_leaves_no_push_state() {
+        let cfg = ServerConfig::default();
+        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let t0 = Instant::from_millis(0);
+        let (a, b) = (wire::DeviceId(1), wire::DeviceId(2));
+        for d in [a, b] {
+            s.enroll(d, t0).unwrap();
+            s.checked_in(d, t0);
+        }
+        assert_eq!(s.pushes.0.len(), 2);
+        s.retire(a, t0).unwrap();
+        assert_eq!(s.pushes.0.len(), 2, "kept until its check has run");
+        let later = t0 + cfg.periodic_interval + cfg.overdue_slack;
+        s.handle_timeout(later).unwrap();
+        assert!(s.pushes.get(&a).is_none());
+        assert!(s.pushes.get(&b).is_some_and(|p| p.overdue));
+        s.retire(b, later).unwrap();
+        assert_eq!(s.pushes.0.len(), 0, "none queued: dropped at once");
+    }
+
     /// A connection drained through `poll_transmit_for` keeps its one entry
     /// in the ready queue; `poll_transmit` still finds every connection with
     /// output once, and leaves no entry behind.

@@ -8,8 +8,12 @@
 //! The number of pairs need not be a power of two (the hash is reduced to it
 //! by a multiplication), so the table grows by a quarter, not doubles: at
 //! most 80 % full, at least 64 % after a growth, so 40 to 50 bytes per
-//! 32-byte entry (and 2.25 times that for a moment while it grows). Entries are never removed, so probing stops at the first free
-//! slot, and there is always one.
+//! 32-byte entry (and 2.25 times that for a moment while it grows). Probing
+//! stops at the first free slot, and there is always one. A removal leaves
+//! no marker behind: the entries after it in its run move back into the
+//! gap where their probe allows (backward-shift deletion), so a lookup
+//! never reads past removed entries. The table does not shrink: its room
+//! stays for the entries to come.
 //!
 //! Known shortcoming: the hasher (hashbrown's foldhash, built without its
 //! `std` feature) is seeded from code, stack and static addresses only, so
@@ -315,6 +319,48 @@ impl<E: Entry> Table<E> {
         true
     }
 
+    /// Removes `key`'s entry and returns it. The entries after it in its
+    /// run of occupied slots move back where their probe sequence allows,
+    /// so every key stays reachable from its home without passing a free
+    /// slot.
+    pub(crate) fn remove(&mut self, key: u64) -> Option<E> {
+        let (pair, k) = self.find(key)?;
+        let n = self.pairs.len();
+        let slots = n * 2;
+        // Pairs an entry at `slot` sits past its home pair.
+        let past = |slot: usize, home: usize| (slot / 2 + n - home) % n;
+        let mut hole = pair * 2 + k;
+        let removed = core::mem::replace(self.slot_mut(hole)?, E::FREE);
+        self.len = self.len.saturating_sub(1);
+        self.probes = self.probes.saturating_sub(past(hole, self.home(key)));
+        let mut at = hole;
+        // A run ends at a free slot, and there is always one.
+        for _ in 1..slots {
+            at = (at + 1) % slots;
+            let Some(moved) = self.slot_mut(at).and_then(|e| e.key()) else {
+                break;
+            };
+            let home = self.home(moved);
+            // Movable into the hole unless its home lies after the hole
+            // (cyclically, up to `at`): a probe starting there would never
+            // reach the hole.
+            let from_home = (at + slots - home * 2) % slots;
+            let from_hole = (at + slots - hole) % slots;
+            if from_hole <= from_home {
+                let entry = core::mem::replace(self.slot_mut(at)?, E::FREE);
+                self.probes = self.probes.saturating_sub(past(at, home)) + past(hole, home);
+                *self.slot_mut(hole)? = entry;
+                hole = at;
+            }
+        }
+        Some(removed)
+    }
+
+    /// The slot with flat index `slot` (pair `slot / 2`, entry `slot % 2`).
+    fn slot_mut(&mut self, slot: usize) -> Option<&mut E> {
+        self.at_mut((slot / 2, slot % 2))
+    }
+
     fn resize(&mut self, pairs: usize) {
         let free = Pair([E::FREE, E::FREE]);
         self.rehash_into(alloc::vec![free; pairs]);
@@ -559,6 +605,13 @@ mod tests {
                     _ => next(),
                 };
                 match t.get_mut(key) {
+                    Some(_) if next() % 3 == 0 => {
+                        let removed = t.remove(key);
+                        assert_eq!(removed, Some(V(Some(key), model[&key])), "step {step}");
+                        model.remove(&key);
+                        assert_eq!(t.get(key), None, "removed at {step}");
+                        assert_eq!(t.probes, probes_recounted(&t), "step {step}");
+                    }
                     Some(e) => {
                         assert_eq!(e.1, model[&key], "step {step}");
                         e.1 = step;
@@ -577,6 +630,23 @@ mod tests {
                 }
             }
             check(&t, &model);
+            // Every other key out, then checked again; absent keys remove nothing.
+            let keys: Vec<u64> = model.keys().copied().step_by(2).collect();
+            for k in keys {
+                assert!(t.remove(k).is_some());
+                model.remove(&k);
+            }
+            assert_eq!(t.remove(next()), None);
+            assert_eq!(t.probes, probes_recounted(&t));
+            check(&t, &model);
+        }
+
+        /// The pairs every entry sits past its home, counted afresh.
+        fn probes_recounted(t: &Table<V>) -> usize {
+            let n = t.pairs.len();
+            t.iter()
+                .map(|e| (t.find(e.0.unwrap()).unwrap().0 + n - t.home(e.0.unwrap())) % n)
+                .sum()
         }
 
         fn check(t: &Table<V>, model: &std::collections::HashMap<u64, u64>) {
