@@ -125,3 +125,39 @@ async fn the_udp_sender_refusing_a_non_loopback_address_drops_the_token() {
         engine.await.unwrap();
     }
 }
+
+/// `ServerHandle::retire`: the device's open task ends dropped, its push
+/// target goes with it (so no push is tried for it), operator calls for it
+/// fail as for an unknown device, and enrolling it again gives a new secret.
+#[tokio::test]
+async fn a_retired_device_is_forgotten_through_the_handle() {
+    use mdm_sync::adapters::tokio::CallError;
+    use mdm_sync::server::{ServerError, TaskState};
+
+    let server = server_holding("token");
+    let old_secret = server.device_secret(DEV).unwrap();
+    let (handle, engine) = Builder::new(server, |_: DeviceId, _: Platform, _: &str| Ok(())).spawn();
+    let task = handle
+        .enqueue_task(DEV, TaskKind::Lock, Default::default())
+        .await
+        .unwrap();
+    handle.retire(DEV).await.unwrap();
+    let state = handle.task(task).await.unwrap().map(|t| t.state);
+    assert_eq!(state, Some(TaskState::Dropped));
+    assert_eq!(target(&handle).await, None);
+    let refused = handle
+        .enqueue_task(DEV, TaskKind::Lock, Default::default())
+        .await;
+    assert!(matches!(
+        refused,
+        Err(CallError::Server(ServerError::UnknownDevice))
+    ));
+    assert!(matches!(
+        handle.retire(DEV).await,
+        Err(CallError::Server(ServerError::UnknownDevice))
+    ));
+    assert_ne!(handle.enroll(DEV).await.unwrap(), old_secret);
+    assert_eq!(handle.device_view(DEV).await.unwrap().generation, 1);
+    handle.shutdown().await;
+    engine.await.unwrap();
+}

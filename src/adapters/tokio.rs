@@ -285,6 +285,12 @@ where
         self.try_call(move |s, now| s.enroll(device, now)).await
     }
 
+    /// Retires a device for good (see [`Server::retire`]): its open tasks
+    /// end dropped, its connection closes, its secret stops working.
+    pub async fn retire(&self, device: DeviceId) -> Result<(), CallError<S::Error>> {
+        self.try_call(move |s, now| s.retire(device, now)).await
+    }
+
     /// Queues a task (see [`Server::enqueue_task`]).
     pub async fn enqueue_task(
         &self,
