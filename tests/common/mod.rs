@@ -38,8 +38,10 @@ pub fn result_for(kind: TaskKind) -> Option<TaskResult> {
     }
 }
 
-pub struct SimDevice {
-    pub dev: Device,
+/// One simulated device and its application; `O` and `I` are the engine's
+/// outbox and in-flight task capacities (`Device<O, I>`).
+pub struct SimDevice<const O: usize = 16, const I: usize = 4> {
+    pub dev: Device<O, I>,
     pub cfg: DeviceConfig,
     pub conn: Option<ConnId>,
     pub online: bool,
@@ -59,11 +61,18 @@ pub struct SimDevice {
     pub syncs_done: u32,
     /// Why each failed sync failed, across reboots.
     pub failed: Vec<mdm_sync::device::SessionError>,
+    /// Compliance events the application still has to hand over: it hands
+    /// them one by one and keeps the rest after `OutboxFull`.
+    pub to_raise: VecDeque<ComplianceEvent>,
+    /// `OutboxFull` answers to the application (compliance events and
+    /// policy outcomes it must hand over again later).
+    pub outbox_full: usize,
 }
 
-pub struct Pair {
+/// A server and devices of capacities `O` and `I` (see [`SimDevice`]).
+pub struct Pair<const O: usize = 16, const I: usize = 4> {
     pub server: Server<MemoryStore>,
-    pub devices: Vec<SimDevice>,
+    pub devices: Vec<SimDevice<O, I>>,
     pub now: Instant,
     pub events: Vec<ServerEvent>,
     pub pushes_lost: bool,
@@ -87,6 +96,13 @@ impl Pair {
     }
 
     pub fn with_config(n: usize, cfg: ServerConfig) -> Self {
+        Self::sized(n, cfg)
+    }
+}
+
+impl<const O: usize, const I: usize> Pair<O, I> {
+    /// `n` devices of capacities `O` and `I` (`Pair::<3, 1>::sized`).
+    pub fn sized(n: usize, cfg: ServerConfig) -> Self {
         let mut server = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
         let now = START;
         let devices = (0..n)
@@ -95,7 +111,7 @@ impl Pair {
                 let secret = server.enroll(id, now).unwrap();
                 let mut cfg = DeviceConfig::new(id, 0, secret, Platform::Android);
                 cfg.push_token = heapless::String::try_from("token").unwrap();
-                SimDevice::new(cfg, now)
+                SimDevice::sized(cfg, now)
             })
             .collect();
         Self {
@@ -204,6 +220,19 @@ impl Pair {
         if d.dev.poll_timeout().is_some_and(|t| t <= now) {
             d.dev.handle_timeout(now);
         }
+        while let Some(e) = d.to_raise.front().copied() {
+            match d.dev.raise_compliance(e, now) {
+                Ok(()) => {
+                    d.to_raise.pop_front();
+                    moved = true;
+                }
+                Err(mdm_sync::device::DeviceError::OutboxFull) => {
+                    d.outbox_full += 1;
+                    break;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
         while let Some(ev) = d.dev.poll_event() {
             moved = true;
             d.on_event(ev, &mut self.server, now);
@@ -295,6 +324,13 @@ impl Pair {
 
 impl SimDevice {
     pub fn new(cfg: DeviceConfig, now: Instant) -> Self {
+        Self::sized(cfg, now)
+    }
+}
+
+impl<const O: usize, const I: usize> SimDevice<O, I> {
+    /// A device of capacities `O` and `I` (`SimDevice::<3, 1>::sized`).
+    pub fn sized(cfg: DeviceConfig, now: Instant) -> Self {
         Self {
             dev: Device::new(cfg.clone(), now),
             cfg,
@@ -311,6 +347,8 @@ impl SimDevice {
             applied_policies: Vec::new(),
             syncs_done: 0,
             failed: Vec::new(),
+            to_raise: VecDeque::new(),
+            outbox_full: 0,
         }
     }
 
@@ -364,9 +402,14 @@ impl SimDevice {
             Event::Cancel(id) => self.cancels.push(id),
             Event::ApplyPolicy { .. } if self.hold_policy => {}
             Event::ApplyPolicy { version } => {
-                self.applied_policies.push(version);
                 let outcome = self.policy_outcome.clone();
-                self.dev.policy_applied(version, outcome, now).unwrap();
+                match self.dev.policy_applied(version, outcome, now) {
+                    Ok(()) => self.applied_policies.push(version),
+                    // No room: it stays pending, and is announced again
+                    // once an ack frees the outbox (`Device::policy_applied`).
+                    Err(mdm_sync::device::DeviceError::OutboxFull) => self.outbox_full += 1,
+                    Err(e) => panic!("{e:?}"),
+                }
             }
             Event::SyncDone { .. } => self.syncs_done += 1,
             Event::SyncFailed { error } => self.failed.push(error),
