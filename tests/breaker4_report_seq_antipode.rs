@@ -24,10 +24,7 @@ use mdm_sync::wire::ComplianceEvent;
 fn reaches_the_server(base: u32, early: u32, late: u32) {
     let mut p = Pair::new(1);
     let id = p.id(0);
-    let store = p.server.store_mut();
-    let mut rec = store.device(id).unwrap().unwrap();
-    rec.last_report_seq = base;
-    store.put_device(&rec).unwrap();
+    p.set_stored_report_seq(0, base);
     for _ in 0..early {
         p.raise(0, ComplianceEvent::ProfileChanged);
     }

@@ -14,7 +14,11 @@
 //! and prints it. `--tight` uses the tight capacities (outbox 4, 2 tasks) of
 //! the second property test, `--smallest` the smallest device that compiles
 //! (outbox 3, 1 task); `--ops N` the longest schedule (default 64).
-//! Without arguments, a short sweep runs as a smoke test.
+//! Without arguments, a short sweep runs as a smoke test. Unknown arguments
+//! are ignored (test runners pass their own), so `--seed=42` runs that sweep.
+//! `SIM_REPORT_BASE=N` in the environment makes the server's store number
+//! every device's reports from `N` on (the devices from 0): the wrapping
+//! window of PROTOCOL.md 9.1, e.g. at 2^31 + 1 = 2147483649.
 
 mod sim;
 

@@ -126,7 +126,8 @@ pub enum SessionError {
 pub enum ProtocolError {
     /// A frame's payload is not a valid message.
     Decode(DecodeError),
-    /// A valid message that does not fit the session's state.
+    /// A valid message that does not fit the session's state (or an `Ack`
+    /// of a report sequence never assigned, PROTOCOL.md 9.3).
     Unexpected,
     /// The server speaks another protocol version.
     VersionMismatch {
@@ -992,10 +993,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 self.on_token_answer(want_token);
                 Ok(())
             }
-            (Link::Syncing, Down::Ack { seq }) => {
-                self.on_ack(seq);
-                Ok(())
-            }
+            (Link::Syncing, Down::Ack { seq }) => self.on_session_ack(seq),
             (Link::Syncing, Down::Task(task)) => self.on_task(&task),
             (Link::Syncing, Down::Cancel { task }) => {
                 if let Some(i) = self.inflight.iter_mut().find(|i| i.task.id == task) {
@@ -1034,8 +1032,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         match msg {
             SessionDown::Ack { seq } => {
                 trace!("received ack {}", seq);
-                self.on_ack(seq);
-                Ok(())
+                self.on_session_ack(seq)
             }
             SessionDown::Task(task) => {
                 trace!("received task seq {}", task.seq);
@@ -1165,6 +1162,26 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         }
         self.next_report_seq = seq.wrapping_add(1);
         self.persist = true;
+    }
+
+    /// An `Ack` in an open session. After the `Welcome` the server stores
+    /// only the report it expects next, one of this device's, so an ack
+    /// names a number this device assigned or one before them. One newer
+    /// than the last number assigned means the two numberings are about
+    /// 2^31 apart: at the `Welcome` the server's looked older (no renumbering,
+    /// `adopt_server_numbering`), and as the device numbered on it came out
+    /// ahead, so the server took a report for a resend and stored nothing.
+    /// That happens when the first report of the session was lost and a
+    /// later one arrived first (PROTOCOL.md 9.3). Taken as an ack, it would
+    /// drop reports the server never stored; the session ends instead, and
+    /// the next `Welcome`, whose ack is then ahead, renumbers (9.4).
+    fn on_session_ack(&mut self, seq: u32) -> Result<(), SessionError> {
+        if wire::seq_newer(seq, self.next_report_seq.wrapping_sub(1)) {
+            warning!("ack {} names a report never numbered", seq);
+            return Err(SessionError::Protocol(ProtocolError::Unexpected));
+        }
+        self.on_ack(seq);
+        Ok(())
     }
 
     fn on_ack(&mut self, seq: u32) {
