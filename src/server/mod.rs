@@ -3,10 +3,13 @@
 //!
 //! # Run loop
 //!
-//! 1. Create it with [`Server::new`] over a [`FleetStore`]; enroll devices with
-//!    [`Server::enroll`] (which returns the secret to provision on the device).
+//! 1. Create it with [`Server::new`] over a [`FleetStore`] (over a store that
+//!    outlived an earlier process, call [`Server::recover`] next); enroll
+//!    devices with [`Server::enroll`] (which returns the secret to provision
+//!    on the device).
 //! 2. Operator calls: [`enqueue_task`](Server::enqueue_task),
-//!    [`cancel_task`](Server::cancel_task), [`assign_policy`](Server::assign_policy).
+//!    [`cancel_task`](Server::cancel_task), [`assign_policy`](Server::assign_policy),
+//!    [`retire`](Server::retire) for a device decommissioned for good.
 //! 3. Transport calls: [`connection_opened`](Server::connection_opened) for each
 //!    accepted connection, [`handle_bytes`](Server::handle_bytes) with what it
 //!    reads, [`connection_closed`](Server::connection_closed) when it ends.
@@ -21,7 +24,10 @@
 //!
 //! Each accepted report is written with [`FleetStore::commit_report`] before
 //! its `Ack` is queued, so an acknowledged report is never lost. Task offers
-//! are stored before they are sent.
+//! are stored before they are sent. What the engine keeps in memory only
+//! (sessions, timers, push rate limits) is rebuilt from the store by
+//! [`Server::recover`] after a restart; PROTOCOL.md section 16 lists what is
+//! not.
 
 mod console;
 mod session;
