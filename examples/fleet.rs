@@ -20,6 +20,12 @@
 //! most once and at least once, every status and compliance event stored
 //! exactly once and in order, every device on its latest policy. The exit code
 //! is 0 only if all of them held.
+//!
+//! With `--server-restarts N` the server process is stopped N times during
+//! the script and started again over the same store, as a server with a
+//! database restarts: its connections drop, what it held in memory only is
+//! gone, and the new engine rebuilds it with `Server::recover`. The same
+//! guarantees are checked.
 
 use core::cmp::Reverse;
 use core::net::SocketAddr;
@@ -40,7 +46,8 @@ use mdm_sync::adapters::push::{PushError, PushSender, UdpPushReceiver, UdpPushSe
 use mdm_sync::adapters::tokio::{serve, Builder, ServerHandle};
 use mdm_sync::device::{DeviceConfig, DeviceTimers};
 use mdm_sync::server::{
-    FleetView, MemoryStore, Server, ServerConfig, ServerEvent, SupersedeKey, TaskOptions, TaskState,
+    FleetView, MemoryStore, Recovered, Server, ServerConfig, ServerEvent, SupersedeKey,
+    TaskOptions, TaskState,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
@@ -66,6 +73,9 @@ OPTIONS:
     --time-scale X         simulated seconds per real second        [default: 3000]
     --threads N            OS threads running the devices           [default: 32]
     --max-wall SECS        wall-clock limit, script included        [default: 50]
+    --server-restarts N    stop the server N times during the script
+                           and start it again over the same store,
+                           with Server::recover                      [default: 0]
     -h, --help             this text
 
 The script covers 4.5 simulated hours; the fleet then converges (lost pushes
@@ -86,6 +96,7 @@ struct Opts {
     time_scale: f64,
     threads: usize,
     max_wall: f64,
+    server_restarts: usize,
 }
 
 impl Default for Opts {
@@ -100,6 +111,7 @@ impl Default for Opts {
             time_scale: 3000.0,
             threads: 32,
             max_wall: 50.0,
+            server_restarts: 0,
         }
     }
 }
@@ -132,6 +144,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Opts>, St
             "--time-scale" => o.time_scale = float(&flag, &value()?, 1.0, 100_000.0)?,
             "--threads" => o.threads = int(&flag, &value()?, 1, 1024)?,
             "--max-wall" => o.max_wall = float(&flag, &value()?, 1.0, 3600.0)?,
+            "--server-restarts" => o.server_restarts = int(&flag, &value()?, 0, 20)?,
             _ => return Err(format!("unknown option {arg}")),
         }
     }
@@ -1092,22 +1105,44 @@ fn due_ops(
 }
 
 /// Runs the script against the server and the fleet in simulated time;
-/// fills in task ids and the latest policy version of every device.
-async fn run_script(handle: &Handle, fleet: &Fleet, script: &mut Script, assigned: &mut [u32]) {
-    let clock = handle.clock();
+/// fills in task ids and the latest policy version of every device. At each
+/// instant of `restarts` the server process is restarted (see
+/// `ServerProc::restart`).
+async fn run_script(
+    server: &mut ServerProc,
+    fleet: &Fleet,
+    script: &mut Script,
+    assigned: &mut [u32],
+    mut restarts: &[Instant],
+) -> Result<(), Box<dyn core::error::Error>> {
+    let clock = server.ctx.clock;
     let mut rounds = vec![0usize; assigned.len()];
     let mut next = 0;
     while let Some((at, _)) = script.steps.get(next) {
         let now = clock.now();
-        if *at > now {
-            tokio::time::sleep(clock.wall_until(*at)).await;
+        if let Some((&restart, later)) = restarts.split_first().filter(|(r, _)| **r <= now) {
+            restarts = later;
+            let recovered = server.restart().await?;
+            println!(
+                "fleet: server restarted at {} over its store: {} check-ins, {} expiries, \
+                 {} devices pushed again",
+                fmt_sim(restart.saturating_since(Instant::ZERO)),
+                recovered.checkins,
+                recovered.expiries,
+                recovered.pushed
+            );
+            continue;
+        }
+        let wake = restarts.first().map_or(*at, |r| (*r).min(*at));
+        if wake > now {
+            tokio::time::sleep(clock.wall_until(wake)).await;
             continue;
         }
         let ops = due_ops(fleet, script, &mut next, now, &mut rounds);
         if ops.is_empty() {
             continue;
         }
-        let outcomes = handle.call(move |s, now| console(s, now, ops)).await;
+        let outcomes = server.handle.call(move |s, now| console(s, now, ops)).await;
         for o in outcomes.unwrap_or_default() {
             match o {
                 Outcome::Queued {
@@ -1127,6 +1162,94 @@ async fn run_script(handle: &Handle, fleet: &Fleet, script: &mut Script, assigne
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// What the server process is started from, the first time and after each
+/// restart: what a real one reads from its configuration.
+struct ServerCtx {
+    cfg: ServerConfig,
+    master: [u8; 32],
+    clock: ScaledClock,
+    addr: SocketAddr,
+    push_loss: f64,
+    seed: u64,
+    counters: Arc<Counters>,
+    log: Arc<Mutex<ServerLog>>,
+}
+
+/// The running server "process": the engine task, its acceptor and how to
+/// reach it.
+struct ServerProc {
+    ctx: ServerCtx,
+    handle: Handle,
+    engine: tokio::task::JoinHandle<Server<MemoryStore>>,
+    acceptor: tokio::task::JoinHandle<()>,
+    starts: u64,
+}
+
+impl ServerProc {
+    /// Starts the engine over `server` and accepts connections on
+    /// `listener`, with a push service of its own.
+    fn start(
+        ctx: ServerCtx,
+        server: Server<MemoryStore>,
+        listener: tokio::net::TcpListener,
+        starts: u64,
+    ) -> io::Result<Self> {
+        let push = LossyPush {
+            udp: UdpPushSender::bind_loopback()?,
+            rng: Rng::new(ctx.seed ^ 0x9E37 ^ starts << 32),
+            loss: ctx.push_loss,
+            counters: ctx.counters.clone(),
+        };
+        let (log, counters) = (ctx.log.clone(), ctx.counters.clone());
+        let (handle, engine) = Builder::new(server, push)
+            .clock(ctx.clock)
+            .on_event(move |ev, _now| on_server_event(ev, &log, &counters))
+            .spawn();
+        let acceptor = tokio::spawn(serve(listener, handle.clone()));
+        Ok(Self {
+            ctx,
+            handle,
+            engine,
+            acceptor,
+            starts,
+        })
+    }
+
+    /// Stops the engine and its acceptor (every connection drops) and gives
+    /// the server back.
+    async fn stop(&mut self) -> Result<Server<MemoryStore>, Box<dyn core::error::Error>> {
+        self.handle.shutdown().await;
+        self.acceptor.abort();
+        let _ = (&mut self.acceptor).await;
+        Ok((&mut self.engine).await?)
+    }
+
+    /// Stops the server and starts a new one over its store on the same
+    /// address, with a fresh nonce seed, as a restarted process: the new
+    /// engine knows only what `Server::recover` rebuilds from the store.
+    async fn restart(&mut self) -> Result<Recovered, Box<dyn core::error::Error>> {
+        let store = self.stop().await?.into_store();
+        let mut server = Server::new(
+            self.ctx.cfg,
+            store,
+            self.ctx.master,
+            mdm_sync::adapters::os_seed()?,
+        );
+        let recovered = server
+            .recover(self.ctx.clock.now())
+            .map_err(|e| format!("recover failed: {e:?}"))?;
+        let listener = tokio::net::TcpListener::bind(self.ctx.addr).await?;
+        let ctx = ServerCtx {
+            log: self.ctx.log.clone(),
+            counters: self.ctx.counters.clone(),
+            ..self.ctx
+        };
+        *self = Self::start(ctx, server, listener, self.starts + 1)?;
+        Ok(recovered)
     }
 }
 
@@ -1570,21 +1693,21 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
         master,
         nonce_seed,
     );
-    let push = LossyPush {
-        udp: UdpPushSender::bind_loopback()?,
-        rng: Rng::new(o.seed ^ 0x9E37),
-        loss: o.push_loss,
-        counters: counters.clone(),
-    };
     let server_log = Arc::new(Mutex::new(ServerLog::default()));
-    let (hook_log, hook_counters) = (server_log.clone(), counters.clone());
-    let (handle, engine) = Builder::new(server, push)
-        .clock(clock)
-        .on_event(move |ev, _now| on_server_event(ev, &hook_log, &hook_counters))
-        .spawn();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr: SocketAddr = listener.local_addr()?;
-    let acceptor = tokio::spawn(serve(listener, handle.clone()));
+    let ctx = ServerCtx {
+        cfg: scfg,
+        master,
+        clock,
+        addr,
+        push_loss: o.push_loss,
+        seed: o.seed,
+        counters: counters.clone(),
+        log: server_log.clone(),
+    };
+    let mut proc = ServerProc::start(ctx, server, listener, 0)?;
+    let handle = proc.handle.clone();
     println!("fleet: server listening on {addr}");
 
     // Enroll every device; give each its secret, timers and push token.
@@ -1689,7 +1812,16 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
 
     // The console script, then convergence.
     let mut assigned = vec![0u32; n];
-    run_script(&handle, &fleet, &mut script, &mut assigned).await;
+    // Restarts spread evenly over the script.
+    let restarts: Vec<Instant> = (1..=o.server_restarts as u64)
+        .map(|k| {
+            let span = script.end.saturating_since(Instant::ZERO).as_millis();
+            Instant::from_millis(span * k / (o.server_restarts as u64 + 1))
+        })
+        .collect();
+    drop(handle);
+    run_script(&mut proc, &fleet, &mut script, &mut assigned, &restarts).await?;
+    let handle = proc.handle.clone();
     tokio::time::sleep(clock.wall_until(script.end)).await;
     println!(
         "{}\nfleet: script done; waiting for the fleet to converge",
@@ -1737,9 +1869,8 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
         .into_iter()
         .map(|m| m.into_inner().map_err(|_| "a device thread panicked"))
         .collect::<Result<_, _>>()?;
-    handle.shutdown().await;
-    acceptor.abort();
-    let server = engine.await?;
+    drop(handle);
+    let server = proc.stop().await?;
     let view = server
         .fleet_view()
         .map_err(|e| format!("console query failed: {e:?}"))?;
@@ -1832,6 +1963,10 @@ mod tests {
     fn the_defaults_and_the_ci_options_are_accepted() {
         assert!(parse(&[]).unwrap().is_some());
         assert!(parse(&["--devices", "200"]).unwrap().is_some());
+        let o = parse(&["--devices", "200", "--server-restarts", "3"]).unwrap();
+        assert_eq!(o.map(|o| o.server_restarts), Some(3));
+        let e = parse(&["--server-restarts", "21"]).unwrap_err();
+        assert!(e.contains("--server-restarts"), "{e}");
         assert!(parse(&["--help"]).unwrap().is_none());
     }
 
