@@ -213,25 +213,54 @@ fn retry<T>(s: &mut Server<Once>, mut call: impl FnMut(&mut Server<Once>) -> Opt
     v
 }
 
-/// Runs the whole scenario with the store failing at call `fail_at` (and
-/// every `every`-th call until the last rounds); returns how many store
-/// calls it made.
-fn run(fail_at: u64, every: u64) -> u64 {
-    let t0 = Instant::from_millis(1_000);
+/// A server over a `Once` store that fails nowhere yet.
+fn server() -> Server<Once> {
     let store = Once {
         inner: MemoryStore::new(),
         calls: Cell::new(0),
         fail_at: u64::MAX,
         every: 0,
     };
-    let mut s = Server::new(ServerConfig::default(), store, [1; 32], [2; 32]);
+    Server::new(ServerConfig::default(), store, [1; 32], [2; 32])
+}
+
+/// `rounds` hours, each ending with a sync attempt of every device; the
+/// store's periodic failures stop from round `clean_from` on. Returns the
+/// time reached.
+fn rounds(
+    s: &mut Server<Once>,
+    devices: &mut [&mut Device],
+    mut now: Instant,
+    rounds: u32,
+    clean_from: u32,
+) -> Instant {
+    for round in 0..rounds {
+        if round == clean_from {
+            s.store_mut().every = 0;
+        }
+        now = now + Duration::from_secs(3_600);
+        let _ = s.handle_timeout(now);
+        for d in devices.iter_mut() {
+            sync_once(d, s, now);
+        }
+        while s.poll_event().is_some() {}
+    }
+    now
+}
+
+/// Runs the whole scenario with the store failing at call `fail_at` (and
+/// every `every`-th call until the last rounds); returns how many store
+/// calls it made.
+fn run(fail_at: u64, every: u64) -> u64 {
+    let t0 = Instant::from_millis(1_000);
+    let mut s = server();
     let secret = s.enroll(ID, t0).unwrap();
     s.store_mut().fail_at = fail_at;
     s.store_mut().every = every;
     let mut cfg = DeviceConfig::new(ID, 0, secret, Platform::Android);
     cfg.push_token = TOKEN.try_into().unwrap();
     let mut d: Device = Device::new(cfg, t0);
-    let mut now = t0;
+    let now = t0;
     // Operator calls retried until the store takes them (a failed one
     // queued nothing).
     let mut tasks = Vec::new();
@@ -252,15 +281,7 @@ fn run(fail_at: u64, every: u64) -> u64 {
         s.enqueue_task(ID, TaskKind::Unlock, Default::default(), now)
             .ok()
     }));
-    for round in 0..50 {
-        if round == 40 {
-            s.store_mut().every = 0;
-        }
-        now = now + Duration::from_secs(3_600);
-        let _ = s.handle_timeout(now);
-        sync_once(&mut d, &mut s, now);
-        while s.poll_event().is_some() {}
-    }
+    rounds(&mut s, &mut [&mut d], now, 50, 40);
     let calls = s.store().calls.get();
     s.store_mut().fail_at = u64::MAX;
     for t in &tasks {
@@ -312,6 +333,79 @@ fn a_store_failing_every_few_calls_loses_and_repeats_nothing() {
     for every in [7, 9, 11, 13, 17, 23, 31] {
         for n in 0..every {
             run(n, every);
+        }
+    }
+}
+
+/// Retiring the device and enrolling it again with the store failing at
+/// call `fail_at` (and every `every`-th call for a while), each operator
+/// call retried until the store takes it: the retirement drops every open
+/// task for good, the new enrollment is one generation on (a failed try
+/// used none up) with a new secret, and the new device gets its task.
+fn retire_run(fail_at: u64, every: u64) -> u64 {
+    let t0 = Instant::from_millis(1_000);
+    let mut s = server();
+    let old_secret = s.enroll(ID, t0).unwrap();
+    let device = |secret, generation| {
+        let mut cfg = DeviceConfig::new(ID, generation, secret, Platform::Android);
+        cfg.push_token = TOKEN.try_into().unwrap();
+        Device::new(cfg, t0)
+    };
+    let mut old = device(old_secret, 0);
+    let now = t0;
+    sync_once(&mut old, &mut s, now);
+    let mut old_tasks = Vec::new();
+    for kind in [TaskKind::Lock, TaskKind::Scan] {
+        old_tasks.push(s.enqueue_task(ID, kind, Default::default(), now).unwrap());
+    }
+    s.assign_policy(ID, &[Setting { key: 7, value: 1 }], now)
+        .unwrap();
+    s.store_mut().calls.set(0);
+    s.store_mut().fail_at = fail_at;
+    s.store_mut().every = every;
+    retry(&mut s, |s| s.retire(ID, now).ok());
+    let secret = retry(&mut s, |s| s.enroll(ID, now).ok());
+    assert_ne!(secret, old_secret, "store failing at call {fail_at}");
+    let mut new = device(secret, 1);
+    // (A try that failed after storing the task leaves it queued: the
+    // device gets more tasks than this one, and runs them over the rounds.)
+    let task = retry(&mut s, |s| {
+        s.enqueue_task(ID, TaskKind::Unlock, Default::default(), now)
+            .ok()
+    });
+    rounds(&mut s, &mut [&mut old, &mut new], now, 35, 5);
+    let calls = s.store().calls.get();
+    s.store_mut().fail_at = u64::MAX;
+    for t in &old_tasks {
+        assert_eq!(
+            s.task_state(ID, *t),
+            Some(TaskState::Dropped),
+            "store failing at call {fail_at}: {t:?}"
+        );
+    }
+    assert_eq!(
+        s.task_state(ID, task),
+        Some(TaskState::Succeeded { result: None }),
+        "store failing at call {fail_at}"
+    );
+    let view = s.device_view(ID).unwrap();
+    assert_eq!(view.generation, 1, "store failing at call {fail_at}");
+    assert_eq!(view.policy_assigned, 0, "store failing at call {fail_at}");
+    // The new device synced (the record enrolled again had no sync).
+    assert!(view.last_sync.is_some(), "store failing at call {fail_at}");
+    calls
+}
+
+#[test]
+fn retiring_and_enrolling_again_with_a_store_failing_at_any_one_call() {
+    let total = retire_run(u64::MAX, 0);
+    assert!(total > 10, "{total} store calls");
+    for n in 0..total + 5 {
+        retire_run(n, 0);
+    }
+    for every in [5, 7, 9, 11, 13] {
+        for n in 0..every {
+            retire_run(n, every);
         }
     }
 }

@@ -3,7 +3,8 @@
 //! reached the device, which, its link gone and nothing of its own pending,
 //! would wait for its periodic sync (3 h). The adapter tells the engine the
 //! link broke, and the engine asks the device back with a push. A clean close
-//! (the device's end of input) asks for none. Loopback only.
+//! (the device's end of input) asks for none. And a device retired in the
+//! middle of its session is cut off there. Loopback only.
 #![cfg(feature = "tokio")]
 
 use core::time::Duration as Wall;
@@ -41,16 +42,18 @@ async fn next_down(stream: &mut TcpStream, dec: &mut FrameDecoder<MAX_FRAME>) ->
 }
 
 /// Connects to `addr` as `DEV` and runs the handshake by hand; returns the
-/// socket, its decoder and the session's frame key, after the `Welcome`.
-async fn in_session(
+/// socket, its decoder (keyed for the session) and the server's answer to
+/// the proof.
+async fn handshake(
     addr: core::net::SocketAddr,
     secret: &[u8; 32],
-) -> (TcpStream, FrameDecoder<MAX_FRAME>) {
+    attempt: u64,
+) -> (TcpStream, FrameDecoder<MAX_FRAME>, Down) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut dec = FrameDecoder::<MAX_FRAME>::new();
     let hello = Up::Hello(Hello {
         version: wire::PROTOCOL_VERSION,
-        attempt: 1,
+        attempt,
         device: DEV,
         generation: 0,
         platform: Platform::Android,
@@ -73,7 +76,16 @@ async fn in_session(
     };
     let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
     stream.write_all(&buf[..n]).await.unwrap();
-    let welcome = next_down(&mut stream, &mut dec).await;
+    let answer = next_down(&mut stream, &mut dec).await;
+    (stream, dec, answer)
+}
+
+/// As `handshake`, for a device that is let in: after the `Welcome`.
+async fn in_session(
+    addr: core::net::SocketAddr,
+    secret: &[u8; 32],
+) -> (TcpStream, FrameDecoder<MAX_FRAME>) {
+    let (stream, dec, welcome) = handshake(addr, secret, 1).await;
     assert!(matches!(welcome, Down::Welcome { .. }), "{welcome:?}");
     (stream, dec)
 }
@@ -82,9 +94,19 @@ async fn session_count(handle: &ServerHandle<MemoryStore>) -> usize {
     handle.call(|s, _| s.session_count()).await.unwrap()
 }
 
-/// Runs one session that is offered a task and then ends as `reset` says;
-/// returns the pushes the device got.
-async fn offered_then_closed(reset: bool) -> usize {
+/// A server on a loopback port with `DEV` enrolled and in session over
+/// TCP, a task just offered to it in the session.
+struct Offered {
+    handle: ServerHandle<MemoryStore>,
+    addr: core::net::SocketAddr,
+    secret: [u8; 32],
+    /// Pushes sent to `DEV`.
+    pushes: Arc<Mutex<usize>>,
+    stream: TcpStream,
+    task: wire::TaskId,
+}
+
+async fn offered() -> Offered {
     let pushes = Arc::new(Mutex::new(0usize));
     let server = Server::new(
         ServerConfig::default(),
@@ -119,6 +141,26 @@ async fn offered_then_closed(reset: bool) -> usize {
         }
     }
     assert_eq!(*pushes.lock().unwrap(), 0);
+    Offered {
+        handle,
+        addr,
+        secret,
+        pushes,
+        stream,
+        task,
+    }
+}
+
+/// Runs one session that is offered a task and then ends as `reset` says;
+/// returns the pushes the device got.
+async fn offered_then_closed(reset: bool) -> usize {
+    let Offered {
+        handle,
+        pushes,
+        stream,
+        task,
+        ..
+    } = offered().await;
 
     if reset {
         // A reset: the read on the server's side fails.
@@ -152,6 +194,45 @@ async fn a_broken_link_with_a_task_offered_gets_a_push_and_a_clean_close_none() 
         assert_eq!(offered_then_closed(false).await, 0, "clean close");
     };
     tokio::time::timeout(Wall::from_secs(30), both)
+        .await
+        .expect("within 30 s");
+}
+
+/// A device retired through the handle while in session over TCP, a task
+/// offered to it: the adapter closes its connection (the socket reads its
+/// end), the task ends Dropped, no push goes to the retired device, and a
+/// new connection with its old secret is refused with `AuthFailed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_retired_in_session_is_cut_off_and_refused() {
+    let run = async {
+        let Offered {
+            handle,
+            addr,
+            secret,
+            pushes,
+            mut stream,
+            task,
+        } = offered().await;
+        handle.retire(DEV).await.unwrap();
+        // The server's end closes: the socket reads its end (or a reset).
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let state = handle.task(task).await.unwrap().map(|t| t.state);
+        assert_eq!(state, Some(TaskState::Dropped));
+        assert_eq!(session_count(&handle).await, 0);
+        assert_eq!(*pushes.lock().unwrap(), 0, "no push for a retired device");
+
+        // Its old secret no longer authenticates.
+        let (_stream, _dec, answer) = handshake(addr, &secret, 2).await;
+        assert_eq!(answer, Down::Error(wire::ErrorCode::AuthFailed));
+        handle.shutdown().await;
+    };
+    tokio::time::timeout(Wall::from_secs(30), run)
         .await
         .expect("within 30 s");
 }

@@ -29,7 +29,7 @@ pub struct TaskCounts {
     pub expired: usize,
     /// Replaced by a newer task with the same key.
     pub superseded: usize,
-    /// Dropped by re-enrollment.
+    /// Dropped by re-enrollment or retirement.
     pub dropped: usize,
 }
 

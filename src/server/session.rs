@@ -1224,6 +1224,30 @@ mod tests {
         assert!(s.handshakes.waiting.is_empty());
     }
 
+    /// Takes the server's events: a push sent for a device clears its entry
+    /// of `wanted`.
+    fn drain_pushes(s: &mut Server<MemoryStore>, wanted: &mut [bool]) {
+        while let Some(e) = s.poll_event() {
+            if let ServerEvent::SendPush { device, .. } = e {
+                if let Some(w) = wanted.get_mut(device.0 as usize) {
+                    *w = false;
+                }
+            }
+        }
+    }
+
+    /// Runs the timers on past `latest`, 5 s at a time as a transport's loop
+    /// would, for 1,000 s; returns the time reached.
+    fn run_on(s: &mut Server<MemoryStore>, latest: Instant, wanted: &mut [bool]) -> Instant {
+        let mut now = latest;
+        for _ in 0..200 {
+            now = now + crate::time::Duration::from_secs(5);
+            s.handle_timeout(now).unwrap();
+            drain_pushes(s, wanted);
+        }
+        now
+    }
+
     /// One step of an operator and a clock against offline devices: queue a
     /// task for device `dev`, or move the clock by `ms` (back when negative)
     /// and run the timers.
@@ -1262,13 +1286,6 @@ mod tests {
             }
             let mut wanted = [false; 4];
             let mut latest = now;
-            let drain = |s: &mut Server<MemoryStore>, wanted: &mut [bool; 4]| {
-                while let Some(e) = s.poll_event() {
-                    if let ServerEvent::SendPush { device, .. } = e {
-                        wanted[device.0 as usize] = false;
-                    }
-                }
-            };
             for op in &ops {
                 match *op {
                     PushOp::Enqueue { dev } => {
@@ -1276,7 +1293,7 @@ mod tests {
                         s.enqueue_task(wire::DeviceId(dev.into()), wire::TaskKind::Lock, opts, now)
                             .unwrap();
                         wanted[usize::from(dev)] = true;
-                        drain(&mut s, &mut wanted);
+                        drain_pushes(&mut s, &mut wanted);
                     }
                     PushOp::Clock { ms } => {
                         now = if ms < 0 {
@@ -1285,22 +1302,133 @@ mod tests {
                             now + Duration::from_millis(ms as u64)
                         };
                         s.handle_timeout(now).unwrap();
-                        drain(&mut s, &mut wanted);
+                        drain_pushes(&mut s, &mut wanted);
                     }
                 }
                 latest = latest.max(now);
             }
             // Time runs on past the latest time seen (one step at a time, as
             // a transport's loop would).
-            now = now.max(latest);
-            for _ in 0..200 {
-                now = now + Duration::from_secs(5);
-                s.handle_timeout(now).unwrap();
-                drain(&mut s, &mut wanted);
-            }
+            run_on(&mut s, now.max(latest), &mut wanted);
             proptest::prop_assert_eq!(wanted, [false; 4], "a requested push never went out");
             proptest::prop_assert!(s.held_pushes.is_empty(), "held: {:?}", s.held_pushes);
             proptest::prop_assert!(s.push_checks.is_empty());
+        }
+    }
+
+    /// One step of an operator retiring and enrolling offline devices,
+    /// checking them in (as a handshake does), queueing their tasks, and a
+    /// clock that also goes back.
+    #[derive(Clone, Debug)]
+    enum RetireOp {
+        Enqueue { dev: u8 },
+        Clock { ms: i64 },
+        Retire { dev: u8 },
+        Enroll { dev: u8 },
+        CheckIn { dev: u8 },
+    }
+
+    fn retire_op() -> impl proptest::strategy::Strategy<Value = RetireOp> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0u8..3).prop_map(|dev| RetireOp::Enqueue { dev }),
+            3 => prop_oneof![0i64..2_000, 0i64..120_000, 0i64..100_000_000, -120_000i64..0]
+                .prop_map(|ms| RetireOp::Clock { ms }),
+            1 => (0u8..3).prop_map(|dev| RetireOp::Retire { dev }),
+            1 => (0u8..3).prop_map(|dev| RetireOp::Enroll { dev }),
+            2 => (0u8..3).prop_map(|dev| RetireOp::CheckIn { dev }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Retirements among pushes and check-ins, whatever the clock does:
+        /// every push requested for an enrolled device goes out; once every
+        /// check has run, no push is held, no check is left, a retired
+        /// device has no push state, and a device is overdue exactly when
+        /// it checked in since it was last retired and stayed silent.
+        #[test]
+        fn retired_devices_leave_no_push_state_and_keep_no_promise(
+            ops in proptest::collection::vec(retire_op(), 0..80),
+        ) {
+            use crate::time::Duration;
+            let cfg = ServerConfig::default();
+            let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+            let mut now = Instant::from_millis(10_000_000);
+            let enroll = |s: &mut Server<MemoryStore>, d: u8, now: Instant| {
+                let id = wire::DeviceId(d.into());
+                s.enroll(id, now).unwrap();
+                s.store_mut().set_push_target(id, wire::Platform::Android, "tok").unwrap();
+            };
+            for d in 0..3u8 {
+                enroll(&mut s, d, now);
+            }
+            let mut enrolled = [true; 3];
+            let mut promised = [false; 3];
+            let mut wanted = [false; 3];
+            let mut latest = now;
+            for op in &ops {
+                match *op {
+                    RetireOp::Enqueue { dev } => {
+                        let d = usize::from(dev);
+                        let r = s.enqueue_task(
+                            wire::DeviceId(dev.into()), wire::TaskKind::Lock, Default::default(), now,
+                        );
+                        match r {
+                            Ok(_) => wanted[d] = true,
+                            Err(ServerError::QueueFull) => {}
+                            Err(e) => proptest::prop_assert!(!enrolled[d], "{:?}", e),
+                        }
+                    }
+                    RetireOp::Clock { ms } => {
+                        now = if ms < 0 {
+                            now - Duration::from_millis(ms.unsigned_abs())
+                        } else {
+                            now + Duration::from_millis(ms as u64)
+                        };
+                        s.handle_timeout(now).unwrap();
+                    }
+                    RetireOp::Retire { dev } => {
+                        let d = usize::from(dev);
+                        let r = s.retire(wire::DeviceId(dev.into()), now);
+                        proptest::prop_assert_eq!(r.is_ok(), enrolled[d]);
+                        enrolled[d] = false;
+                        promised[d] = false;
+                        wanted[d] = false;
+                    }
+                    RetireOp::Enroll { dev } => {
+                        enroll(&mut s, dev, now);
+                        enrolled[usize::from(dev)] = true;
+                    }
+                    RetireOp::CheckIn { dev } if enrolled[usize::from(dev)] => {
+                        s.checked_in(wire::DeviceId(dev.into()), now);
+                        promised[usize::from(dev)] = true;
+                    }
+                    RetireOp::CheckIn { .. } => {}
+                }
+                drain_pushes(&mut s, &mut wanted);
+                latest = latest.max(now);
+            }
+            // Time runs on past the latest time seen, then past every
+            // check-in deadline.
+            now = run_on(&mut s, now.max(latest), &mut wanted);
+            for _ in 0..4 {
+                now = now + cfg.periodic_interval + cfg.overdue_slack;
+                s.handle_timeout(now).unwrap();
+                drain_pushes(&mut s, &mut wanted);
+            }
+            proptest::prop_assert_eq!(wanted, [false; 3], "a requested push never went out");
+            proptest::prop_assert!(s.held_pushes.is_empty(), "held: {:?}", s.held_pushes);
+            proptest::prop_assert!(s.push_checks.is_empty());
+            proptest::prop_assert!(s.overdue_checks.is_empty());
+            proptest::prop_assert_eq!(s.timers.len(), 0);
+            for d in 0..3u8 {
+                let id = wire::DeviceId(d.into());
+                let state = s.pushes.get(&id);
+                if !enrolled[usize::from(d)] {
+                    proptest::prop_assert!(state.is_none(), "retired {}: {:?}", d, state);
+                }
+                proptest::prop_assert_eq!(s.is_overdue(id), promised[usize::from(d)], "device {}", d);
+            }
         }
     }
 

@@ -88,7 +88,8 @@ pub enum TaskState {
         /// The replacement.
         by: TaskId,
     },
-    /// Final: the device was re-enrolled; this task belonged to the old enrollment.
+    /// Final: the device was re-enrolled, and this task belonged to the old
+    /// enrollment; or it was retired ([`Server::retire`](super::Server::retire)).
     Dropped,
 }
 

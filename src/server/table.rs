@@ -544,6 +544,54 @@ mod tests {
         );
     }
 
+    /// Removals in the worst clustering (the key as its own hash, keys
+    /// chosen to land in the last pairs, so their runs wrap past the last
+    /// slot to the first), on a table kept small (under 256 entries, so
+    /// never rebuilt): after every removal and insertion every key is found,
+    /// no removed key is, and the running probe count is the one counted
+    /// afresh.
+    #[test]
+    fn removals_in_wrapping_clusters_keep_every_key() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for size in [1usize, 2, 5, 16, 40] {
+            let mut t = Table::<E> {
+                hash: KeyHash::Plain,
+                ..Table::with_capacity(size)
+            };
+            let mut model = std::collections::BTreeSet::new();
+            for step in 0..1500 {
+                // Homes in the last pair or two, or the first: runs wrap.
+                let key = match next() % 3 {
+                    0 => u64::MAX - next() % 64,
+                    1 => next() % 64,
+                    _ => u64::MAX - (next() % (u64::MAX / 8)),
+                };
+                if model.contains(&key) {
+                    assert_eq!(t.remove(key), Some(E(Some(key))), "step {step}");
+                    model.remove(&key);
+                } else if model.len() < 200 {
+                    t.insert_new(E(Some(key)));
+                    model.insert(key);
+                }
+                let n = t.pairs.len();
+                let mut probes = 0;
+                for k in &model {
+                    let (pair, _) = t.find(*k).unwrap_or_else(|| panic!("{k} lost at {step}"));
+                    probes += (pair + n - t.home(*k)) % n;
+                }
+                assert_eq!(t.probes, probes, "step {step}");
+                assert_eq!((t.len(), t.iter().count()), (model.len(), model.len()));
+                assert!(matches!(t.hash, KeyHash::Plain));
+            }
+        }
+    }
+
     /// A capacity beyond what can be allocated gives an empty table that
     /// works, not a panic or an abort.
     #[test]
