@@ -24,8 +24,11 @@
 //! `fleet_profile 10000` two had a mean probe over one pair and one of 61
 //! pairs, where a lookup reads dozens of cache lines. So a table counts the
 //! pairs its entries sit past their home, and once it holds 256 entries and
-//! that mean passes 1.5 it is rebuilt, once, on MurmurHash3's finalizer,
-//! where any ids spread as random keys do (about 0.5 pairs). The finalizer
+//! that mean passes 1.5 it is rebuilt on MurmurHash3's finalizer, where
+//! any ids spread as random keys do (about 0.5 pairs), until it grows: a
+//! growth (or a reservation) tries foldhash again and keeps it unless it
+//! clusters at the new size (foldhash's spread also depends on the number
+//! of pairs, and small tables of random keys pass 1.5 by chance). The finalizer
 //! for every table removed the tail too, but it also gave up foldhash's
 //! usual better spread: syncs at 1,000,000 sequential devices took about
 //! 14 % longer.
@@ -89,6 +92,9 @@ pub(crate) struct Table<E> {
     pairs: Vec<Pair<E>>,
     len: usize,
     hash: KeyHash,
+    /// The hash the table started with (foldhash), tried again at each
+    /// growth of a table rebuilt on the finalizer (see `rehash_into`).
+    first: KeyHash,
     /// Pairs past their home, summed over the entries (each counted where
     /// it was placed: entries move only when the table is rebuilt).
     probes: usize,
@@ -100,7 +106,8 @@ enum KeyHash {
     /// foldhash: sequential ids mostly spread better than random keys.
     Fold(DefaultHashBuilder),
     /// MurmurHash3's finalizer of the key xor a seed: any ids spread as
-    /// random keys do. Taken when the first clusters (see `insert_new`).
+    /// random keys do. Taken when the first clusters (see `insert_new`), until
+    /// the next growth (see `rehash_into`).
     Mix(u64),
     /// The key itself (tests: the worst clustering there is).
     #[cfg(test)]
@@ -134,10 +141,12 @@ const JUDGED_FROM: usize = 256;
 
 impl<E> Default for Table<E> {
     fn default() -> Self {
+        let hash = KeyHash::Fold(DefaultHashBuilder::default());
         Self {
             pairs: Vec::new(),
             len: 0,
-            hash: KeyHash::Fold(DefaultHashBuilder::default()),
+            hash,
+            first: hash,
             probes: 0,
         }
     }
@@ -287,15 +296,18 @@ impl<E: Entry> Table<E> {
         // per process: mostly a mean probe of about 0.1 pairs, but in about
         // one process in 30 over a pair, and once 61 pairs (dozens of cache
         // lines per lookup). Random keys average under 0.9 pairs up to the
-        // fullest this table gets, so past 1.5 the table is rebuilt once on
+        // fullest this table gets, so past 1.5 the table is rebuilt on
         // the finalizer, where any ids spread as random keys do. (The
         // finalizer for every table cost about 14 % at 1,000,000
         // sequential devices: it gives up foldhash's usual better spread.)
-        let clustered = self.len >= JUDGED_FROM && self.probes > self.len + self.len / 2;
-        if clustered && !matches!(self.hash, KeyHash::Mix(_)) {
-            self.hash = KeyHash::Mix(self.hash.hash(0x6d64_6d2d_7379_6e63));
-            let free = Pair([E::FREE, E::FREE]);
-            self.rehash_into(alloc::vec![free; self.pairs.len()]);
+        // Whether foldhash clusters also depends on the number of pairs: a
+        // table rebuilt at one size tries foldhash again when it grows (see
+        // `rehash_into`).
+        if self.clustered() && !matches!(self.hash, KeyHash::Mix(_)) {
+            self.hash = KeyHash::Mix(self.first.hash(0x6d64_6d2d_7379_6e63));
+            let room = alloc::vec![Pair([E::FREE, E::FREE]); self.pairs.len()];
+            let old = core::mem::replace(&mut self.pairs, room);
+            self.place_all(old.into_iter().flat_map(|p| p.0), false);
         }
     }
 
@@ -320,14 +332,46 @@ impl<E: Entry> Table<E> {
         self.rehash_into(alloc::vec![free; pairs]);
     }
 
-    /// Moves every entry into `room`, free pairs that become the table.
+    /// Whether the entries sit a mean of more than 1.5 pairs past their
+    /// home, in a table large enough to judge (see `insert_new`).
+    fn clustered(&self) -> bool {
+        self.len >= JUDGED_FROM && self.probes > self.len + self.len / 2
+    }
+
+    /// Moves every entry into `room`, free pairs that become the table (a
+    /// growth or a reservation). A table on the finalizer first tries its
+    /// first hash again: foldhash's spread of sequential ids depends on the
+    /// number of pairs as well as on its seed (over 1.5 pairs at some sizes
+    /// between 256 and 64,000 entries in about a third of processes, under
+    /// 0.7 at the sizes after), and random keys pass 1.5 by chance in a few
+    /// tables out of a hundred below 4,000 entries, so a rebuild at one size
+    /// says little about the next. The try stops as soon as the entries
+    /// placed cluster, so it costs at most one more move of the entries.
     fn rehash_into(&mut self, room: Vec<Pair<E>>) {
         let old = core::mem::replace(&mut self.pairs, room);
-        self.probes = 0;
-        for pair in old {
-            let [a, b] = pair.0;
-            let _ = (self.place(a), self.place(b));
+        if let KeyHash::Mix(_) = self.hash {
+            let mixed = core::mem::replace(&mut self.hash, self.first);
+            if self.place_all(old.iter().flat_map(|p| &p.0).cloned(), true) {
+                return;
+            }
+            self.hash = mixed;
+            self.pairs.fill(Pair([E::FREE, E::FREE]));
         }
+        self.place_all(old.into_iter().flat_map(|p| p.0), false);
+    }
+
+    /// Places `entries` in the table, whose pairs are all free, counting
+    /// their probes afresh. With `judge`, stops as soon as they cluster (see
+    /// `clustered`; the table's `len` counts them all) and returns `false`.
+    fn place_all(&mut self, entries: impl Iterator<Item = E>, judge: bool) -> bool {
+        self.probes = 0;
+        for entry in entries {
+            self.place(entry);
+            if judge && self.clustered() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Every entry.
@@ -463,14 +507,16 @@ mod tests {
     }
 
     /// A table whose hash clusters (here the key itself, sequential keys all
-    /// landing in the first pairs) is rebuilt once on the finalizer when it
+    /// landing in the first pairs) is rebuilt on the finalizer when it
     /// judges its spread: every entry is kept and found, and the mean probe
-    /// drops under a pair (from thousands). A table on the finalizer stays
-    /// on it.
+    /// drops under a pair (from thousands). A table whose first hash
+    /// clusters at every size stays on the finalizer through its growths
+    /// (each tries the first hash again and gives up once it clusters).
     #[test]
     fn a_clustering_table_is_rebuilt_on_the_finalizer() {
         let mut t = Table::<E> {
             hash: KeyHash::Plain,
+            first: KeyHash::Plain,
             ..Table::default()
         };
         for k in 0..JUDGED_FROM as u64 - 1 {
@@ -495,6 +541,59 @@ mod tests {
             t.probes < t.len(),
             "mean probe {}",
             t.probes as f64 / 20_000.0
+        );
+    }
+
+    /// Clustering that passes: keys spaced 2^64 / 20,000 apart, inserted in
+    /// order, under a hash that is the key itself. While the table is small
+    /// the keys inserted so far all have their home in its first pairs (a
+    /// cluster, as foldhash makes of sequential ids at some sizes only),
+    /// and the table is rebuilt on the finalizer; at 20,000 entries the same
+    /// hash spreads them one or two to a pair (home `i * pairs / 20,000`
+    /// for the `i`th key), better than the finalizer (about 0.5 pairs
+    /// mean, as random keys). Before the fix the rebuild was for good and
+    /// the table ended on the finalizer; now a growth tries the first hash
+    /// again and keeps it. Every entry is found and the running probe count
+    /// is exact throughout; and a table that clusters at every size stays
+    /// on the finalizer (`a_clustering_table_is_rebuilt_on_the_finalizer`).
+    #[test]
+    fn a_table_rebuilt_at_one_size_goes_back_to_its_hash_when_that_spreads() {
+        const KEYS: u64 = 20_000;
+        let spacing = u64::MAX / KEYS;
+        let mut t = Table::<E> {
+            hash: KeyHash::Plain,
+            first: KeyHash::Plain,
+            ..Table::default()
+        };
+        let mut rebuilt = false;
+        let exact = |t: &Table<E>, upto: u64| {
+            let n = t.pairs.len();
+            let probes: usize = (0..upto)
+                .map(|i| (t.find(i * spacing).unwrap().0 + n - t.home(i * spacing)) % n)
+                .sum();
+            assert_eq!(probes, t.probes, "running probe count at {upto}");
+        };
+        let mut slots = 0;
+        for i in 0..KEYS {
+            t.insert_new(E(Some(i * spacing)));
+            rebuilt |= matches!(t.hash, KeyHash::Mix(_));
+            if t.slots() != slots {
+                slots = t.slots();
+                exact(&t, i + 1);
+            }
+        }
+        assert!(rebuilt, "the small table clustered and was rebuilt");
+        assert!((0..KEYS).all(|i| t.get(i * spacing) == Some(&E(Some(i * spacing)))));
+        assert_eq!((t.len(), t.iter().count()), (KEYS as usize, KEYS as usize));
+        exact(&t, KEYS);
+        assert!(
+            matches!(t.hash, KeyHash::Plain),
+            "back on the hash that spreads these keys"
+        );
+        assert!(
+            t.probes * 10 < t.len(),
+            "mean probe {}",
+            t.probes as f64 / KEYS as f64
         );
     }
 
