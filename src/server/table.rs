@@ -634,19 +634,36 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for start in [0usize, 1, 2, 3, 7, 100] {
+        // Tables on the key itself (`Plain`) too, a quarter of their keys
+        // from a counter spaced 2^64 / 5,000 apart (about 5,000 of them by
+        // the end): clustered while the table is small,
+        // spread once it is large, so the table goes to the finalizer and
+        // back (see `a_table_rebuilt_at_one_size_goes_back_to_its_hash_when_that_spreads`).
+        let (mut to_mix, mut back) = (0, 0);
+        let starts = [0usize, 1, 2, 3, 7, 100].map(|s| (s, false));
+        for (start, plain) in starts.into_iter().chain([(0, true), (7, true)]) {
             let mut t = if start == 0 {
                 Table::<V>::default()
             } else {
                 Table::with_capacity(start)
             };
+            if plain {
+                (t.hash, t.first) = (KeyHash::Plain, KeyHash::Plain);
+            }
+            let mut counter = 0u64;
             let mut model = std::collections::HashMap::new();
             let mut slots = t.slots();
             for step in 0..20_000u64 {
+                let was_mix = matches!(t.hash, KeyHash::Mix(_));
                 let key = match next() % 8 {
+                    3 | 4 if plain => {
+                        counter += 1;
+                        counter.wrapping_mul(u64::MAX / 5_000)
+                    }
                     0 => next() % 64,
                     1 => [0, u64::MAX, 1, u64::MAX - 1][(next() % 4) as usize],
-                    2 if t.slots() > 0 => {
+                    // (Not for `Plain`, where a home holds 2^64 / pairs keys in a row.)
+                    2 if t.slots() > 0 && !plain => {
                         // A key with the same home as an existing one.
                         let home = t.home(next());
                         let mut k = next();
@@ -670,16 +687,28 @@ mod tests {
                     }
                 }
                 assert_eq!(t.len(), model.len());
-                if t.slots() != slots {
+                let is_mix = matches!(t.hash, KeyHash::Mix(_));
+                to_mix += usize::from(plain && !was_mix && is_mix);
+                back += usize::from(plain && was_mix && !is_mix);
+                if t.slots() != slots || was_mix != is_mix {
                     slots = t.slots();
                     check(&t, &model);
                 }
             }
             check(&t, &model);
         }
+        assert!(to_mix > 0 && back > 0, "{to_mix} {back}");
 
+        /// Every key found with its value, none twice, and the running
+        /// probe count the real one.
         fn check(t: &Table<V>, model: &std::collections::HashMap<u64, u64>) {
             assert!(t.len() < t.slots(), "no free slot");
+            let n = t.pairs.len();
+            let probes: usize = model
+                .keys()
+                .map(|k| (t.find(*k).unwrap().0 + n - t.home(*k)) % n)
+                .sum();
+            assert_eq!(probes, t.probes, "running probe count");
             let mut seen = std::collections::HashSet::new();
             for e in t.iter() {
                 let k = e.0.unwrap();
