@@ -597,6 +597,44 @@ mod tests {
         );
     }
 
+    /// Known shortcoming, not fixed: the rebuild is judged on the mean
+    /// displacement over all entries, so a cluster of a few of them stays
+    /// under it. Here 100,000 random keys (about 0.5 pairs mean) and 300
+    /// keys that the table's hash (the key itself) puts in one home: the
+    /// mean stays near 1.2, no rebuild, and the last of the 300 sits about
+    /// 470 pairs past its home (a lookup of it, or of an absent key whose
+    /// home is in that run, reads that many cache lines; random keys alone
+    /// reach about 45). At 1,000,000 entries 900 such keys go unnoticed and
+    /// reach 1,700 pairs. foldhash's clustering of sequential ids seen so
+    /// far was spread over the table (and judged), and peers cannot insert,
+    /// so no case outside tests is known; a fix would also rebuild when one
+    /// entry lands far past its home (how far random keys get grows with
+    /// the table: about 110 pairs at 1,000,000).
+    #[test]
+    #[ignore = "known shortcoming: a local cluster under the mean threshold is not rebuilt"]
+    fn a_local_cluster_under_the_mean_is_rebuilt() {
+        let mut t = Table::<E> {
+            hash: KeyHash::Plain,
+            first: KeyHash::Plain,
+            ..Table::default()
+        };
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t.insert_new(E(Some(x)));
+        }
+        (0..300u64).for_each(|k| t.insert_new(E(Some(k))));
+        let n = t.pairs.len();
+        let worst = t
+            .iter()
+            .map(|e| e.0.unwrap())
+            .map(|k| (t.find(k).unwrap().0 + n - t.home(k)) % n)
+            .max();
+        assert!(worst < Some(256), "{worst:?} pairs past home, {:?}", t.hash);
+    }
+
     /// A capacity beyond what can be allocated gives an empty table that
     /// works, not a panic or an abort.
     #[test]
