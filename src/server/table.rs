@@ -28,8 +28,11 @@
 //! `fleet_profile 10000` two had a mean probe over one pair and one of 61
 //! pairs, where a lookup reads dozens of cache lines. So a table counts the
 //! pairs its entries sit past their home, and once it holds 256 entries and
-//! that mean passes 1.5 it is rebuilt, once, on MurmurHash3's finalizer,
-//! where any ids spread as random keys do (about 0.5 pairs). The finalizer
+//! that mean passes 1.5 it is rebuilt on MurmurHash3's finalizer, where
+//! any ids spread as random keys do (about 0.5 pairs), until it grows: a
+//! growth (or a reservation) tries foldhash again and keeps it unless it
+//! clusters at the new size (foldhash's spread also depends on the number
+//! of pairs, and small tables of random keys pass 1.5 by chance). The finalizer
 //! for every table removed the tail too, but it also gave up foldhash's
 //! usual better spread: syncs at 1,000,000 sequential devices took about
 //! 14 % longer.
@@ -93,6 +96,9 @@ pub(crate) struct Table<E> {
     pairs: Vec<Pair<E>>,
     len: usize,
     hash: KeyHash,
+    /// The hash the table started with (foldhash), tried again at each
+    /// growth of a table rebuilt on the finalizer (see `rehash_into`).
+    first: KeyHash,
     /// Pairs past their home, summed over the entries (each counted where
     /// it was placed: entries move only when the table is rebuilt).
     probes: usize,
@@ -104,7 +110,8 @@ enum KeyHash {
     /// foldhash: sequential ids mostly spread better than random keys.
     Fold(DefaultHashBuilder),
     /// MurmurHash3's finalizer of the key xor a seed: any ids spread as
-    /// random keys do. Taken when the first clusters (see `insert_new`).
+    /// random keys do. Taken when the first clusters (see `insert_new`), until
+    /// the next growth (see `rehash_into`).
     Mix(u64),
     /// The key itself (tests: the worst clustering there is).
     #[cfg(test)]
@@ -138,10 +145,12 @@ const JUDGED_FROM: usize = 256;
 
 impl<E> Default for Table<E> {
     fn default() -> Self {
+        let hash = KeyHash::Fold(DefaultHashBuilder::default());
         Self {
             pairs: Vec::new(),
             len: 0,
-            hash: KeyHash::Fold(DefaultHashBuilder::default()),
+            hash,
+            first: hash,
             probes: 0,
         }
     }
@@ -291,15 +300,18 @@ impl<E: Entry> Table<E> {
         // per process: mostly a mean probe of about 0.1 pairs, but in about
         // one process in 30 over a pair, and once 61 pairs (dozens of cache
         // lines per lookup). Random keys average under 0.9 pairs up to the
-        // fullest this table gets, so past 1.5 the table is rebuilt once on
+        // fullest this table gets, so past 1.5 the table is rebuilt on
         // the finalizer, where any ids spread as random keys do. (The
         // finalizer for every table cost about 14 % at 1,000,000
         // sequential devices: it gives up foldhash's usual better spread.)
-        let clustered = self.len >= JUDGED_FROM && self.probes > self.len + self.len / 2;
-        if clustered && !matches!(self.hash, KeyHash::Mix(_)) {
-            self.hash = KeyHash::Mix(self.hash.hash(0x6d64_6d2d_7379_6e63));
-            let free = Pair([E::FREE, E::FREE]);
-            self.rehash_into(alloc::vec![free; self.pairs.len()]);
+        // Whether foldhash clusters also depends on the number of pairs: a
+        // table rebuilt at one size tries foldhash again when it grows (see
+        // `rehash_into`).
+        if self.clustered() && !matches!(self.hash, KeyHash::Mix(_)) {
+            self.hash = KeyHash::Mix(self.first.hash(0x6d64_6d2d_7379_6e63));
+            let room = alloc::vec![Pair([E::FREE, E::FREE]); self.pairs.len()];
+            let old = core::mem::replace(&mut self.pairs, room);
+            self.place_all(old.into_iter().flat_map(|p| p.0), false);
         }
     }
 
@@ -366,14 +378,50 @@ impl<E: Entry> Table<E> {
         self.rehash_into(alloc::vec![free; pairs]);
     }
 
-    /// Moves every entry into `room`, free pairs that become the table.
+    /// Whether the entries sit a mean of more than 1.5 pairs past their
+    /// home, in a table large enough to judge (see `insert_new`). Known
+    /// shortcoming: a cluster of a few entries stays under that mean and is
+    /// not rebuilt (`a_local_cluster_under_the_mean_is_rebuilt`, ignored).
+    fn clustered(&self) -> bool {
+        self.len >= JUDGED_FROM && self.probes > self.len + self.len / 2
+    }
+
+    /// Moves every entry into `room`, free pairs that become the table (a
+    /// growth or a reservation). A table on the finalizer first tries its
+    /// first hash again: foldhash's spread of sequential ids depends on the
+    /// number of pairs as well as on its seed (over 1.5 pairs at some sizes
+    /// between 256 and 64,000 entries in about a third of processes, under
+    /// 0.7 at the sizes after), and random keys pass 1.5 by chance in a few
+    /// tables out of a hundred below 4,000 entries, so a rebuild at one size
+    /// says little about the next. The try stops as soon as the entries
+    /// placed cluster, so it costs at most one more move of the entries; a
+    /// table whose first hash clusters again as it fills is then rebuilt
+    /// again, one more move per growth at most.
     fn rehash_into(&mut self, room: Vec<Pair<E>>) {
         let old = core::mem::replace(&mut self.pairs, room);
-        self.probes = 0;
-        for pair in old {
-            let [a, b] = pair.0;
-            let _ = (self.place(a), self.place(b));
+        if let KeyHash::Mix(_) = self.hash {
+            let mixed = core::mem::replace(&mut self.hash, self.first);
+            if self.place_all(old.iter().flat_map(|p| &p.0).cloned(), true) {
+                return;
+            }
+            self.hash = mixed;
+            self.pairs.fill(Pair([E::FREE, E::FREE]));
         }
+        self.place_all(old.into_iter().flat_map(|p| p.0), false);
+    }
+
+    /// Places `entries` in the table, whose pairs are all free, counting
+    /// their probes afresh. With `judge`, stops as soon as they cluster (see
+    /// `clustered`; the table's `len` counts them all) and returns `false`.
+    fn place_all(&mut self, entries: impl Iterator<Item = E>, judge: bool) -> bool {
+        self.probes = 0;
+        for entry in entries {
+            self.place(entry);
+            if judge && self.clustered() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Every entry.
@@ -509,14 +557,16 @@ mod tests {
     }
 
     /// A table whose hash clusters (here the key itself, sequential keys all
-    /// landing in the first pairs) is rebuilt once on the finalizer when it
+    /// landing in the first pairs) is rebuilt on the finalizer when it
     /// judges its spread: every entry is kept and found, and the mean probe
-    /// drops under a pair (from thousands). A table on the finalizer stays
-    /// on it.
+    /// drops under a pair (from thousands). A table whose first hash
+    /// clusters at every size stays on the finalizer through its growths
+    /// (each tries the first hash again and gives up once it clusters).
     #[test]
     fn a_clustering_table_is_rebuilt_on_the_finalizer() {
         let mut t = Table::<E> {
             hash: KeyHash::Plain,
+            first: KeyHash::Plain,
             ..Table::default()
         };
         for k in 0..JUDGED_FROM as u64 - 1 {
@@ -562,6 +612,7 @@ mod tests {
         for size in [1usize, 2, 5, 16, 40] {
             let mut t = Table::<E> {
                 hash: KeyHash::Plain,
+                first: KeyHash::Plain,
                 ..Table::with_capacity(size)
             };
             let mut model = std::collections::BTreeSet::new();
@@ -590,6 +641,99 @@ mod tests {
                 assert!(matches!(t.hash, KeyHash::Plain));
             }
         }
+    }
+
+    /// Clustering that passes: keys spaced 2^64 / 20,000 apart, inserted in
+    /// order, under a hash that is the key itself. While the table is small
+    /// the keys inserted so far all have their home in its first pairs (a
+    /// cluster, as foldhash makes of sequential ids at some sizes only),
+    /// and the table is rebuilt on the finalizer; at 20,000 entries the same
+    /// hash spreads them one or two to a pair (home `i * pairs / 20,000`
+    /// for the `i`th key), better than the finalizer (about 0.5 pairs
+    /// mean, as random keys). Before the fix the rebuild was for good and
+    /// the table ended on the finalizer; now a growth tries the first hash
+    /// again and keeps it. Every entry is found and the running probe count
+    /// is exact throughout; and a table that clusters at every size stays
+    /// on the finalizer (`a_clustering_table_is_rebuilt_on_the_finalizer`).
+    #[test]
+    fn a_table_rebuilt_at_one_size_goes_back_to_its_hash_when_that_spreads() {
+        const KEYS: u64 = 20_000;
+        let spacing = u64::MAX / KEYS;
+        let mut t = Table::<E> {
+            hash: KeyHash::Plain,
+            first: KeyHash::Plain,
+            ..Table::default()
+        };
+        let mut rebuilt = false;
+        let exact = |t: &Table<E>, upto: u64| {
+            let n = t.pairs.len();
+            let probes: usize = (0..upto)
+                .map(|i| (t.find(i * spacing).unwrap().0 + n - t.home(i * spacing)) % n)
+                .sum();
+            assert_eq!(probes, t.probes, "running probe count at {upto}");
+        };
+        let mut slots = 0;
+        for i in 0..KEYS {
+            t.insert_new(E(Some(i * spacing)));
+            rebuilt |= matches!(t.hash, KeyHash::Mix(_));
+            if t.slots() != slots {
+                slots = t.slots();
+                exact(&t, i + 1);
+            }
+        }
+        assert!(rebuilt, "the small table clustered and was rebuilt");
+        assert!((0..KEYS).all(|i| t.get(i * spacing) == Some(&E(Some(i * spacing)))));
+        assert_eq!((t.len(), t.iter().count()), (KEYS as usize, KEYS as usize));
+        exact(&t, KEYS);
+        assert!(
+            matches!(t.hash, KeyHash::Plain),
+            "back on the hash that spreads these keys"
+        );
+        assert!(
+            t.probes * 10 < t.len(),
+            "mean probe {}",
+            t.probes as f64 / KEYS as f64
+        );
+    }
+
+    /// Known shortcoming, not fixed: the rebuild is judged on the mean
+    /// displacement over all entries, so a cluster of a few of them stays
+    /// under it. Here 100,000 random keys (about 0.5 pairs mean) and 300
+    /// keys that the table's hash (the key itself) puts in one home: the
+    /// mean stays near 1.2, no rebuild, and the last of the 300 sits about
+    /// 470 pairs past its home (a lookup of it, or of an absent key whose
+    /// home is in that run, reads that many cache lines; the random keys
+    /// alone end at about 45). At 1,000,000 entries 900 such keys go
+    /// unnoticed and reach 1,700 pairs. foldhash's clustering of sequential
+    /// ids seen so far was spread over the table (and judged), and peers
+    /// cannot insert, so no case outside tests is known. A rebuild when one
+    /// entry lands far past its home would catch it, but random keys alone
+    /// land up to 150 pairs past theirs (230 once) as tables of 10,000 to
+    /// 2,000,000 pairs fill to 80 %, so the bound would have to be several
+    /// hundred pairs.
+    #[test]
+    #[ignore = "known shortcoming: a local cluster under the mean threshold is not rebuilt"]
+    fn a_local_cluster_under_the_mean_is_rebuilt() {
+        let mut t = Table::<E> {
+            hash: KeyHash::Plain,
+            first: KeyHash::Plain,
+            ..Table::default()
+        };
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t.insert_new(E(Some(x)));
+        }
+        (0..300u64).for_each(|k| t.insert_new(E(Some(k))));
+        let n = t.pairs.len();
+        let worst = t
+            .iter()
+            .map(|e| e.0.unwrap())
+            .map(|k| (t.find(k).unwrap().0 + n - t.home(k)) % n)
+            .max();
+        assert!(worst < Some(256), "{worst:?} pairs past home, {:?}", t.hash);
     }
 
     /// A capacity beyond what can be allocated gives an empty table that
@@ -629,19 +773,36 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for start in [0usize, 1, 2, 3, 7, 100] {
+        // Tables on the key itself (`Plain`) too, a quarter of their keys
+        // from a counter spaced 2^64 / 5,000 apart (about 5,000 of them by
+        // the end): clustered while the table is small,
+        // spread once it is large, so the table goes to the finalizer and
+        // back (see `a_table_rebuilt_at_one_size_goes_back_to_its_hash_when_that_spreads`).
+        let (mut to_mix, mut back) = (0, 0);
+        let starts = [0usize, 1, 2, 3, 7, 100].map(|s| (s, false));
+        for (start, plain) in starts.into_iter().chain([(0, true), (7, true)]) {
             let mut t = if start == 0 {
                 Table::<V>::default()
             } else {
                 Table::with_capacity(start)
             };
+            if plain {
+                (t.hash, t.first) = (KeyHash::Plain, KeyHash::Plain);
+            }
+            let mut counter = 0u64;
             let mut model = std::collections::HashMap::new();
             let mut slots = t.slots();
             for step in 0..20_000u64 {
+                let was_mix = matches!(t.hash, KeyHash::Mix(_));
                 let key = match next() % 8 {
+                    3 | 4 if plain => {
+                        counter += 1;
+                        counter.wrapping_mul(u64::MAX / 5_000)
+                    }
                     0 => next() % 64,
                     1 => [0, u64::MAX, 1, u64::MAX - 1][(next() % 4) as usize],
-                    2 if t.slots() > 0 => {
+                    // (Not for `Plain`, where a home holds 2^64 / pairs keys in a row.)
+                    2 if t.slots() > 0 && !plain => {
                         // A key with the same home as an existing one.
                         let home = t.home(next());
                         let mut k = next();
@@ -672,7 +833,10 @@ mod tests {
                     }
                 }
                 assert_eq!(t.len(), model.len());
-                if t.slots() != slots {
+                let is_mix = matches!(t.hash, KeyHash::Mix(_));
+                to_mix += usize::from(plain && !was_mix && is_mix);
+                back += usize::from(plain && was_mix && !is_mix);
+                if t.slots() != slots || was_mix != is_mix {
                     slots = t.slots();
                     check(&t, &model);
                 }
@@ -696,9 +860,18 @@ mod tests {
                 .map(|e| (t.find(e.0.unwrap()).unwrap().0 + n - t.home(e.0.unwrap())) % n)
                 .sum()
         }
+        assert!(to_mix > 0 && back > 0, "{to_mix} {back}");
 
+        /// Every key found with its value, none twice, and the running
+        /// probe count the real one.
         fn check(t: &Table<V>, model: &std::collections::HashMap<u64, u64>) {
             assert!(t.len() < t.slots(), "no free slot");
+            let n = t.pairs.len();
+            let probes: usize = model
+                .keys()
+                .map(|k| (t.find(*k).unwrap().0 + n - t.home(*k)) % n)
+                .sum();
+            assert_eq!(probes, t.probes, "running probe count");
             let mut seen = std::collections::HashSet::new();
             for e in t.iter() {
                 let k = e.0.unwrap();
