@@ -534,19 +534,26 @@ impl<S: FleetStore> Server<S> {
     /// secret to provision on the device. Re-enrollment drops every task of
     /// the old generation (the console sees them [`TaskState::Dropped`]) and
     /// ends the device's open session. The check-in promised at the last
-    /// handshake still holds: a device that never checks in with its new
+    /// handshake still holds (the stored last sync stays, so it holds across
+    /// a restart with [`Server::recover`] too): a device that never checks in with its new
     /// secret is reported [`ServerEvent::Overdue`] then, and one that was
     /// overdue stays so until it checks in ([`ServerEvent::Back`]).
     pub fn enroll(&mut self, id: DeviceId, now: Instant) -> Result<Secret, S> {
-        let generation = match self.store.device(id)? {
-            None => 0,
+        let (generation, last_sync) = match self.store.device(id)? {
+            None => (0, None),
             Some(old) => {
                 self.drop_open_tasks(id, now)?;
                 self.close_device_session(id);
-                old.generation.wrapping_add(1)
+                (old.generation.wrapping_add(1), old.last_sync)
             }
         };
-        self.store.put_device(&DeviceRecord::new(id, generation))?;
+        // The last sync stays: the check-in it promised still holds, and
+        // `recover` finds it there after a restart.
+        let rec = DeviceRecord {
+            last_sync,
+            ..DeviceRecord::new(id, generation)
+        };
+        self.store.put_device(&rec)?;
         Ok(auth::derive_secret_prepared(&self.master, id, generation))
     }
 
@@ -586,10 +593,14 @@ impl<S: FleetStore> Server<S> {
     ///   whose `expires_at` passed while no server ran expires at the next
     ///   [`Server::handle_timeout`].
     /// - **Pushes:** each device with undelivered work (a task queued,
-    ///   pushed or deferred and not expired, or a policy it has not
-    ///   reported) is pushed again, subject to `push_min_interval` as ever:
-    ///   a push requested just before the restart may never have left the
-    ///   old process.
+    ///   pushed or deferred and not expired, a cancel asked for a task it
+    ///   may hold, or a policy it has not reported) is pushed again, subject
+    ///   to `push_min_interval` as ever: a push requested just before the
+    ///   restart may never have left the old process.
+    /// - **Deferrals:** a task deferred in a session of the old process is
+    ///   no longer held back for that session (stored again without it):
+    ///   this process numbers its connections from the start again, and
+    ///   would take another session for that one.
     ///
     /// The store's instants must be on the new process's clock: run the
     /// adapters on a clock that goes on from the old one, such as
@@ -597,12 +608,12 @@ impl<S: FleetStore> Server<S> {
     ///
     /// Not rebuilt, and documented in PROTOCOL.md section 16: the order of
     /// handshakes awaiting their proof (a late proof of a connection of the
-    /// old process is not known to be stale) and deferrals (a task deferred
-    /// in a session of the old process may be deferred once more).
+    /// old process is not known to be stale).
     ///
     /// Cost: one pass over the store's devices and one over its tasks, with
     /// a lookup of the assigned policy of each device whose last report is
-    /// older than it; memory for one deadline per device that ever synced.
+    /// older than it and a rewrite of each deferred task; memory for one
+    /// deadline per device that ever synced.
     pub fn recover(&mut self, now: Instant) -> Result<Recovered, S> {
         let mut done = Recovered::default();
         if core::mem::replace(&mut self.recovered, true) {
@@ -638,6 +649,7 @@ impl<S: FleetStore> Server<S> {
         }
         let mut wake = Vec::new();
         let mut expiries = Vec::new();
+        let mut deferred = Vec::new();
         self.store.for_each_task(&mut |t| {
             if t.state.is_final() {
                 return;
@@ -649,13 +661,28 @@ impl<S: FleetStore> Server<S> {
                 t.state,
                 TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
             );
-            if undelivered && t.expires_at.is_none_or(|e| now < e) {
+            // A cancel asked for a task the device may hold is work too: in
+            // one process `cancel_task` pushed for it.
+            let cancel = t.cancel_requested && t.state.maybe_on_device();
+            if cancel || (undelivered && t.expires_at.is_none_or(|e| now < e)) {
                 wake.push(t.device);
+            }
+            // Deferred in a session of the old process: this process counts
+            // its connection ids from the start again, and would take that
+            // session's id for another one and not offer the task there.
+            if matches!(t.state, TaskState::Deferred { .. }) && t.deferred_in != 0 {
+                deferred.push(t.id);
             }
         })?;
         done.expiries = expiries.len();
         for (at, task) in expiries {
             self.arm_timer(at, Timer::Expire(task));
+        }
+        for id in deferred {
+            if let Some(mut t) = self.store.task(id)? {
+                t.deferred_in = 0; // no connection's id (they count from 1)
+                self.store.put_task(&t)?;
+            }
         }
         for (device, reported) in policy_pending {
             if self

@@ -1,0 +1,98 @@
+//! Breaking `Server::recover` (a server restarted over a store that outlived
+//! its process): work or promises the old process held that `recover` did
+//! not rebuild. Each test compares with what the same sequence does without
+//! a restart, or with what `Server::recover`'s docs promise.
+
+mod common;
+
+use common::{Behaviour, Pair};
+use mdm_sync::server::{ServerEvent, TaskState};
+use mdm_sync::time::Duration;
+use mdm_sync::wire::{DeviceId, TaskKind};
+
+fn overdue_of(pair: &Pair, device: DeviceId) -> usize {
+    pair.count_events(|e| matches!(e, ServerEvent::Overdue { device: d } if *d == device))
+}
+
+/// A cancel asked for a task the device holds is work for the device as much
+/// as a queued task: in one process `cancel_task` pushes the device. If that
+/// push died with the old process, `recover` must push again, or the cancel
+/// waits for the device's periodic sync (3 h) while the task runs on.
+#[test]
+fn a_cancel_whose_push_died_with_the_old_process_is_pushed_again() {
+    let mut pair = Pair::new(1);
+    pair.devices[0].behaviour = Behaviour::Hold;
+    pair.run_for(Duration::from_mins(1));
+    let task = pair.queue(0, TaskKind::Wipe);
+    // Delivered, and the session that delivered it over.
+    pair.run_for(Duration::from_mins(5));
+    assert!(
+        pair.state(0, task).maybe_on_device(),
+        "{:?}",
+        pair.state(0, task)
+    );
+    assert_eq!(pair.server.session_count(), 0);
+    pair.pushes_lost = true;
+    pair.server.cancel_task(task, pair.now).unwrap();
+    pair.tick();
+    pair.pushes_lost = false;
+
+    pair.restart_server(true);
+    // Within a minute, not at the next periodic sync.
+    pair.run_for(Duration::from_mins(1));
+    assert_eq!(
+        pair.devices[0].cancels,
+        [task],
+        "the cancel never reached the device"
+    );
+}
+
+/// Re-enrollment keeps the check-in promised at the last handshake (see
+/// `Server::enroll`): a device that never checks in with its new secret is
+/// reported overdue. Across a restart with `recover` the promise must hold
+/// as well; the same sequence without the restart is the reference.
+#[test]
+fn a_device_re_enrolled_before_a_restart_is_still_expected() {
+    let run = |restart: bool| {
+        let mut pair = Pair::new(2);
+        pair.run_for(Duration::from_mins(1));
+        let id = pair.id(0);
+        pair.server.enroll(id, pair.now).unwrap();
+        pair.go_offline(0); // never comes back with its new secret
+        if restart {
+            pair.restart_server(true);
+        }
+        pair.run_for(Duration::from_hours(4));
+        (overdue_of(&pair, id), overdue_of(&pair, pair.id(1)))
+    };
+    let reference = run(false);
+    assert_eq!(reference, (1, 0), "in one process");
+    assert_eq!(run(true), reference, "across a restart");
+}
+
+/// A deferred task is kept from the session it was deferred in by that
+/// session's `ConnId` (`TaskRecord::deferred_in`). Connection ids count from
+/// the start of each process, so the first session of the new process has the
+/// id of the first session of the old one: a task deferred there must still be
+/// offered in the sync `recover`'s push brings, its "next sync".
+#[test]
+fn a_task_deferred_in_the_old_process_is_offered_at_the_next_sync() {
+    let mut pair = Pair::new(1);
+    // Queued before the device's first sync: offered and deferred (no hint)
+    // in the first session of the old process.
+    let task = pair.queue(0, TaskKind::Scan);
+    pair.devices[0].script.push_back(Behaviour::Defer(None));
+    pair.run_for(Duration::from_mins(5));
+    assert!(matches!(pair.state(0, task), TaskState::Deferred { .. }));
+    assert_eq!(pair.times_executed(0, task), 1);
+
+    let recovered = pair.restart_server(true);
+    assert_eq!(recovered.pushed, 1, "{recovered:?}");
+    pair.run_for(Duration::from_mins(1));
+    assert_eq!(
+        pair.times_executed(0, task),
+        2,
+        "not offered in the pushed sync"
+    );
+    assert!(matches!(pair.state(0, task), TaskState::Succeeded { .. }));
+}
