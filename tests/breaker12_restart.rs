@@ -96,3 +96,40 @@ fn a_task_deferred_in_the_old_process_is_offered_at_the_next_sync() {
     );
     assert!(matches!(pair.state(0, task), TaskState::Succeeded { .. }));
 }
+
+/// A task offered in a session that the restart cut before the offer left
+/// the old process (stored `Offered`, never sent): the device must still get
+/// it soon, not at its periodic sync 3 h later. The cut fails the device's
+/// session, and with nothing of its own to send it does not retry: in one
+/// process `connection_dropped` pushes it back (tests/tokio_broken_link.rs);
+/// after a restart `recover` must.
+#[test]
+fn a_task_offered_but_not_sent_when_the_process_died_reaches_the_device() {
+    let mut pair = Pair::new(1);
+    pair.run_for(Duration::from_mins(1));
+    // A task the application holds keeps the device's session open (it
+    // lingers for the task's status).
+    pair.devices[0].script.push_back(Behaviour::Hold);
+    let held = pair.queue(0, TaskKind::Scan);
+    pair.tick();
+    assert_eq!(pair.devices[0].held.len(), 1);
+    assert_eq!(pair.server.session_count(), 1, "lingering");
+    let task = pair
+        .server
+        .enqueue_task(pair.id(0), TaskKind::Lock, Default::default(), pair.now)
+        .unwrap();
+    assert_eq!(pair.state(0, task), TaskState::Offered);
+    pair.restart_server(true); // the offer's bytes never left
+    pair.run_for(Duration::from_mins(10));
+    assert_eq!(pair.times_executed(0, task), 1);
+    assert!(matches!(pair.state(0, task), TaskState::Succeeded { .. }));
+    // The held task ran once; finished, its status reaches the server.
+    pair.finish(
+        0,
+        held,
+        mdm_sync::wire::TaskStatus::Succeeded { result: None },
+    );
+    pair.run_for(Duration::from_mins(1));
+    assert_eq!(pair.times_executed(0, held), 1);
+    assert!(matches!(pair.state(0, held), TaskState::Succeeded { .. }));
+}

@@ -593,8 +593,9 @@ impl<S: FleetStore> Server<S> {
     ///   whose `expires_at` passed while no server ran expires at the next
     ///   [`Server::handle_timeout`].
     /// - **Pushes:** each device with undelivered work (a task queued,
-    ///   pushed or deferred and not expired, a cancel asked for a task it
-    ///   may hold, or a policy it has not reported) is pushed again, subject
+    ///   pushed or deferred and not expired, a task offered in a session the
+    ///   restart may have cut before the offer arrived, a cancel asked for a
+    ///   task it may hold, or a policy it has not reported) is pushed again, subject
     ///   to `push_min_interval` as ever: a push requested just before the
     ///   restart may never have left the old process.
     /// - **Deferrals:** a task deferred in a session of the old process is
@@ -664,7 +665,12 @@ impl<S: FleetStore> Server<S> {
             // A cancel asked for a task the device may hold is work too: in
             // one process `cancel_task` pushed for it.
             let cancel = t.cancel_requested && t.state.maybe_on_device();
-            if cancel || (undelivered && t.expires_at.is_none_or(|e| now < e)) {
+            // Offered in a session the restart cut: the offer may never have
+            // arrived, and the device, its session failed with nothing of
+            // its own to send, waits for its periodic sync. In one process
+            // `connection_dropped` pushes it back.
+            let offered = t.state == TaskState::Offered;
+            if cancel || offered || (undelivered && t.expires_at.is_none_or(|e| now < e)) {
                 wake.push(t.device);
             }
             // Deferred in a session of the old process: this process counts
