@@ -133,3 +133,78 @@ fn a_task_offered_but_not_sent_when_the_process_died_reaches_the_device() {
     assert_eq!(pair.times_executed(0, held), 1);
     assert!(matches!(pair.state(0, held), TaskState::Succeeded { .. }));
 }
+
+/// A restart after each round of one sync that carries a task, a policy, a
+/// cancel of a held task and (or not) a compliance report, with pushes
+/// working: ten minutes later everything is done, each task ran once, the
+/// cancel reached the device, the policy was applied once, the report was
+/// stored once. (It held before the fixes above as well: a session cut
+/// before its end leaves the device wanting its sync, and it retries; the
+/// stranding cut is one in the linger after the sync, see
+/// `a_task_offered_but_not_sent_when_the_process_died_reaches_the_device`.)
+#[test]
+fn a_restart_at_every_round_of_a_sync_strands_nothing() {
+    let mut rounds_seen = 0;
+    for k in 0..40 {
+        for report in [false, true] {
+            rounds_seen = rounds_seen.max(restart_after_rounds(k, report));
+        }
+    }
+    assert!(
+        rounds_seen < 40,
+        "the last restarts came after the sync: {rounds_seen}"
+    );
+}
+
+/// The case of `a_restart_at_every_round_of_a_sync_strands_nothing` with a
+/// restart after `k` rounds; the rounds the sync had until then.
+fn restart_after_rounds(k: usize, report: bool) -> usize {
+    use mdm_sync::server::PolicyState;
+    use mdm_sync::wire::{ComplianceEvent, Setting};
+    {
+        let mut pair = Pair::new(1);
+        pair.devices[0].script.push_back(Behaviour::Hold);
+        pair.run_for(Duration::from_mins(1));
+        let held = pair.queue(0, TaskKind::Wipe);
+        pair.run_for(Duration::from_mins(5)); // delivered and held; session over
+        let id = pair.id(0);
+        let task = pair.queue(0, TaskKind::Lock);
+        let version = pair
+            .server
+            .assign_policy(id, &[Setting { key: 3, value: 9 }], pair.now)
+            .unwrap();
+        pair.server.cancel_task(held, pair.now).unwrap();
+        if report {
+            pair.raise(0, ComplianceEvent::ProfileChanged);
+        }
+        let mut rounds = 0;
+        while rounds < k && pair.step_round() {
+            rounds += 1;
+        }
+        pair.restart_server(true);
+        pair.run_for(Duration::from_mins(10));
+
+        let case = format!("k={k} report={report}");
+        assert_eq!(pair.times_executed(0, task), 1, "{case}");
+        assert!(
+            matches!(pair.state(0, task), TaskState::Succeeded { .. }),
+            "{case}"
+        );
+        assert_eq!(pair.devices[0].cancels, [held], "{case}");
+        assert_eq!(pair.devices[0].applied_policies, [version], "{case}");
+        let view = pair.server.device_view(id).unwrap();
+        assert_eq!(
+            view.policy_state,
+            PolicyState::Applied { version },
+            "{case}"
+        );
+        let stored = pair.server.store_mut().take_compliance();
+        let expected = if report {
+            vec![(id, ComplianceEvent::ProfileChanged)]
+        } else {
+            vec![]
+        };
+        assert_eq!(stored, expected, "{case}");
+        rounds
+    }
+}
