@@ -446,7 +446,7 @@ pub struct Server<S: FleetStore> {
     /// latest at `hinted_at - 1` (modulo `HINTS`).
     hinted: [Option<DeviceId>; HINTS],
     hinted_at: usize,
-    /// `recover` ran (it runs once).
+    /// `recover` ran to its end (it runs once).
     recovered: bool,
 }
 
@@ -582,7 +582,8 @@ impl<S: FleetStore> Server<S> {
     /// a server restarted over a store that outlived the previous process
     /// (a database, not [`MemoryStore`]) keeps its guarantees. Call it once,
     /// right after [`Server::new`] and before any other call; a second call
-    /// does nothing.
+    /// does nothing, unless the first returned a store error: then it does
+    /// what that one left undone.
     ///
     /// - **Check-ins:** every device that ever synced is expected again by
     ///   its last sync plus `periodic_interval` and `overdue_slack`, as if
@@ -617,7 +618,7 @@ impl<S: FleetStore> Server<S> {
     /// deadline per device that ever synced.
     pub fn recover(&mut self, now: Instant) -> Result<Recovered, S> {
         let mut done = Recovered::default();
-        if core::mem::replace(&mut self.recovered, true) {
+        if self.recovered {
             return Ok(done);
         }
         let wait = self.cfg.periodic_interval + self.cfg.overdue_slack;
@@ -705,6 +706,11 @@ impl<S: FleetStore> Server<S> {
         for device in wake {
             self.request_push(device, now)?;
         }
+        // Only now: after a store error the caller calls again. What the
+        // failed call did is not done twice, or harmlessly so (a check-in
+        // is armed once per device, an expiry twice fires once, a second
+        // push waits for the rate limit).
+        self.recovered = true;
         Ok(done)
     }
 
