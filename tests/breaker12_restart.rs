@@ -208,3 +208,58 @@ fn restart_after_rounds(k: usize, report: bool) -> usize {
         rounds
     }
 }
+
+/// The new process's clock is two hours behind the stored instants (the
+/// system clock was set back across the restart). Work whose push died with
+/// the old process still arrives at once; a device that syncs is not
+/// reported overdue; a silent one is, once (late by at most the two hours,
+/// as in one process when its clock goes back).
+#[test]
+fn a_clock_behind_the_store_across_a_restart() {
+    let mut pair = Pair::new(2);
+    pair.run_for(Duration::from_hours(3)); // instants past the two hours
+    let (syncing, silent) = (pair.id(0), pair.id(1));
+    pair.go_offline(1);
+    pair.pushes_lost = true;
+    let task = pair.queue(0, TaskKind::Lock);
+    pair.tick();
+    pair.pushes_lost = false;
+    pair.now = mdm_sync::time::Instant::from_millis(pair.now.as_millis() - 2 * 3_600_000);
+    pair.restart_server(true);
+    pair.run_for(Duration::from_mins(1));
+    assert_eq!(pair.times_executed(0, task), 1);
+    pair.run_for(Duration::from_hours(8));
+    assert_eq!(overdue_of(&pair, syncing), 0, "{:?}", pair.events);
+    assert_eq!(overdue_of(&pair, silent), 1, "{:?}", pair.events);
+}
+
+/// Known shortcoming, left open: the new process comes with a shorter
+/// `periodic_interval` (a configuration change, which only a restart makes).
+/// Each device keeps the interval its last `Welcome` told it (3 h) until its
+/// next sync, but `recover` expects it by its last sync plus the new interval
+/// (1 h) and slack: every device that syncs as it was told is reported
+/// overdue once (then `Back`). The store does not keep the interval a device
+/// was told, so `recover` cannot do better without a store change. Fails
+/// today: 1 overdue report for the syncing device.
+#[test]
+#[ignore = "known shortcoming: a shorter periodic_interval after a restart reports syncing devices overdue once"]
+fn a_shorter_periodic_interval_after_a_restart_reports_no_syncing_device_overdue() {
+    use mdm_sync::server::{Server, ServerConfig};
+    let mut pair = Pair::new(1);
+    pair.run_for(Duration::from_mins(1));
+    let now = pair.now;
+    for d in &mut pair.devices {
+        if d.conn.take().is_some() {
+            d.dev.disconnected(now);
+        }
+    }
+    let cfg = ServerConfig {
+        periodic_interval: Duration::from_hours(1),
+        ..ServerConfig::default()
+    };
+    let old = core::mem::replace(&mut pair.server, common::server());
+    pair.server = Server::new(cfg, old.into_store(), [1; 32], [3; 32]);
+    pair.server.recover(now).unwrap();
+    pair.run_for(Duration::from_hours(4));
+    assert_eq!(overdue_of(&pair, pair.id(0)), 0, "{:?}", pair.events);
+}

@@ -590,6 +590,11 @@ impl<S: FleetStore> Server<S> {
     ///   that sync had happened in this process: a device that went silent
     ///   before the restart is still reported [`ServerEvent::Overdue`]. One
     ///   that was reported overdue before the restart is reported again.
+    ///   Known shortcoming: the interval is this process's; a device keeps
+    ///   the one its last `Welcome` told it until its next sync, so after a
+    ///   restart that shortened `periodic_interval` a device that syncs as
+    ///   told is reported overdue once (the store does not keep the
+    ///   interval a device was told).
     /// - **Task expiries** of open tasks are armed again: an undelivered task
     ///   whose `expires_at` passed while no server ran expires at the next
     ///   [`Server::handle_timeout`].
