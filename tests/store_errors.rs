@@ -9,17 +9,19 @@ use mdm_sync::server::{
     ServerError, ServerEvent, TaskRecord,
 };
 use mdm_sync::time::{Duration, Instant};
-use mdm_sync::wire::{DeviceId, Platform, Policy, TaskId};
+use mdm_sync::wire::{DeviceId, Platform, Policy, SyncTrigger, TaskId, TaskKind};
 
 /// A `MemoryStore` whose next `set_push_target` fails when `fail` is set,
-/// whose next `put_task` fails when `fail_task` is set, and whose next
-/// `push_target` fails when `fail_push` is set.
+/// whose next `put_task` fails when `fail_task` is set, whose next
+/// `push_target` fails when `fail_push` is set, and whose walks over tasks
+/// fail while `down` is set.
 #[derive(Default)]
 struct Flaky {
     inner: MemoryStore,
     fail: bool,
     fail_task: bool,
     fail_push: core::cell::Cell<bool>,
+    down: core::cell::Cell<bool>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -95,6 +97,9 @@ impl FleetStore for Flaky {
         ok(self.inner.for_each_device(f))
     }
     fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Down> {
+        if self.down.get() {
+            return Err(Down);
+        }
         ok(self.inner.for_each_task(f))
     }
 }
@@ -281,4 +286,58 @@ fn a_store_error_after_the_task_was_stored_keeps_its_expiry() {
     };
     s.handle_timeout(t0 + Duration::from_mins(6)).unwrap();
     assert_eq!(s.task_state(ID, task), Some(TaskState::Expired));
+}
+
+/// `Server::recover` when the store fails (a database not yet reachable at
+/// start-up): it returns the error, and a second call after the store is
+/// back must do the work, not "nothing, it ran once" (it did, before).
+#[test]
+fn recover_after_a_store_error_rebuilds_when_called_again() {
+    // What an old process left: a device that synced, with a push token and
+    // a task queued whose push never left.
+    let now = Instant::from_millis(1_700_000_000_000);
+    let mut old = Server::new(
+        ServerConfig::default(),
+        MemoryStore::new(),
+        [1; 32],
+        [2; 32],
+    );
+    old.enroll(ID, now).unwrap();
+    let store = old.store_mut();
+    store.set_push_target(ID, Platform::Ios, "tok").unwrap();
+    let mut rec = store.device(ID).unwrap().unwrap();
+    rec.last_sync = Some((now, SyncTrigger::Boot));
+    store.put_device(&rec).unwrap();
+    old.enqueue_task(ID, TaskKind::Lock, Default::default(), now)
+        .unwrap();
+    let inner = old.into_store();
+
+    let later = now + Duration::from_mins(5);
+    let flaky = Flaky {
+        inner,
+        ..Flaky::default()
+    };
+    flaky.down.set(true);
+    let mut server = Server::new(ServerConfig::default(), flaky, [1; 32], [3; 32]);
+    assert_eq!(server.recover(later), Err(ServerError::Store(Down)));
+    server.store().down.set(false);
+    let again = server.recover(later).unwrap();
+    assert_eq!(
+        again.pushed, 1,
+        "the push is sent once the store is back: {again:?}"
+    );
+    let mut pushes = 0;
+    while let Some(ev) = server.poll_event() {
+        pushes += usize::from(matches!(ev, ServerEvent::SendPush { device, .. } if device == ID));
+    }
+    assert_eq!(pushes, 1);
+    // And the check-in the first call armed is not armed twice: the device
+    // is reported overdue once.
+    let end = later + Duration::from_hours(4);
+    server.handle_timeout(end).unwrap();
+    let mut overdue = 0;
+    while let Some(ev) = server.poll_event() {
+        overdue += usize::from(ev == ServerEvent::Overdue { device: ID });
+    }
+    assert_eq!(overdue, 1);
 }

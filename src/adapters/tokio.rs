@@ -586,6 +586,10 @@ struct Engine<S: FleetStore, P> {
 
 impl<S: FleetStore, P: PushSender> Engine<S, P> {
     async fn run(mut self) -> Server<S> {
+        // What the server queued before it was handed over (the pushes of
+        // `Server::recover`, say) goes out now, not at the first message or
+        // timer (a push's rate-limit check, a minute later).
+        self.flush();
         loop {
             let msg = match self.server.poll_timeout() {
                 Some(at) => {

@@ -472,7 +472,7 @@ pub struct Server<S: FleetStore> {
     /// latest at `hinted_at - 1` (modulo `HINTS`).
     hinted: [Option<DeviceId>; HINTS],
     hinted_at: usize,
-    /// `recover` ran (it runs once).
+    /// `recover` ran to its end (it runs once).
     recovered: bool,
 }
 
@@ -560,23 +560,33 @@ impl<S: FleetStore> Server<S> {
     /// secret to provision on the device. Re-enrollment drops every task of
     /// the old generation (the console sees them [`TaskState::Dropped`]) and
     /// ends the device's open session. The check-in promised at the last
-    /// handshake still holds: a device that never checks in with its new
-    /// secret is reported [`ServerEvent::Overdue`] then, and one that was
-    /// overdue stays so until it checks in ([`ServerEvent::Back`]).
+    /// handshake still holds (the stored last sync stays, so it holds across
+    /// a restart with [`Server::recover`] too): a device that never checks
+    /// in with its new secret is reported [`ServerEvent::Overdue`] then, and
+    /// one that was overdue stays so until it checks in
+    /// ([`ServerEvent::Back`]). A retired device enrolled again starts
+    /// afresh, in the generation after its last one.
     pub fn enroll(&mut self, id: DeviceId, now: Instant) -> Result<Secret, S> {
-        let generation = match self.store.device(id)? {
-            // A retired device comes back in a generation it never had.
-            None => self
-                .store
-                .retired_generation(id)?
-                .map_or(0, |g| g.wrapping_add(1)),
+        let (generation, last_sync) = match self.store.device(id)? {
+            // A retired device comes back in a generation it never had (and
+            // with no check-in promised: its retirement ended that).
+            None => {
+                let retired = self.store.retired_generation(id)?;
+                (retired.map_or(0, |g| g.wrapping_add(1)), None)
+            }
             Some(old) => {
                 self.drop_open_tasks(id, now)?;
                 self.close_device_session(id);
-                old.generation.wrapping_add(1)
+                (old.generation.wrapping_add(1), old.last_sync)
             }
         };
-        self.store.put_device(&DeviceRecord::new(id, generation))?;
+        // The last sync stays: the check-in it promised still holds, and
+        // `recover` finds it there after a restart.
+        let rec = DeviceRecord {
+            last_sync,
+            ..DeviceRecord::new(id, generation)
+        };
+        self.store.put_device(&rec)?;
         Ok(auth::derive_secret_prepared(&self.master, id, generation))
     }
 
@@ -634,21 +644,32 @@ impl<S: FleetStore> Server<S> {
     /// a server restarted over a store that outlived the previous process
     /// (a database, not [`MemoryStore`]) keeps its guarantees. Call it once,
     /// right after [`Server::new`] and before any other call; a second call
-    /// does nothing.
+    /// does nothing, unless the first returned a store error: then it does
+    /// what that one left undone.
     ///
     /// - **Check-ins:** every device that ever synced is expected again by
     ///   its last sync plus `periodic_interval` and `overdue_slack`, as if
     ///   that sync had happened in this process: a device that went silent
     ///   before the restart is still reported [`ServerEvent::Overdue`]. One
     ///   that was reported overdue before the restart is reported again.
+    ///   Known shortcoming: the interval is this process's; a device keeps
+    ///   the one its last `Welcome` told it until its next sync, so after a
+    ///   restart that shortened `periodic_interval` a device that syncs as
+    ///   told is reported overdue once (the store does not keep the
+    ///   interval a device was told).
     /// - **Task expiries** of open tasks are armed again: an undelivered task
     ///   whose `expires_at` passed while no server ran expires at the next
     ///   [`Server::handle_timeout`].
     /// - **Pushes:** each device with undelivered work (a task queued,
-    ///   pushed or deferred and not expired, or a policy it has not
-    ///   reported) is pushed again, subject to `push_min_interval` as ever:
-    ///   a push requested just before the restart may never have left the
-    ///   old process.
+    ///   pushed or deferred and not expired, a task offered in a session the
+    ///   restart may have cut before the offer arrived, a cancel asked for a
+    ///   task it may hold, or a policy it has not reported) is pushed again, subject
+    ///   to `push_min_interval` as ever: a push requested just before the
+    ///   restart may never have left the old process.
+    /// - **Deferrals:** a task deferred in a session of the old process is
+    ///   no longer held back for that session (stored again without it):
+    ///   this process numbers its connections from the start again, and
+    ///   would take another session for that one.
     ///
     /// The store's instants must be on the new process's clock: run the
     /// adapters on a clock that goes on from the old one, such as
@@ -656,15 +677,15 @@ impl<S: FleetStore> Server<S> {
     ///
     /// Not rebuilt, and documented in PROTOCOL.md section 16: the order of
     /// handshakes awaiting their proof (a late proof of a connection of the
-    /// old process is not known to be stale) and deferrals (a task deferred
-    /// in a session of the old process may be deferred once more).
+    /// old process is not known to be stale).
     ///
     /// Cost: one pass over the store's devices and one over its tasks, with
     /// a lookup of the assigned policy of each device whose last report is
-    /// older than it; memory for one deadline per device that ever synced.
+    /// older than it and a rewrite of each deferred task; memory for one
+    /// deadline per device that ever synced.
     pub fn recover(&mut self, now: Instant) -> Result<Recovered, S> {
         let mut done = Recovered::default();
-        if core::mem::replace(&mut self.recovered, true) {
+        if self.recovered {
             return Ok(done);
         }
         let wait = self.cfg.periodic_interval + self.cfg.overdue_slack;
@@ -697,6 +718,7 @@ impl<S: FleetStore> Server<S> {
         }
         let mut wake = Vec::new();
         let mut expiries = Vec::new();
+        let mut deferred = Vec::new();
         self.store.for_each_task(&mut |t| {
             if t.state.is_final() {
                 return;
@@ -708,13 +730,33 @@ impl<S: FleetStore> Server<S> {
                 t.state,
                 TaskState::Queued | TaskState::PushSent | TaskState::Deferred { .. }
             );
-            if undelivered && t.expires_at.is_none_or(|e| now < e) {
+            // A cancel asked for a task the device may hold is work too: in
+            // one process `cancel_task` pushed for it.
+            let cancel = t.cancel_requested && t.state.maybe_on_device();
+            // Offered in a session the restart cut: the offer may never have
+            // arrived, and the device, its session failed with nothing of
+            // its own to send, waits for its periodic sync. In one process
+            // `connection_dropped` pushes it back.
+            let offered = t.state == TaskState::Offered;
+            if cancel || offered || (undelivered && t.expires_at.is_none_or(|e| now < e)) {
                 wake.push(t.device);
+            }
+            // Deferred in a session of the old process: this process counts
+            // its connection ids from the start again, and would take that
+            // session's id for another one and not offer the task there.
+            if matches!(t.state, TaskState::Deferred { .. }) && t.deferred_in != 0 {
+                deferred.push(t.id);
             }
         })?;
         done.expiries = expiries.len();
         for (at, task) in expiries {
             self.arm_timer(at, Timer::Expire(task));
+        }
+        for id in deferred {
+            if let Some(mut t) = self.store.task(id)? {
+                t.deferred_in = 0; // no connection's id (they count from 1)
+                self.store.put_task(&t)?;
+            }
         }
         for (device, reported) in policy_pending {
             if self
@@ -731,6 +773,11 @@ impl<S: FleetStore> Server<S> {
         for device in wake {
             self.request_push(device, now)?;
         }
+        // Only now: after a store error the caller calls again. What the
+        // failed call did is not done twice, or harmlessly so (a check-in
+        // is armed once per device, an expiry twice fires once, a second
+        // push waits for the rate limit).
+        self.recovered = true;
         Ok(done)
     }
 

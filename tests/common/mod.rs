@@ -194,6 +194,13 @@ impl<const O: usize, const I: usize> Pair<O, I> {
         dev.chain(self.server.poll_timeout()).min()
     }
 
+    /// One round of `tick`: due timers, each device's events and the bytes
+    /// that can move both ways; whether anything moved. For stopping a
+    /// sync at a chosen point (say, to restart the server there).
+    pub fn step_round(&mut self) -> bool {
+        self.step()
+    }
+
     fn step(&mut self) -> bool {
         let mut moved = false;
         let now = self.now;

@@ -111,6 +111,8 @@ pub(crate) struct Summary {
     pub(crate) steady_pushes: usize,
     /// Length of that window, in ms.
     pub(crate) steady_ms: u64,
+    /// Server restarts ([`Op::RestartServer`]).
+    pub(crate) restarts: usize,
 }
 
 /// Runs `schedule` on devices with outbox `O` and `I` task slots and checks
@@ -301,6 +303,9 @@ struct Dev<const O: usize, const I: usize> {
     pushes_sent: Vec<(u64, u64)>,
     /// Device clock (ms) of the latest retry hint's deadline (`check_quiet`).
     hint_due: u64,
+    /// Entries of `pushes_sent` from server processes before the latest
+    /// restart.
+    pushes_before_restart: usize,
 }
 
 /// The simulator. See the module docs.
@@ -385,6 +390,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                     rate: SyncRate::new(0, 0, periodic, backoff_min),
                     pushes_sent: Vec::new(),
                     hint_due: 0,
+                    pushes_before_restart: 0,
                 }
             })
             .collect();
@@ -562,8 +568,43 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                 self.clock(who).freeze(t, u64::from(secs) * 1000);
                 self.lost_ms += u64::from(secs) * 1000;
             }
+            Op::RestartServer => self.restart_server()?,
         }
         self.run_now()
+    }
+
+    /// The server process stops and a new one starts over the same store,
+    /// on a clock that goes on (the server's clock here), and calls
+    /// `Server::recover`. Every transport drops with the old process and
+    /// both ends see it (the old engine is not told; the new one never knew
+    /// them). Its push rate limits go with it: `push_sent` checks pushes
+    /// of one process against each other only.
+    fn restart_server(&mut self) -> Res {
+        self.drain_server_events()?;
+        for c in 0..self.conns.len() {
+            self.conns[c].srv_open = false;
+            self.conns[c].stalled = false;
+            self.cut_conn(c, true)?;
+        }
+        self.conns.retain(|c| c.dev_open || c.srv_open);
+        let mut nonce_seed = [0u8; 32];
+        nonce_seed[..8].copy_from_slice(&self.rng.next().to_le_bytes());
+        let cfg = *self.server.config();
+        let fresh = Server::new(cfg, MemoryStore::new(), [7; 32], nonce_seed);
+        let old = core::mem::replace(&mut self.server, fresh);
+        self.server = Server::new(cfg, old.into_store(), [7; 32], nonce_seed);
+        let now = self.srv_now();
+        let recovered = self
+            .server
+            .recover(now)
+            .map_err(|e| format!("recover: {e:?}"))?;
+        trace!(self, "server restarted at {now:?}: {recovered:?}");
+        self.summary.restarts += 1;
+        for dev in &mut self.devs {
+            dev.pushes_before_restart = dev.pushes_sent.len();
+        }
+        self.drain_server_events()?;
+        Ok(())
     }
 
     fn faults(&mut self, dev: u8) -> &mut Faults {
@@ -1109,7 +1150,9 @@ impl<const O: usize, const I: usize> Sim<O, I> {
         let d = self.dev_of(device)?;
         let now = self.srv_now().as_millis();
         let min = self.server.config().push_min_interval.as_millis();
-        if let Some(&(last, _)) = self.devs[d].pushes_sent.last() {
+        let dev = &self.devs[d];
+        let this_process = dev.pushes_sent.len() > dev.pushes_before_restart;
+        if let Some(&(last, _)) = dev.pushes_sent.last().filter(|_| this_process) {
             if now < last.saturating_add(min) {
                 return Err(format!(
                     "dev{d}: the server pushed at {now} ms (its clock), {} ms after the \

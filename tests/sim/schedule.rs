@@ -232,6 +232,11 @@ pub(crate) enum Op {
         /// For how many seconds of real time.
         secs: u32,
     },
+    /// The server process stops and a new one starts over the same store
+    /// (`Server::into_store`, `Server::recover`): every transport drops.
+    /// Not drawn by [`op`] (that would change every seed's schedule); see
+    /// [`schedule_with_restarts`].
+    RestartServer,
 }
 
 impl Op {
@@ -381,6 +386,18 @@ pub(crate) fn schedule_with(max_ops: usize) -> impl Strategy<Value = Schedule> {
         1u8..=3,
         any::<u64>(),
         prop::collection::vec(op(), 0..=max_ops),
+    )
+        .prop_map(|(devices, seed, ops)| Schedule { devices, seed, ops })
+}
+
+/// As [`schedule_with`], with server restarts ([`Op::RestartServer`])
+/// among the operations (about one in twelve).
+pub(crate) fn schedule_with_restarts(max_ops: usize) -> impl Strategy<Value = Schedule> {
+    let op = prop_oneof![11 => op(), 1 => Just(Op::RestartServer)];
+    (
+        1u8..=3,
+        any::<u64>(),
+        prop::collection::vec(op, 0..=max_ops),
     )
         .prop_map(|(devices, seed, ops)| Schedule { devices, seed, ops })
 }
