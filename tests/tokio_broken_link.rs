@@ -3,8 +3,10 @@
 //! reached the device, which, its link gone and nothing of its own pending,
 //! would wait for its periodic sync (3 h). The adapter tells the engine the
 //! link broke, and the engine asks the device back with a push. A clean close
-//! (the device's end of input) asks for none. And a device retired in the
-//! middle of its session is cut off there. Loopback only.
+//! (the device's end of input) asks for one only if a task went out after
+//! the session's `SyncEnd` and the device did not report on it (its close
+//! may have crossed the offer); after a report, none. And a device retired
+//! in the middle of its session is cut off there. Loopback only.
 #![cfg(feature = "tokio")]
 
 use core::time::Duration as Wall;
@@ -42,13 +44,13 @@ async fn next_down(stream: &mut TcpStream, dec: &mut FrameDecoder<MAX_FRAME>) ->
 }
 
 /// Connects to `addr` as `DEV` and runs the handshake by hand; returns the
-/// socket, its decoder (keyed for the session) and the server's answer to
-/// the proof.
+/// socket, its decoder (keyed for the session), the server's answer to the
+/// proof and the session key.
 async fn handshake(
     addr: core::net::SocketAddr,
     secret: &[u8; 32],
     attempt: u64,
-) -> (TcpStream, FrameDecoder<MAX_FRAME>, Down) {
+) -> (TcpStream, FrameDecoder<MAX_FRAME>, Down, u32) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut dec = FrameDecoder::<MAX_FRAME>::new();
     let hello = Up::Hello(Hello {
@@ -77,17 +79,24 @@ async fn handshake(
     let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
     stream.write_all(&buf[..n]).await.unwrap();
     let answer = next_down(&mut stream, &mut dec).await;
-    (stream, dec, answer)
+    (stream, dec, answer, key)
+}
+
+/// Sends `msg` framed with the session key `key`.
+async fn send_up(stream: &mut TcpStream, key: u32, msg: &Up) {
+    let mut buf = [0u8; MAX_FRAME];
+    let n = frame::encode_keyed(msg, &mut buf, key).unwrap();
+    stream.write_all(&buf[..n]).await.unwrap();
 }
 
 /// As `handshake`, for a device that is let in: after the `Welcome`.
 async fn in_session(
     addr: core::net::SocketAddr,
     secret: &[u8; 32],
-) -> (TcpStream, FrameDecoder<MAX_FRAME>) {
-    let (stream, dec, welcome) = handshake(addr, secret, 1).await;
+) -> (TcpStream, FrameDecoder<MAX_FRAME>, u32) {
+    let (stream, dec, welcome, key) = handshake(addr, secret, 1).await;
     assert!(matches!(welcome, Down::Welcome { .. }), "{welcome:?}");
-    (stream, dec)
+    (stream, dec, key)
 }
 
 async fn session_count(handle: &ServerHandle<MemoryStore>) -> usize {
@@ -103,6 +112,8 @@ struct Offered {
     /// Pushes sent to `DEV`.
     pushes: Arc<Mutex<usize>>,
     stream: TcpStream,
+    dec: FrameDecoder<MAX_FRAME>,
+    key: u32,
     task: wire::TaskId,
 }
 
@@ -127,7 +138,7 @@ async fn offered() -> Offered {
     tokio::spawn(serve(listener, handle.clone()));
     let secret = handle.enroll(DEV).await.unwrap();
 
-    let (mut stream, mut dec) = in_session(addr, &secret).await;
+    let (mut stream, mut dec, key) = in_session(addr, &secret).await;
     let task = handle
         .enqueue_task(DEV, TaskKind::Lock, Default::default())
         .await
@@ -147,21 +158,40 @@ async fn offered() -> Offered {
         secret,
         pushes,
         stream,
+        dec,
+        key,
         task,
     }
 }
 
-/// Runs one session that is offered a task and then ends as `reset` says;
-/// returns the pushes the device got.
-async fn offered_then_closed(reset: bool) -> usize {
+/// Runs one session that is offered a task (after its `SyncEnd`), reports
+/// on it first if `report`, and then ends as `reset` says; returns the
+/// pushes the device got.
+async fn offered_then_closed(report: bool, reset: bool) -> usize {
     let Offered {
         handle,
         pushes,
-        stream,
+        mut stream,
+        mut dec,
+        key,
         task,
         ..
     } = offered().await;
 
+    if report {
+        let received = Up::Report {
+            seq: 1,
+            body: wire::ReportBody::Task {
+                task,
+                status: wire::TaskStatus::Received,
+            },
+        };
+        send_up(&mut stream, key, &received).await;
+        assert!(matches!(
+            next_down(&mut stream, &mut dec).await,
+            Down::Ack { seq: 1 }
+        ));
+    }
     if reset {
         // A reset: the read on the server's side fails.
         stream.set_zero_linger().unwrap();
@@ -188,10 +218,22 @@ async fn offered_then_closed(reset: bool) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_link_with_a_task_offered_gets_a_push_and_a_clean_close_none() {
+async fn a_broken_link_or_a_clean_close_over_an_unreported_late_offer_gets_a_push() {
     let both = async {
-        assert_eq!(offered_then_closed(true).await, 1, "reset");
-        assert_eq!(offered_then_closed(false).await, 0, "clean close");
+        assert_eq!(offered_then_closed(false, true).await, 1, "reset");
+        assert_eq!(
+            offered_then_closed(true, true).await,
+            1,
+            "reset after a report"
+        );
+        // The close may have crossed the offer: the device is asked back.
+        assert_eq!(offered_then_closed(false, false).await, 1, "clean close");
+        // It reported on the task: it had it, no push.
+        assert_eq!(
+            offered_then_closed(true, false).await,
+            0,
+            "clean close after a report"
+        );
     };
     tokio::time::timeout(Wall::from_secs(30), both)
         .await
@@ -212,6 +254,7 @@ async fn a_device_retired_in_session_is_cut_off_and_refused() {
             pushes,
             mut stream,
             task,
+            ..
         } = offered().await;
         handle.retire(DEV).await.unwrap();
         // The server's end closes: the socket reads its end (or a reset).
@@ -228,7 +271,7 @@ async fn a_device_retired_in_session_is_cut_off_and_refused() {
         assert_eq!(*pushes.lock().unwrap(), 0, "no push for a retired device");
 
         // Its old secret no longer authenticates.
-        let (_stream, _dec, answer) = handshake(addr, &secret, 2).await;
+        let (_stream, _dec, answer, _) = handshake(addr, &secret, 2).await;
         assert_eq!(answer, Down::Error(wire::ErrorCode::AuthFailed));
         handle.shutdown().await;
     };

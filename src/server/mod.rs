@@ -1235,12 +1235,30 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// The transport of `conn` closed. Harmless for an unknown id.
-    pub fn connection_closed(&mut self, conn: ConnId, _now: Instant) {
+    pub fn connection_closed(&mut self, conn: ConnId, now: Instant) {
         if let Some(s) = self.sessions.remove(&conn) {
             let device = s.device();
             if let Some(d) = device {
                 if self.online.get(&d) == Some(&conn) {
                     self.online.remove(&d);
+                }
+                // The device closed, and a task offered after `SyncEnd`
+                // that it did not report on may have crossed its close: a
+                // push brings it back (held and sent by the push check,
+                // which reads the store; within `push_min_interval` as
+                // always). A report on it (or on a later offer: frames come
+                // in order) moved the device's confirmed sequence past it;
+                // if the store cannot tell, the push goes. One that left it
+                // for want of room gets it again in the next session's first
+                // burst, which asks for no push. A close the engine made
+                // itself (`closing`: an error or a timeout) has asked for
+                // its push already where one was due.
+                if let Some(late) = s.late_offer().filter(|_| !s.closing) {
+                    let seqs = self.store.report_seqs(d);
+                    let taken = matches!(seqs, Ok(Some(r)) if !seq_newer(late, r.last_task_seq));
+                    if !taken && self.held_pushes.insert(d) {
+                        self.arm_timer(now, Timer::Push(d));
+                    }
                 }
             }
             self.events
@@ -1383,10 +1401,13 @@ impl<S: FleetStore> Server<S> {
         if !self.held_pushes.contains(&device) {
             return Ok(()); // nothing held: the device's state is not read
         }
-        let Some(p) = self.pushes.get(&device) else {
-            return Ok(());
-        };
-        if now < p.last + min {
+        // A device never pushed (its state may be missing) can be now.
+        let last = self
+            .pushes
+            .get(&device)
+            .filter(|p| p.pushed)
+            .map(|p| p.last);
+        if last.is_some_and(|last| now < last + min) {
             // The check of an older push, which fell due after a newer one
             // was sent: the newer one's check comes later.
             return Ok(());

@@ -39,6 +39,8 @@ struct Sync {
     cancels_sent: Vec<TaskId>,
     // `SyncEnd` went out after the first burst; later bursts need none.
     end_sent: bool,
+    // The sequence of the last task offered after `SyncEnd` (see `late_offer`).
+    late_offer: Option<u32>,
 }
 
 pub(super) struct Session {
@@ -139,6 +141,17 @@ impl Session {
     pub(super) fn device(&self) -> Option<wire::DeviceId> {
         match &self.phase {
             Phase::Syncing(s) => Some(s.device),
+            _ => None,
+        }
+    }
+
+    /// The sequence of the last task offered after the session's `SyncEnd`:
+    /// unless the device reported on it (or a later one), its close may
+    /// have crossed the offer, and nothing else would bring it back before
+    /// its periodic sync.
+    pub(super) fn late_offer(&self) -> Option<u32> {
+        match &self.phase {
+            Phase::Syncing(s) => s.late_offer,
             _ => None,
         }
     }
@@ -682,6 +695,7 @@ impl<S: FleetStore> Server<S> {
             policy_sent: hello.policy_version,
             cancels_sent: Vec::new(),
             end_sent: false,
+            late_offer: None,
         };
         self.set_phase(conn, Phase::Syncing(sync));
         // 60 ..= 604,800 s (clamped by `Server::new`): never 0 ("keep yours").
@@ -879,11 +893,17 @@ impl<S: FleetStore> Server<S> {
         }
         t.seq = sync.next_seq;
         sync.next_seq = sync.next_seq.wrapping_add(1);
+        let late = sync.late_offer;
+        if sync.end_sent {
+            sync.late_offer = Some(t.seq);
+        }
         // Stored before it is sent.
         let stored = self.store_state(t, TaskState::Offered, now, limit);
         if matches!(stored, Err(ServerError::QueueFull)) {
             if let Some(sync) = self.sync_of(conn) {
-                sync.next_seq = t.seq; // refused: its sequence is not used up
+                // Refused: its sequence is not used up, and it is not offered.
+                sync.next_seq = t.seq;
+                sync.late_offer = late;
             }
         }
         stored?;
