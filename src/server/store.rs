@@ -348,7 +348,7 @@ pub trait FleetStore {
     /// token: a store should answer that case without reading the token
     /// itself (`MemoryStore` reads a flag of the device's row, which the
     /// handshake has just read). The engine passes no token longer than
-    /// [`PUSH_TOKEN_MAX`](crate::wire::PUSH_TOKEN_MAX) bytes.
+    /// [`PUSH_TOKEN_MAX`] bytes.
     fn set_push_target(
         &mut self,
         id: DeviceId,
