@@ -75,7 +75,7 @@ OPTIONS:
     --max-wall SECS        wall-clock limit, script included        [default: 50]
     --server-restarts N    stop the server N times during the script
                            and start it again over the same store,
-                           with Server::recover                      [default: 0]
+                           with Server::recover; at most 20         [default: 0]
     -h, --help             this text
 
 The script covers 4.5 simulated hours; the fleet then converges (lost pushes

@@ -127,13 +127,7 @@ fn main() -> ExitCode {
                 if single {
                     println!("seed {seed}: ok {summary:?}");
                 }
-                total.tasks += summary.tasks;
-                total.executed += summary.executed;
-                total.reports += summary.reports;
-                total.reboots += summary.reboots;
-                total.connections += summary.connections;
-                total.frame_faults += summary.frame_faults;
-                total.virtual_ms = total.virtual_ms.saturating_add(summary.virtual_ms);
+                total.add(&summary);
             }
             Err(f) => {
                 println!("seed {seed}: FAILED: {}", f.message);

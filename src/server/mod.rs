@@ -1407,9 +1407,15 @@ impl<S: FleetStore> Server<S> {
             .get(&device)
             .filter(|p| p.pushed)
             .map(|p| p.last);
-        if last.is_some_and(|last| now < last + min) {
+        if let Some(next) = last.map(|last| last + min).filter(|&next| now < next) {
             // The check of an older push, which fell due after a newer one
-            // was sent: the newer one's check comes later.
+            // was sent: the newer one's check comes later. Unless it already
+            // ran and the clock then went back (a push held by
+            // `connection_closed`): then a check of its own, as
+            // `request_push` arms.
+            if next <= self.timers_ran_to {
+                self.arm_timer(next, Timer::Push(device));
+            }
             return Ok(());
         }
         // An open session got the work offered; one that is failing (its

@@ -115,6 +115,40 @@ pub(crate) struct Summary {
     pub(crate) restarts: usize,
 }
 
+impl Summary {
+    /// Adds `other`'s counts to these (the totals of a sweep). Every field
+    /// is named, so a field added later must be added here too: the totals
+    /// once printed 0 pushes and 0 restarts for sweeps that had thousands.
+    pub(crate) fn add(&mut self, other: &Summary) {
+        let Summary {
+            tasks,
+            executed,
+            reports,
+            reboots,
+            connections,
+            frame_faults,
+            virtual_ms,
+            pushes,
+            steady_connections,
+            steady_pushes,
+            steady_ms,
+            restarts,
+        } = *other;
+        self.tasks += tasks;
+        self.executed += executed;
+        self.reports += reports;
+        self.reboots += reboots;
+        self.connections += connections;
+        self.frame_faults += frame_faults;
+        self.virtual_ms = self.virtual_ms.saturating_add(virtual_ms);
+        self.pushes += pushes;
+        self.steady_connections += steady_connections;
+        self.steady_pushes += steady_pushes;
+        self.steady_ms = self.steady_ms.saturating_add(steady_ms);
+        self.restarts += restarts;
+    }
+}
+
 /// Runs `schedule` on devices with outbox `O` and `I` task slots and checks
 /// every guarantee. With `trace`, a failure carries the end of the trace and
 /// `verbose` prints every trace line as it happens.
