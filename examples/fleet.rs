@@ -185,8 +185,11 @@ fn check_can_converge(o: &Opts) -> Result<(), String> {
 fn int(flag: &str, v: &str, min: usize, max: usize) -> Result<usize, String> {
     match v.parse::<usize>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(_) => Err(format!("{flag} must be between {min} and {max}, got {v}")),
-        Err(_) => Err(format!("{flag} needs a whole number, got {v:?}")),
+        // Digits only, too many for a `usize`: out of range as well.
+        Ok(_) | Err(_) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+            Err(format!("{flag} must be between {min} and {max}, got {v}"))
+        }
+        _ => Err(format!("{flag} needs a whole number, got {v:?}")),
     }
 }
 
@@ -1967,6 +1970,10 @@ mod tests {
         assert_eq!(o.map(|o| o.server_restarts), Some(3));
         let e = parse(&["--server-restarts", "21"]).unwrap_err();
         assert!(e.contains("--server-restarts"), "{e}");
+        let e = parse(&["--server-restarts", "99999999999999999999"]).unwrap_err();
+        assert!(e.contains("between 0 and 20"), "{e}");
+        let e = parse(&["--devices", "ten"]).unwrap_err();
+        assert!(e.contains("needs a whole number"), "{e}");
         assert!(parse(&["--help"]).unwrap().is_none());
     }
 

@@ -19,7 +19,7 @@ const PERIODIC_MS: u64 = 3 * 3_600_000;
 
 fn sweep<const O: usize, const I: usize>(seeds: core::ops::Range<u64>) {
     for seed in seeds {
-        let s = schedule_from_seed(seed, 64);
+        let s = schedule_from_seed(seed, 64, false);
         let sum = match sim::run::<O, I>(&s, false, false) {
             Ok(sum) => sum,
             Err(e) => panic!("seed {seed}: {}", e.message),

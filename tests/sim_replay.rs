@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo test --release --test sim_replay -- --seed 42 [--verbose]
-//! cargo test --release --test sim_replay -- --seeds 0..10000 [--tight]
+//! cargo test --release --test sim_replay -- --seeds 0..10000 [--tight] [--restarts]
 //! cargo test --release --test sim_replay -- --seed 42 --shrink
 //! SIM_SEED=42 cargo test --test sim_replay
 //! ```
@@ -14,6 +14,10 @@
 //! and prints it. `--tight` uses the tight capacities (outbox 4, 2 tasks) of
 //! the second property test, `--smallest` the smallest device that compiles
 //! (outbox 3, 1 task); `--ops N` the longest schedule (default 64).
+//! `--restarts` draws schedules with server restarts among the operations
+//! (`Op::RestartServer`, about one in twelve; the property test
+//! `tests/breaker12_sim_restart.rs` draws them so): other schedules than
+//! the same seeds without it.
 //! Without arguments, a short sweep runs as a smoke test. Unknown arguments
 //! are ignored (test runners pass their own), so `--seed=42` runs that sweep.
 //! `SIM_REPORT_BASE=N` in the environment makes the server's store number
@@ -33,6 +37,7 @@ struct Args {
     shrink: bool,
     tight: bool,
     smallest: bool,
+    restarts: bool,
     ops: usize,
     list: bool,
     ignored: bool,
@@ -45,6 +50,7 @@ fn parse() -> Result<Args, String> {
         shrink: false,
         tight: false,
         smallest: false,
+        restarts: false,
         ops: 64,
         list: false,
         ignored: false,
@@ -73,6 +79,7 @@ fn parse() -> Result<Args, String> {
             "--shrink" => args.shrink = true,
             "--tight" => args.tight = true,
             "--smallest" => args.smallest = true,
+            "--restarts" => args.restarts = true,
             // Test runners list tests first (nextest: `--list --format terse`).
             "--list" => args.list = true,
             "--ignored" => args.ignored = true,
@@ -118,7 +125,7 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     let mut total = sim::Summary::default();
     for seed in args.seeds.clone() {
-        let s = schedule_from_seed(seed, args.ops);
+        let s = schedule_from_seed(seed, args.ops, args.restarts);
         if single {
             println!("seed {seed}: {s:?}");
         }
@@ -140,7 +147,9 @@ fn main() -> ExitCode {
     }
     if args.shrink {
         for &seed in &failed {
-            let small = shrink_seed(seed, args.ops, |s| run(s, &args, false, false).is_err());
+            let small = shrink_seed(seed, args.ops, args.restarts, |s| {
+                run(s, &args, false, false).is_err()
+            });
             println!("seed {seed} shrinks to:\n{small:?}");
             if let Err(f) = run(&small, &args, true, false) {
                 println!("{f}");

@@ -407,13 +407,18 @@ pub(crate) fn schedule() -> impl Strategy<Value = Schedule> {
     schedule_with(64)
 }
 
-/// The schedule number `seed` draws from [`schedule_with`]: the same on every
-/// machine and every run, for replaying from the command line.
-pub(crate) fn schedule_from_seed(seed: u64, max_ops: usize) -> Schedule {
-    tree_for_seed(seed, max_ops).current()
+/// The schedule number `seed` draws from [`schedule_with`], or with
+/// `restarts` from [`schedule_with_restarts`]: the same on every machine and
+/// every run, for replaying from the command line.
+pub(crate) fn schedule_from_seed(seed: u64, max_ops: usize, restarts: bool) -> Schedule {
+    tree_for_seed(seed, max_ops, restarts).current()
 }
 
-fn tree_for_seed(seed: u64, max_ops: usize) -> impl ValueTree<Value = Schedule> {
+fn tree_for_seed(
+    seed: u64,
+    max_ops: usize,
+    restarts: bool,
+) -> Box<dyn ValueTree<Value = Schedule>> {
     let mut bytes = [0u8; 32];
     for (k, chunk) in bytes.chunks_mut(8).enumerate() {
         let word = seed
@@ -424,7 +429,12 @@ fn tree_for_seed(seed: u64, max_ops: usize) -> impl ValueTree<Value = Schedule> 
     }
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    schedule_with(max_ops)
+    let strategy = if restarts {
+        schedule_with_restarts(max_ops).boxed()
+    } else {
+        schedule_with(max_ops).boxed()
+    };
+    strategy
         .new_tree(&mut runner)
         .expect("the schedule strategy never rejects")
 }
@@ -434,9 +444,10 @@ fn tree_for_seed(seed: u64, max_ops: usize) -> impl ValueTree<Value = Schedule> 
 pub(crate) fn shrink_seed(
     seed: u64,
     max_ops: usize,
+    restarts: bool,
     fails: impl Fn(&Schedule) -> bool,
 ) -> Schedule {
-    let mut tree = tree_for_seed(seed, max_ops);
+    let mut tree = tree_for_seed(seed, max_ops, restarts);
     let mut best = tree.current();
     if !tree.simplify() {
         return best;
