@@ -1125,19 +1125,29 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
-        let min = self.cfg.push_min_interval;
-        let p = self.pushes.get(&device);
-        match p.filter(|p| p.pushed).map(|p| p.last + min) {
-            Some(next) if now < next => {
-                // The check queued with the last push sends it, unless it
-                // already ran and the clock then went back: then a check of
-                // its own (in the heap: rare, and out of the FIFO's order).
-                if self.held_pushes.insert(device) && next <= self.timers_ran_to {
-                    self.arm_timer(next, Timer::Push(device));
-                }
+        match self.next_push(device, now) {
+            Some(next) => {
+                self.hold_push(device, next);
                 Ok(())
             }
-            _ => self.send_push(device, now),
+            None => self.send_push(device, now),
+        }
+    }
+
+    /// When the rate limit lets `device` be pushed again, if not at `now`.
+    /// A device never pushed (its state may be missing) can be at once.
+    fn next_push(&self, device: DeviceId, now: Instant) -> Option<Instant> {
+        let p = self.pushes.get(&device).filter(|p| p.pushed)?;
+        Some(p.last + self.cfg.push_min_interval).filter(|&next| now < next)
+    }
+
+    /// Holds a push for `device` until `next`, the end of its rate limit:
+    /// the check queued with its last push sends it, unless that check
+    /// already ran and the clock then went back; then a check of its own
+    /// (in the heap: rare, and out of the FIFO's order).
+    fn hold_push(&mut self, device: DeviceId, next: Instant) {
+        if self.held_pushes.insert(device) && next <= self.timers_ran_to {
+            self.arm_timer(next, Timer::Push(device));
         }
     }
 
@@ -1256,8 +1266,17 @@ impl<S: FleetStore> Server<S> {
                 if let Some(late) = s.late_offer().filter(|_| !s.closing) {
                     let seqs = self.store.report_seqs(d);
                     let taken = matches!(seqs, Ok(Some(r)) if !seq_newer(late, r.last_task_seq));
-                    if !taken && self.held_pushes.insert(d) {
-                        self.arm_timer(now, Timer::Push(d));
+                    if !taken {
+                        // As `request_push` does, the push itself (which can
+                        // fail) left to a check: one now if the rate limit
+                        // allows.
+                        match self.next_push(d, now) {
+                            Some(next) => self.hold_push(d, next),
+                            None if self.held_pushes.insert(d) => {
+                                self.arm_timer(now, Timer::Push(d));
+                            }
+                            None => {}
+                        }
                     }
                 }
             }
@@ -1401,21 +1420,9 @@ impl<S: FleetStore> Server<S> {
         if !self.held_pushes.contains(&device) {
             return Ok(()); // nothing held: the device's state is not read
         }
-        // A device never pushed (its state may be missing) can be now.
-        let last = self
-            .pushes
-            .get(&device)
-            .filter(|p| p.pushed)
-            .map(|p| p.last);
-        if let Some(next) = last.map(|last| last + min).filter(|&next| now < next) {
+        if self.next_push(device, now).is_some() {
             // The check of an older push, which fell due after a newer one
-            // was sent: the newer one's check comes later. Unless it already
-            // ran and the clock then went back (a push held by
-            // `connection_closed`): then a check of its own, as
-            // `request_push` arms.
-            if next <= self.timers_ran_to {
-                self.arm_timer(next, Timer::Push(device));
-            }
+            // was sent: the newer one's check comes later.
             return Ok(());
         }
         // An open session got the work offered; one that is failing (its
