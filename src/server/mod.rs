@@ -702,19 +702,12 @@ impl<S: FleetStore> Server<S> {
         // In deadline order, so that they all fit the FIFO (see `in_order`).
         checks.sort_unstable();
         for (at, device) in checks {
-            let Some(p) = self.pushes.entry_or_default(device) else {
-                continue;
-            };
-            if p.due {
+            if self.pushes.get(&device).is_some_and(|p| p.due) {
                 continue; // checked in with this engine already
             }
-            p.due = true;
-            p.due_at = at;
-            p.armed = true;
-            if !in_order(&mut self.overdue_checks, at, device) {
-                self.arm_timer(at, Timer::Overdue(device));
+            if self.expect_check_in(device, at).is_some() {
+                done.checkins += 1;
             }
-            done.checkins += 1;
         }
         let mut wake = Vec::new();
         let mut expiries = Vec::new();
@@ -1495,22 +1488,28 @@ impl<S: FleetStore> Server<S> {
     /// periodic interval plus slack.
     fn checked_in(&mut self, device: DeviceId, now: Instant) {
         let at = now + self.cfg.periodic_interval + self.cfg.overdue_slack;
-        let Some(p) = self.pushes.entry_or_default(device) else {
-            return;
-        };
+        if self.expect_check_in(device, at) == Some(true) {
+            self.events.push_back(ServerEvent::Back { device });
+        }
+    }
+
+    /// Expects `device` to check in by `at`, and queues the check of that
+    /// unless one is queued. Returns whether the device was overdue (it is
+    /// no longer); `None` if its state could not be had.
+    fn expect_check_in(&mut self, device: DeviceId, at: Instant) -> Option<bool> {
+        let p = self.pushes.entry_or_default(device)?;
         // A queued check (`armed`) serves: it re-arms itself for the new
         // deadline; one more would make two.
         p.due = true;
         p.due_at = at;
-        if core::mem::take(&mut p.overdue) {
-            self.events.push_back(ServerEvent::Back { device });
-        }
+        let was_overdue = core::mem::take(&mut p.overdue);
         if !p.armed {
             p.armed = true;
             if !in_order(&mut self.overdue_checks, at, device) {
                 self.arm_timer(at, Timer::Overdue(device));
             }
         }
+        Some(was_overdue)
     }
 }
 
