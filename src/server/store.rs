@@ -849,9 +849,7 @@ impl Entry for PushTarget {
     }
     fn touch(&self) {
         // One byte of every line the entry reaches.
-        prefetch(&self.id);
-        let bytes = self.token.iter().step_by(64).chain(self.token.last());
-        bytes.for_each(prefetch);
+        touch_with_key(&self.id, &self.token);
     }
     fn touch_first(&self) {
         prefetch(&self.id);
@@ -860,12 +858,18 @@ impl Entry for PushTarget {
         // The lines of the key and of the token's bytes in use: a 144-byte
         // token needs three, where `touch` asks for four.
         let used = self.token.get(..usize::from(self.len)).unwrap_or_default();
-        used.iter()
-            .step_by(64)
-            .chain(used.last())
-            .for_each(prefetch);
-        prefetch(&self.id);
+        touch_with_key(&self.id, used);
     }
+}
+
+/// Asks for the line of `key` and one byte of every line `bytes` reach.
+fn touch_with_key(key: &u64, bytes: &[u8]) {
+    prefetch(key);
+    bytes
+        .iter()
+        .step_by(64)
+        .chain(bytes.last())
+        .for_each(prefetch);
 }
 
 impl FleetStore for MemoryStore {
