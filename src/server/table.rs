@@ -326,8 +326,7 @@ impl<E: Entry> Table<E> {
             return false;
         };
         *slot = entry;
-        let n = self.pairs.len();
-        self.probes += (at.0 + n - self.home(key)) % n.max(1);
+        self.probes += self.past(at.0, self.home(key));
         true
     }
 
@@ -337,14 +336,11 @@ impl<E: Entry> Table<E> {
     /// slot.
     pub(crate) fn remove(&mut self, key: u64) -> Option<E> {
         let (pair, k) = self.find(key)?;
-        let n = self.pairs.len();
-        let slots = n * 2;
-        // Pairs an entry at `slot` sits past its home pair.
-        let past = |slot: usize, home: usize| (slot / 2 + n - home) % n;
+        let slots = self.pairs.len() * 2;
         let mut hole = pair * 2 + k;
         let removed = core::mem::replace(self.slot_mut(hole)?, E::FREE);
         self.len = self.len.saturating_sub(1);
-        self.probes = self.probes.saturating_sub(past(hole, self.home(key)));
+        self.probes = self.probes.saturating_sub(self.past(pair, self.home(key)));
         let mut at = hole;
         // A run ends at a free slot, and there is always one.
         for _ in 1..slots {
@@ -360,12 +356,34 @@ impl<E: Entry> Table<E> {
             let from_hole = (at + slots - hole) % slots;
             if from_hole <= from_home {
                 let entry = core::mem::replace(self.slot_mut(at)?, E::FREE);
-                self.probes = self.probes.saturating_sub(past(at, home)) + past(hole, home);
+                let (from, to) = (self.past(at / 2, home), self.past(hole / 2, home));
+                self.probes = self.probes.saturating_sub(from) + to;
                 *self.slot_mut(hole)? = entry;
                 hole = at;
             }
         }
         Some(removed)
+    }
+
+    /// Pairs that an entry at pair `pair` sits past its home pair `home`.
+    fn past(&self, pair: usize, home: usize) -> usize {
+        let n = self.pairs.len();
+        (pair + n - home) % n.max(1)
+    }
+
+    /// Pairs that `key`'s entry sits past its home; `None` if it is absent.
+    #[cfg(test)]
+    fn past_home(&self, key: u64) -> Option<usize> {
+        Some(self.past(self.find(key)?.0, self.home(key)))
+    }
+
+    /// The pairs every entry sits past its home, counted afresh (what the
+    /// running `probes` must be).
+    #[cfg(test)]
+    fn probes_recounted(&self) -> usize {
+        let keys = self.iter().filter_map(Entry::key);
+        keys.map(|k| self.past_home(k).expect("every entry found"))
+            .sum()
     }
 
     /// The slot with flat index `slot` (pair `slot / 2`, entry `slot % 2`).
@@ -582,11 +600,11 @@ mod tests {
         assert!(matches!(t.hash, KeyHash::Mix(_)));
         assert!((0..20_000u64).all(|k| t.get(k) == Some(&E(Some(k)))));
         assert_eq!((t.len(), t.iter().count()), (20_000, 20_000));
-        let n = t.pairs.len();
-        let probes: usize = (0..20_000u64)
-            .map(|k| (t.find(k).unwrap().0 + n - t.home(k)) % n)
-            .sum();
-        assert_eq!(probes, t.probes, "the running count is the real one");
+        assert_eq!(
+            t.probes_recounted(),
+            t.probes,
+            "the running count is the real one"
+        );
         assert!(
             t.probes < t.len(),
             "mean probe {}",
@@ -630,12 +648,13 @@ mod tests {
                     t.insert_new(E(Some(key)));
                     model.insert(key);
                 }
-                let n = t.pairs.len();
-                let mut probes = 0;
-                for k in &model {
-                    let (pair, _) = t.find(*k).unwrap_or_else(|| panic!("{k} lost at {step}"));
-                    probes += (pair + n - t.home(*k)) % n;
-                }
+                let probes: usize = model
+                    .iter()
+                    .map(|k| {
+                        t.past_home(*k)
+                            .unwrap_or_else(|| panic!("{k} lost at {step}"))
+                    })
+                    .sum();
                 assert_eq!(t.probes, probes, "step {step}");
                 assert_eq!((t.len(), t.iter().count()), (model.len(), model.len()));
                 assert!(matches!(t.hash, KeyHash::Plain));
@@ -666,10 +685,7 @@ mod tests {
         };
         let mut rebuilt = false;
         let exact = |t: &Table<E>, upto: u64| {
-            let n = t.pairs.len();
-            let probes: usize = (0..upto)
-                .map(|i| (t.find(i * spacing).unwrap().0 + n - t.home(i * spacing)) % n)
-                .sum();
+            let probes: usize = (0..upto).map(|i| t.past_home(i * spacing).unwrap()).sum();
             assert_eq!(probes, t.probes, "running probe count at {upto}");
         };
         let mut slots = 0;
@@ -727,12 +743,7 @@ mod tests {
             t.insert_new(E(Some(x)));
         }
         (0..300u64).for_each(|k| t.insert_new(E(Some(k))));
-        let n = t.pairs.len();
-        let worst = t
-            .iter()
-            .map(|e| e.0.unwrap())
-            .map(|k| (t.find(k).unwrap().0 + n - t.home(k)) % n)
-            .max();
+        let worst = t.iter().map(|e| t.past_home(e.0.unwrap()).unwrap()).max();
         assert!(worst < Some(256), "{worst:?} pairs past home, {:?}", t.hash);
     }
 
@@ -819,7 +830,7 @@ mod tests {
                         assert_eq!(removed, Some(V(Some(key), model[&key])), "step {step}");
                         model.remove(&key);
                         assert_eq!(t.get(key), None, "removed at {step}");
-                        assert_eq!(t.probes, probes_recounted(&t), "step {step}");
+                        assert_eq!(t.probes, t.probes_recounted(), "step {step}");
                     }
                     Some(e) => {
                         assert_eq!(e.1, model[&key], "step {step}");
@@ -849,28 +860,17 @@ mod tests {
                 model.remove(&k);
             }
             assert_eq!(t.remove(next()), None);
-            assert_eq!(t.probes, probes_recounted(&t));
+            assert_eq!(t.probes, t.probes_recounted());
             check(&t, &model);
         }
 
-        /// The pairs every entry sits past its home, counted afresh.
-        fn probes_recounted(t: &Table<V>) -> usize {
-            let n = t.pairs.len();
-            t.iter()
-                .map(|e| (t.find(e.0.unwrap()).unwrap().0 + n - t.home(e.0.unwrap())) % n)
-                .sum()
-        }
         assert!(to_mix > 0 && back > 0, "{to_mix} {back}");
 
         /// Every key found with its value, none twice, and the running
         /// probe count the real one.
         fn check(t: &Table<V>, model: &std::collections::HashMap<u64, u64>) {
             assert!(t.len() < t.slots(), "no free slot");
-            let n = t.pairs.len();
-            let probes: usize = model
-                .keys()
-                .map(|k| (t.find(*k).unwrap().0 + n - t.home(*k)) % n)
-                .sum();
+            let probes: usize = model.keys().map(|k| t.past_home(*k).unwrap()).sum();
             assert_eq!(probes, t.probes, "running probe count");
             let mut seen = std::collections::HashSet::new();
             for e in t.iter() {
