@@ -79,6 +79,28 @@ fn a_retired_device_is_unknown_its_tasks_dropped_and_its_secret_dead() {
     assert_eq!(pair.times_executed(0, queued), 0);
 }
 
+/// A push asked for before the retirement and not yet taken from the event
+/// queue is withdrawn: the device is unknown by the time the application
+/// would send it, and a push to a retired device's token (perhaps passed on
+/// with the phone) is a message to a stranger.
+#[test]
+fn a_push_still_queued_at_the_retirement_is_not_sent() {
+    let mut pair = Pair::new(2);
+    pair.run_for(Duration::from_mins(1));
+    let (id, other) = (pair.id(0), pair.id(1));
+    let pushes_to = |pair: &Pair, to| {
+        pair.count_events(|e| matches!(e, ServerEvent::SendPush { device, .. } if *device == to))
+    };
+    let (before, before_other) = (pushes_to(&pair, id), pushes_to(&pair, other));
+    pair.queue(1, TaskKind::Lock);
+    pair.queue(0, TaskKind::Lock);
+    pair.server.retire(id, pair.now).unwrap();
+    pair.tick();
+    assert_eq!(pushes_to(&pair, id), before);
+    // The other device's push, queued before it, still goes.
+    assert_eq!(pushes_to(&pair, other), before_other + 1);
+}
+
 #[test]
 fn a_retired_device_is_never_reported_overdue() {
     let mut pair = Pair::new(2);

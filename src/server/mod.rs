@@ -597,7 +597,9 @@ impl<S: FleetStore> Server<S> {
     /// then on it is an unknown device: its handshakes fail with
     /// `AuthFailed` (its secret is dead), operator calls for it fail with
     /// [`ServerError::UnknownDevice`], it is never reported overdue, and the
-    /// console does not list it. Its finished tasks stay until pruned.
+    /// console does not list it. Its finished tasks stay until pruned. A
+    /// [`ServerEvent::SendPush`] for it still waiting in the event queue is
+    /// withdrawn; one the application took already is its to drop.
     ///
     /// Only its generation is kept (by the store), so that enrolling the
     /// id again gives a new secret, never one the retired device holds.
@@ -616,6 +618,10 @@ impl<S: FleetStore> Server<S> {
         self.store.retire_device(id)?;
         self.release_held_push(id);
         self.pushes.forget(id);
+        // A push asked for earlier and not yet taken by the application
+        // would go to the token of a device that no longer exists.
+        self.events
+            .retain(|e| !matches!(e, ServerEvent::SendPush { device, .. } if *device == id));
         Ok(())
     }
 
