@@ -77,6 +77,36 @@ fn work_whose_push_died_with_the_old_process_is_pushed_again() {
     assert_eq!(view.policy_state, PolicyState::Applied { version });
 }
 
+/// `Recovered::pushed` counts the pushes that went (or wait for the rate
+/// limit), not the devices with work: one never connected has no push
+/// target, and its work waits for its boot sync.
+#[test]
+fn a_device_without_a_push_target_is_not_counted_as_pushed() {
+    let mut pair = Pair::new(1);
+    pair.run_for(Duration::from_mins(1));
+    let never_connected = DeviceId(9_999);
+    pair.server.enroll(never_connected, pair.now).unwrap();
+    pair.server
+        .enqueue_task(
+            never_connected,
+            TaskKind::Lock,
+            TaskOptions::default(),
+            pair.now,
+        )
+        .unwrap();
+    pair.pushes_lost = true;
+    pair.queue(0, TaskKind::Lock);
+    pair.tick();
+    pair.pushes_lost = false;
+    pair.events.clear();
+
+    let recovered = pair.restart_server(true);
+    pair.tick();
+    let pushes = pair.count_events(|e| matches!(e, ServerEvent::SendPush { .. }));
+    assert_eq!(pushes, 1, "{:?}", pair.events);
+    assert_eq!(recovered.pushed, pushes, "{recovered:?}");
+}
+
 #[test]
 fn a_task_that_expired_while_no_server_ran_expires_and_is_not_pushed() {
     let mut pair = Pair::new(2);

@@ -277,7 +277,9 @@ pub struct Recovered {
     /// Open tasks whose expiry is armed again.
     pub expiries: usize,
     /// Devices with undelivered work that were pushed again (or whose push
-    /// waits for the rate limit).
+    /// waits for the rate limit). One without a push target (it never sent
+    /// a token, or the push service refused it) is not pushed: its work
+    /// waits for its own next sync.
     pub pushed: usize,
 }
 
@@ -768,9 +770,10 @@ impl<S: FleetStore> Server<S> {
         }
         wake.sort_unstable();
         wake.dedup();
-        done.pushed = wake.len();
         for device in wake {
-            self.request_push(device, now)?;
+            if self.push_or_hold(device, now)? {
+                done.pushed += 1;
+            }
         }
         // Only now: after a store error the caller calls again. What the
         // failed call did is not done twice, or harmlessly so (a check-in
@@ -1124,10 +1127,17 @@ impl<S: FleetStore> Server<S> {
     }
 
     fn request_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+        self.push_or_hold(device, now).map(|_| ())
+    }
+
+    /// As [`request_push`](Self::request_push); returns whether a push went
+    /// out or waits for the rate limit (not when the device has no push
+    /// target).
+    fn push_or_hold(&mut self, device: DeviceId, now: Instant) -> Result<bool, S> {
         match self.next_push(device, now) {
             Some(next) => {
                 self.hold_push(device, next);
-                Ok(())
+                Ok(true)
             }
             None => self.send_push(device, now),
         }
@@ -1150,12 +1160,13 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
-    fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<(), S> {
+    /// Pushes `device` now; returns whether it has a push target.
+    fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<bool, S> {
         // A held push stays held until the store has answered (see `push_timer`).
         let target = self.store.push_target(device)?;
         self.release_held_push(device);
         let Some((platform, token)) = target else {
-            return Ok(()); // never connected: its boot or periodic sync will come
+            return Ok(false); // never connected: its boot or periodic sync will come
         };
         if let Some(p) = self.pushes.entry_or_default(device) {
             p.last = now;
@@ -1179,7 +1190,7 @@ impl<S: FleetStore> Server<S> {
             }
         }
         self.scratch = ids;
-        Ok(())
+        Ok(true)
     }
 
     fn close_device_session(&mut self, device: DeviceId) {
@@ -1430,7 +1441,7 @@ impl<S: FleetStore> Server<S> {
             self.release_held_push(device);
             return Ok(());
         }
-        let sent = self.send_push(device, now);
+        let sent = self.send_push(device, now).map(|_| ());
         if sent.is_err() && self.held_pushes.contains(&device) {
             // The store failed before the push went out: it stays held, and
             // is tried again an interval later (this check is spent).
