@@ -1471,24 +1471,29 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         // A task already in a snapshot is handed out before a newer snapshot is
         // asked for: a power loss while that one is written must not fail, as
         // "interrupted", a task that was accepted but never handed out.
-        if self.persist && !self.fresh_task {
-            if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
-                i.announced = true;
-                self.stats.executed = self.stats.executed.wrapping_add(1);
-                return Some(Event::Execute(i.task));
+        if self.persist {
+            if !self.fresh_task {
+                if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
+                    i.announced = true;
+                    self.stats.executed = self.stats.executed.wrapping_add(1);
+                    return Some(Event::Execute(i.task));
+                }
             }
-        }
-        if core::mem::take(&mut self.persist) {
+            self.persist = false;
             self.fresh_task = false;
             self.counter = self.counter.wrapping_add(1);
             return Some(Event::Persist);
         }
-        if core::mem::take(&mut self.disconnect) {
-            return Some(Event::Disconnect);
-        }
+        // A session's end: `Disconnect` first, then its outcome. The first is
+        // only ever pending with the second (`end_session` sets both), so
+        // most polls, with neither, look at one of them only.
         if self.outcome.is_some() {
+            if core::mem::take(&mut self.disconnect) {
+                return Some(Event::Disconnect);
+            }
             return self.outcome.take();
         }
+        debug_assert!(!self.disconnect, "a Disconnect without its outcome");
         if core::mem::take(&mut self.connect) {
             return Some(Event::Connect);
         }
