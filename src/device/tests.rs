@@ -1067,3 +1067,102 @@ fn a_final_status_takes_the_place_of_an_unsent_received_behind_others_only() {
     let want = [(1, report(101, received)), (2, report(101, done))];
     assert_eq!(bodies(&d), want);
 }
+
+/// `handle_timeout` on servers and phones skips its work (`run_timers`)
+/// while `poll_timeout` is not due. Sound only if that work changes nothing
+/// before the deadline `poll_timeout` gives: checked on engines along random
+/// runs (idle with or without a sync wanted, connecting, in the handshake,
+/// in a session waiting for the server or lingering with a task running,
+/// after failures and their backoff, with a task's retry hint), at times
+/// short of that deadline, or at any time when it gives none.
+#[test]
+fn nothing_is_due_before_poll_timeout() {
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut buf = [0u8; 600];
+    let (mut checked, mut lingering, mut hinted) = (0u32, 0u32, 0u32);
+    for _ in 0..300 {
+        let mut now = T0;
+        let mut d = Device::<6, 2>::new(cfg(), now);
+        for _ in 0..40 {
+            let r = crate::xorshift(&mut rng);
+            let arg = (r >> 8) as u32;
+            // The handshake goes on by itself, mostly; the session's
+            // messages come only in the session.
+            let msg = match (d.link, r % 8) {
+                (Link::Connecting, 0) => {
+                    d.connect_failed(now);
+                    None
+                }
+                (Link::Connecting, _) => {
+                    d.connected(now);
+                    None
+                }
+                (Link::AwaitChallenge, _) => Some(Down::Challenge {
+                    version: PROTOCOL_VERSION,
+                    attempt: d.attempt,
+                    nonce: [3; 16],
+                }),
+                (Link::AwaitWelcome, _) => Some(Down::Welcome {
+                    ack: d.next_report_seq.wrapping_sub(1),
+                    periodic_s: arg % 5_000,
+                    want_token: false,
+                }),
+                (Link::Syncing, 0 | 1) => Some(task(d.last_task_seq.wrapping_add(1))),
+                (Link::Syncing, 2) => Some(Down::SyncEnd),
+                (Link::Syncing, 3) => Some(Down::Ack {
+                    seq: d.next_report_seq.wrapping_sub(1),
+                }),
+                (_, 4) => {
+                    let running = d.running_tasks().next();
+                    if let Some(t) = running {
+                        let status = match arg % 2 {
+                            0 => TaskStatus::Deferred {
+                                retry_after_s: Some(arg % 600),
+                            },
+                            _ => TaskStatus::Succeeded { result: None },
+                        };
+                        let _ = d.task_status(t.id, status, now);
+                    }
+                    None
+                }
+                (_, 5) => {
+                    d.manual_sync(now);
+                    None
+                }
+                _ => {
+                    let step = if arg.is_multiple_of(2) {
+                        20_000
+                    } else {
+                        4_000_000
+                    };
+                    now = now + Duration::from_millis(u64::from(arg % step));
+                    d.handle_timeout(now);
+                    None
+                }
+            };
+            drain(&mut d);
+            while d.poll_transmit(&mut buf).ok().flatten().is_some() {}
+            if let Some(msg) = msg {
+                feed_at(&mut d, &msg, now);
+                drain(&mut d);
+            }
+            lingering += u32::from(d.link == Link::Syncing && !d.waiting_for_server());
+            hinted += u32::from(d.hint_at.is_some());
+            let before = std::format!("{d:?}");
+            let next = d.poll_timeout();
+            let early = match next {
+                Some(t) => t.as_millis().checked_sub(1 + u64::from(arg % 90_000)),
+                None => Some(now.as_millis().saturating_add(u64::from(arg))),
+            };
+            let last = next.and_then(|t| t.as_millis().checked_sub(1));
+            for at in [early, last].into_iter().flatten() {
+                let mut c = d.clone();
+                c.run_timers(Instant::from_millis(at));
+                assert_eq!(std::format!("{c:?}"), before, "work done at {at} ms");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 10_000, "only {checked} checks");
+    assert!(lingering > 200 && hinted > 200, "{lingering} {hinted}");
+}
