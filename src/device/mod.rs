@@ -911,6 +911,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             let in_place = self.decoder.decode_in_place(&mut bytes);
             #[cfg(not(feature = "hand-decode"))]
             let in_place = None;
+            let read_in_place = in_place.is_some();
             let r = if let Some(payload) = in_place {
                 Ok(payload)
             } else if bytes.is_empty() && self.decoder.buffered() == 0 {
@@ -947,6 +948,14 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             if let Err(e) = result {
                 self.fail(e, now);
                 return Err(DeviceError::Session(e));
+            }
+            // The usual read, one whole frame, is over: nothing is left
+            // (nothing was buffered, or it would not have been read in
+            // place, and no message puts bytes into the decoder), so no
+            // second look at the decoder and the input.
+            if read_in_place && bytes.is_empty() {
+                debug_assert_eq!(self.decoder.buffered(), 0);
+                break;
             }
         }
         self.check_done(now);
