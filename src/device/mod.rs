@@ -1199,8 +1199,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
     /// the next `Welcome`, whose ack is then ahead, renumbers (9.4).
     fn on_session_ack(&mut self, seq: u32) -> Result<(), SessionError> {
         if wire::seq_newer(seq, self.next_report_seq.wrapping_sub(1)) {
-            warning!("ack {} names a report never numbered", seq);
-            return Err(SessionError::Protocol(ProtocolError::Unexpected));
+            return Err(ack_never_numbered(seq));
         }
         self.on_ack(seq);
         Ok(())
@@ -1763,6 +1762,14 @@ fn received_task(body: &[u8]) -> Option<TaskId> {
         value |= u64::from(b & 0x7F).checked_shl(7 * k as u32)?;
     }
     Some(TaskId(value))
+}
+
+/// An `Ack` of a report never numbered: logged, out of the way of the acks
+/// of every session.
+#[cold]
+fn ack_never_numbered(seq: u32) -> SessionError {
+    warning!("ack {} names a report never numbered", seq);
+    SessionError::Protocol(ProtocolError::Unexpected)
 }
 
 fn busy_err() -> SessionError {
