@@ -417,7 +417,9 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     fresh_task: bool,
     // A running task may wait to be handed out or to have its cancel request
     // announced: set wherever one comes, cleared by a `poll_event` pass over
-    // the running tasks that found neither (most polls then skip the pass).
+    // the running tasks that found neither, or (servers and phones) that
+    // handed out the last task with no cancel waiting (most polls then skip
+    // the pass). Never clear while a task waits to be handed out.
     inflight_news: bool,
     // A running task may have progress to send: set wherever some comes,
     // cleared by a `poll_transmit` pass that found none.
@@ -1509,8 +1511,17 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         // A task already in a snapshot is handed out before a newer snapshot is
         // asked for: a power loss while that one is written must not fail, as
         // "interrupted", a task that was accepted but never handed out.
+        // (A task to hand out sets `inflight_news`: without it, none waits.)
+        debug_assert!(
+            self.inflight_news
+                || self
+                    .inflight
+                    .iter()
+                    .all(|i| i.announced && i.cancel != Flag::Pending),
+            "a running task's news without the flag"
+        );
         if self.persist {
-            if !self.fresh_task {
+            if !self.fresh_task && self.inflight_news {
                 if let Some(i) = self.inflight.iter_mut().find(|i| !i.announced) {
                     i.announced = true;
                     self.stats.executed = self.stats.executed.wrapping_add(1);
@@ -1536,13 +1547,23 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             return Some(Event::Connect);
         }
         // One pass: a task to hand out comes before any cancel request.
-        // Skipped once a pass found nothing, until a task or a cancel comes.
+        // Skipped once nothing is left: a pass found nothing, or (servers
+        // and phones) handed out the last task with no cancel request
+        // waiting, the usual case, one task at a time: the next polls, the
+        // persist above included, need not look.
         if self.inflight_news {
             let mut cancel = None;
-            for i in self.inflight.iter_mut() {
+            let last = self.inflight.len().saturating_sub(1);
+            for (k, i) in self.inflight.iter_mut().enumerate() {
                 if !i.announced {
                     i.announced = true;
                     self.stats.executed = self.stats.executed.wrapping_add(1);
+                    // Firmware keeps the flag until a pass finds nothing
+                    // (clearing it here cost about 50 B of flash at z).
+                    let std = cfg!(feature = "std");
+                    if std && k == last && cancel.is_none() && i.cancel != Flag::Pending {
+                        self.inflight_news = false;
+                    }
                     return Some(Event::Execute(i.task));
                 }
                 if cancel.is_none() && i.cancel == Flag::Pending {

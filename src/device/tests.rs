@@ -1166,3 +1166,43 @@ fn nothing_is_due_before_poll_timeout() {
     assert!(checked > 10_000, "only {checked} checks");
     assert!(lingering > 200 && hinted > 200, "{lingering} {hinted}");
 }
+
+/// The last running task handed out with nothing else waiting lets the
+/// next polls skip the running tasks (servers and phones); a cancel request
+/// that came for it before it was handed out, or one for a task before it,
+/// is still announced right after it.
+#[test]
+fn a_cancel_waiting_behind_the_last_task_handed_out_is_announced() {
+    // The cancel came before the task was handed out.
+    let mut d = syncing::<16, 4>();
+    drain(&mut d);
+    feed(&mut d, &task(1));
+    feed(&mut d, &Down::Cancel { task: TaskId(101) });
+    let want = [
+        Event::Persist,
+        Event::Execute(Task {
+            seq: 1,
+            id: TaskId(101),
+            kind: TaskKind::Locate,
+        }),
+        Event::Cancel(TaskId(101)),
+    ];
+    assert_eq!(drain(&mut d), want);
+    // A cancel for the first of two running tasks, the second handed out
+    // after it came.
+    let mut d = syncing::<16, 4>();
+    drain(&mut d);
+    feed(&mut d, &task(1));
+    assert_eq!(drain(&mut d).len(), 2, "persist, execute");
+    feed(&mut d, &task(2));
+    feed(&mut d, &Down::Cancel { task: TaskId(101) });
+    let events = drain(&mut d);
+    assert_eq!(
+        events.last(),
+        Some(&Event::Cancel(TaskId(101))),
+        "{events:?}"
+    );
+    // And one that comes after the last was handed out sets the flag again.
+    feed(&mut d, &Down::Cancel { task: TaskId(102) });
+    assert_eq!(drain(&mut d), [Event::Cancel(TaskId(102))]);
+}
