@@ -88,7 +88,7 @@
 //! |---|---|
 //! | `alloc` | server engine and in-memory fleet store |
 //! | `std` (default) | blocking adapters, UDP push channel, `log` output |
-//! | `tokio` | async server adapter |
+//! | `tokio` (default) | async server adapter over tokio streams and a TCP listener |
 //! | `embedded` | async device runner on embedded-io-async + embassy-time |
 //! | `defmt` | `defmt::Format` on public types, logging through defmt |
 //! | `crc-table` | table-driven CRC-32 (crc32fast, 16 KiB of tables, and 8 KiB inline for short frames), on with `std` |
