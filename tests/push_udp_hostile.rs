@@ -60,3 +60,20 @@ fn a_flood_of_garbage_does_not_hold_try_recv() {
     // Each call read at most its bound: the push needed several.
     assert!(calls > flood / TRY_RECV_DATAGRAMS, "{calls} calls");
 }
+
+/// A caller that means "wait as long as it takes" and says so with
+/// `Duration::MAX` (as `std` itself allows for other waits) must get the
+/// push, not a panic: the receiver's deadline is `now + timeout`, which
+/// overflowed `std::time::Instant` and panicked before any datagram was
+/// read (found by breaker15). The push is sent before the call, so the
+/// wait ends at once when it works.
+#[test]
+fn an_endless_wait_takes_the_push_that_is_there() {
+    let rx = UdpPushReceiver::bind_loopback().unwrap();
+    let to = rx.local_addr().unwrap();
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    other.send_to(&[0x00; 3], to).unwrap(); // skipped, the wait goes on
+    other.send_to(&encode_push(DeviceId(9)), to).unwrap();
+    let got = rx.recv_timeout(WallDuration::MAX).unwrap();
+    assert_eq!(got, Some(DeviceId(9)));
+}

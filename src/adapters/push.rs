@@ -179,15 +179,18 @@ impl UdpPushReceiver {
 
     /// Waits up to `timeout` for a push; returns the device it is for, or
     /// `None` when the time is up. Datagrams that are not pushes are skipped.
+    /// A `timeout` too long for the system clock to count to (such as
+    /// `Duration::MAX`) waits until a push comes.
     pub fn recv_timeout(&self, timeout: WallDuration) -> io::Result<Option<DeviceId>> {
-        let deadline = std::time::Instant::now() + timeout;
+        // `None`: no instant that far ahead, so no deadline.
+        let deadline = std::time::Instant::now().checked_add(timeout);
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
                 return self.try_recv();
             }
             self.socket.set_nonblocking(false)?;
-            self.socket.set_read_timeout(Some(left))?;
+            self.socket.set_read_timeout(left)?;
             match self.recv_one() {
                 Ok(Some(id)) => return Ok(Some(id)),
                 Ok(None) => continue,
