@@ -1273,20 +1273,18 @@ impl<S: FleetStore> Server<S> {
                 // burst, which asks for no push. A close the engine made
                 // itself (`closing`: an error or a timeout) has asked for
                 // its push already where one was due.
-                if let Some(late) = s.late_offer().filter(|_| !s.closing) {
-                    let seqs = self.store.report_seqs(d);
-                    let taken = matches!(seqs, Ok(Some(r)) if !seq_newer(late, r.last_task_seq));
-                    if !taken {
-                        // As `request_push` does, the push itself (which can
-                        // fail) left to a check: one now if the rate limit
-                        // allows.
-                        match self.next_push(d, now) {
-                            Some(next) => self.hold_push(d, next),
-                            None if self.held_pushes.insert(d) => {
-                                self.arm_timer(now, Timer::Push(d));
-                            }
-                            None => {}
+                // A cancel or a policy sent after `SyncEnd` can cross the
+                // close the same way (found by breaker15).
+                if !s.closing && self.late_work_open(d, s.late_offer(), s.late_work()) {
+                    // As `request_push` does, the push itself (which can
+                    // fail) left to a check: one now if the rate limit
+                    // allows.
+                    match self.next_push(d, now) {
+                        Some(next) => self.hold_push(d, next),
+                        None if self.held_pushes.insert(d) => {
+                            self.arm_timer(now, Timer::Push(d));
                         }
+                        None => {}
                     }
                 }
             }
@@ -1294,6 +1292,45 @@ impl<S: FleetStore> Server<S> {
                 .push_back(ServerEvent::SessionEnded { conn, device });
             self.recycle(s);
         }
+    }
+
+    /// Whether work a closed session of `d` sent after its `SyncEnd` may
+    /// not have reached the device: the task offered last then (`late`),
+    /// unless the device reported on it or a later one; with `cancel`, a
+    /// task whose cancel is still open; with `policy`, a policy the device
+    /// has not reported on. When the store cannot tell, it may not have.
+    fn late_work_open(
+        &mut self,
+        d: DeviceId,
+        late: Option<u32>,
+        (cancel, policy): (bool, bool),
+    ) -> bool {
+        if let Some(late) = late {
+            let seqs = self.store.report_seqs(d);
+            if !matches!(seqs, Ok(Some(r)) if !seq_newer(late, r.last_task_seq)) {
+                return true;
+            }
+        }
+        if policy {
+            match self.store.device(d) {
+                Ok(Some(r)) if r.policy_state == PolicyState::Pending => return true,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+        if !cancel {
+            return false;
+        }
+        let Ok(ids) = self.open_task_ids(d) else {
+            return true;
+        };
+        let open = ids.iter().any(|id| match self.store.task(*id) {
+            Ok(Some(t)) => t.cancel_requested && t.state.maybe_on_device(),
+            Ok(None) => false,
+            Err(_) => true,
+        });
+        self.scratch = ids;
+        open
     }
 
     /// The transport of `conn` is gone and output taken from the engine may

@@ -41,6 +41,9 @@ struct Sync {
     end_sent: bool,
     // The sequence of the last task offered after `SyncEnd` (see `late_offer`).
     late_offer: Option<u32>,
+    // A `Cancel` or a `Policy` went out after `SyncEnd` (see `late_work`).
+    late_cancel: bool,
+    late_policy: bool,
 }
 
 pub(super) struct Session {
@@ -153,6 +156,16 @@ impl Session {
         match &self.phase {
             Phase::Syncing(s) => s.late_offer,
             _ => None,
+        }
+    }
+
+    /// Whether a `Cancel`, and whether a `Policy`, went out after the
+    /// session's `SyncEnd`: as for [`late_offer`](Self::late_offer), the
+    /// device's close may have crossed them.
+    pub(super) fn late_work(&self) -> (bool, bool) {
+        match &self.phase {
+            Phase::Syncing(s) => (s.late_cancel, s.late_policy),
+            _ => (false, false),
         }
     }
 
@@ -696,6 +709,8 @@ impl<S: FleetStore> Server<S> {
             cancels_sent: Vec::new(),
             end_sent: false,
             late_offer: None,
+            late_cancel: false,
+            late_policy: false,
         };
         self.set_phase(conn, Phase::Syncing(sync));
         // 60 ..= 604,800 s (clamped by `Server::new`): never 0 ("keep yours").
@@ -799,6 +814,7 @@ impl<S: FleetStore> Server<S> {
             if let Some(sync) = self.sync_of(conn) {
                 if seq_newer(p.version, sync.policy_sent) {
                     sync.policy_sent = p.version;
+                    sync.late_policy |= sync.end_sent;
                     self.send(conn, &Down::Policy(p));
                 }
             }
@@ -875,6 +891,7 @@ impl<S: FleetStore> Server<S> {
         if t.cancel_requested && t.state.maybe_on_device() {
             if !sync.cancels_sent.contains(&t.id) {
                 sync.cancels_sent.push(t.id);
+                sync.late_cancel |= sync.end_sent;
                 self.send(conn, &Down::Cancel { task: t.id });
             }
             return Ok(done);
