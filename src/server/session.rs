@@ -7,7 +7,7 @@ use hashbrown::HashMap;
 
 use super::{
     ConnId, FleetStore, PeerError, PolicyState, ReportCommit, ReportSeqs, Result, Server,
-    ServerError, ServerEvent, TaskRecord, TaskState, Timer,
+    ServerError, ServerEvent, SupersedeKey, TaskRecord, TaskState, Timer,
 };
 use crate::auth;
 use crate::time::Instant;
@@ -770,10 +770,13 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// Tasks offered in earlier sessions: those the device confirmed (seq up
-    /// to its `last_task_seq`) are delivered; the others go back to the queue.
+    /// to its `last_task_seq`) are delivered; the others go back to the
+    /// queue, or are superseded by a newer open task with their supersede
+    /// key (queued while they were offered, which could not replace them
+    /// then: found by breaker15, two locks for two clicks).
     fn resolve_offers(&mut self, device: wire::DeviceId, last: u32, now: Instant) -> Result<(), S> {
         let ids = self.open_task_ids(device)?;
-        for tid in &ids {
+        for (i, tid) in ids.iter().enumerate() {
             let Some(mut t) = self.store.task(*tid)? else {
                 continue;
             };
@@ -787,12 +790,34 @@ impl<S: FleetStore> Server<S> {
             } else if t.expires_at.is_some_and(|e| now >= e) {
                 TaskState::Expired
             } else {
-                TaskState::Queued
+                // Open tasks come oldest first: the newer ones follow.
+                let newer = ids.get(i + 1..).unwrap_or_default();
+                match self.newest_with_key(newer, t.supersede)? {
+                    Some(by) => TaskState::Superseded { by },
+                    None => TaskState::Queued,
+                }
             };
             self.set_state(&mut t, state, now)?;
         }
         self.scratch = ids;
         Ok(())
+    }
+
+    /// The newest of `tasks` with supersede key `key`, if it has one.
+    fn newest_with_key(
+        &self,
+        tasks: &[TaskId],
+        key: Option<SupersedeKey>,
+    ) -> Result<Option<TaskId>, S> {
+        if key.is_none() {
+            return Ok(None);
+        }
+        for tid in tasks.iter().rev() {
+            if self.store.task(*tid)?.is_some_and(|t| t.supersede == key) {
+                return Ok(Some(*tid));
+            }
+        }
+        Ok(None)
     }
 
     /// Sends everything pending for the session's device: cancels, tasks not

@@ -1,6 +1,6 @@
-//! A cancel or a policy that crosses the device's close of a finished
-//! session (the case of `tests/breaker12_late_offer.rs`, for the other two
-//! kinds of work a session can carry after its `SyncEnd`).
+//! Work that crosses the device's close of a finished session (the case of
+//! `tests/breaker12_late_offer.rs`, for the other kinds of work a session
+//! can carry after its `SyncEnd`, and what becomes of a late task).
 //!
 //! The device ends its sync after `SyncEnd` and closes; the close is on its
 //! way when the operator cancels a task the device is running, or assigns
@@ -12,10 +12,11 @@
 //! device got neither until its periodic sync, 3 h later (a long task it was
 //! asked to stop ran on; a policy was not applied).
 //!
-//! Each test drives a real `Device` against the `Server` in memory and
-//! checks that a push goes out within the five minutes after the close;
-//! the last one checks that a late cancel the device did answer asks for
-//! none.
+//! Each test drives a real `Device` against the `Server` in memory. The
+//! first two check that a push goes out within the five minutes after the
+//! close; the third that a late cancel the device did answer asks for none;
+//! the last that a late task which never arrived is superseded by a newer
+//! one with its supersede key (it ran beside it before).
 
 mod common;
 
@@ -215,4 +216,37 @@ fn a_late_cancel_the_device_answered_asks_for_no_push() {
     let state = w.server.task_state(ID, task);
     assert_eq!(state, Some(mdm_sync::server::TaskState::Cancelled));
     assert!(!w.close_unread(c), "a push though the cancel was answered");
+}
+
+/// Five "lock" clicks give one lock (`tests/supersede_keys.rs`), also when
+/// the first was offered late into a session whose close crossed it. The
+/// first click's task is then `Offered`, which a second click with the
+/// same supersede key does not replace (it may be on the device). At the
+/// next handshake the device's ledger shows it never arrived and it goes
+/// back to the queue (PROTOCOL.md 10.1) beside the second click's task:
+/// the device locked twice. Once it is known not to be on the device, a
+/// newer task with its key replaces it, as if it had been queued then.
+#[test]
+fn a_late_offer_back_in_the_queue_is_superseded_by_a_newer_click() {
+    use mdm_sync::server::{SupersedeKey, TaskOptions, TaskState};
+    let mut w = world();
+    let c = w.sync_until_the_device_closes();
+    let opts = TaskOptions {
+        supersede: Some(SupersedeKey::from_name("lock")),
+        ..Default::default()
+    };
+    let first = w.server.enqueue_task(ID, TaskKind::Lock, opts, w.now);
+    let first = first.unwrap(); // offered into the closing session, unread
+    assert!(w.close_unread(c), "the late offer is pushed");
+    let second = w.server.enqueue_task(ID, TaskKind::Lock, opts, w.now);
+    let second = second.unwrap();
+    w.dev.push_received(w.now);
+    let c = w.sync_until_the_device_closes();
+    w.server.connection_closed(c, w.now);
+    let locks: Vec<TaskId> = w.running.clone();
+    assert_eq!(locks, [second], "the device locked for {locks:?}");
+    assert_eq!(
+        w.server.task_state(ID, first),
+        Some(TaskState::Superseded { by: second })
+    );
 }
