@@ -33,11 +33,13 @@ struct World {
     now: Instant,
     /// Tasks handed to the application and left running.
     running: Vec<TaskId>,
-    /// Cancelled by the operator once the session went quiet (the device
-    /// lingering for its running task, after `SyncEnd`), then answered by
-    /// the application at once.
-    cancel_when_quiet: Option<TaskId>,
+    /// What the operator (or the application) does once the session went
+    /// quiet (the device lingering for its running task, after `SyncEnd`).
+    /// A cancel is answered by the application at once.
+    when_quiet: Option<Quiet>,
 }
+
+type Quiet = Box<dyn FnOnce(&mut Server<MemoryStore>, &mut Device, Instant)>;
 
 fn world() -> World {
     let now = Instant::from_millis(5_000_000);
@@ -51,7 +53,7 @@ fn world() -> World {
         dev,
         now,
         running: Vec::new(),
-        cancel_when_quiet: None,
+        when_quiet: None,
     }
 }
 
@@ -100,8 +102,8 @@ impl World {
                 moved = true;
             }
             if !moved {
-                match self.cancel_when_quiet.take() {
-                    Some(task) => _ = self.server.cancel_task(task, now).unwrap(),
+                match self.when_quiet.take() {
+                    Some(act) => act(&mut self.server, &mut self.dev, now),
                     None => self.now = self.dev.poll_timeout().unwrap().max(now),
                 }
             }
@@ -209,9 +211,11 @@ fn a_policy_that_crosses_the_devices_close_gets_a_push() {
 fn a_late_cancel_the_device_answered_asks_for_no_push() {
     let mut w = world();
     let task = w.scan();
-    w.cancel_when_quiet = Some(task);
+    w.when_quiet = Some(Box::new(move |s, _, now| {
+        _ = s.cancel_task(task, now).unwrap()
+    }));
     let c = w.sync_until_the_device_closes();
-    assert!(w.cancel_when_quiet.is_none(), "the cancel went out");
+    assert!(w.when_quiet.is_none(), "the cancel went out");
     assert!(w.running.is_empty(), "the device answered the cancel");
     let state = w.server.task_state(ID, task);
     assert_eq!(state, Some(mdm_sync::server::TaskState::Cancelled));
@@ -245,6 +249,52 @@ fn a_late_offer_back_in_the_queue_is_superseded_by_a_newer_click() {
     w.server.connection_closed(c, w.now);
     let locks: Vec<TaskId> = w.running.clone();
     assert_eq!(locks, [second], "the device locked for {locks:?}");
+    assert_eq!(
+        w.server.task_state(ID, first),
+        Some(TaskState::Superseded { by: second })
+    );
+}
+
+/// The same for a task the device gave back: the first click's task is on
+/// the device when the second comes (so not replaced), then the device
+/// answers "not now" for it. Deferred, it would be offered again beside
+/// the second click's task, which the device ran: two locks. A newer task
+/// with its key replaces it instead, as it replaces a task deferred before
+/// the click.
+#[test]
+fn a_task_deferred_after_a_newer_click_is_superseded_by_it() {
+    use mdm_sync::server::{SupersedeKey, TaskOptions, TaskState};
+    let opts = TaskOptions {
+        supersede: Some(SupersedeKey::from_name("lock")),
+        ..Default::default()
+    };
+    let mut w = world();
+    let first = w.server.enqueue_task(ID, TaskKind::Lock, opts, w.now);
+    let first = first.unwrap();
+    let second = std::rc::Rc::new(core::cell::Cell::new(None));
+    let click = second.clone();
+    w.when_quiet = Some(Box::new(move |s, dev, now| {
+        // The second click, offered in the session (the first is running).
+        click.set(Some(s.enqueue_task(ID, TaskKind::Lock, opts, now).unwrap()));
+        let not_now = mdm_sync::wire::TaskStatus::Deferred {
+            retry_after_s: Some(60),
+        };
+        dev.task_status(first, not_now, now).unwrap();
+    }));
+    let c = w.sync_until_the_device_closes();
+    w.server.connection_closed(c, w.now);
+    let second = second.get().expect("the second click");
+    // The device syncs again after its retry hint.
+    w.now = w.now + Duration::from_mins(2);
+    let c = w.sync_until_the_device_closes();
+    w.server.connection_closed(c, w.now);
+    let runs = w.running.iter().filter(|t| **t == first).count();
+    // Handed out once, and answered "not now"; not a second time.
+    assert_eq!(
+        runs, 1,
+        "the first click's task was handed out {runs} times"
+    );
+    assert!(w.running.contains(&second));
     assert_eq!(
         w.server.task_state(ID, first),
         Some(TaskState::Superseded { by: second })

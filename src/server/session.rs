@@ -803,6 +803,29 @@ impl<S: FleetStore> Server<S> {
         Ok(())
     }
 
+    /// The newest open task of `device` newer than its task `id` with `id`'s
+    /// supersede key, if it has one: `id`, back from the device, is
+    /// superseded by it (as it would have been, had it not been on the
+    /// device when that one was queued).
+    fn superseded_on_return(
+        &mut self,
+        device: wire::DeviceId,
+        id: TaskId,
+    ) -> Result<Option<TaskId>, S> {
+        let Some(key) = self.store.task(id)?.and_then(|t| t.supersede) else {
+            return Ok(None);
+        };
+        let ids = self.open_task_ids(device)?;
+        // Open tasks come oldest first: the newer ones follow.
+        let newer = ids
+            .iter()
+            .position(|t| *t == id)
+            .and_then(|i| ids.get(i + 1..));
+        let by = self.newest_with_key(newer.unwrap_or_default(), Some(key));
+        self.scratch = ids;
+        by
+    }
+
     /// The newest of `tasks` with supersede key `key`, if it has one.
     fn newest_with_key(
         &self,
@@ -996,8 +1019,14 @@ impl<S: FleetStore> Server<S> {
         let (policy_state, event);
         match body {
             ReportBody::Task { task: id, status } => {
+                // Rare: a task given back ("not now") that a newer click
+                // could not replace while the device held it.
+                let by = match status {
+                    TaskStatus::Deferred { .. } => self.superseded_on_return(device, id)?,
+                    _ => None,
+                };
                 let mut update = |t: &mut TaskRecord, seqs: &mut ReportSeqs| {
-                    let changed = apply_status(t, conn, device, status, now);
+                    let changed = apply_status(t, conn, device, status, by, now);
                     // Any status for an offer means the device accepted its seq.
                     if changed && seq_newer(t.seq, seqs.last_task_seq) {
                         seqs.last_task_seq = t.seq;
@@ -1115,12 +1144,14 @@ impl<S: FleetStore> Server<S> {
 }
 
 /// Applies a status report to `t`, the stored task: `false` when it changes
-/// nothing (another device's task, or one already final).
+/// nothing (another device's task, or one already final). A "not now" for
+/// it ends it superseded by `superseded_by`, when given.
 fn apply_status(
     t: &mut TaskRecord,
     conn: ConnId,
     device: wire::DeviceId,
     status: TaskStatus,
+    superseded_by: Option<TaskId>,
     now: Instant,
 ) -> bool {
     if t.device != device || t.state.is_final() {
@@ -1132,10 +1163,13 @@ fn apply_status(
         TaskStatus::Failed { reason } => TaskState::Failed { reason },
         TaskStatus::Cancelled => TaskState::Cancelled,
         TaskStatus::Deferred { .. } if t.cancel_requested => TaskState::Cancelled,
-        TaskStatus::Deferred { retry_after_s } => {
-            t.deferred_in = conn.0;
-            TaskState::Deferred { retry_after_s }
-        }
+        TaskStatus::Deferred { retry_after_s } => match superseded_by {
+            Some(by) => TaskState::Superseded { by },
+            None => {
+                t.deferred_in = conn.0;
+                TaskState::Deferred { retry_after_s }
+            }
+        },
     };
     if t.state.is_final() {
         t.finished_at = Some(now);

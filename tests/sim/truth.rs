@@ -211,6 +211,7 @@ impl Truth {
                 | TaskState::Failed { .. }
                 | TaskState::Deferred { .. }
                 | TaskState::Cancelled
+                | TaskState::Superseded { .. }
         ) && dev.final_sent.remove(&task);
         let reported = match state {
             TaskState::Deferred {
@@ -227,6 +228,9 @@ impl Truth {
                 true
             }
             TaskState::Cancelled => on_device(prev) || (prev == TaskState::Offered && final_report),
+            // A "not now" for a task a newer one with its supersede key
+            // replaces (PROTOCOL.md 10.1).
+            TaskState::Superseded { .. } => final_report,
             _ => false,
         };
         if reported {
@@ -351,6 +355,11 @@ impl Truth {
                     (TaskStatus::Failed { reason: r }, TaskState::Failed { reason: s }) => r == s,
                     (TaskStatus::Cancelled, TaskState::Cancelled) => true,
                     (TaskStatus::Deferred { .. }, TaskState::Cancelled) => cancel,
+                    // Replaced by a newer task of the same device.
+                    (TaskStatus::Deferred { .. }, TaskState::Superseded { by }) => {
+                        let dev = self.tasks.get(a).map(|t| t.dev);
+                        by.0 > a.0 && self.tasks.get(&by).map(|t| t.dev) == dev
+                    }
                     (
                         TaskStatus::Deferred { retry_after_s: r },
                         TaskState::Deferred { retry_after_s: s },
