@@ -58,8 +58,18 @@ pub mod server {
     pub const POLICY: u8 = 9;
     /// The operator re-enrolls device (u8).
     pub const ENROLL: u8 = 10;
-    /// Number of operations.
-    pub const COUNT: u8 = 11;
+    /// The operator retires device (u8).
+    pub const RETIRE: u8 = 11;
+    /// Connection (u8) breaks: `connection_dropped`.
+    pub const DROP: u8 = 12;
+    /// The push service refuses device (u8)'s token for good.
+    pub const TOKEN_REJECTED: u8 = 13;
+    /// The server process restarts over its store (`into_store`, a new
+    /// `Server`, `recover`): every connection is gone.
+    pub const RESTART: u8 = 14;
+    /// Number of operations. Tags the corpus generator writes are below
+    /// `ENROLL + 1`, so adding operations after them keeps its seeds.
+    pub const COUNT: u8 = 15;
 }
 
 /// Writes seed inputs in the harnesses' format.

@@ -1,5 +1,6 @@
 //! `server`: one `Server` fed arbitrary bytes and messages from many
-//! connections, with operator calls and time in between.
+//! connections, with operator calls, broken connections, refused push
+//! tokens, restarts over its store and time in between.
 //!
 //! Input: operations (see [`crate::script::server`]). Devices 1, 2 and 3 are
 //! enrolled before the first operation, with the fixed keys below, so that a
@@ -14,10 +15,11 @@
 //! frames holding valid `Down` messages, with key 0 up to and including the
 //! `Challenge` and the connection's session key after it; a connection is
 //! only ever offered tasks, cancels and the policy of the device it proved to
-//! be; the session count matches the connections open and stays within the
-//! bound; a closed connection is an `UnknownConnection` error, not a crash.
+//! be; a retired device (not enrolled since) never authenticates; the
+//! session count matches the connections open and stays within the bound; a
+//! closed connection is an `UnknownConnection` error, not a crash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use mdm_sync::auth;
 use mdm_sync::server::{
@@ -42,17 +44,21 @@ pub const MAX_SESSIONS: usize = 6;
 
 /// The harness's server: fixed keys, small bounds, devices enrolled.
 pub fn new_server(now: Instant) -> Server<MemoryStore> {
-    let cfg = ServerConfig {
-        max_sessions: MAX_SESSIONS,
-        max_open_tasks: 12,
-        max_pending_out: 4 * 1024,
-        ..ServerConfig::default()
-    };
-    let mut s = Server::new(cfg, MemoryStore::new(), MASTER, NONCE_SEED);
+    let mut s = Server::new(server_config(), MemoryStore::new(), MASTER, NONCE_SEED);
     for id in ENROLLED {
         s.enroll(id, now).expect("enroll");
     }
     s
+}
+
+/// The harness's bounds: small, so that they are reached.
+fn server_config() -> ServerConfig {
+    ServerConfig {
+        max_sessions: MAX_SESSIONS,
+        max_open_tasks: 12,
+        max_pending_out: 4 * 1024,
+        ..ServerConfig::default()
+    }
 }
 
 /// Runs one input.
@@ -106,6 +112,8 @@ struct Harness {
     tasks: Vec<(TaskId, DeviceId)>,
     owner: HashMap<TaskId, DeviceId>,
     authenticated: usize,
+    /// Devices retired and not enrolled since: never authenticated.
+    retired: HashSet<DeviceId>,
 }
 
 impl Harness {
@@ -118,6 +126,7 @@ impl Harness {
             tasks: Vec::new(),
             owner: HashMap::new(),
             authenticated: 0,
+            retired: HashSet::new(),
         }
     }
 
@@ -215,6 +224,49 @@ impl Harness {
             op::ENROLL => {
                 let device = DeviceId(u64::from(input.u8() % 4));
                 self.server.enroll(device, now).unwrap();
+                self.retired.remove(&device);
+            }
+            op::RETIRE => {
+                let device = DeviceId(u64::from(input.u8() % 4));
+                match self.server.retire(device, now) {
+                    Ok(()) => {
+                        self.retired.insert(device);
+                    }
+                    Err(ServerError::UnknownDevice) => {}
+                    Err(e) => panic!("retire: {e:?}"),
+                }
+            }
+            op::DROP => {
+                if let Some(c) = self.conn(input.u8()) {
+                    if let Some(id) = self.conns[c].id {
+                        self.server.connection_dropped(id, now).unwrap();
+                        self.conns[c].open = false;
+                    }
+                }
+            }
+            op::TOKEN_REJECTED => {
+                use mdm_sync::server::FleetStore;
+                let device = DeviceId(u64::from(input.u8() % 4));
+                let held = self.server.store().push_target(device).unwrap();
+                if let Some((_, token)) = held {
+                    let dropped = self.server.push_token_rejected(device, &token);
+                    assert_eq!(dropped, Ok(true), "the token held was not dropped");
+                }
+            }
+            op::RESTART => {
+                let blank = Server::new(server_config(), MemoryStore::new(), MASTER, NONCE_SEED);
+                let old = core::mem::replace(&mut self.server, blank);
+                let store = old.into_store();
+                let mut server = Server::new(server_config(), store, MASTER, NONCE_SEED);
+                server.recover(now).unwrap();
+                self.server = server;
+                // Connection ids start again in the new process: the old
+                // connections are gone, and their ids may come back.
+                for conn in &mut self.conns {
+                    conn.open = false;
+                    conn.id = None;
+                }
+                self.by_id.clear();
             }
             _ => unreachable!("tags are taken modulo the count"),
         }
@@ -303,6 +355,7 @@ impl Harness {
         while let Some(ev) = self.server.poll_event() {
             match ev {
                 ServerEvent::Authenticated { conn, device, .. } => {
+                    assert!(!self.retired.contains(&device), "{device:?} retired");
                     let c = self.by_id[&conn];
                     assert!(self.conns[c].open, "a closed connection authenticated");
                     self.conns[c].device = Some(device);
