@@ -15,8 +15,9 @@
 //! Each test drives a real `Device` against the `Server` in memory. The
 //! first two check that a push goes out within the five minutes after the
 //! close; the third that a late cancel the device did answer asks for none;
-//! the last that a late task which never arrived is superseded by a newer
-//! one with its supersede key (it ran beside it before).
+//! then that a late task which never arrived, or a task the device gave
+//! back, is superseded by a newer one with its supersede key (it ran beside
+//! it before), and that a task given back past its expiry expires at once.
 
 mod common;
 
@@ -299,4 +300,35 @@ fn a_task_deferred_after_a_newer_click_is_superseded_by_it() {
         w.server.task_state(ID, first),
         Some(TaskState::Superseded { by: second })
     );
+}
+
+/// A task whose expiry passed while the device held it, then given back
+/// ("not now"): it cannot be delivered any more, so it ends `Expired` at
+/// the report, as it would have had the device never held it. Before, it
+/// stayed `Deferred` (its expiry timer spent while the device held it)
+/// until the device's next sync, up to its periodic interval later (3 h),
+/// found expired only when it was about to be offered again.
+#[test]
+fn a_task_given_back_after_its_expiry_ends_expired_at_once() {
+    use mdm_sync::server::{TaskOptions, TaskState};
+    let mut w = world();
+    let opts = TaskOptions {
+        expires_at: Some(w.now + Duration::from_mins(10)),
+        ..Default::default()
+    };
+    let task = w.server.enqueue_task(ID, TaskKind::Scan, opts, w.now);
+    let task = task.unwrap();
+    let c = w.sync_until_the_device_closes();
+    w.server.connection_closed(c, w.now);
+    assert_eq!(w.running, [task], "the device runs the task");
+    // Its expiry passes on the device (the timer finds it on the device).
+    w.later();
+    assert_eq!(w.server.task_state(ID, task), Some(TaskState::Delivered));
+    let not_now = mdm_sync::wire::TaskStatus::Deferred {
+        retry_after_s: None,
+    };
+    w.dev.task_status(task, not_now, w.now).unwrap();
+    let c = w.sync_until_the_device_closes();
+    w.server.connection_closed(c, w.now);
+    assert_eq!(w.server.task_state(ID, task), Some(TaskState::Expired));
 }

@@ -1145,7 +1145,8 @@ impl<S: FleetStore> Server<S> {
 
 /// Applies a status report to `t`, the stored task: `false` when it changes
 /// nothing (another device's task, or one already final). A "not now" for
-/// it ends it superseded by `superseded_by`, when given.
+/// it ends it cancelled if a cancel was asked for, expired if its expiry
+/// passed, else superseded by `superseded_by` when given.
 fn apply_status(
     t: &mut TaskRecord,
     conn: ConnId,
@@ -1163,6 +1164,9 @@ fn apply_status(
         TaskStatus::Failed { reason } => TaskState::Failed { reason },
         TaskStatus::Cancelled => TaskState::Cancelled,
         TaskStatus::Deferred { .. } if t.cancel_requested => TaskState::Cancelled,
+        // Back from the device, the task can expire again: its expiry timer
+        // passed while the device held it (found by breaker15).
+        TaskStatus::Deferred { .. } if t.expires_at.is_some_and(|e| now >= e) => TaskState::Expired,
         TaskStatus::Deferred { retry_after_s } => match superseded_by {
             Some(by) => TaskState::Superseded { by },
             None => {

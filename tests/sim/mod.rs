@@ -677,7 +677,7 @@ impl<const O: usize, const I: usize> Sim<O, I> {
                     "operator: task {} ({kind:?}) queued for dev{d}",
                     task.0
                 );
-                self.truth.queued(d, task, kind);
+                self.truth.queued(d, task, kind, expires.is_some());
                 Ok(())
             }
             Err(ServerError::QueueFull) => Ok(()),

@@ -42,6 +42,8 @@ pub(crate) struct TaskTruth {
     /// Times the engine handed it out (deferrals count).
     pub(crate) handed_out: u32,
     pub(crate) cancel_requested: bool,
+    /// Queued with an expiry.
+    pub(crate) expires: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -109,11 +111,14 @@ impl Truth {
             executions: 0,
             handed_out: 0,
             cancel_requested: false,
+            expires: false,
         })
     }
 
-    pub(crate) fn queued(&mut self, d: usize, task: TaskId, kind: TaskKind) {
-        self.entry(d, task).kind = Some(kind);
+    pub(crate) fn queued(&mut self, d: usize, task: TaskId, kind: TaskKind, expires: bool) {
+        let t = self.entry(d, task);
+        t.kind = Some(kind);
+        t.expires = expires;
     }
 
     pub(crate) fn cancel_requested(&mut self, task: TaskId) {
@@ -212,6 +217,7 @@ impl Truth {
                 | TaskState::Deferred { .. }
                 | TaskState::Cancelled
                 | TaskState::Superseded { .. }
+                | TaskState::Expired
         ) && dev.final_sent.remove(&task);
         let reported = match state {
             TaskState::Deferred {
@@ -231,6 +237,8 @@ impl Truth {
             // A "not now" for a task a newer one with its supersede key
             // replaces (PROTOCOL.md 10.1).
             TaskState::Superseded { .. } => final_report,
+            // A "not now" for a task whose expiry passed on the device.
+            TaskState::Expired => final_report,
             _ => false,
         };
         if reported {
@@ -355,6 +363,9 @@ impl Truth {
                     (TaskStatus::Failed { reason: r }, TaskState::Failed { reason: s }) => r == s,
                     (TaskStatus::Cancelled, TaskState::Cancelled) => true,
                     (TaskStatus::Deferred { .. }, TaskState::Cancelled) => cancel,
+                    (TaskStatus::Deferred { .. }, TaskState::Expired) => {
+                        self.tasks.get(a).is_some_and(|t| t.expires)
+                    }
                     // Replaced by a newer task of the same device.
                     (TaskStatus::Deferred { .. }, TaskState::Superseded { by }) => {
                         let dev = self.tasks.get(a).map(|t| t.dev);
