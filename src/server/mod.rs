@@ -76,9 +76,12 @@ pub struct ServerConfig {
     /// At most one push per device per this interval (60 s); more work in
     /// between is covered by one push at the end of it.
     pub push_min_interval: Duration,
-    /// Time from connection to a verified proof (30 s).
+    /// Time from connection to a verified proof (30 s). [`Server::new`]
+    /// raises a value under 1 s to 1 s: at 0 every handshake would time out.
     pub handshake_timeout: Duration,
     /// Silence after which an authenticated session is closed (120 s).
+    /// [`Server::new`] raises a value under 1 s to 1 s, as
+    /// `handshake_timeout`.
     pub idle_timeout: Duration,
     /// Longest a session may last from its connection, whatever arrives
     /// (10 min): a device that keeps its session alive by trickling bytes
@@ -92,7 +95,12 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Most tasks not yet final per device (64).
     pub max_open_tasks: usize,
-    /// Most bytes queued for one connection before it is closed as too slow (64 KiB).
+    /// Most bytes queued for one connection before it is closed as too slow
+    /// (64 KiB). The check comes before each frame is queued, and a
+    /// session's first burst (`Welcome`, the tasks offered, a policy,
+    /// `SyncEnd`) is queued at once: a bound under that burst closes
+    /// sessions before their work is out (at 0, every session after its
+    /// `Challenge`).
     pub max_pending_out: usize,
     /// Most frame errors (garbage runs, bad lengths, bad CRCs) one connection
     /// may cause before it is closed with `BadMessage` (64). TCP and TLS cause
@@ -493,6 +501,10 @@ impl<S: FleetStore> Server<S> {
         // Devices are expected at the interval they keep (see the field).
         let periodic = cfg.periodic_interval.as_millis();
         cfg.periodic_interval = crate::device::periodic_within_bounds(periodic);
+        // Settings at which no session could work (see the fields).
+        let second = Duration::from_secs(1);
+        cfg.handshake_timeout = cfg.handshake_timeout.max(second);
+        cfg.idle_timeout = cfg.idle_timeout.max(second);
         Self {
             cfg,
             store,
