@@ -590,16 +590,24 @@ impl MemoryStore {
             return;
         };
         if c.policy_version.is_some() || c.policy_state.is_some() {
-            // The policy lives in the row's flags and side maps: rewritten
-            // whole, as `put_device` does.
-            if let Some(row) = self.devices.at(i) {
-                let mut rec = self.unpack(row);
-                c.apply_to(&mut rec);
-                self.replace_row(i, &rec);
-            }
+            self.commit_policy(i, c);
         } else if let Some(row) = self.devices.at_mut(i) {
             row.last_report_seq = c.seqs.last_report_seq;
             row.last_task_seq = c.seqs.last_task_seq;
+        }
+    }
+
+    /// `commit_device` for a policy report: the policy lives in the row's
+    /// flags and side maps, so the row at `i` is rewritten whole, as
+    /// `put_device` does. Out of line: its record on the stack and the
+    /// registers it needs would be set up for every report otherwise
+    /// (task reports, the usual kind, only write two sequences).
+    #[inline(never)]
+    fn commit_policy(&mut self, i: Slot, c: &ReportCommit<'_>) {
+        if let Some(row) = self.devices.at(i) {
+            let mut rec = self.unpack(row);
+            c.apply_to(&mut rec);
+            self.replace_row(i, &rec);
         }
     }
 
