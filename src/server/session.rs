@@ -123,6 +123,21 @@ impl Spare {
     }
 }
 
+impl Sync {
+    /// Gives `t` the session's next delivery sequence. Returns the session's
+    /// late offer before it (see `late_offer`), to put back if the task is
+    /// not offered after all.
+    fn number(&mut self, t: &mut TaskRecord) -> Option<u32> {
+        t.seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let late = self.late_offer;
+        if self.end_sent {
+            self.late_offer = Some(t.seq);
+        }
+        late
+    }
+}
+
 impl Session {
     fn with_buffers(now: Instant, mut decoder: Box<FrameDecoder>, out: Vec<u8>) -> Self {
         decoder.reset();
@@ -234,17 +249,6 @@ fn copy_short(dst: &mut [u8], src: &[u8]) {
     if !done {
         dst.copy_from_slice(src);
     }
-}
-
-/// What `offer_one` found.
-enum Offer {
-    /// The session is gone: nothing was offered or stored.
-    NoSession,
-    /// The task is of another enrollment: nothing was offered or stored.
-    OtherGeneration,
-    /// The task was offered, or stored as expired, or it was not offerable
-    /// in the session; `owed_end`: the session had not sent its `SyncEnd`.
-    Done { owed_end: bool },
 }
 
 /// A decoded frame: a session message or a `Hello` read by hand, or any
@@ -855,7 +859,7 @@ impl<S: FleetStore> Server<S> {
             let Some(mut t) = self.store.task(*tid)? else {
                 continue;
             };
-            self.offer_one(conn, &mut t, now, None)?;
+            self.offer_one(conn, &mut t, now)?;
         }
         self.scratch = ids;
         if let Some(p) = self.store.policy(device)? {
@@ -874,6 +878,11 @@ impl<S: FleetStore> Server<S> {
     /// (stored as offered before it is sent, its first event `Offered`), then
     /// the session's `SyncEnd` if it still owes one. `limit`: as for
     /// `store_state`.
+    ///
+    /// The caller found the session open, and took the task's generation
+    /// from it: what `offer_one` checks of a stored task (its session, its
+    /// enrollment, its state, a cancel) holds for this one, and only its
+    /// expiry is left to look at.
     pub(super) fn offer_new(
         &mut self,
         conn: ConnId,
@@ -882,18 +891,21 @@ impl<S: FleetStore> Server<S> {
         limit: Option<usize>,
     ) -> Result<(), S> {
         let dropped = self.readers_dropped;
-        match self.offer_one(conn, t, now, limit)? {
+        let Some(sync) = self.sync_of(conn) else {
             // Not stored: the task is not queued.
-            Offer::NoSession => Err(ServerError::UnknownConnection),
-            // Never offered to it: stored as queued, and announced so.
-            Offer::OtherGeneration => self.store_state(t, TaskState::Queued, now, limit),
-            Offer::Done { owed_end } => {
-                if owed_end || self.readers_dropped != dropped {
-                    self.end_burst(conn, t.device, now)?;
-                }
-                Ok(())
-            }
+            return Err(ServerError::UnknownConnection);
+        };
+        let owed_end = !sync.end_sent;
+        if t.expires_at.is_some_and(|e| now >= e) {
+            self.store_state(t, TaskState::Expired, now, limit)?;
+        } else {
+            let late = sync.number(t);
+            self.offer_numbered(conn, t, now, limit, late)?;
         }
+        if owed_end || self.readers_dropped != dropped {
+            self.end_burst(conn, t.device, now)?;
+        }
+        Ok(())
     }
 
     /// Ends a burst of work for `device` on `conn`: `SyncEnd`, once per
@@ -914,35 +926,25 @@ impl<S: FleetStore> Server<S> {
         Ok(())
     }
 
-    /// Offers a task in the session, if it is of the session's enrollment
-    /// and offerable there; says what it found (the session's lookup serves
-    /// `offer_new` too). With `limit`, the task is new (see `store_state`).
-    fn offer_one(
-        &mut self,
-        conn: ConnId,
-        t: &mut TaskRecord,
-        now: Instant,
-        limit: Option<usize>,
-    ) -> Result<Offer, S> {
+    /// Offers a stored task in the session, if it is of the session's
+    /// enrollment and offerable there.
+    fn offer_one(&mut self, conn: ConnId, t: &mut TaskRecord, now: Instant) -> Result<(), S> {
         let Some(sync) = self.sync_of(conn) else {
             // `send` dropped the session earlier in this burst (a reader too
             // far behind). The work stays stored for the device's next
             // session; the operator's call that brought it succeeded.
-            return Ok(Offer::NoSession);
+            return Ok(());
         };
         if t.generation != sync.generation {
-            return Ok(Offer::OtherGeneration);
+            return Ok(());
         }
-        let done = Offer::Done {
-            owed_end: !sync.end_sent,
-        };
         if t.cancel_requested && t.state.maybe_on_device() {
             if !sync.cancels_sent.contains(&t.id) {
                 sync.cancels_sent.push(t.id);
                 sync.late_cancel |= sync.end_sent;
                 self.send(conn, &Down::Cancel { task: t.id });
             }
-            return Ok(done);
+            return Ok(());
         }
         let offerable = match t.state {
             TaskState::Queued | TaskState::PushSent => true,
@@ -950,18 +952,26 @@ impl<S: FleetStore> Server<S> {
             _ => false,
         };
         if !offerable {
-            return Ok(done);
+            return Ok(());
         }
         if t.expires_at.is_some_and(|e| now >= e) {
-            self.store_state(t, TaskState::Expired, now, limit)?;
-            return Ok(done);
+            return self.set_state(t, TaskState::Expired, now);
         }
-        t.seq = sync.next_seq;
-        sync.next_seq = sync.next_seq.wrapping_add(1);
-        let late = sync.late_offer;
-        if sync.end_sent {
-            sync.late_offer = Some(t.seq);
-        }
+        let late = sync.number(t);
+        self.offer_numbered(conn, t, now, None, late)
+    }
+
+    /// Stores `t`, numbered in the session (`late`: the session's late offer
+    /// before it), as offered, then sends it. With `limit`, the task is new
+    /// (see `store_state`); refused, it gives its number back.
+    fn offer_numbered(
+        &mut self,
+        conn: ConnId,
+        t: &mut TaskRecord,
+        now: Instant,
+        limit: Option<usize>,
+        late: Option<u32>,
+    ) -> Result<(), S> {
         // Stored before it is sent.
         let stored = self.store_state(t, TaskState::Offered, now, limit);
         if matches!(stored, Err(ServerError::QueueFull)) {
@@ -978,7 +988,7 @@ impl<S: FleetStore> Server<S> {
             kind: t.kind,
         };
         self.send(conn, &Down::Task(task));
-        Ok(done)
+        Ok(())
     }
 
     /// Records a report; returns the sequence to acknowledge (after the
