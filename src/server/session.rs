@@ -1043,11 +1043,14 @@ impl<S: FleetStore> Server<S> {
                     }
                     changed
                 };
-                let task = self.store.commit_task_report(commit, id, &mut update)?;
-                // Durable now: to be acknowledged; tell the console.
-                if let Some(t) = &task {
+                // Read where the store returned it: moved out by `?`, the
+                // task (120 bytes) was copied once more only to announce it.
+                let task = self.store.commit_task_report(commit, id, &mut update);
+                if let Ok(Some(t)) = &task {
+                    // Durable now: to be acknowledged; tell the console.
                     self.task_changed(t);
                 }
+                task?;
                 return Ok(seq);
             }
             ReportBody::Compliance(e) => {
