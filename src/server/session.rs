@@ -501,7 +501,7 @@ impl<S: FleetStore> Server<S> {
             }
             (Phase::Syncing(sync), Up::Report { seq, body }) => {
                 let device = sync.device;
-                self.on_report(conn, device, seq, body, now).map(Some)
+                self.on_report(conn, device, seq, &body, now).map(Some)
             }
             (Phase::Syncing(sync), Up::Progress { task, percent }) => {
                 let device = sync.device;
@@ -561,14 +561,15 @@ impl<S: FleetStore> Server<S> {
         now: Instant,
     ) -> Result<Option<u32>, S> {
         let syncing = device.is_some();
-        match msg {
-            SessionUp::Proof { mac } if !syncing => self.on_proof(conn, mac, now).map(|()| None),
+        // Matched in place: the report's body is read where it was decoded.
+        match &msg {
+            SessionUp::Proof { mac } if !syncing => self.on_proof(conn, *mac, now).map(|()| None),
             SessionUp::Report { seq, body } => match device {
-                Some(device) => self.on_report(conn, device, seq, body, now).map(Some),
+                Some(device) => self.on_report(conn, device, *seq, body, now).map(Some),
                 None => Err(ServerError::Peer(PeerError::Unexpected)),
             },
             SessionUp::Progress { task, percent } => match device {
-                Some(device) => self.on_progress(device, task, percent).map(|()| None),
+                Some(device) => self.on_progress(device, *task, *percent).map(|()| None),
                 None => Err(ServerError::Peer(PeerError::Unexpected)),
             },
             _ => Err(ServerError::Peer(PeerError::Unexpected)),
@@ -999,7 +1000,7 @@ impl<S: FleetStore> Server<S> {
         conn: ConnId,
         device: wire::DeviceId,
         seq: u32,
-        body: ReportBody,
+        body: &ReportBody,
         now: Instant,
     ) -> Result<u32, S> {
         // Only the sequences are read (and the policy state for a policy
@@ -1015,49 +1016,62 @@ impl<S: FleetStore> Server<S> {
             }
             return Ok(seqs.last_report_seq); // a resend
         }
-        let mut commit = ReportCommit {
-            device,
-            seqs: ReportSeqs {
-                last_report_seq: seq,
-                last_task_seq: seqs.last_task_seq,
-            },
-            policy_version: None,
-            policy_state: None,
-            task: None,
-            compliance: None,
+        let seqs = ReportSeqs {
+            last_report_seq: seq,
+            last_task_seq: seqs.last_task_seq,
         };
-        let (policy_state, event);
-        match body {
-            ReportBody::Task { task: id, status } => {
-                // Rare: a task given back ("not now") that a newer click
-                // could not replace while the device held it.
-                let by = match status {
-                    TaskStatus::Deferred { .. } => self.superseded_on_return(device, id)?,
-                    _ => None,
-                };
-                let mut update = |t: &mut TaskRecord, seqs: &mut ReportSeqs| {
-                    let changed = apply_status(t, conn, device, status, by, now);
-                    // Any status for an offer means the device accepted its seq.
-                    if changed && seq_newer(t.seq, seqs.last_task_seq) {
-                        seqs.last_task_seq = t.seq;
-                    }
-                    changed
-                };
-                // Read where the store returned it: moved out by `?`, the
-                // task (120 bytes) was copied once more only to announce it.
-                let task = self.store.commit_task_report(commit, id, &mut update);
-                if let Ok(Some(t)) = &task {
-                    // Durable now: to be acknowledged; tell the console.
-                    self.task_changed(t);
-                }
-                task?;
-                return Ok(seq);
+        let ReportBody::Task { task: id, status } = *body else {
+            return self.commit_other_report(device, seqs, body).map(|()| seq);
+        };
+        // Rare: a task given back ("not now") that a newer click could not
+        // replace while the device held it.
+        let by = match status {
+            TaskStatus::Deferred { .. } => self.superseded_on_return(device, id)?,
+            _ => None,
+        };
+        let commit = ReportCommit::new(device, seqs);
+        let mut update = |t: &mut TaskRecord, seqs: &mut ReportSeqs| {
+            let changed = apply_status(t, conn, device, status, by, now);
+            // Any status for an offer means the device accepted its seq.
+            if changed && seq_newer(t.seq, seqs.last_task_seq) {
+                seqs.last_task_seq = t.seq;
             }
+            changed
+        };
+        // Read where the store returned it: moved out by `?`, the task
+        // (120 bytes) was copied once more only to announce it.
+        let task = self.store.commit_task_report(commit, id, &mut update);
+        if let Ok(Some(t)) = &task {
+            // Durable now: to be acknowledged; tell the console.
+            self.task_changed(t);
+        }
+        task?;
+        Ok(seq)
+    }
+
+    /// Stores a report of `device` that is not about a task (`body`: a
+    /// compliance event or a policy outcome) with the device's new
+    /// sequences `seqs`, and tells the console. Out of line: the policy
+    /// state and the event it builds on the stack, and their registers,
+    /// were set up in `on_report` for every report, though task reports,
+    /// the usual kind, need none of it.
+    #[inline(never)]
+    fn commit_other_report(
+        &mut self,
+        device: wire::DeviceId,
+        seqs: ReportSeqs,
+        body: &ReportBody,
+    ) -> Result<(), S> {
+        let policy_state;
+        let mut commit = ReportCommit::new(device, seqs);
+        let event = match *body {
+            // `on_report`'s own: stored with the sequences only, no event.
+            ReportBody::Task { .. } => return Ok(self.store.commit_report(commit)?),
             ReportBody::Compliance(e) => {
                 commit.compliance = Some(e);
-                event = ServerEvent::Compliance { device, event: e };
+                ServerEvent::Compliance { device, event: e }
             }
-            ReportBody::Policy(r) => {
+            ReportBody::Policy(ref r) => {
                 let assigned = self.store.policy(device)?.map_or(0, |p| p.version);
                 // A version not at or before the assigned one was never
                 // assigned, so not applied (a broken or hostile device):
@@ -1079,13 +1093,13 @@ impl<S: FleetStore> Server<S> {
                     commit.policy_state = Some(&policy_state);
                     policy_state.clone()
                 };
-                event = ServerEvent::PolicyReported { device, state };
+                ServerEvent::PolicyReported { device, state }
             }
-        }
+        };
         self.store.commit_report(commit)?;
         // Durable now: to be acknowledged; tell the console.
         self.events.push_back(event);
-        Ok(seq)
+        Ok(())
     }
 
     /// Progress of task `id` from the session of `device`.

@@ -275,6 +275,19 @@ pub struct ReportCommit<'a> {
 }
 
 impl ReportCommit<'_> {
+    /// A commit of `device`'s new sequences `seqs` that changes nothing
+    /// else (the report's own change is set on it after).
+    pub(super) fn new(device: DeviceId, seqs: ReportSeqs) -> Self {
+        Self {
+            device,
+            seqs,
+            policy_version: None,
+            policy_state: None,
+            task: None,
+            compliance: None,
+        }
+    }
+
     /// Applies the commit's changes to the device's record `rec`: for a store
     /// that writes whole records.
     pub fn apply_to(&self, rec: &mut DeviceRecord) {
