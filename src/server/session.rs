@@ -216,7 +216,12 @@ impl Session {
         if self.out.len() < start + frame::MAX_FRAME {
             self.out.resize(start + frame::MAX_FRAME, 0);
         }
-        match frame::encode_keyed_inline(msg, &mut self.out[start..], self.key) {
+        // Exactly a frame's room, not all the buffer past `start`: the
+        // encoder's room computations and checks then fold to constants.
+        let Some(room) = self.out.get_mut(start..start + frame::MAX_FRAME) else {
+            return false; // cannot happen: resized above
+        };
+        match frame::encode_keyed_inline(msg, room, self.key) {
             Ok(n) => {
                 self.out_end = start + n;
                 true
