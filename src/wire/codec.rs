@@ -357,7 +357,12 @@ pub(crate) fn session_down(payload: &[u8]) -> Option<SessionDown> {
 
 /// A session message of an `Up` payload (see [`session_down`]); for the
 /// server, so unused in a device-only build.
+///
+/// Inlined into the server's `read_frames`, its one caller, which is
+/// generic and so compiled in the application's crate: out of line, each
+/// message paid a call across crates and this function's register saves.
 #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+#[inline]
 pub(crate) fn session_up(payload: &[u8]) -> Option<SessionUp> {
     up(payload).ok().flatten()
 }
