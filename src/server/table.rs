@@ -119,6 +119,9 @@ enum KeyHash {
 }
 
 impl KeyHash {
+    // Inlined wherever a lookup is (with `report_seqs` inlined into the
+    // engine, the compiler had left it a call of its own there).
+    #[inline]
     fn hash(&self, key: u64) -> u64 {
         match self {
             KeyHash::Fold(hasher) => hasher.hash_one(key),
