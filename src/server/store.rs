@@ -1086,6 +1086,10 @@ impl FleetStore for MemoryStore {
         Ok(())
     }
 
+    // Inlined into the engine's report path (compiled in the application's
+    // crate): besides the call across crates, the engine's `update` is then
+    // called directly, not through its `dyn` pointer, and inlined.
+    #[inline]
     fn commit_task_report(
         &mut self,
         mut c: ReportCommit<'_>,
