@@ -563,7 +563,10 @@ impl MemoryStore {
         }
     }
 
-    /// Takes task `id` out of `device`'s open list (it is final).
+    /// Takes task `id` out of `device`'s open list (it is final). Inlined
+    /// with `commit_task_report` into the engine, where a task's end is the
+    /// usual report: a call of its own there nearly doubled its cost.
+    #[inline]
     fn unindex_task(&mut self, device: DeviceId, id: TaskId) {
         let Some(open) = self.open.get_mut(&device) else {
             return;
