@@ -973,7 +973,10 @@ impl<S: FleetStore> Server<S> {
 
     /// Stores `t`, numbered in the session (`late`: the session's late offer
     /// before it), as offered, then sends it. With `limit`, the task is new
-    /// (see `store_state`); refused, it gives its number back.
+    /// (see `store_state`); refused, it gives its number back. Inlined
+    /// into its two callers: a call of its own set up its own frame (room
+    /// for a `Down` to send) and register saves for every task offered.
+    #[inline]
     fn offer_numbered(
         &mut self,
         conn: ConnId,
