@@ -200,6 +200,10 @@ impl Session {
         self.out_end = 0;
     }
 
+    // Inlined with `poll_transmit_for` into the caller's drain loop (the
+    // engine is compiled in the application's crate; this, not generic,
+    // was a call across crates per frame taken).
+    #[inline]
     pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
         let pending = &self.out[self.out_pos..self.out_end];
         let n = pending.len().min(buf.len());
