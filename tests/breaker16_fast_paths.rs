@@ -392,3 +392,49 @@ fn compliance_retry_while_the_server_is_out_of_reach_is_kept() {
         );
     }
 }
+
+/// A session's `Disconnect` must survive a second session end before the
+/// application polls. Sequence: the link opens and the server stays
+/// silent, so the session fails at its response deadline (`Disconnect`
+/// and `SyncFailed` pending); the application has not polled yet when
+/// it calls `handle_timeout` again, at the retry (a new attempt,
+/// `Connecting`) and at that attempt's connect deadline (it fails too).
+/// The second end must not wipe the first session's `Disconnect`: without
+/// it the application never closes that session's transport. (Before
+/// the fix `end_session` overwrote the flag with "the attempt had no
+/// transport".)
+#[test]
+fn a_disconnect_survives_a_second_session_end_before_the_poll() {
+    let cfg = DeviceConfig::new(DeviceId(9), 0, [3; 32], Platform::Android);
+    let mut now = Instant::from_millis(5_000_000);
+    let mut dev: Device<8, 2> = Device::new(cfg, now);
+    dev.handle_timeout(now);
+    let mut buf = [0u8; 512];
+    let mut saw_connect = false;
+    while let Some(ev) = dev.poll_event() {
+        if ev == Event::Connect {
+            saw_connect = true;
+            dev.connected(now);
+        }
+    }
+    assert!(saw_connect, "a new device syncs at boot");
+    while let Ok(Some(_)) = dev.poll_transmit(&mut buf) {}
+    // Nothing comes back: the session fails at its deadline, then (no poll
+    // in between) the retry starts and its connection attempt times out.
+    let mut ends = 0;
+    for _ in 0..3 {
+        now = dev.poll_timeout().unwrap();
+        dev.handle_timeout(now);
+        ends += 1;
+    }
+    assert_eq!(ends, 3);
+    assert_eq!(dev.stats().failures, 2, "the session, then the attempt");
+    let mut events = Vec::new();
+    while let Some(ev) = dev.poll_event() {
+        events.push(ev);
+    }
+    assert!(
+        events.contains(&Event::Disconnect),
+        "the first session's transport is never closed: {events:?}"
+    );
+}

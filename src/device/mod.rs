@@ -1465,7 +1465,10 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.key = 0;
         self.decoder.reset();
         self.connect = false;
-        self.disconnect = was_open;
+        // Kept if set: a session that ended before the application polled
+        // still needs its transport closed when an attempt (no transport
+        // yet) ends after it.
+        self.disconnect |= was_open;
         self.outcome = Some(outcome);
         if core::mem::take(&mut self.refused_resync) && !self.app_deferred {
             self.wants.set(SyncTrigger::Report);
