@@ -220,6 +220,17 @@ fn any_cutting_of_the_servers_bytes_gives_the_same_run() {
 
 use mdm_sync::server::{ServerError, SupersedeKey, TaskOptions};
 
+/// The operator's "lock" click: a Lock task with supersede key "lock".
+fn click_lock(p: &mut Pair, id: mdm_sync::wire::DeviceId) -> mdm_sync::wire::TaskId {
+    let opts = TaskOptions {
+        supersede: Some(SupersedeKey::from_name("lock")),
+        ..TaskOptions::default()
+    };
+    p.server
+        .enqueue_task(id, TaskKind::Lock, opts, p.now)
+        .unwrap()
+}
+
 /// A pair whose device is in session, holding one task (so the session
 /// lingers) and having given back a second one with key "lock" ("not
 /// now"). Returns the held and the deferred task.
@@ -231,14 +242,7 @@ fn in_session_with_a_deferred_lock(
         .script
         .extend([Behaviour::Hold, Behaviour::Defer(Some(3600))]);
     let held = p.queue(0, TaskKind::Scan);
-    let opts = TaskOptions {
-        supersede: Some(SupersedeKey::from_name("lock")),
-        ..TaskOptions::default()
-    };
-    let deferred = p
-        .server
-        .enqueue_task(id, TaskKind::Lock, opts, p.now)
-        .unwrap();
+    let deferred = click_lock(p, id);
     p.tick();
     assert_eq!(p.server.session_count(), 1, "the held task keeps it open");
     assert!(
@@ -257,14 +261,7 @@ fn a_click_in_session_supersedes_the_deferred_one_and_runs_once() {
     let mut p = Pair::new(1);
     let id = p.id(0);
     let (_held, deferred) = in_session_with_a_deferred_lock(&mut p);
-    let opts = TaskOptions {
-        supersede: Some(SupersedeKey::from_name("lock")),
-        ..TaskOptions::default()
-    };
-    let new = p
-        .server
-        .enqueue_task(id, TaskKind::Lock, opts, p.now)
-        .unwrap();
+    let new = click_lock(&mut p, id);
     // Offered at once in the open session (no push, no new session).
     assert_eq!(p.state(0, new), TaskState::Offered);
     p.tick();
