@@ -41,26 +41,33 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 
 /// CRC-32/ISO-HDLC of `bytes`, as used by frames and snapshots.
 ///
-/// Frames of an open session cover 6 to 15 bytes. crc32fast reads those with
-/// the same slicing-by-8 tables as here, behind a call, a feature check and a
-/// dispatch that cost more than the reading (callgrind, 11 bytes: 88
-/// instructions, 62 here as a call of its own, fewer inlined). From 16 bytes
-/// on its SIMD folding wins.
+/// Frames of an open session cover 6 to 40 bytes, written a byte at a time
+/// by the encoder just before (or copied in just before, on the reading
+/// side). Those go through slicing-by-8 tables here, inline, reading a byte
+/// at a time: a wider load of bytes still in the store buffer from narrower
+/// stores cannot take them from there and waits until they reach the cache
+/// (a failed store-to-load forward). crc32fast read the 10 bytes of a task
+/// offer as one 4-byte load and bytes, and its SIMD folding reads 16 at once:
+/// that wait was about a third of the server's `send` in
+/// `round_trip_profile` (perf, Xeon model 207), and reading bytes here took
+/// the round trip from 314-327 ns to 305-311. From `SHORT_CRC_MAX` bytes on
+/// (snapshots, `Hello`s with a push token) crc32fast's folding wins.
 #[cfg(feature = "crc-table")]
 #[inline]
 pub fn crc32(bytes: &[u8]) -> u32 {
-    if bytes.len() >= 16 {
+    if bytes.len() >= SHORT_CRC_MAX {
         return crc32_long(bytes);
     }
     let [t0, t1, t2, t3, t4, t5, t6, t7] = &SHORT_CRC_TABLES;
     let mut crc = !0u32;
     let mut rest = bytes;
-    if let Some((b, tail)) = rest.split_first_chunk::<8>() {
-        let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) ^ crc;
-        crc = t7[(lo & 0xFF) as usize]
-            ^ t6[((lo >> 8) & 0xFF) as usize]
-            ^ t5[((lo >> 16) & 0xFF) as usize]
-            ^ t4[(lo >> 24) as usize]
+    // Byte loads only: see `SHORT_CRC_MAX`.
+    let at = |t: &[u32; 256], b: u8, c: u32, shift: u32| t[usize::from(b ^ (c >> shift) as u8)];
+    while let Some((b, tail)) = rest.split_first_chunk::<8>() {
+        crc = at(t7, b[0], crc, 0)
+            ^ at(t6, b[1], crc, 8)
+            ^ at(t5, b[2], crc, 16)
+            ^ at(t4, b[3], crc, 24)
             ^ t3[usize::from(b[4])]
             ^ t2[usize::from(b[5])]
             ^ t1[usize::from(b[6])]
@@ -68,26 +75,28 @@ pub fn crc32(bytes: &[u8]) -> u32 {
         rest = tail;
     }
     if let Some((b, tail)) = rest.split_first_chunk::<4>() {
-        let w = u32::from_le_bytes(*b) ^ crc;
-        crc = t3[(w & 0xFF) as usize]
-            ^ t2[((w >> 8) & 0xFF) as usize]
-            ^ t1[((w >> 16) & 0xFF) as usize]
-            ^ t0[(w >> 24) as usize];
+        crc = at(t3, b[0], crc, 0)
+            ^ at(t2, b[1], crc, 8)
+            ^ at(t1, b[2], crc, 16)
+            ^ at(t0, b[3], crc, 24);
         rest = tail;
     }
     // The last 0 to 3 bytes at once: byte `j` of `k` is advanced by the
     // `k - 1 - j` zero bytes after it; the CRC's unread high bytes shift down.
-    let at = |t: &[u32; 256], b: u8, shift: u32| t[usize::from(b ^ (crc >> shift) as u8)];
     crc = match *rest {
         [] => crc,
-        [a] => at(t0, a, 0) ^ (crc >> 8),
-        [a, b] => at(t1, a, 0) ^ at(t0, b, 8) ^ (crc >> 16),
-        [a, b, c, ..] => at(t2, a, 0) ^ at(t1, b, 8) ^ at(t0, c, 16) ^ (crc >> 24),
+        [a] => at(t0, a, crc, 0) ^ (crc >> 8),
+        [a, b] => at(t1, a, crc, 0) ^ at(t0, b, crc, 8) ^ (crc >> 16),
+        [a, b, c, ..] => at(t2, a, crc, 0) ^ at(t1, b, crc, 8) ^ at(t0, c, crc, 16) ^ (crc >> 24),
     };
     !crc
 }
 
-/// [`crc32`] of 16 bytes or more, out of line.
+/// Inputs from this length on go to crc32fast (see [`crc32`]).
+#[cfg(feature = "crc-table")]
+const SHORT_CRC_MAX: usize = 64;
+
+/// [`crc32`] of `SHORT_CRC_MAX` bytes or more, out of line.
 #[cfg(feature = "crc-table")]
 #[inline(never)]
 fn crc32_long(bytes: &[u8]) -> u32 {
@@ -432,7 +441,7 @@ mod tests {
         /// the short path's bound, at eight alignments.
         #[test]
         fn crc_equals_the_reference_on_random_bytes(
-            buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+            buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
             start in 0usize..8,
         ) {
             let bitwise = crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISO_HDLC);
