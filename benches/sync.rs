@@ -2,7 +2,11 @@
 //!
 //! - `sync/round_trip_in_session`: the server queues a task for a device in an
 //!   open session -> frames out -> the device decodes, executes, persists and
-//!   reports -> the server records the final status and acknowledges.
+//!   reports -> the server records the final status and acknowledges. The
+//!   device reads the server's frames where the server wrote them
+//!   (`Server::transmit_with`), as a transport that takes a borrowed slice
+//!   does; before 2026-12-05 the rig copied them out with
+//!   `poll_transmit_for` first.
 //! - `sync/whole_sync_with_handshake`: the same, but the device is offline: a
 //!   push, connect, Hello, Challenge, Proof, Welcome, task,
 //!   reports, acks, disconnect.

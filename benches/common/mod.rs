@@ -319,12 +319,22 @@ impl Rig {
             return false;
         };
         let mut moved = false;
-        while let Some(n) = self.server.poll_transmit_for(conn, &mut self.buf[..]) {
+        // The bytes where the server wrote them, no copy between the two
+        // (`Server::transmit_with`), as a transport that can take a borrowed
+        // slice at once does.
+        let (device, record, now) = (&mut self.device, &mut self.record, self.now);
+        while self
+            .server
+            .transmit_with(conn, |bytes| {
+                if let Some((_, down)) = record {
+                    down.extend_from_slice(bytes);
+                }
+                device.handle_bytes(bytes, now).unwrap();
+                bytes.len()
+            })
+            .is_some()
+        {
             moved = true;
-            if let Some((_, down)) = &mut self.record {
-                down.extend_from_slice(&self.buf[..n]);
-            }
-            self.device.handle_bytes(&self.buf[..n], self.now).unwrap();
         }
         moved
     }

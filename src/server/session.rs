@@ -200,14 +200,15 @@ impl Session {
         self.out_end = 0;
     }
 
-    // Inlined with `poll_transmit_for` into the caller's drain loop (the
-    // engine is compiled in the application's crate; this, not generic,
-    // was a call across crates per frame taken).
+    /// Hands the pending output to `send`, which says how many of its bytes
+    /// it took (more than it was given counts as all of them). Inlined with
+    /// `transmit_with` into the caller's drain loop (the engine is compiled
+    /// in the application's crate; a call across crates per frame taken cost
+    /// as much as the copy).
     #[inline]
-    pub(super) fn take_output(&mut self, buf: &mut [u8]) -> usize {
+    pub(super) fn take_output(&mut self, send: impl FnOnce(&[u8]) -> usize) -> usize {
         let pending = &self.out[self.out_pos..self.out_end];
-        let n = pending.len().min(buf.len());
-        copy_short(&mut buf[..n], &pending[..n]);
+        let n = send(pending).min(pending.len());
         self.out_pos += n;
         if self.out_pos == self.out_end {
             self.clear_output();
@@ -243,7 +244,7 @@ impl Session {
 /// for 8 to 32 bytes (a frame of an open session is about 10 to 20): two
 /// copies of fixed size that overlap in the middle.
 #[inline]
-fn copy_short(dst: &mut [u8], src: &[u8]) {
+pub(super) fn copy_short(dst: &mut [u8], src: &[u8]) {
     fn ends<const K: usize>(dst: &mut [u8], src: &[u8]) -> bool {
         let (Some(d), Some(s)) = (dst.first_chunk_mut::<K>(), src.first_chunk::<K>()) else {
             return false;
