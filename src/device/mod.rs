@@ -1056,7 +1056,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         match msg {
             SessionDown::Ack { seq } => {
                 trace!("received ack {}", seq);
-                self.on_session_ack(seq)
+                self.on_session_ack(seq as u32)
             }
             SessionDown::Task(task) => {
                 trace!("received task seq {}", task.seq);
