@@ -139,7 +139,7 @@ impl<S: FleetStore> Server<S> {
             online: self.online.contains_key(&id),
             overdue: self.is_overdue(id),
             last_sync: rec.last_sync,
-            policy_assigned: self.store.policy(id)?.map_or(0, |p| p.version),
+            policy_assigned: self.store.policy_version(id)?.unwrap_or(0),
             policy_state: rec.policy_state,
             open_tasks,
         })

@@ -774,8 +774,8 @@ impl<S: FleetStore> Server<S> {
         for (device, reported) in policy_pending {
             if self
                 .store
-                .policy(device)?
-                .is_some_and(|p| p.version != reported)
+                .policy_version(device)?
+                .is_some_and(|v| v != reported)
             {
                 wake.push(device);
             }
@@ -1120,7 +1120,7 @@ impl<S: FleetStore> Server<S> {
             .ok_or(ServerError::UnknownDevice)?;
         let settings = heapless::Vec::<Setting, MAX_SETTINGS>::from_slice(settings)
             .map_err(|_| ServerError::PolicyTooLarge)?;
-        let prev = self.store.policy(device)?.map_or(0, |p| p.version);
+        let prev = self.store.policy_version(device)?.unwrap_or(0);
         // The newer of the two in the window devices compare versions in.
         let newest = if seq_newer(rec.policy_version, prev) {
             rec.policy_version

@@ -877,9 +877,13 @@ impl<S: FleetStore> Server<S> {
             self.offer_one(conn, &mut t, now)?;
         }
         self.scratch = ids;
-        if let Some(p) = self.store.policy(device)? {
-            if let Some(sync) = self.sync_of(conn) {
-                if seq_newer(p.version, sync.policy_sent) {
+        // The version first: most syncs find no newer policy, and the policy
+        // itself (264 bytes) is read, and copied, only to be sent.
+        let sent = self.sync_of(conn).map(|s| s.policy_sent);
+        let newer = |v: u32| sent.is_some_and(|sent| seq_newer(v, sent));
+        if self.store.policy_version(device)?.is_some_and(newer) {
+            if let Some(p) = self.store.policy(device)?.filter(|p| newer(p.version)) {
+                if let Some(sync) = self.sync_of(conn) {
                     sync.policy_sent = p.version;
                     sync.late_policy |= sync.end_sent;
                     self.send(conn, &Down::Policy(p));
@@ -1089,7 +1093,7 @@ impl<S: FleetStore> Server<S> {
                 ServerEvent::Compliance { device, event: e }
             }
             ReportBody::Policy(ref r) => {
-                let assigned = self.store.policy(device)?.map_or(0, |p| p.version);
+                let assigned = self.store.policy_version(device)?.unwrap_or(0);
                 // A version not at or before the assigned one was never
                 // assigned, so not applied (a broken or hostile device):
                 // taken as the device's version, it would number later
