@@ -445,6 +445,29 @@ impl<const O: usize, const I: usize> SimDevice<O, I> {
     }
 }
 
+/// The `Down` messages in `bytes`, a server's output in the session of key
+/// `key`, of any length (fed to the decoder a buffer at a time). Panics on
+/// a bad frame, a message that does not decode, or a partial frame at the end.
+pub fn downs(bytes: &[u8], key: u32) -> Vec<mdm_sync::wire::Down> {
+    use mdm_sync::wire::{self, Down};
+    let mut dec = wire::FrameDecoder::<{ wire::MAX_FRAME }>::new();
+    dec.set_key(key);
+    let mut msgs = Vec::new();
+    let mut rest = bytes;
+    loop {
+        let n = dec.push(rest);
+        rest = &rest[n..];
+        while let Some(p) = dec.decode() {
+            msgs.push(wire::decode::<Down>(p.expect("whole frames only")).unwrap());
+        }
+        if rest.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(dec.buffered(), 0, "no partial frame left");
+    msgs
+}
+
 /// What [`raw_handshake`] returns: the connection, its session key, and the
 /// server's answer to the proof.
 pub type RawHandshake<E> = (ConnId, u32, Result<(), mdm_sync::server::ServerError<E>>);
