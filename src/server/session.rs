@@ -194,6 +194,11 @@ impl Session {
         self.out_pos < self.out_end
     }
 
+    /// Bytes queued and not yet taken by the transport.
+    fn pending_out(&self) -> usize {
+        self.out_end - self.out_pos
+    }
+
     /// Empties the output buffer once everything in it was taken.
     fn clear_output(&mut self) {
         self.out_pos = 0;
@@ -221,6 +226,15 @@ impl Session {
     // and this function's own register saves (seven) on top of `send`'s.
     #[inline]
     fn push_frame(&mut self, msg: &Down) -> bool {
+        if self.out.len() < self.out_end + frame::MAX_FRAME && self.out_pos > 0 {
+            // Bytes taken from the front of a queue never drained to the
+            // end (a transport that always leaves a few): the rest moves
+            // down before the buffer grows, so it holds what is pending,
+            // not all a long session ever sent.
+            self.out.copy_within(self.out_pos..self.out_end, 0);
+            self.out_end -= self.out_pos;
+            self.out_pos = 0;
+        }
         let start = self.out_end;
         if self.out.len() < start + frame::MAX_FRAME {
             self.out.resize(start + frame::MAX_FRAME, 0);
@@ -625,7 +639,7 @@ impl<S: FleetStore> Server<S> {
         if s.closing {
             return; // nothing follows our error frame
         }
-        if s.out_end > self.cfg.max_pending_out {
+        if s.pending_out() > self.cfg.max_pending_out {
             // A reader this far behind is dropped. It syncs again on its own
             // when it has reports unacknowledged; for new work, `end_burst`
             // asks for a push.
