@@ -63,22 +63,11 @@ fn drained_in_place(
     }
 }
 
-fn frames(bytes: &[u8], key: u32) -> Vec<Down> {
-    let mut dec = wire::FrameDecoder::<{ wire::MAX_FRAME }>::new();
-    dec.set_key(key);
-    dec.push(bytes);
-    let mut msgs = Vec::new();
-    while let Some(p) = dec.decode() {
-        msgs.push(wire::decode::<Down>(p.unwrap()).unwrap());
-    }
-    msgs
-}
-
 #[test]
 fn the_same_bytes_as_poll_transmit_for_whatever_is_taken() {
     let (mut a, conn_a, key) = server_with_output();
     let want = drained_by_copy(&mut a, conn_a, wire::MAX_FRAME);
-    let msgs = frames(&want, key);
+    let msgs = common::downs(&want, key);
     assert!(
         matches!(
             msgs[..],
@@ -152,4 +141,23 @@ fn a_closing_connection_ends_with_its_last_byte() {
     let msg = wire::decode::<Down>(frame::payload(&out)).unwrap();
     assert_eq!(msg, Down::Error(wire::ErrorCode::BadMessage));
     assert_eq!(s.transmit_with(conn, |_| panic!("closed")), None);
+}
+
+/// `poll_transmit` with an empty buffer takes nothing and leaves the
+/// connection queued: the next call with room gets its output.
+#[test]
+fn poll_transmit_with_no_room_strands_nothing() {
+    let (mut s, conn, key) = server_with_output();
+    assert_eq!(s.poll_transmit(&mut []), None);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Some((c, n)) = s.poll_transmit(&mut buf) {
+        assert_eq!(c, conn);
+        out.extend_from_slice(&buf[..n]);
+    }
+    let msgs = common::downs(&out, key);
+    assert!(
+        matches!(msgs[..], [Down::Welcome { .. }, .., Down::SyncEnd]),
+        "{msgs:?}"
+    );
 }

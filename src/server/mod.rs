@@ -1378,8 +1378,14 @@ impl<S: FleetStore> Server<S> {
         self.events.pop_front()
     }
 
-    /// Copies pending output of some connection into `buf`.
+    /// Copies pending output of some connection into `buf`. `None` for an
+    /// empty `buf` (nothing can be copied; the output stays queued).
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<(ConnId, usize)> {
+        if buf.is_empty() {
+            // Else the first ready connection would be taken off the queue
+            // with its output untaken, and stranded there until new output.
+            return None;
+        }
         while let Some(conn) = self.ready.pop_front() {
             let Some(s) = self.sessions.get_mut(&conn) else {
                 continue; // closed since
