@@ -226,19 +226,20 @@ impl Session {
     // and this function's own register saves (seven) on top of `send`'s.
     #[inline]
     fn push_frame(&mut self, msg: &Down) -> bool {
-        if self.out.len() < self.out_end + frame::MAX_FRAME && self.out_pos > 0 {
-            // Bytes taken from the front of a queue never drained to the
-            // end (a transport that always leaves a few): the rest moves
-            // down before the buffer grows, so it holds what is pending,
-            // not all a long session ever sent.
-            self.out.copy_within(self.out_pos..self.out_end, 0);
-            self.out_end -= self.out_pos;
-            self.out_pos = 0;
+        if self.out.len() < self.out_end + frame::MAX_FRAME {
+            if self.out_pos > 0 {
+                // Bytes taken from the front of a queue never drained to
+                // the end (a transport that always leaves a few): the rest
+                // moves down before the buffer grows, so it holds what is
+                // pending, not all a long session ever sent.
+                self.out.copy_within(self.out_pos..self.out_end, 0);
+                self.out_end -= self.out_pos;
+                self.out_pos = 0;
+            }
+            self.out
+                .resize(self.out.len().max(self.out_end + frame::MAX_FRAME), 0);
         }
         let start = self.out_end;
-        if self.out.len() < start + frame::MAX_FRAME {
-            self.out.resize(start + frame::MAX_FRAME, 0);
-        }
         // Exactly a frame's room, not all the buffer past `start`: the
         // encoder's room computations and checks then fold to constants.
         let Some(room) = self.out.get_mut(start..start + frame::MAX_FRAME) else {

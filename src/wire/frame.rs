@@ -61,7 +61,7 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     let [t0, t1, t2, t3, t4, t5, t6, t7] = &SHORT_CRC_TABLES;
     let mut crc = !0u32;
     let mut rest = bytes;
-    // Byte loads only: see `SHORT_CRC_MAX`.
+    // Byte loads only, for the reason in the docs above.
     let at = |t: &[u32; 256], b: u8, c: u32, shift: u32| t[usize::from(b ^ (c >> shift) as u8)];
     while let Some((b, tail)) = rest.split_first_chunk::<8>() {
         crc = at(t7, b[0], crc, 0)
