@@ -148,31 +148,40 @@ fn auth(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let master = auth::PreparedMaster::new(&common::MASTER);
     let mut nonces = auth::Nonces::new(&common::NONCE_SEED);
-    let hello = mdm_sync::wire::Up::Hello(common::sample_hello());
-    let mut buf = [0u8; 512];
-    let n = mdm_sync::wire::encode_payload(&hello, &mut buf).unwrap();
-    let payload = &buf[..n];
     let id = DeviceId(1_234_567);
-    // A right proof, so that the check runs to the end as in a real sync.
-    let nonce = nonces.next_nonce();
-    let secret = auth::derive_secret_prepared(&master, id, 0);
-    let mac = auth::proof(&secret, &nonce, &auth::hello_hash(payload));
-    g.bench_function("server_per_sync", |b| {
-        b.iter(|| {
-            black_box(nonces.next_nonce());
-            let secret = auth::derive_secret_prepared(&master, black_box(id), 0);
-            let hash = auth::hello_hash(black_box(payload));
-            assert!(auth::verify(&secret, &nonce, &hash, black_box(&mac)));
-        })
-    });
-    // The device's share: hash its `Hello`, compute the proof.
-    let secret = auth::derive_secret(&common::MASTER, id, 0);
-    g.bench_function("device_proof", |b| {
-        b.iter(|| {
-            let hash = auth::hello_hash(black_box(payload));
-            black_box(auth::proof(black_box(&secret), &nonce, &hash))
-        })
-    });
+    // With the push token in the `Hello` (hashed: the first sync after a
+    // boot), and without (held in the proof's block: the usual sync).
+    let with_token = common::sample_hello();
+    let without = mdm_sync::wire::Hello {
+        push_token: heapless::String::new(),
+        ..with_token.clone()
+    };
+    for (name, hello) in [("", with_token), ("_no_token", without)] {
+        let hello = mdm_sync::wire::Up::Hello(hello);
+        let mut buf = [0u8; 512];
+        let n = mdm_sync::wire::encode_payload(&hello, &mut buf).unwrap();
+        let payload = &buf[..n];
+        // A right proof, so that the check runs to the end as in a real sync.
+        let nonce = nonces.next_nonce();
+        let secret = auth::derive_secret_prepared(&master, id, 0);
+        let mac = auth::proof(&secret, &nonce, &auth::bind_hello(payload));
+        g.bench_function(format!("server_per_sync{name}"), |b| {
+            b.iter(|| {
+                black_box(nonces.next_nonce());
+                let secret = auth::derive_secret_prepared(&master, black_box(id), 0);
+                let bound = auth::bind_hello(black_box(payload));
+                assert!(auth::verify(&secret, &nonce, &bound, black_box(&mac)));
+            })
+        });
+        // The device's share: bind its `Hello`, compute the proof.
+        let secret = auth::derive_secret(&common::MASTER, id, 0);
+        g.bench_function(format!("device_proof{name}"), |b| {
+            b.iter(|| {
+                let bound = auth::bind_hello(black_box(payload));
+                black_box(auth::proof(black_box(&secret), &nonce, &bound))
+            })
+        });
+    }
     g.finish();
 }
 

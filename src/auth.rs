@@ -3,8 +3,13 @@
 //!
 //! The server answers a device's `Hello` with a fresh 16-byte nonce. The device
 //! proves it holds its per-device secret with one SHA-256 compression whose
-//! chaining value is the secret ([`proof`]):
-//! `C(secret, "mdm-sync/4 proof" || nonce || SHA-256(Hello payload))`.
+//! chaining value is the secret ([`proof`]), on a block that holds the nonce
+//! and the `Hello` payload itself when that is at most 31 bytes (the usual
+//! `Hello`, without a push token):
+//! `C(secret, "mdm-sync/6 short" || nonce || payload || zeros || length)`,
+//! or else the payload's SHA-256:
+//! `C(secret, "mdm-sync/4 proof" || nonce || SHA-256(Hello payload))`
+//! (see [`bind_hello`]).
 //! A nonce is used for one session only, so a recorded proof fails in any
 //! other session; the proof covers the exact `Hello` bytes the server read, so
 //! a `Hello` replayed from an earlier session (or altered on the way: another
@@ -20,7 +25,8 @@
 //! of one use has one fixed length:
 //!
 //! - the proof, `C(secret, 64-byte block)`: 1 compression (HMAC-SHA256 took 5
-//!   with the key prepared anew, as a device and the server did per proof);
+//!   with the key prepared anew, as a device and the server did per proof),
+//!   plus 1 or more to hash a `Hello` of more than 31 bytes;
 //! - the server's derived secrets, `C(M, 64-byte block)` with `M` the state
 //!   after the block `master || domain`, hashed once ([`PreparedMaster`]):
 //!   1 compression (HMAC with a prepared key took 2);
@@ -42,15 +48,17 @@
 //! block under `M`; a nonce is never checked as a MAC. So a proof cannot be
 //! forged without the secret, a device's secret tells nothing about another
 //! device's or about the master key, and nonces are unpredictable while the
-//! seed is secret. The domain strings keep the three keyed uses apart even
-//! if a server used one key for master and seed.
+//! seed is secret. The domain strings keep the keyed uses apart even if a
+//! server used one key for master and seed, and keep the two forms of the
+//! proof's block apart: a block that holds a `Hello` never equals one that
+//! holds a hash.
 //!
 //! The cost: an implementation needs the compression function with a chosen
 //! chaining value, not only a whole-message SHA-256 (most software SHA-256
 //! has it as its block function; a hardware engine that only hashes whole
 //! messages from the standard initial state cannot compute a proof).
 //!
-//! SHA-256 itself (the `Hello` hash, the nonces) is computed here on whole
+//! SHA-256 itself (a long `Hello`'s hash, the nonces) is computed here on whole
 //! blocks with the `sha2` crate's compression function (`compress256`): every
 //! input has a length known ahead, so each is hashed straight from its bytes,
 //! without the buffering and state copies of the streaming `Digest` type.
@@ -66,8 +74,15 @@ use crate::wire::DeviceId;
 /// chaining value (eight big-endian 32-bit words) for [`proof`].
 pub type Secret = [u8; 32];
 
-/// The first 16 bytes of the proof's block.
+/// The first 16 bytes of the proof's block when it holds the `Hello`'s hash.
 const PROOF_DOMAIN: &[u8; 16] = b"mdm-sync/4 proof";
+
+/// The first 16 bytes of the proof's block when it holds the `Hello` itself.
+const SHORT_PROOF_DOMAIN: &[u8; 16] = b"mdm-sync/6 short";
+
+/// The longest `Hello` payload that the proof's block holds as it is
+/// (PROTOCOL.md 6.4): 32 bytes of room, the last one for the length.
+pub const SHORT_HELLO_MAX: usize = 31;
 
 /// The first 17 bytes of a derived secret's block.
 const SECRET_DOMAIN: &[u8; 17] = b"mdm-sync/4 secret";
@@ -131,31 +146,84 @@ fn finish(mut state: [u32; 8], before: u64, msg: &[u8]) -> [u8; 32] {
 }
 
 /// SHA-256 of a `Hello` frame's payload, the exact bytes on the wire: what the
-/// proof binds the session to.
+/// proof binds the session to when the payload is longer than
+/// [`SHORT_HELLO_MAX`] (see [`bind_hello`]).
 pub fn hello_hash(payload: &[u8]) -> [u8; 32] {
     finish(IV, 0, payload)
 }
 
-/// The proof's block: `"mdm-sync/4 proof" || nonce || hello`, 64 bytes.
-fn proof_block(nonce: &[u8; 16], hello: &[u8; 32]) -> [u8; 64] {
+/// How the proof's block holds the session's `Hello` (PROTOCOL.md 6.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HelloForm {
+    /// The payload itself, at most [`SHORT_HELLO_MAX`] bytes: zero-padded to
+    /// 31 bytes, then its length in one byte. The block starts
+    /// `"mdm-sync/6 short"`.
+    Inline,
+    /// The payload's SHA-256 ([`hello_hash`]). The block starts
+    /// `"mdm-sync/4 proof"`.
+    #[default]
+    Hashed,
+}
+
+/// What a proof binds of the session's `Hello`: the last 32 bytes of the
+/// proof's block and the form that tells how to read them. Made from the
+/// payload by [`bind_hello`]; both sides make it from the same bytes (the
+/// device from what it sent, the server from what it read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HelloBinding {
+    /// Whether `bytes` hold the payload or its hash.
+    pub form: HelloForm,
+    /// The payload (padded, its length last) or its SHA-256.
+    pub bytes: [u8; 32],
+}
+
+/// The binding of a `Hello` frame's payload, the exact bytes on the wire:
+/// the payload itself if it has at most [`SHORT_HELLO_MAX`] bytes (no
+/// hashing: a `Hello` without a push token, the usual one, costs one SHA-256
+/// compression fewer on each side), its SHA-256 otherwise.
+pub fn bind_hello(payload: &[u8]) -> HelloBinding {
+    let mut bytes = [0u8; 32];
+    match bytes.get_mut(..payload.len()) {
+        Some(room) if payload.len() <= SHORT_HELLO_MAX => {
+            room.copy_from_slice(payload);
+            bytes[SHORT_HELLO_MAX] = payload.len() as u8;
+            HelloBinding {
+                form: HelloForm::Inline,
+                bytes,
+            }
+        }
+        _ => HelloBinding {
+            form: HelloForm::Hashed,
+            bytes: hello_hash(payload),
+        },
+    }
+}
+
+/// The proof's block: the form's domain string, the nonce, the binding's
+/// 32 bytes; 64 bytes.
+fn proof_block(nonce: &[u8; 16], hello: &HelloBinding) -> [u8; 64] {
+    let domain = match hello.form {
+        HelloForm::Inline => SHORT_PROOF_DOMAIN,
+        HelloForm::Hashed => PROOF_DOMAIN,
+    };
     let mut m = [0u8; 64];
-    m[..16].copy_from_slice(PROOF_DOMAIN);
+    m[..16].copy_from_slice(domain);
     m[16..32].copy_from_slice(nonce);
-    m[32..].copy_from_slice(hello);
+    m[32..].copy_from_slice(&hello.bytes);
     m
 }
 
-/// The proof a device sends for `nonce`, after the `Hello` whose payload
-/// hashes to `hello` (see [`hello_hash`]): one SHA-256 compression with the
-/// secret as chaining value, `C(secret, "mdm-sync/4 proof" || nonce ||
-/// hello)`, no padding (see the module docs for why that is enough).
-pub fn proof(secret: &Secret, nonce: &[u8; 16], hello: &[u8; 32]) -> [u8; 32] {
+/// The proof a device sends for `nonce`, after the `Hello` bound by `hello`
+/// (see [`bind_hello`]): one SHA-256 compression with the secret as
+/// chaining value, `C(secret, domain || nonce || hello)`, no padding (see
+/// the module docs for why that is enough).
+pub fn proof(secret: &Secret, nonce: &[u8; 16], hello: &HelloBinding) -> [u8; 32] {
     keyed_compress(state_words(secret), &proof_block(nonce, hello))
 }
 
-/// Whether `proof` is right for `nonce` and the `Hello` hashing to `hello`
+/// Whether `proof` is right for `nonce` and the `Hello` bound by `hello`
 /// (constant-time comparison).
-pub fn verify(secret: &Secret, nonce: &[u8; 16], hello: &[u8; 32], proof: &[u8; 32]) -> bool {
+pub fn verify(secret: &Secret, nonce: &[u8; 16], hello: &HelloBinding, proof: &[u8; 32]) -> bool {
     let expected = self::proof(secret, nonce, hello);
     expected.ct_eq(proof).to_bool()
 }
@@ -308,33 +376,82 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A proof verifies for its own secret, nonce, `Hello` hash and bytes,
-    /// and fails with any one byte of any of them changed.
+    /// A proof verifies for its own secret, nonce and `Hello` binding (in
+    /// either form), and fails with any one byte of any of them changed, or
+    /// with the other form of the same bytes.
     #[test]
     fn proof_verifies_only_for_its_own_inputs() {
         let secret: Secret = core::array::from_fn(|i| (i * 7 + 1) as u8);
         let nonce: [u8; 16] = core::array::from_fn(|i| (i * 5 + 2) as u8);
-        let hello = hello_hash(b"hello bytes");
-        let p = proof(&secret, &nonce, &hello);
-        assert!(verify(&secret, &nonce, &hello, &p));
-        for i in 0..32 {
-            let mut s = secret;
-            s[i] ^= 0x01;
-            assert!(!verify(&s, &nonce, &hello, &p), "secret byte {i}");
-            let mut h = hello;
-            h[i] ^= 0x80;
-            assert!(!verify(&secret, &nonce, &h, &p), "Hello hash byte {i}");
-            let mut q = p;
-            q[i] ^= 0x10;
-            assert!(!verify(&secret, &nonce, &hello, &q), "proof byte {i}");
+        let short = bind_hello(b"hello bytes");
+        let long = bind_hello(&[7u8; 32]);
+        assert_eq!(short.form, HelloForm::Inline);
+        assert_eq!(long.form, HelloForm::Hashed);
+        for hello in [short, long] {
+            let p = proof(&secret, &nonce, &hello);
+            assert!(verify(&secret, &nonce, &hello, &p));
+            for i in 0..32 {
+                let mut s = secret;
+                s[i] ^= 0x01;
+                assert!(!verify(&s, &nonce, &hello, &p), "secret byte {i}");
+                let mut h = hello;
+                h.bytes[i] ^= 0x80;
+                assert!(!verify(&secret, &nonce, &h, &p), "Hello byte {i}");
+                let mut q = p;
+                q[i] ^= 0x10;
+                assert!(!verify(&secret, &nonce, &hello, &q), "proof byte {i}");
+            }
+            for i in 0..16 {
+                let mut n = nonce;
+                n[i] ^= 0x04;
+                assert!(!verify(&secret, &n, &hello, &p), "nonce byte {i}");
+            }
+            let other_form = HelloBinding {
+                form: match hello.form {
+                    HelloForm::Inline => HelloForm::Hashed,
+                    HelloForm::Hashed => HelloForm::Inline,
+                },
+                ..hello
+            };
+            assert!(!verify(&secret, &nonce, &other_form, &p), "other form");
         }
-        for i in 0..16 {
-            let mut n = nonce;
-            n[i] ^= 0x04;
-            assert!(!verify(&secret, &n, &hello, &p), "nonce byte {i}");
-        }
-        let other = hello_hash(b"hello bytez");
+        let p = proof(&secret, &nonce, &short);
+        let other = bind_hello(b"hello bytez");
         assert!(!verify(&secret, &nonce, &other, &p), "another Hello");
+    }
+
+    /// Up to 31 bytes a `Hello` is held as it is, zero-padded, its length
+    /// last; from 32 bytes on it is hashed. Payloads that differ only in
+    /// trailing zeros bind differently.
+    #[test]
+    fn short_hellos_are_held_long_ones_hashed() {
+        let msg: std::vec::Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37) | 1).collect();
+        for len in 0..=msg.len() {
+            let b = bind_hello(&msg[..len]);
+            if len <= SHORT_HELLO_MAX {
+                let mut want = [0u8; 32];
+                want[..len].copy_from_slice(&msg[..len]);
+                want[31] = len as u8;
+                assert_eq!(
+                    b,
+                    HelloBinding {
+                        form: HelloForm::Inline,
+                        bytes: want
+                    },
+                    "{len}"
+                );
+            } else {
+                assert_eq!(
+                    b,
+                    HelloBinding {
+                        form: HelloForm::Hashed,
+                        bytes: reference_sha(&msg[..len])
+                    }
+                );
+            }
+        }
+        assert_ne!(bind_hello(&[1, 0]), bind_hello(&[1]));
+        assert_ne!(bind_hello(&[]), bind_hello(&[0]));
     }
 
     fn reference_sha(msg: &[u8]) -> [u8; 32] {
@@ -438,15 +555,28 @@ mod tests {
             master in any::<[u8; 32]>(),
             secret in any::<[u8; 32]>(),
             nonce in any::<[u8; 16]>(),
-            hello in proptest::collection::vec(any::<u8>(), 0..700),
+            hello in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..=SHORT_HELLO_MAX),
+                proptest::collection::vec(any::<u8>(), 0..700),
+            ],
             device in any::<u64>(),
             generation in any::<u32>(),
             bit in 0usize..256,
         ) {
-            let h = hello_hash(&hello);
-            let mut block = b"mdm-sync/4 proof".to_vec();
+            let h = bind_hello(&hello);
+            let mut block = if hello.len() <= SHORT_HELLO_MAX {
+                b"mdm-sync/6 short".to_vec()
+            } else {
+                b"mdm-sync/4 proof".to_vec()
+            };
             block.extend_from_slice(&nonce);
-            block.extend_from_slice(&h);
+            if hello.len() <= SHORT_HELLO_MAX {
+                block.extend_from_slice(&hello);
+                block.resize(63, 0);
+                block.push(hello.len() as u8);
+            } else {
+                block.extend_from_slice(&reference_sha(&hello));
+            }
             let p = proof(&secret, &nonce, &h);
             prop_assert_eq!(p, reference_compress(&secret, &block));
             prop_assert!(verify(&secret, &nonce, &h, &p));

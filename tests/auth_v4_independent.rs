@@ -1,4 +1,4 @@
-//! Protocol version 4's authentication checked against PROTOCOL.md section 6
+//! The authentication of protocol versions 4 to 6 checked against PROTOCOL.md section 6
 //! with a SHA-256 compression function written here from FIPS 180-4 (6.2.2),
 //! not the `sha2` crate the library uses: the documented blocks are built
 //! from the text, compressed here, and compared with the vectors of 15.1 and
@@ -166,11 +166,22 @@ fn secret_block(device: u64, generation: u32) -> Vec<u8> {
     b
 }
 
-fn proof_block(nonce: &[u8], hello_hash: &[u8]) -> Vec<u8> {
+/// Section 6.4's block for a `Hello` payload: a payload of up to 31 bytes
+/// itself (version 6), a longer one by its SHA-256.
+fn proof_block(nonce: &[u8], hello: &[u8]) -> Vec<u8> {
+    if hello.len() <= 31 {
+        let mut b = b"mdm-sync/6 short".to_vec();
+        assert_eq!(b.len(), 16);
+        b.extend_from_slice(nonce);
+        b.extend_from_slice(hello);
+        b.resize(63, 0);
+        b.push(hello.len() as u8);
+        return b;
+    }
     let mut b = b"mdm-sync/4 proof".to_vec();
     assert_eq!(b.len(), 16);
     b.extend_from_slice(nonce);
-    b.extend_from_slice(hello_hash);
+    b.extend_from_slice(&sha256(hello));
     b
 }
 
@@ -204,17 +215,27 @@ fn protocol_md_auth_vectors_follow_from_the_text() {
     let hello_frame = vector("hello");
     let payload = &hello_frame[4..hello_frame.len() - 4];
     assert_eq!(payload.len(), 26, "15.1 says 26 payload bytes");
-    let hh = sha256(payload);
-    assert_eq!(hh.to_vec(), vector("hello-hash"));
-    assert_eq!(auth::hello_hash(payload), hh);
-
-    let pb = proof_block(&nonce, &hh);
+    let pb = proof_block(&nonce, payload);
     assert_eq!(pb, vector("proof-block"));
     let p = c(&secret, &pb);
     assert_eq!(p.to_vec(), vector("proof"));
     let n16: [u8; 16] = nonce.clone().try_into().unwrap();
-    assert_eq!(auth::proof(&secret, &n16, &hh), p);
-    assert!(auth::verify(&secret, &n16, &hh, &p));
+    let bound = auth::bind_hello(payload);
+    assert_eq!(auth::proof(&secret, &n16, &bound), p);
+    assert!(auth::verify(&secret, &n16, &bound, &p));
+
+    // A longer Hello (hello-long): the block holds its SHA-256.
+    let long_frame = vector("hello-long");
+    let long = &long_frame[4..long_frame.len() - 4];
+    assert!(long.len() > 31);
+    let hh = sha256(long);
+    assert_eq!(hh.to_vec(), vector("hello-long-hash"));
+    assert_eq!(auth::hello_hash(long), hh);
+    let pb = proof_block(&nonce, long);
+    assert_eq!(pb, vector("proof-block-long"));
+    let pl = c(&secret, &pb);
+    assert_eq!(pl.to_vec(), vector("proof-long"));
+    assert_eq!(auth::proof(&secret, &n16, &auth::bind_hello(long)), pl);
     // The proof frame carries exactly this proof.
     let pf = vector("proof-frame");
     assert!(
@@ -257,27 +278,38 @@ fn library_equals_own_compression_on_many_inputs() {
 
         let mut nonce = [0u8; 16];
         nonce.iter_mut().for_each(|b| *b = next() as u8);
-        let len = (next() % 400) as usize;
+        // Half of them short enough to be held in the block as they are.
+        let len = if round % 2 == 0 {
+            next() % 32
+        } else {
+            next() % 400
+        } as usize;
         let hello: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         let hh = sha256(&hello);
         assert_eq!(auth::hello_hash(&hello), hh, "{len} bytes");
-        let p = auth::proof(&secret, &nonce, &hh);
-        assert_eq!(p, c(&secret, &proof_block(&nonce, &hh)));
-        assert!(auth::verify(&secret, &nonce, &hh, &p));
+        let bound = auth::bind_hello(&hello);
+        let p = auth::proof(&secret, &nonce, &bound);
+        assert_eq!(p, c(&secret, &proof_block(&nonce, &hello)), "{len} bytes");
+        assert!(auth::verify(&secret, &nonce, &bound, &p));
         let bit = (next() % 256) as usize;
         let mut s2 = secret;
         s2[bit / 8] ^= 1 << (bit % 8);
-        assert!(!auth::verify(&s2, &nonce, &hh, &p));
+        assert!(!auth::verify(&s2, &nonce, &bound, &p));
         let mut n2 = nonce;
         n2[(bit / 8) % 16] ^= 1 << (bit % 8);
-        assert!(!auth::verify(&secret, &n2, &hh, &p));
-        let mut h2 = hh;
-        h2[bit / 8] ^= 1 << (bit % 8);
+        assert!(!auth::verify(&secret, &n2, &bound, &p));
+        let mut h2 = bound;
+        h2.bytes[bit / 8] ^= 1 << (bit % 8);
         assert!(!auth::verify(&secret, &nonce, &h2, &p));
         // The proof of one hello is not the proof of a hello one byte longer.
         let mut longer = hello.clone();
         longer.push(0);
-        assert!(!auth::verify(&secret, &nonce, &sha256(&longer), &p));
+        assert!(!auth::verify(
+            &secret,
+            &nonce,
+            &auth::bind_hello(&longer),
+            &p
+        ));
         let _ = arr32(&p);
     }
 }

@@ -58,16 +58,16 @@ fn out(s: &mut Server<MemoryStore>, conn: mdm_sync::server::ConnId, key: u32) ->
     v
 }
 
-/// Sends `hello`; returns the connection, the hello's payload hash and the
+/// Sends `hello`; returns the connection, the binding of the hello's payload and the
 /// challenge's nonce.
 fn challenged(
     s: &mut Server<MemoryStore>,
     hello: &Up,
-) -> (mdm_sync::server::ConnId, [u8; 32], [u8; 16]) {
+) -> (mdm_sync::server::ConnId, auth::HelloBinding, [u8; 16]) {
     let conn = s.connection_opened(NOW).unwrap();
     let mut buf = [0u8; 600];
     let n = frame::encode(hello, &mut buf).unwrap();
-    let hash = auth::hello_hash(frame::payload(&buf[..n]));
+    let hash = auth::bind_hello(frame::payload(&buf[..n]));
     s.handle_bytes(conn, &buf[..n], NOW).unwrap();
     let Down::Challenge { nonce, version, .. } = out(s, conn, 0)[0] else {
         panic!("no challenge")
@@ -145,7 +145,7 @@ fn wrong_inputs_and_replays_fail() {
     let (conn, _, nonce) = challenged(&mut s, &h1);
     let mut buf = [0u8; 600];
     let n = frame::encode(&hello(id.0, PROTOCOL_VERSION, 1, "tol"), &mut buf).unwrap();
-    let wrong = auth::hello_hash(frame::payload(&buf[..n]));
+    let wrong = auth::bind_hello(frame::payload(&buf[..n]));
     assert_eq!(
         prove(&mut s, conn, &nonce, auth::proof(&g1, &nonce, &wrong)),
         AUTH_FAILED

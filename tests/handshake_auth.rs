@@ -119,7 +119,7 @@ fn a_wrong_proof_and_an_unknown_device_get_the_same_answer() {
 
 /// The proof a device holding `secret` sends after `hello`, for `nonce`.
 fn proof_for(secret: &[u8; 32], nonce: &[u8; 16], hello: &Up) -> Up {
-    let hash = mdm_sync::auth::hello_hash(frame::payload(&framed(hello, 0)));
+    let hash = mdm_sync::auth::bind_hello(frame::payload(&framed(hello, 0)));
     Up::Proof {
         mac: mdm_sync::auth::proof(secret, nonce, &hash),
     }

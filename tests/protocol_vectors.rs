@@ -66,12 +66,31 @@ fn key() -> u32 {
     frame::session_key(&nonce())
 }
 
-fn hello_hash() -> [u8; 32] {
-    auth::hello_hash(frame::payload(&encode_frame(&Up::Hello(hello()), 0)))
+/// The payload of the `hello` vector (26 bytes: the proof's block holds it).
+fn hello_payload() -> Vec<u8> {
+    frame::payload(&encode_frame(&Up::Hello(hello()), 0)).to_vec()
+}
+
+/// The payload of the `hello-long` vector (longer than 31 bytes: the proof's
+/// block holds its SHA-256).
+fn hello_long_payload() -> Vec<u8> {
+    frame::payload(&encode_frame(&Up::Hello(hello_long()), 0)).to_vec()
+}
+
+fn hello_long_hash() -> [u8; 32] {
+    auth::hello_hash(&hello_long_payload())
 }
 
 fn proof() -> [u8; 32] {
-    auth::proof(&secret(), &nonce(), &hello_hash())
+    auth::proof(&secret(), &nonce(), &auth::bind_hello(&hello_payload()))
+}
+
+fn proof_long() -> [u8; 32] {
+    auth::proof(
+        &secret(),
+        &nonce(),
+        &auth::bind_hello(&hello_long_payload()),
+    )
 }
 
 /// `Hello.attempt` of a new device's first connection: boot snapshot 1,
@@ -89,6 +108,14 @@ fn hello() -> Hello {
         trigger: SyncTrigger::Push,
         last_task_seq: 7,
         policy_version: 3,
+    }
+}
+
+/// The `hello` vector's `Hello` with a 29-byte push token.
+fn hello_long() -> Hello {
+    Hello {
+        push_token: heapless::String::try_from("fcm:eX4mPle-a-longer-t0ken-29").unwrap(),
+        ..hello()
     }
 }
 
@@ -330,23 +357,41 @@ fn auth_vectors() -> Vec<Vector> {
             key().to_le_bytes().to_vec(),
         ),
         raw(
-            "hello-hash",
-            "SHA-256 of the payload of the hello vector below".into(),
-            hello_hash().to_vec(),
-        ),
-        raw(
             "proof-block",
             format!(
-                "\"mdm-sync/4 proof\" || nonce {} || hello-hash {}",
+                "\"mdm-sync/6 short\" || nonce {} || the hello vector's payload ({} bytes) \
+                 zero-padded to 31 bytes || its length",
                 hex(&nonce()),
-                hex(&hello_hash())
+                hello_payload().len()
             ),
-            proof_block().to_vec(),
+            proof_block(),
         ),
         raw(
             "proof",
             format!("C(secret {}, proof-block)", hex(&secret())),
             proof().to_vec(),
+        ),
+        raw(
+            "hello-long-hash",
+            format!(
+                "SHA-256 of the payload of the hello-long vector below ({} bytes)",
+                hello_long_payload().len()
+            ),
+            hello_long_hash().to_vec(),
+        ),
+        raw(
+            "proof-block-long",
+            format!(
+                "\"mdm-sync/4 proof\" || nonce {} || hello-long-hash {}",
+                hex(&nonce()),
+                hex(&hello_long_hash())
+            ),
+            proof_block_long(),
+        ),
+        raw(
+            "proof-long",
+            format!("C(secret {}, proof-block-long)", hex(&secret())),
+            proof_long().to_vec(),
         ),
     ]
 }
@@ -391,9 +436,19 @@ fn nonce_input() -> Vec<u8> {
 }
 
 fn proof_block() -> Vec<u8> {
+    let mut m = b"mdm-sync/6 short".to_vec();
+    m.extend_from_slice(&nonce());
+    let hello = hello_payload();
+    m.extend_from_slice(&hello);
+    m.resize(63, 0);
+    m.push(hello.len() as u8);
+    m
+}
+
+fn proof_block_long() -> Vec<u8> {
     let mut m = b"mdm-sync/4 proof".to_vec();
     m.extend_from_slice(&nonce());
-    m.extend_from_slice(&hello_hash());
+    m.extend_from_slice(&hello_long_hash());
     m
 }
 
@@ -427,6 +482,7 @@ fn up_vectors() -> Vec<Vector> {
     let mut v = vec![
         up("hello", Up::Hello(hello())),
         up("proof-frame", Up::Proof { mac: proof() }),
+        up("hello-long", Up::Hello(hello_long())),
         up(
             "progress",
             Up::Progress {
@@ -990,23 +1046,47 @@ fn auth_vectors_follow_from_their_documented_inputs() {
         get("nonce"),
         "nonce 1: the block's first half"
     );
+    // The hello vector's payload (26 bytes) in the block as it is.
     let hello = get("hello");
-    let sha = <sha2::Sha256 as sha2::Digest>::digest(&hello[4..hello.len() - 4]);
-    assert_eq!(sha.to_vec(), get("hello-hash"));
-    let mut block = b"mdm-sync/4 proof".to_vec();
+    let payload = &hello[4..hello.len() - 4];
+    assert!(payload.len() <= 31);
+    let mut block = b"mdm-sync/6 short".to_vec();
     block.extend_from_slice(&get("nonce"));
-    block.extend_from_slice(&get("hello-hash"));
+    block.extend_from_slice(payload);
+    block.resize(63, 0);
+    block.push(payload.len() as u8);
     assert_eq!(block, get("proof-block"));
     assert_eq!(
         compress(&get("secret"), &get("proof-block")).to_vec(),
         get("proof")
     );
+    // The hello-long vector's payload by its SHA-256.
+    let long = get("hello-long");
+    let long_payload = &long[4..long.len() - 4];
+    assert!(long_payload.len() > 31);
+    let sha = <sha2::Sha256 as sha2::Digest>::digest(long_payload);
+    assert_eq!(sha.to_vec(), get("hello-long-hash"));
+    let mut block = b"mdm-sync/4 proof".to_vec();
+    block.extend_from_slice(&get("nonce"));
+    block.extend_from_slice(&get("hello-long-hash"));
+    assert_eq!(block, get("proof-block-long"));
+    assert_eq!(
+        compress(&get("secret"), &get("proof-block-long")).to_vec(),
+        get("proof-long")
+    );
     assert_eq!(get("session-key"), get("nonce")[..4]);
     let mac: [u8; 32] = get("proof").try_into().unwrap();
     let nonce: [u8; 16] = get("nonce").try_into().unwrap();
     let secret: [u8; 32] = get("secret").try_into().unwrap();
-    let hello_hash: [u8; 32] = get("hello-hash").try_into().unwrap();
-    assert!(auth::verify(&secret, &nonce, &hello_hash, &mac));
+    assert!(auth::verify(
+        &secret,
+        &nonce,
+        &auth::bind_hello(payload),
+        &mac
+    ));
+    let mac_long: [u8; 32] = get("proof-long").try_into().unwrap();
+    let bound = auth::bind_hello(long_payload);
+    assert!(auth::verify(&secret, &nonce, &bound, &mac_long));
     assert_eq!(
         get("proof-frame")[4..5],
         [1],

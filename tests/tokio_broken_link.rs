@@ -66,7 +66,7 @@ async fn handshake(
     });
     let mut buf = [0u8; MAX_FRAME];
     let n = frame::encode(&hello, &mut buf).unwrap();
-    let hash = mdm_sync::auth::hello_hash(frame::payload(&buf[..n]));
+    let hash = mdm_sync::auth::bind_hello(frame::payload(&buf[..n]));
     stream.write_all(&buf[..n]).await.unwrap();
     let Down::Challenge { nonce, .. } = next_down(&mut stream, &mut dec).await else {
         panic!("no challenge");

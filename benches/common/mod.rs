@@ -560,7 +560,7 @@ impl Fleet {
         let nonce = auth::nonce(&NONCE_SEED, self.nonces);
         let key = frame::session_key(&nonce);
         let hello: heapless::Vec<u8, MAX_FRAME> = encode(&hello, 0);
-        let mac = auth::proof(&secret, &nonce, &auth::hello_hash(frame::payload(&hello)));
+        let mac = auth::proof(&secret, &nonce, &auth::bind_hello(frame::payload(&hello)));
         let r = self.report_seq[i];
         let report = |seq, status| Up::Report {
             seq,

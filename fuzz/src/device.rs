@@ -335,7 +335,7 @@ impl<const O: usize, const I: usize> Harness<O, I> {
 #[derive(Default)]
 struct Link {
     /// SHA-256 of the payload of the session's `Hello`, once sent.
-    hello: Option<[u8; 32]>,
+    hello: Option<auth::HelloBinding>,
     /// That `Hello`'s attempt, which the right `Challenge` echoes.
     attempt: Option<u64>,
     /// The nonce of the `Challenge` the device took.
@@ -392,7 +392,7 @@ impl Link {
                     "attempt {:#x} sent twice",
                     h.attempt
                 );
-                self.hello = Some(auth::hello_hash(payload));
+                self.hello = Some(auth::bind_hello(payload));
                 self.attempt = Some(h.attempt);
             }
             Up::Proof { mac } => {

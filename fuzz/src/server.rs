@@ -90,7 +90,7 @@ struct Conn {
     open: bool,
     /// Device, generation and payload hash of the last `Hello` framed here
     /// before the challenge.
-    hello: Option<(DeviceId, u32, [u8; 32])>,
+    hello: Option<(DeviceId, u32, auth::HelloBinding)>,
     /// The nonce of the server's `Challenge` here, once sent.
     nonce: Option<[u8; 16]>,
     device: Option<DeviceId>,
@@ -299,7 +299,7 @@ impl Harness {
             return;
         };
         if let (Up::Hello(h), None) = (msg, conn.nonce) {
-            let hash = auth::hello_hash(frame::payload(&buf[..n]));
+            let hash = auth::bind_hello(frame::payload(&buf[..n]));
             conn.hello = Some((h.device, h.generation, hash));
         }
         self.feed(c, &buf[..n], 0);

@@ -395,8 +395,8 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     trigger: SyncTrigger,
     got_end: bool,
     send_hello: bool,
-    // SHA-256 of the Hello payload sent in this session (the proof covers it).
-    hello_hash: [u8; 32],
+    // What the proof covers of the Hello payload sent in this session.
+    hello_binding: crate::auth::HelloBinding,
     proof: Option<[u8; 32]>,
     // The session's frame key (0 until the Challenge).
     key: u32,
@@ -538,7 +538,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             trigger: SyncTrigger::Boot,
             got_end: false,
             send_hello: false,
-            hello_hash: [0; 32],
+            hello_binding: crate::auth::HelloBinding::default(),
             proof: None,
             key: 0,
             last_rx: now,
@@ -998,7 +998,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                     return Ok(());
                 }
                 let secret = &self.cfg.secret;
-                self.proof = Some(crate::auth::proof(secret, &nonce, &self.hello_hash));
+                self.proof = Some(crate::auth::proof(secret, &nonce, &self.hello_binding));
                 self.key = frame::session_key(&nonce);
                 self.decoder.set_key(self.key);
                 self.link = Link::AwaitWelcome;
@@ -1644,7 +1644,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         };
         let n = frame::encode_keyed(&msg, buf, key).map_err(DeviceError::Encode)?;
         if let Up::Hello(_) = msg {
-            self.hello_hash = crate::auth::hello_hash(frame::payload(&buf[..n]));
+            self.hello_binding = crate::auth::bind_hello(frame::payload(&buf[..n]));
             self.send_hello = false;
             self.hello_token = self.hello_carries_token();
         } else {

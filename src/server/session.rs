@@ -21,8 +21,8 @@ enum Phase {
     AwaitProof {
         hello: Box<Hello>,
         nonce: [u8; 16],
-        // SHA-256 of the Hello payload as read: the proof must cover it.
-        hello_hash: [u8; 32],
+        // What the proof must cover of the Hello payload as read.
+        hello_binding: auth::HelloBinding,
         // The challenge's number (`Server::nonces` when it was sent): orders
         // the handshakes of one device (see `HandshakeOrder`).
         challenge: u64,
@@ -408,7 +408,7 @@ impl<S: FleetStore> Server<S> {
             s.last_rx = now;
             let awaiting_hello = matches!(s.phase, Phase::AwaitHello);
             let syncing = s.device();
-            let mut hello_hash = [0; 32];
+            let mut hello_binding = auth::HelloBinding::default();
             // Whole frames are read from `bytes` where they lie while nothing
             // is buffered (the usual case: whole frames per read); the rest
             // goes through the decoder's buffer, with the same frames and
@@ -447,7 +447,7 @@ impl<S: FleetStore> Server<S> {
                 {
                     Some(m) => Ok(Incoming::Session(m)),
                     None if awaiting_hello => {
-                        hello_hash = auth::hello_hash(payload);
+                        hello_binding = auth::bind_hello(payload);
                         // Read by hand into a reused box; anything else
                         // (another version, malformed) goes to `parse`.
                         let mut hello = self.spare.blank_hello();
@@ -467,9 +467,9 @@ impl<S: FleetStore> Server<S> {
             let result = match msg {
                 Ok(Incoming::Session(m)) => self.on_session_message(conn, m, syncing, now),
                 Ok(Incoming::Hello(hello)) => {
-                    self.on_hello(conn, hello, &hello_hash).map(|()| None)
+                    self.on_hello(conn, hello, &hello_binding).map(|()| None)
                 }
-                Ok(Incoming::Any(msg)) => self.on_message(conn, msg, &hello_hash, now),
+                Ok(Incoming::Any(msg)) => self.on_message(conn, msg, &hello_binding, now),
                 Err(e) => Err(ServerError::Peer(e)),
             };
             match result {
@@ -506,13 +506,13 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
-    /// One decoded message; `hello_hash` is the payload's SHA-256 when it may
-    /// be a `Hello`. Returns the report sequence to acknowledge, if any.
+    /// One decoded message; `hello_binding` is what the proof must cover of
+    /// the payload when it may be a `Hello`. Returns the report sequence to acknowledge, if any.
     fn on_message(
         &mut self,
         conn: ConnId,
         msg: Up,
-        hello_hash: &[u8; 32],
+        hello_binding: &auth::HelloBinding,
         now: Instant,
     ) -> Result<Option<u32>, S> {
         let phase = &self
@@ -523,7 +523,7 @@ impl<S: FleetStore> Server<S> {
         match (phase, msg) {
             (Phase::AwaitHello, Up::Hello(hello)) => {
                 let hello = self.spare.boxed(hello);
-                self.on_hello(conn, hello, hello_hash).map(|()| None)
+                self.on_hello(conn, hello, hello_binding).map(|()| None)
             }
             (Phase::AwaitProof { .. }, Up::Proof { mac }) => {
                 self.on_proof(conn, mac, now).map(|()| None)
@@ -545,7 +545,7 @@ impl<S: FleetStore> Server<S> {
         &mut self,
         conn: ConnId,
         hello: Box<Hello>,
-        hello_hash: &[u8; 32],
+        hello_binding: &auth::HelloBinding,
     ) -> Result<(), S> {
         let Some(s) = self.sessions.get_mut(&conn) else {
             return Err(ServerError::UnknownConnection);
@@ -559,7 +559,7 @@ impl<S: FleetStore> Server<S> {
         s.phase = Phase::AwaitProof {
             hello,
             nonce,
-            hello_hash: *hello_hash,
+            hello_binding: *hello_binding,
             challenge: self.nonces.count(),
         };
         self.handshakes.challenged(device);
@@ -685,7 +685,7 @@ impl<S: FleetStore> Server<S> {
         let Phase::AwaitProof {
             hello,
             nonce,
-            hello_hash,
+            hello_binding,
             challenge,
         } = core::mem::replace(&mut s.phase, Phase::AwaitHello)
         else {
@@ -696,7 +696,7 @@ impl<S: FleetStore> Server<S> {
         // The MAC is always computed, so an unknown device and a wrong proof
         // take the same path and get the same answer.
         let secret = auth::derive_secret_prepared(&self.master, id, generation);
-        let proof_ok = auth::verify(&secret, &nonce, &hello_hash, &mac);
+        let proof_ok = auth::verify(&secret, &nonce, &hello_binding, &mac);
         let rec = self.store.device(id)?;
         let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
             return Err(ServerError::Peer(PeerError::AuthFailed));
@@ -1343,15 +1343,18 @@ mod tests {
     /// Answers the challenge of `conn` with the right proof for `secret`.
     fn prove(s: &mut Server<MemoryStore>, conn: ConnId, secret: &auth::Secret, now: Instant) {
         let Some(Session {
-            phase: Phase::AwaitProof {
-                nonce, hello_hash, ..
-            },
+            phase:
+                Phase::AwaitProof {
+                    nonce,
+                    hello_binding,
+                    ..
+                },
             ..
         }) = s.sessions.get(&conn)
         else {
             panic!("not challenged");
         };
-        let mac = auth::proof(secret, nonce, hello_hash);
+        let mac = auth::proof(secret, nonce, hello_binding);
         s.on_proof(conn, mac, now).unwrap();
     }
 
@@ -1641,13 +1644,15 @@ mod tests {
                     HandshakeOp::Prove { nth } if !waiting.is_empty() => {
                         let (conn, dev, number) = waiting.remove(usize::from(nth) % waiting.len());
                         let Some(Session {
-                            phase: Phase::AwaitProof { nonce, hello_hash, .. },
+                            phase: Phase::AwaitProof { nonce,
+                hello_binding,
+                .. },
                             ..
                         }) = s.sessions.get(&conn)
                         else {
                             panic!("not challenged");
                         };
-                        let mac = auth::proof(&secrets[dev as usize - 1], nonce, hello_hash);
+                        let mac = auth::proof(&secrets[dev as usize - 1], nonce, hello_binding);
                         let r = s.on_proof(conn, mac, t0);
                         let refuse = latest_auth[dev as usize] > number;
                         proptest::prop_assert_eq!(

@@ -24,7 +24,7 @@ use serde::ser::{SerializeStructVariant, SerializeTuple, Serializer};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Largest payload of one frame, in bytes.
 pub const MAX_PAYLOAD: usize = 512;
 /// Longest push token (FCM tokens are about 160 bytes, APNs tokens 64).
@@ -333,8 +333,8 @@ mod tests {
     #[test]
     fn challenge_nonce_reads_as_serde_reads_a_byte_array() {
         let nonce: [u8; 16] = core::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x80);
-        // Tag 0, version 5, attempt 300 (a two-byte varint), then the nonce.
-        let mut payload = std::vec![0u8, 5, 0xAC, 0x02];
+        // Tag 0, version 6, attempt 300 (a two-byte varint), then the nonce.
+        let mut payload = std::vec![0u8, 6, 0xAC, 0x02];
         payload.extend_from_slice(&nonce);
         payload.push(0x55); // one trailing byte, so both readers stop short of the end
         for end in 4..=payload.len() {

@@ -524,7 +524,7 @@ pub fn raw_handshake_gen<S: mdm_sync::server::FleetStore>(
         policy_version: 0,
     });
     let n = frame::encode(&hello, &mut buf).unwrap();
-    let hash = mdm_sync::auth::hello_hash(frame::payload(&buf[..n]));
+    let hash = mdm_sync::auth::bind_hello(frame::payload(&buf[..n]));
     assert!(server.handle_bytes(conn, &buf[..n], now).is_ok());
     let n = server.poll_transmit_for(conn, &mut buf).unwrap();
     let mut dec = wire::FrameDecoder::<600>::new();

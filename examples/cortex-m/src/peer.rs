@@ -24,7 +24,10 @@ pub enum Seen {
 enum State {
     Closed,
     AwaitHello,
-    AwaitProof { nonce: [u8; 16], hello: [u8; 32] },
+    AwaitProof {
+        nonce: [u8; 16],
+        hello: auth::HelloBinding,
+    },
     Open,
 }
 
@@ -102,7 +105,7 @@ impl Peer {
             let mut replies: heapless::Vec<Down, 8> = heapless::Vec::new();
             while let Some(frame) = self.decoder.decode() {
                 let payload = frame.expect("server: a bad frame from the device");
-                let hello = auth::hello_hash(payload);
+                let hello = auth::bind_hello(payload);
                 let msg = wire::decode::<Up>(payload).expect("server: a bad message");
                 self.on_message(msg, &hello, &mut replies);
             }
@@ -117,8 +120,13 @@ impl Peer {
         }
     }
 
-    /// One message; `hello` is the SHA-256 of its payload (used if it is a `Hello`).
-    fn on_message(&mut self, msg: Up, hello: &[u8; 32], replies: &mut heapless::Vec<Down, 8>) {
+    /// One message; `hello` is what a proof covers of its payload (used if it is a `Hello`).
+    fn on_message(
+        &mut self,
+        msg: Up,
+        hello: &auth::HelloBinding,
+        replies: &mut heapless::Vec<Down, 8>,
+    ) {
         match (&self.state, msg) {
             (State::AwaitHello, Up::Hello(h)) => {
                 assert!(h.device == self.device && h.version == PROTOCOL_VERSION);
