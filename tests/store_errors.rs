@@ -6,7 +6,7 @@
 use mdm_sync::device::{Device, DeviceConfig, Event};
 use mdm_sync::server::{
     ConnId, DeviceRecord, FleetStore, MemoryStore, ReportCommit, ReportSeqs, Server, ServerConfig,
-    ServerError, ServerEvent, TaskRecord,
+    ServerError, ServerEvent, TaskRecord, TaskState,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{DeviceId, Platform, Policy, SyncTrigger, TaskId, TaskKind};
@@ -21,6 +21,7 @@ struct Flaky {
     fail: bool,
     fail_task: bool,
     fail_push: core::cell::Cell<bool>,
+    fail_commit: bool,
     down: core::cell::Cell<bool>,
 }
 
@@ -91,6 +92,9 @@ impl FleetStore for Flaky {
         ok(self.inner.put_policy(device, policy))
     }
     fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Down> {
+        if self.fail_commit {
+            return Err(Down);
+        }
         ok(self.inner.commit_report(commit))
     }
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Down> {
@@ -114,6 +118,16 @@ const ID: DeviceId = DeviceId(3);
 /// Runs one sync attempt of `d` against `s` at `now`, over memory; returns
 /// the server's error if the handshake failed on its side.
 fn sync_once(d: &mut Device, s: &mut Server<Flaky>, now: Instant) -> Option<ServerError<Down>> {
+    sync_once_seeing(d, s, now, &mut Vec::new())
+}
+
+/// As `sync_once`, and keeps the server's events in `seen`.
+fn sync_once_seeing(
+    d: &mut Device,
+    s: &mut Server<Flaky>,
+    now: Instant,
+    seen: &mut Vec<ServerEvent>,
+) -> Option<ServerError<Down>> {
     d.handle_timeout(now);
     let mut conn: Option<ConnId> = None;
     let mut error = None;
@@ -150,6 +164,7 @@ fn sync_once(d: &mut Device, s: &mut Server<Flaky>, now: Instant) -> Option<Serv
                 d.disconnected(now);
                 conn = None;
             }
+            seen.push(ev);
         }
         if !moved && conn.is_some() && error.is_some() {
             break;
@@ -206,6 +221,44 @@ fn a_task_the_store_refused_is_not_announced() {
             .any(|e| matches!(e, ServerEvent::TaskChanged { .. })),
         "{events:?}"
     );
+}
+
+/// A task report the store failed to commit is not announced (the engine
+/// queues the event while the store updates the task, and withdraws it when
+/// the store then fails); once the store works again, the device's resend
+/// is announced.
+#[test]
+fn a_report_the_store_failed_to_commit_is_not_announced() {
+    let t0 = Instant::from_millis(1_000);
+    let mut s = Server::new(ServerConfig::default(), Flaky::default(), [1; 32], [2; 32]);
+    let secret = s.enroll(ID, t0).unwrap();
+    let mut d: Device = Device::new(DeviceConfig::new(ID, 0, secret, Platform::Android), t0);
+    let task = s
+        .enqueue_task(ID, TaskKind::Lock, Default::default(), t0)
+        .unwrap();
+    while s.poll_event().is_some() {}
+    let delivered = |seen: &[ServerEvent]| {
+        let is_it = |e: &&ServerEvent| {
+            matches!(e, ServerEvent::TaskChanged { task: t, state: TaskState::Delivered, .. }
+                if *t == task)
+        };
+        seen.iter().filter(is_it).count()
+    };
+
+    s.store_mut().fail_commit = true;
+    let mut seen = Vec::new();
+    let err = sync_once_seeing(&mut d, &mut s, t0, &mut seen);
+    assert_eq!(err, Some(ServerError::Store(Down)));
+    seen.extend(core::iter::from_fn(|| s.poll_event()));
+    assert_eq!(delivered(&seen), 0, "{seen:?}");
+    assert_eq!(s.task_state(ID, task), Some(TaskState::Offered));
+
+    s.store_mut().fail_commit = false;
+    let later = t0 + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    assert_eq!(sync_once_seeing(&mut d, &mut s, later, &mut seen), None);
+    assert!(delivered(&seen) >= 1, "{seen:?}");
+    assert_ne!(s.task_state(ID, task), Some(TaskState::Offered));
 }
 
 /// A server over a `Flaky` store with device `ID` enrolled and its push

@@ -1066,22 +1066,36 @@ impl<S: FleetStore> Server<S> {
             _ => None,
         };
         let commit = ReportCommit::new(device, seqs);
+        // The console's event is queued by `update` itself, from the new
+        // state while `apply_status` still holds it in registers (read back
+        // from memory, a state just written in pieces waits for those stores
+        // to reach the cache), and withdrawn below if the store then fails
+        // or does not store the change.
+        let events = &mut self.events;
+        let queued = events.len();
         let mut update = |t: &mut TaskRecord, seqs: &mut ReportSeqs| {
-            let changed = apply_status(t, conn, device, status, by, now);
+            let Some(state) = apply_status(t, conn, device, status, by, now) else {
+                return false;
+            };
             // Any status for an offer means the device accepted its seq.
-            if changed && seq_newer(t.seq, seqs.last_task_seq) {
+            if seq_newer(t.seq, seqs.last_task_seq) {
                 seqs.last_task_seq = t.seq;
             }
-            changed
+            // A store that calls `update` more than once queues one event.
+            events.truncate(queued);
+            events.push_back(ServerEvent::TaskChanged {
+                device,
+                task: id,
+                state,
+            });
+            true
         };
-        // Read where the store returned it: moved out by `?`, the task
-        // (120 bytes) was copied once more only to announce it.
-        let task = self.store.commit_task_report(commit, id, &mut update);
-        if let Ok(Some(t)) = &task {
-            // Durable now: to be acknowledged; tell the console.
-            self.task_changed(t);
+        let changed = self.store.commit_task_report(commit, id, &mut update);
+        if !matches!(changed, Ok(true)) {
+            // Not durable: nothing to announce.
+            self.events.truncate(queued);
         }
-        task?;
+        changed?;
         Ok(seq)
     }
 
@@ -1206,8 +1220,9 @@ impl<S: FleetStore> Server<S> {
     }
 }
 
-/// Applies a status report to `t`, the stored task: `false` when it changes
-/// nothing (another device's task, or one already final). A "not now" for
+/// Applies a status report to `t`, the stored task; returns its new state,
+/// or `None` when it changes nothing (another device's task, or one already
+/// final). A "not now" for
 /// it ends it cancelled if a cancel was asked for, expired if its expiry
 /// passed, else superseded by `superseded_by` when given.
 fn apply_status(
@@ -1217,11 +1232,11 @@ fn apply_status(
     status: TaskStatus,
     superseded_by: Option<TaskId>,
     now: Instant,
-) -> bool {
+) -> Option<TaskState> {
     if t.device != device || t.state.is_final() {
-        return false;
+        return None;
     }
-    t.state = match status {
+    let state = match status {
         TaskStatus::Received => TaskState::Delivered,
         TaskStatus::Succeeded { result } => TaskState::Succeeded { result },
         TaskStatus::Failed { reason } => TaskState::Failed { reason },
@@ -1238,10 +1253,11 @@ fn apply_status(
             }
         },
     };
-    if t.state.is_final() {
+    t.state = state;
+    if state.is_final() {
         t.finished_at = Some(now);
     }
-    true
+    Some(state)
 }
 
 #[cfg(test)]

@@ -434,8 +434,10 @@ pub trait FleetStore {
     /// and says whether the report changes them (it changes nothing when it
     /// returns `false`); then all is stored as by
     /// [`commit_report`](Self::commit_report), with `commit.task` set to the
-    /// changed task. Returns that task. `update` changes the task only when
-    /// it returns `true`, and never its id or device. The default reads the task
+    /// changed task. Returns whether there was a task and `update` changed
+    /// it (the caller's `update` keeps what it needs of the change, so the
+    /// record is not handed back). `update` changes the task only when it
+    /// returns `true`, and never its id or device. The default reads the task
     /// ([`task`](Self::task)) and calls `commit_report`; a store may find the
     /// task once for both.
     fn commit_task_report(
@@ -443,7 +445,7 @@ pub trait FleetStore {
         commit: ReportCommit<'_>,
         id: TaskId,
         update: &mut dyn FnMut(&mut TaskRecord, &mut ReportSeqs) -> bool,
-    ) -> Result<Option<TaskRecord>, Self::Error> {
+    ) -> Result<bool, Self::Error> {
         let mut seqs = commit.seqs;
         let task = self
             .task(id)?
@@ -453,7 +455,7 @@ pub trait FleetStore {
             task: task.as_ref(),
             ..commit
         })?;
-        Ok(task)
+        Ok(task.is_some())
     }
     /// Visits every device (console queries).
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Self::Error>;
@@ -1113,27 +1115,34 @@ impl FleetStore for MemoryStore {
         mut c: ReportCommit<'_>,
         id: TaskId,
         update: &mut dyn FnMut(&mut TaskRecord, &mut ReportSeqs) -> bool,
-    ) -> Result<Option<TaskRecord>, Infallible> {
+    ) -> Result<bool, Infallible> {
         // The task is found once and changed where it is; its device's open
         // list is touched only if the change moves it in or out of it (the
-        // device stays: see the trait).
+        // device stays: see the trait). Not copied out: a copy would read the
+        // record with wide loads right after `update`'s narrower stores, and
+        // wait for them to reach the cache.
         let Some(stored) = self.tasks.get_mut(&id) else {
             self.commit_device(&c);
-            return Ok(None);
+            return Ok(false);
         };
         let was_final = stored.state.is_final();
         if !update(stored, &mut c.seqs) {
             self.commit_device(&c);
-            return Ok(None);
+            return Ok(false);
         }
-        let task = *stored;
-        match (was_final, task.state.is_final()) {
-            (false, true) => self.unindex_task(task.device, task.id),
-            (true, false) => self.index_task(&task),
+        match (was_final, stored.state.is_final()) {
+            (false, true) => {
+                let device = stored.device;
+                self.unindex_task(device, id);
+            }
+            (true, false) => {
+                let task = *stored;
+                self.index_task(&task);
+            }
             _ => {}
         }
         self.commit_device(&c);
-        Ok(Some(task))
+        Ok(true)
     }
 
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
