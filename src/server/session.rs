@@ -68,30 +68,38 @@ pub(super) struct Session {
     frame_errors: u32,
 }
 
-/// Buffers of closed sessions kept for new ones, so that a server in steady
-/// state opens sessions without allocating.
+/// Closed sessions kept, with their buffers, for new ones: a server in
+/// steady state opens sessions without allocating. A session lives in a box
+/// of its own, from open to close and in this list after, so that opening
+/// and closing one moves a pointer, not the session's fields.
 #[derive(Default)]
 pub(super) struct Spare {
-    buffers: Vec<(Box<FrameDecoder>, Vec<u8>)>,
+    // Boxed: a session goes from here to a slot of `Sessions` and back
+    // without its fields moving.
+    #[allow(clippy::vec_box)]
+    sessions: Vec<Box<Session>>,
     hello: Option<Box<Hello>>,
 }
 
-/// Most buffer pairs kept (each about 0.5 KiB plus its output buffer).
+/// Most sessions kept (each about 0.7 KiB plus its output buffer).
 const MAX_SPARE: usize = 256;
 
 impl Spare {
-    /// A new session, on spare buffers when there are some.
-    pub(super) fn session(&mut self, now: Instant) -> Session {
-        match self.buffers.pop() {
-            Some((decoder, out)) => Session::with_buffers(now, decoder, out),
-            None => Session::with_buffers(now, Box::new(FrameDecoder::new()), Vec::new()),
+    /// A new session, a spare one reset in place when there is one.
+    pub(super) fn session(&mut self, now: Instant) -> Box<Session> {
+        match self.sessions.pop() {
+            Some(mut s) => {
+                s.reset(now);
+                s
+            }
+            None => Box::new(Session::new(now)),
         }
     }
 
-    /// Keeps a closed session's buffers (a large output buffer is dropped).
-    pub(super) fn keep(&mut self, s: Session) {
-        if self.buffers.len() < MAX_SPARE && s.out.capacity() <= 4096 {
-            self.buffers.push((s.decoder, s.out));
+    /// Keeps a closed session (one with a large output buffer is dropped).
+    pub(super) fn keep(&mut self, s: Box<Session>) {
+        if self.sessions.len() < MAX_SPARE && s.out.capacity() <= 4096 {
+            self.sessions.push(s);
         }
     }
 
@@ -139,12 +147,11 @@ impl Sync {
 }
 
 impl Session {
-    fn with_buffers(now: Instant, mut decoder: Box<FrameDecoder>, out: Vec<u8>) -> Self {
-        decoder.reset();
+    fn new(now: Instant) -> Self {
         Self {
             phase: Phase::AwaitHello,
-            decoder,
-            out,
+            decoder: Box::new(FrameDecoder::new()),
+            out: Vec::new(),
             out_pos: 0,
             out_end: 0,
             last_rx: now,
@@ -154,6 +161,21 @@ impl Session {
             key: 0,
             frame_errors: 0,
         }
+    }
+
+    /// Makes a closed session a new one opened at `now`, on its buffers:
+    /// field by field, so that nothing is built aside and copied in.
+    fn reset(&mut self, now: Instant) {
+        self.phase = Phase::AwaitHello;
+        self.decoder.reset();
+        self.out_pos = 0;
+        self.out_end = 0;
+        self.last_rx = now;
+        self.opened = now;
+        self.closing = false;
+        self.queued = false;
+        self.key = 0;
+        self.frame_errors = 0;
     }
 
     pub(super) fn device(&self) -> Option<wire::DeviceId> {
@@ -775,7 +797,7 @@ impl<S: FleetStore> Server<S> {
 
     /// A session that was removed from `sessions`: its handshake no longer
     /// awaits a proof, and its buffers serve the next one.
-    pub(super) fn recycle(&mut self, s: Session) {
+    pub(super) fn recycle(&mut self, s: Box<Session>) {
         if let Phase::AwaitProof {
             hello, challenge, ..
         } = &s.phase
@@ -1303,6 +1325,61 @@ mod tests {
         assert!(s.pushes.get(&b).is_some_and(|p| p.overdue));
         s.retire(b, later).unwrap();
         assert_eq!(s.pushes.0.len(), 0, "none queued: dropped at once");
+    }
+
+    /// A closed session taken from the spare list is a new one: every field
+    /// as `Session::new` sets it (only the output buffer keeps its room).
+    #[test]
+    fn a_spare_session_is_reset_whole() {
+        /// Every field (a field added to `Session` fails to compile here
+        /// until it is listed), the decoder by what it holds and by whether
+        /// it reads an unkeyed frame.
+        fn fields(s: &mut Session) -> impl PartialEq + core::fmt::Debug {
+            let Session {
+                phase,
+                decoder,
+                out,
+                out_pos,
+                out_end,
+                last_rx,
+                opened,
+                closing,
+                queued,
+                key,
+                frame_errors,
+            } = s;
+            let mut frame = [0u8; 64];
+            let n = frame::encode(&Up::Proof { mac: [1; 32] }, &mut frame).unwrap();
+            let (buffered, taken) = (decoder.buffered(), decoder.push(&frame[..n]));
+            let unkeyed = matches!(decoder.decode(), Some(Ok(_)));
+            decoder.reset();
+            let phase = matches!(phase, Phase::AwaitHello);
+            let _ = out; // its bytes are room, whatever they hold
+            (
+                (phase, buffered, taken, unkeyed, *out_pos, *out_end),
+                (*last_rx, *opened, *closing, *queued, *key, *frame_errors),
+            )
+        }
+
+        let (t0, t1) = (Instant::from_millis(5), Instant::from_millis(9));
+        let mut spare = Spare::default();
+        let mut s = spare.session(t0);
+        s.phase = Phase::AwaitProof {
+            hello: spare.blank_hello(),
+            nonce: [3; 16],
+            hello_hash: [4; 32],
+            challenge: 7,
+        };
+        s.decoder.set_key(0x5EED);
+        s.decoder.push(&[0xA5; 9]);
+        s.out.resize(64, 0);
+        (s.out_pos, s.out_end) = (3, 40);
+        s.last_rx = t1 + crate::time::Duration::from_secs(1);
+        (s.closing, s.queued, s.key, s.frame_errors) = (true, true, 0x5EED, 4);
+        spare.keep(s);
+        let mut reused = spare.session(t1);
+        assert_eq!(fields(&mut reused), fields(&mut Session::new(t1)));
+        assert_eq!(reused.out.capacity(), 64, "the buffer is reused");
     }
 
     /// A connection drained through `poll_transmit_for` keeps its one entry

@@ -7,13 +7,16 @@
 //! connection, and a closed connection's id never finds a later session
 //! (it is compared whole).
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use super::session::Session;
 use super::ConnId;
 
 pub(super) struct Sessions {
-    slots: Vec<Option<(ConnId, Session)>>,
+    /// Each session in a box of its own (see `Spare`): opening and closing
+    /// one moves a pointer.
+    slots: Vec<Option<(ConnId, Box<Session>)>>,
     /// Slots of closed sessions, the latest first: the next session reuses
     /// a slot still in the cache.
     free: Vec<u32>,
@@ -53,7 +56,7 @@ impl Sessions {
 
     pub(super) fn get(&self, conn: &ConnId) -> Option<&Session> {
         match self.slots.get(self.slot(*conn)) {
-            Some(Some((c, s))) if c == conn => Some(s),
+            Some(Some((c, s))) if c == conn => Some(&**s),
             _ => None,
         }
     }
@@ -61,7 +64,7 @@ impl Sessions {
     pub(super) fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Session> {
         let slot = self.slot(*conn);
         match self.slots.get_mut(slot) {
-            Some(Some((c, s))) if c == conn => Some(s),
+            Some(Some((c, s))) if c == conn => Some(&mut **s),
             _ => None,
         }
     }
@@ -73,7 +76,7 @@ impl Sessions {
     /// Adds a session under a new id. The caller keeps the count under
     /// `max_sessions` (past `2^32` slots, the id of a new session would not
     /// find it).
-    pub(super) fn insert(&mut self, session: Session) -> ConnId {
+    pub(super) fn insert(&mut self, session: Box<Session>) -> ConnId {
         self.opened = self.opened.wrapping_add(1);
         let slot = match self.free.pop() {
             Some(slot) => slot as usize,
@@ -90,7 +93,7 @@ impl Sessions {
         conn
     }
 
-    pub(super) fn remove(&mut self, conn: &ConnId) -> Option<Session> {
+    pub(super) fn remove(&mut self, conn: &ConnId) -> Option<Box<Session>> {
         let slot = self.slot(*conn);
         let entry = self.slots.get_mut(slot)?;
         if !matches!(entry, Some((c, _)) if c == conn) {
@@ -103,7 +106,7 @@ impl Sessions {
     }
 
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Session> {
-        self.slots.iter_mut().flatten().map(|(_, s)| s)
+        self.slots.iter_mut().flatten().map(|(_, s)| &mut **s)
     }
 }
 
