@@ -1181,11 +1181,11 @@ impl<S: FleetStore> Server<S> {
     /// Pushes `device` now; returns whether it has a push target.
     fn send_push(&mut self, device: DeviceId, now: Instant) -> Result<bool, S> {
         // A held push stays held until the store has answered (see `push_timer`).
-        let target = self.store.push_target(device)?;
+        let target = self.queue_push(device)?;
         self.release_held_push(device);
-        let Some((platform, token)) = target else {
+        if !target {
             return Ok(false); // never connected: its boot or periodic sync will come
-        };
+        }
         if let Some(p) = self.pushes.entry_or_default(device) {
             p.last = now;
             p.pushed = true;
@@ -1194,11 +1194,6 @@ impl<S: FleetStore> Server<S> {
         if !in_order(&mut self.push_checks, check, device) {
             self.arm_timer(check, Timer::Push(device));
         }
-        self.events.push_back(ServerEvent::SendPush {
-            device,
-            platform,
-            token,
-        });
         let ids = self.open_task_ids(device)?;
         for tid in &ids {
             if let Some(mut t) = self.store.task(*tid)? {
@@ -1209,6 +1204,36 @@ impl<S: FleetStore> Server<S> {
         }
         self.scratch = ids;
         Ok(true)
+    }
+
+    /// Queues a [`ServerEvent::SendPush`] for `device` with the store's
+    /// push target written into the queue's slot
+    /// ([`FleetStore::push_target_into`]): the event (224 bytes, with room for
+    /// a token) is not built aside and copied in, and the token is copied
+    /// once. Returns whether the device has a target; without one, or on a
+    /// store error, no event is left queued. Out of line for the reason
+    /// `task_changed` is.
+    #[inline(never)]
+    fn queue_push(&mut self, device: DeviceId) -> Result<bool, S> {
+        let queued = self.events.len();
+        self.events.push_back(ServerEvent::SendPush {
+            device,
+            platform: Platform::Android,
+            token: PushToken::new(),
+        });
+        let target = match self.events.back_mut() {
+            Some(ServerEvent::SendPush {
+                platform, token, ..
+            }) => self.store.push_target_into(device, token).map(|p| {
+                *platform = p.unwrap_or(*platform);
+                p.is_some()
+            }),
+            _ => Ok(false),
+        };
+        if !matches!(target, Ok(true)) {
+            self.events.truncate(queued);
+        }
+        Ok(target?)
     }
 
     fn close_device_session(&mut self, device: DeviceId) {

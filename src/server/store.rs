@@ -343,6 +343,24 @@ pub trait FleetStore {
     /// Platform and push token of a device, once it has sent them. The
     /// token is returned by value in a fixed buffer: no allocation.
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Self::Error>;
+    /// As [`push_target`](Self::push_target), with the token written into
+    /// `token` (whatever it held before) and the platform returned. When there
+    /// is no target, or on an error, `token` may hold anything. The engine
+    /// sends pushes through this, with `token` the one of the
+    /// [`ServerEvent::SendPush`](super::ServerEvent::SendPush) it queues, so
+    /// that a store which can copy its token straight there (as
+    /// [`MemoryStore`] does) saves a copy of the token per push. The default
+    /// calls `push_target` and moves its token in.
+    fn push_target_into(
+        &self,
+        id: DeviceId,
+        token: &mut PushToken,
+    ) -> Result<Option<Platform>, Self::Error> {
+        Ok(self.push_target(id)?.map(|(platform, held)| {
+            *token = held;
+            platform
+        }))
+    }
     /// A hint that [`push_target`](Self::push_target) of `id` is likely asked
     /// soon (a task was queued for a device not in session, so a push may
     /// follow): a store may start loading it. The default does nothing.
@@ -951,13 +969,25 @@ impl FleetStore for MemoryStore {
     }
 
     fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {
-        let target = self.push.get(id.0).filter(|t| t.held());
-        // Stored from a `PushToken`, so its bytes are UTF-8 and fit.
-        let token = |t: &PushTarget| {
-            let text = core::str::from_utf8(t.bytes()).ok()?;
-            PushToken::try_from(text).ok()
+        let mut token = PushToken::new();
+        let platform = self.push_target_into(id, &mut token)?;
+        Ok(platform.map(|p| (p, token)))
+    }
+
+    fn push_target_into(
+        &self,
+        id: DeviceId,
+        token: &mut PushToken,
+    ) -> Result<Option<Platform>, Infallible> {
+        let Some(t) = self.push.get(id.0).filter(|t| t.held()) else {
+            return Ok(None);
         };
-        Ok(target.and_then(|t| Some((t.platform, token(t)?))))
+        // Stored from a `PushToken`, so its bytes are UTF-8 and fit.
+        let Ok(text) = core::str::from_utf8(t.bytes()) else {
+            return Ok(None);
+        };
+        token.clear();
+        Ok(token.push_str(text).is_ok().then_some(t.platform))
     }
 
     fn prefetch_push_target(&self, id: DeviceId) {
@@ -1455,6 +1485,49 @@ mod task_report_tests {
             .unwrap();
         let want = [DeviceId(2), DeviceId(4)];
         assert_eq!(hinted(&s), want, "a first hint only: asked for at the task");
+    }
+
+    /// `push_target_into` answers as `push_target` does, over a token that
+    /// held something else: `MemoryStore`'s own and the trait's default
+    /// (`Plain`), for the longest token, a short one written over a longer
+    /// one, a removed one and none.
+    #[test]
+    fn push_target_into_is_push_target() {
+        fn check<S: FleetStore<Error = Infallible>>(mut store: S) {
+            let longest: alloc::string::String = (0..PUSH_TOKEN_MAX)
+                .map(|i| (b'a' + i as u8 % 26) as char)
+                .collect();
+            store
+                .set_push_target(DeviceId(1), Platform::Ios, &longest)
+                .unwrap();
+            store
+                .set_push_target(DeviceId(2), Platform::Ios, &longest)
+                .unwrap();
+            store
+                .set_push_target(DeviceId(2), Platform::Android, "tok")
+                .unwrap();
+            store
+                .set_push_target(DeviceId(3), Platform::Android, "gone")
+                .unwrap();
+            store.remove_push_target(DeviceId(3)).unwrap();
+            let mut held = 0;
+            for d in 1..=4 {
+                let want = store.push_target(DeviceId(d)).unwrap();
+                let mut token = PushToken::try_from("something else held before").unwrap();
+                let platform = store.push_target_into(DeviceId(d), &mut token).unwrap();
+                let got = platform.map(|p| (p, token));
+                assert_eq!(got, want, "device {d}");
+                held += usize::from(want.is_some());
+            }
+            assert_eq!(held, 2);
+            let two = store.push_target(DeviceId(2)).unwrap();
+            assert_eq!(
+                two.as_ref().map(|(p, t)| (*p, t.as_str())),
+                Some((Platform::Android, "tok"))
+            );
+        }
+        check(MemoryStore::new());
+        check(Plain::new());
     }
 
     fn task(id: u64, device: u64, state: TaskState) -> TaskRecord {
