@@ -1368,7 +1368,7 @@ mod tests {
         s.phase = Phase::AwaitProof {
             hello: spare.blank_hello(),
             nonce: [3; 16],
-            hello_hash: [4; 32],
+            hello_binding: auth::bind_hello(&[4; 40]),
             challenge: 7,
         };
         s.decoder.set_key(0x5EED);
