@@ -1,0 +1,74 @@
+//! PROTOCOL.md's prose against the code and against its own vectors: the
+//! version it states where it names `PROTOCOL_VERSION` (the constants table
+//! of section 4, the first sentence of section 13), and every vector its
+//! text points at by name (`vector `x``, `vectors `x`, `y` and `z``) exists
+//! in section 15. Version 6 renamed `hello-v6` to `hello-v7` and left
+//! sections 4 and 13 saying 3 and 5.
+
+use mdm_sync::wire::PROTOCOL_VERSION;
+
+fn text() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md");
+    std::fs::read_to_string(path).expect("PROTOCOL.md at the crate root")
+}
+
+#[test]
+fn the_stated_version_is_the_codes() {
+    let text = text();
+    let v = PROTOCOL_VERSION.to_string();
+    let first = text.lines().next().unwrap();
+    assert_eq!(first, format!("# mdm-sync protocol, version {v}"));
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| `PROTOCOL_VERSION` |"))
+        .expect("section 4's row");
+    let value = row.split('|').nth(2).unwrap().trim();
+    assert_eq!(value, v, "section 4: {row}");
+    let said: Vec<&str> = text
+        .match_indices("`PROTOCOL_VERSION` is ")
+        .map(|(i, m)| {
+            let rest = &text[i + m.len()..];
+            rest.split(|c: char| !c.is_ascii_digit()).next().unwrap()
+        })
+        .collect();
+    assert!(!said.is_empty(), "section 13 names the version");
+    assert!(said.iter().all(|s| *s == v), "stated: {said:?}, code: {v}");
+}
+
+#[test]
+fn every_vector_named_in_the_text_exists() {
+    let text = text();
+    let defined: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("vector "))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    assert!(defined.len() > 30, "{defined:?}");
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut missing = Vec::new();
+    let mut named = 0;
+    for key in ["vector `", "vectors `"] {
+        for (i, _) in flat.match_indices(key) {
+            // Backticked names joined by ", ", " and ", " to ", " or ".
+            let mut rest = &flat[i + key.len() - 1..];
+            while let Some(body) = rest.strip_prefix('`') {
+                let Some(end) = body.find('`') else { break };
+                let name = &body[..end];
+                named += 1;
+                if !defined.contains(name) {
+                    missing.push(name.to_string());
+                }
+                rest = &body[end + 1..];
+                let Some(next) = [", ", " and ", " to ", " or ", ", and "]
+                    .iter()
+                    .find_map(|sep| rest.strip_prefix(sep))
+                else {
+                    break;
+                };
+                rest = next;
+            }
+        }
+    }
+    assert!(named >= 9, "only {named} names found");
+    assert!(missing.is_empty(), "named but not defined: {missing:?}");
+}
