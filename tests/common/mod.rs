@@ -468,6 +468,16 @@ pub fn downs(bytes: &[u8], key: u32) -> Vec<mdm_sync::wire::Down> {
     msgs
 }
 
+/// Everything `server` has to send on `conn`, taken whole.
+pub fn output<S: mdm_sync::server::FleetStore>(server: &mut Server<S>, conn: ConnId) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(n) = server.poll_transmit_for(conn, &mut buf) {
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
 /// What [`raw_handshake`] returns: the connection, its session key, and the
 /// server's answer to the proof.
 pub type RawHandshake<E> = (ConnId, u32, Result<(), mdm_sync::server::ServerError<E>>);
