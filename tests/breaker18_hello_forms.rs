@@ -377,3 +377,104 @@ fn device_hellos_at_the_boundary_authenticate() {
     }
     assert!(lens.contains(&31) && lens.contains(&32), "{lens:?}");
 }
+
+/// What postcard, the reference decoder of section 3, makes of a first
+/// frame's payload: a Hello of this version, one of another version, or
+/// nothing the server may take.
+#[derive(Debug, PartialEq)]
+enum Reading {
+    Ours(Box<Hello>),
+    OtherVersion,
+    Bad,
+}
+
+fn reference(payload: &[u8]) -> Reading {
+    match postcard::take_from_bytes::<Up>(payload) {
+        Ok((Up::Hello(h), [])) if h.version == wire::PROTOCOL_VERSION => Reading::Ours(Box::new(h)),
+        _ => match wire::peek_version(payload) {
+            Some(v) if v != wire::PROTOCOL_VERSION => Reading::OtherVersion,
+            _ => Reading::Bad,
+        },
+    }
+}
+
+/// Random mutations of Hellos (bytes changed, inserted, removed, cut),
+/// sent as a connection's first frame: the server challenges exactly the
+/// payloads postcard reads as a Hello of its version, however its own
+/// reader got there (by hand, or through `parse`), and the challenge
+/// answers that Hello's attempt; a proof over those bytes then opens the
+/// session for the device postcard read. Other versions get
+/// `VersionMismatch`, the rest `BadMessage`.
+#[test]
+fn the_servers_reading_of_a_first_frame_is_postcards() {
+    let mut rng = common::Rng(0x9E37_79B9_7F4A_7C15);
+    let mut s = common::server();
+    let mut secrets = std::collections::HashMap::new();
+    let mut tally = [0usize; 3];
+    for i in 0..20_000u64 {
+        let token = "k".repeat((rng.below(4) * 20) as usize);
+        let device = DeviceId(rng.next() >> rng.below(64));
+        let mut p = payload_of(&hello(device, rng.next() >> rng.below(64), &token, 5, 9));
+        for _ in 0..=rng.below(3) {
+            let at = rng.below(p.len() as u64 + 1) as usize;
+            let byte = match rng.below(4) {
+                0 => 0x80,
+                1 => 0x00,
+                2 => 0xFF,
+                _ => rng.next() as u8,
+            };
+            match rng.below(4) {
+                0 if at < p.len() => p[at] = byte,
+                1 => p.insert(at, byte),
+                2 if at < p.len() => {
+                    p.remove(at);
+                }
+                _ => p.truncate(at.max(1)),
+            }
+        }
+        if p.is_empty() {
+            continue; // no frame has an empty payload
+        }
+        let want = reference(&p);
+        let conn = s.connection_opened(NOW).unwrap();
+        let r = s.handle_bytes(conn, &common::raw_frame(&p, 0), NOW);
+        let got = common::downs(&common::output(&mut s, conn), 0);
+        match &want {
+            Reading::Ours(h) => {
+                tally[0] += 1;
+                assert!(r.is_ok(), "{p:02x?}: {r:?}");
+                let [Down::Challenge { attempt, nonce, .. }] = got.as_slice() else {
+                    panic!("{p:02x?}: {got:?}");
+                };
+                assert_eq!(*attempt, h.attempt, "{p:02x?}");
+                // Now and then, prove it as the device postcard read.
+                if i % 16 == 0 && h.generation == 0 {
+                    let secret = *secrets
+                        .entry(h.device)
+                        .or_insert_with(|| s.enroll(h.device, NOW).unwrap());
+                    let mac = spec_proof(&secret, nonce, &p, form_of(&p), p.len() as u8);
+                    assert!(prove(&mut s, conn, nonce, mac), "{p:02x?}");
+                }
+            }
+            Reading::OtherVersion => {
+                tally[1] += 1;
+                assert!(r.is_err(), "{p:02x?}");
+                assert!(
+                    matches!(
+                        got.as_slice(),
+                        [Down::Error(ErrorCode::VersionMismatch { .. })]
+                    ),
+                    "{p:02x?}: {got:?}"
+                );
+            }
+            Reading::Bad => {
+                tally[2] += 1;
+                assert!(r.is_err(), "{p:02x?}");
+                assert_eq!(got, vec![Down::Error(ErrorCode::BadMessage)], "{p:02x?}");
+            }
+        }
+        s.connection_closed(conn, NOW);
+        while s.poll_event().is_some() {}
+    }
+    assert!(tally.iter().all(|&n| n > 500), "{tally:?}");
+}
