@@ -1,9 +1,12 @@
 //! PROTOCOL.md's prose against the code and against its own vectors: the
 //! version it states where it names `PROTOCOL_VERSION` (the constants table
-//! of section 4, the first sentence of section 13), and every vector its
+//! of section 4, the first sentence of section 13) or speaks of the current
+//! version's messages (`supported: N`, `Hello vN`, `version other than N`,
+//! `Challenge { version: N, attempt`, ...), and every vector its
 //! text points at by name (`vector `x``, `vectors `x`, `y` and `z``) exists
 //! in section 15. Version 6 renamed `hello-v6` to `hello-v7` and left
-//! sections 4 and 13 saying 3 and 5.
+//! sections 4 and 13 saying 3 and 5, and section 8.1 answering a version
+//! other than 5 with `supported: 5`.
 
 use mdm_sync::wire::PROTOCOL_VERSION;
 
@@ -33,6 +36,36 @@ fn the_stated_version_is_the_codes() {
         .collect();
     assert!(!said.is_empty(), "section 13 names the version");
     assert!(said.iter().all(|s| *s == v), "stated: {said:?}, code: {v}");
+    // Phrases that always mean the current version (section 13's history
+    // uses none of them).
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for phrase in [
+        "supported: ",
+        "version other than ",
+        "Hello v",
+        "`Hello` of version ",
+        "Challenge(version ",
+        "version: ",
+    ] {
+        for (i, _) in text.match_indices(phrase) {
+            let rest = &text[i + phrase.len()..];
+            let n = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap();
+            let after = &rest[n.len()..];
+            // `version: N` only where an attempt follows (Hello, Challenge):
+            // policies have versions too.
+            if n.is_empty() || (phrase == "version: " && !after.starts_with(", attempt")) {
+                continue;
+            }
+            seen += 1;
+            if n != v {
+                let line = text[..i].lines().count();
+                wrong.push(format!("line {line}: {phrase}{n}"));
+            }
+        }
+    }
+    assert!(seen >= 8, "only {seen} mentions found");
+    assert!(wrong.is_empty(), "not version {v}: {wrong:?}");
 }
 
 #[test]
