@@ -105,3 +105,56 @@ fn every_vector_named_in_the_text_exists() {
     assert!(named >= 9, "only {named} names found");
     assert!(missing.is_empty(), "named but not defined: {missing:?}");
 }
+
+/// Section 2 as written: the reference server answers the frame error past
+/// `max_frame_errors` with `Error(BadMessage)`, and counts a run of garbage
+/// once per read that delivers it: 70 garbage bytes in one read are one
+/// error, the same bytes one per read are 70, and the connection closes.
+#[test]
+fn garbage_counts_once_per_read() {
+    use mdm_sync::server::{MemoryStore, Server, ServerConfig};
+    use mdm_sync::time::Instant;
+    use mdm_sync::wire::{self, frame, DeviceId, Down, ErrorCode, Hello, Platform, Up};
+    let now = Instant::from_millis(1);
+    let mut buf = [0u8; 128];
+    let hello = Up::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        attempt: 1,
+        device: DeviceId(1),
+        generation: 0,
+        platform: Platform::Android,
+        push_token: heapless::String::new(),
+        trigger: wire::SyncTrigger::Manual,
+        last_task_seq: 0,
+        policy_version: 0,
+    });
+    let n = frame::encode(&hello, &mut buf).unwrap();
+    let garbage = [0x11u8; 70];
+    let cfg = ServerConfig::default();
+    assert!(garbage.len() as u32 > cfg.max_frame_errors);
+    for per_byte in [false, true] {
+        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let conn = s.connection_opened(now).unwrap();
+        let mut failed = false;
+        if per_byte {
+            for b in garbage {
+                failed |= s.handle_bytes(conn, &[b], now).is_err();
+            }
+        } else {
+            failed |= s.handle_bytes(conn, &garbage, now).is_err();
+        }
+        failed |= s.handle_bytes(conn, &buf[..n], now).is_err();
+        let mut out = [0u8; 256];
+        let m = s.poll_transmit_for(conn, &mut out).unwrap();
+        let mut dec = wire::FrameDecoder::<256>::new();
+        dec.push(&out[..m]);
+        let first = wire::decode::<Down>(dec.decode().unwrap().unwrap()).unwrap();
+        if per_byte {
+            assert!(failed);
+            assert_eq!(first, Down::Error(ErrorCode::BadMessage));
+        } else {
+            assert!(!failed);
+            assert!(matches!(first, Down::Challenge { .. }), "{first:?}");
+        }
+    }
+}
