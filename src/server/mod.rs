@@ -102,10 +102,12 @@ pub struct ServerConfig {
     /// sessions before their work is out (at 0, every session after its
     /// `Challenge`).
     pub max_pending_out: usize,
-    /// Most frame errors (garbage runs, bad lengths, bad CRCs) one connection
-    /// may cause before it is closed with `BadMessage` (64). TCP and TLS cause
-    /// none; the bound stops a peer that sends bad headers on purpose, each
-    /// of which costs a CRC over up to a whole frame.
+    /// Most bad frames (bad lengths, bad CRCs) one connection may send
+    /// before it is closed with `BadMessage` (64). TCP and TLS cause none;
+    /// the bound stops a peer that sends bad headers on purpose, each of
+    /// which costs a CRC over up to a whole frame. Garbage between frames
+    /// costs only a scan of its bytes and is skipped without counting, so
+    /// the count does not depend on how the bytes were split into reads.
     pub max_frame_errors: u32,
 }
 

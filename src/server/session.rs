@@ -452,9 +452,13 @@ impl<S: FleetStore> Server<S> {
                     bytes = &bytes[n..];
                     continue;
                 }
-                // Garbage is skipped (the CRC guards content), within a budget:
-                // each bad frame costs a CRC over up to a whole frame, so a
+                // Garbage is skipped (the CRC guards content). It costs a scan
+                // of its bytes, like any input, and is not counted: the count
+                // would depend on how the bytes were split into reads (a run
+                // is reported once per read). Bad headers are, within a
+                // budget: each costs a CRC over up to a whole frame, so a
                 // peer that sends nothing but bad headers is cut off.
+                Some(Err(wire::FrameError::Garbage { .. })) => continue,
                 Some(Err(_)) => {
                     s.frame_errors = s.frame_errors.saturating_add(1);
                     if s.frame_errors <= self.cfg.max_frame_errors {
