@@ -1232,10 +1232,18 @@ impl<S: FleetStore> Server<S> {
             }),
             _ => Ok(false),
         };
-        if !matches!(target, Ok(true)) {
+        self.keep_events_if(queued, matches!(target, Ok(true)));
+        Ok(target?)
+    }
+
+    /// Withdraws the events queued since the queue held `queued` events,
+    /// unless `kept`: events queued ahead of a store call (so that they are
+    /// written in place, see `queue_push`) announce nothing the store did not
+    /// take.
+    fn keep_events_if(&mut self, queued: usize, kept: bool) {
+        if !kept {
             self.events.truncate(queued);
         }
-        Ok(target?)
     }
 
     fn close_device_session(&mut self, device: DeviceId) {

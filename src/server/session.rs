@@ -534,7 +534,8 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// One decoded message; `hello_binding` is what the proof must cover of
-    /// the payload when it may be a `Hello`. Returns the report sequence to acknowledge, if any.
+    /// the payload when it may be a `Hello`. Returns the report sequence to
+    /// acknowledge, if any.
     fn on_message(
         &mut self,
         conn: ConnId,
@@ -1118,10 +1119,8 @@ impl<S: FleetStore> Server<S> {
             true
         };
         let changed = self.store.commit_task_report(commit, id, &mut update);
-        if !matches!(changed, Ok(true)) {
-            // Not durable: nothing to announce.
-            self.events.truncate(queued);
-        }
+        // Announced only if durable.
+        self.keep_events_if(queued, matches!(changed, Ok(true)));
         changed?;
         Ok(seq)
     }
@@ -1742,9 +1741,7 @@ mod tests {
                     HandshakeOp::Prove { nth } if !waiting.is_empty() => {
                         let (conn, dev, number) = waiting.remove(usize::from(nth) % waiting.len());
                         let Some(Session {
-                            phase: Phase::AwaitProof { nonce,
-                hello_binding,
-                .. },
+                            phase: Phase::AwaitProof { nonce, hello_binding, .. },
                             ..
                         }) = s.sessions.get(&conn)
                         else {
