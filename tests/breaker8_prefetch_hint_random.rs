@@ -17,12 +17,11 @@
 mod common;
 
 use core::cell::RefCell;
-use core::convert::Infallible;
 
 use common::{Behaviour, Pair, Rng};
 use mdm_sync::server::{
-    DeviceRecord, FleetStore, MemoryStore, ReportCommit, ReportSeqs, Server, ServerConfig,
-    ServerEvent, TaskOptions, TaskRecord, TaskState,
+    DeviceRecord, FleetStore, MemoryStore, MemoryStoreError, ReportCommit, ReportSeqs, Server,
+    ServerConfig, ServerEvent, TaskOptions, TaskRecord, TaskState,
 };
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{ComplianceEvent, DeviceId, Platform, Policy, Setting, TaskId, TaskKind};
@@ -242,17 +241,17 @@ struct Recording {
 }
 
 impl FleetStore for Recording {
-    type Error = Infallible;
-    fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Infallible> {
+    type Error = MemoryStoreError;
+    fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, MemoryStoreError> {
         self.inner.device(id)
     }
-    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
+    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, MemoryStoreError> {
         self.inner.device_generation(id)
     }
-    fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
+    fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), MemoryStoreError> {
         self.inner.put_device(rec)
     }
-    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Infallible> {
+    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, MemoryStoreError> {
         self.inner.report_seqs(id)
     }
     fn prefetch_push_target(&self, id: DeviceId) {
@@ -261,50 +260,55 @@ impl FleetStore for Recording {
     fn push_target(
         &self,
         id: DeviceId,
-    ) -> Result<Option<(Platform, mdm_sync::server::PushToken)>, Infallible> {
+    ) -> Result<Option<(Platform, mdm_sync::server::PushToken)>, MemoryStoreError> {
         self.log.borrow_mut().push(("read", id.0));
         self.inner.push_target(id)
     }
-    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, MemoryStoreError> {
         self.inner.remove_push_target(id)
     }
-    fn retire_device(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+    fn retire_device(&mut self, id: DeviceId) -> Result<bool, MemoryStoreError> {
         self.inner.retire_device(id)
     }
-    fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
+    fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, MemoryStoreError> {
         self.inner.retired_generation(id)
     }
-    fn set_push_target(&mut self, id: DeviceId, p: Platform, t: &str) -> Result<bool, Infallible> {
+    fn set_push_target(
+        &mut self,
+        id: DeviceId,
+        p: Platform,
+        t: &str,
+    ) -> Result<bool, MemoryStoreError> {
         self.inner.set_push_target(id, p, t)
     }
-    fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
+    fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, MemoryStoreError> {
         self.inner.task(id)
     }
-    fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Infallible> {
+    fn put_task(&mut self, rec: &TaskRecord) -> Result<(), MemoryStoreError> {
         self.inner.put_task(rec)
     }
-    fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Infallible> {
+    fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), MemoryStoreError> {
         self.inner.open_tasks(device, out)
     }
-    fn open_task_count(&self, device: DeviceId) -> Result<usize, Infallible> {
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, MemoryStoreError> {
         self.inner.open_task_count(device)
     }
-    fn next_task_id(&mut self) -> Result<TaskId, Infallible> {
+    fn next_task_id(&mut self) -> Result<TaskId, MemoryStoreError> {
         self.inner.next_task_id()
     }
-    fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Infallible> {
+    fn policy(&self, device: DeviceId) -> Result<Option<Policy>, MemoryStoreError> {
         self.inner.policy(device)
     }
-    fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Infallible> {
+    fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), MemoryStoreError> {
         self.inner.put_policy(device, policy)
     }
-    fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Infallible> {
+    fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), MemoryStoreError> {
         self.inner.commit_report(commit)
     }
-    fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
+    fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), MemoryStoreError> {
         self.inner.for_each_device(f)
     }
-    fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Infallible> {
+    fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), MemoryStoreError> {
         self.inner.for_each_task(f)
     }
 }

@@ -81,14 +81,14 @@ fn prove(
     conn: mdm_sync::server::ConnId,
     nonce: &[u8; 16],
     mac: [u8; 32],
-) -> Result<(), ServerError<core::convert::Infallible>> {
+) -> Result<(), ServerError<mdm_sync::server::MemoryStoreError>> {
     let mut buf = [0u8; 600];
     let key = frame::session_key(nonce);
     let n = frame::encode_keyed(&Up::Proof { mac }, &mut buf, key).unwrap();
     s.handle_bytes(conn, &buf[..n], NOW)
 }
 
-const AUTH_FAILED: Result<(), ServerError<core::convert::Infallible>> =
+const AUTH_FAILED: Result<(), ServerError<mdm_sync::server::MemoryStoreError>> =
     Err(ServerError::Peer(PeerError::AuthFailed));
 
 /// A version-3 device (its `Hello` is version 4's layout with version 3) of

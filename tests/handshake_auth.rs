@@ -35,7 +35,7 @@ fn hello(id: u64, version: u16) -> Up {
 }
 
 type ConnId = mdm_sync::server::ConnId;
-type Answer = Result<(), ServerError<core::convert::Infallible>>;
+type Answer = Result<(), ServerError<mdm_sync::server::MemoryStoreError>>;
 
 /// `msg` as a frame with session key `key` (0 before the challenge).
 fn framed(msg: &Up, key: u32) -> Vec<u8> {

@@ -652,6 +652,11 @@ impl<S: FleetStore, P: PushSender> Engine<S, P> {
                 Err(ServerError::UnknownConnection) => {
                     self.conns.remove(&conn);
                 }
+                // The store's own failure (a full compliance log, a database
+                // down) is the operator's to see; a peer's is routine.
+                Err(ServerError::Store(e)) => {
+                    warning!("connection {}: store refused: {:?}", conn.0, e)
+                }
                 Err(e) => debug!("connection {} failed: {:?}", conn.0, e),
             },
             Msg::Closed { conn, broke } => {

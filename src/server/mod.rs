@@ -37,8 +37,8 @@ mod table;
 
 pub use console::{DeviceView, FleetView, TaskCounts};
 pub use store::{
-    DeviceRecord, FleetStore, MemoryStore, PolicyState, PushToken, ReportCommit, ReportSeqs,
-    SupersedeKey, TaskRecord, TaskState,
+    DeviceRecord, FleetStore, MemoryStore, MemoryStoreError, PolicyState, PushToken, ReportCommit,
+    ReportSeqs, SupersedeKey, TaskRecord, TaskState,
 };
 
 use alloc::collections::{BinaryHeap, VecDeque};

@@ -11,7 +11,6 @@
 //! that makes it durable has returned `Ok`.
 
 use alloc::vec::Vec;
-use core::convert::Infallible;
 
 use hashbrown::HashMap;
 
@@ -481,10 +480,54 @@ pub trait FleetStore {
     fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Self::Error>;
 }
 
+/// Why [`MemoryStore`] refused a call. Nothing of the refused call is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemoryStoreError {
+    /// The device's compliance report finds [`MemoryStore::compliance_limit`]
+    /// of its events in the log, not yet drained
+    /// ([`MemoryStore::take_compliance`]). The report is not acknowledged:
+    /// the device keeps it and sends it again in a later sync (it retries a
+    /// compliance event every minute), so a device that floods the log
+    /// waits for the application instead of growing the server's memory.
+    ComplianceLogFull {
+        /// The device.
+        device: DeviceId,
+    },
+}
+
+impl core::fmt::Display for MemoryStoreError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::ComplianceLogFull { device } => write!(
+                f,
+                "compliance log full for device {}: drain it with take_compliance",
+                device.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for MemoryStoreError {}
+
+/// `MemoryStore::compliance_limit`, whose default is not zero.
+#[derive(Clone, Copy, Debug)]
+struct ComplianceLimit(u32);
+
+impl Default for ComplianceLimit {
+    fn default() -> Self {
+        Self(MemoryStore::DEFAULT_COMPLIANCE_LIMIT)
+    }
+}
+
 /// The default store: everything in hashbrown maps, lost with the process.
 ///
 /// Final tasks and the compliance log are kept until the application drains
 /// them ([`MemoryStore::prune_finished`], [`MemoryStore::take_compliance`]).
+/// The log keeps at most [`compliance_limit`](MemoryStore::compliance_limit)
+/// events per device: past that, the device's compliance reports are refused
+/// ([`MemoryStoreError::ComplianceLogFull`], not acknowledged, sent again by
+/// the device later) until the log is drained. Every other call succeeds.
 ///
 /// Devices are kept packed (see `Row`) in a table of their own (see
 /// `Table`): 40 to 50 bytes of resident memory per idle device, against 170 for a map of
@@ -505,6 +548,10 @@ pub struct MemoryStore {
     spare_lists: Vec<Vec<TaskId>>,
     policies: HashMap<DeviceId, Policy>,
     compliance: Vec<(DeviceId, ComplianceEvent)>,
+    /// Entries of `compliance` per device, for those with any: a device at
+    /// `compliance_limit` has its next compliance report refused.
+    compliance_counts: HashMap<DeviceId, u32>,
+    compliance_limit: ComplianceLimit,
     next_task: u64,
     /// Generations of retired devices (see `FleetStore::retire_device`):
     /// 17 bytes a bucket, 20 to 40 bytes per retired device (`fleet_memory
@@ -560,9 +607,47 @@ impl MemoryStore {
         self.push.len()
     }
 
-    /// Removes and returns the compliance log.
+    /// Removes and returns the compliance log, oldest first. Drain it from
+    /// time to time: a device with [`compliance_limit`](Self::compliance_limit)
+    /// entries in it has its further compliance reports refused until then.
     pub fn take_compliance(&mut self) -> Vec<(DeviceId, ComplianceEvent)> {
+        self.compliance_counts.clear();
         core::mem::take(&mut self.compliance)
+    }
+
+    /// The compliance log, oldest first, as [`take_compliance`](Self::take_compliance)
+    /// would return it.
+    pub fn compliance(&self) -> &[(DeviceId, ComplianceEvent)] {
+        &self.compliance
+    }
+
+    /// How many compliance events of one device the log keeps undrained
+    /// ([`DEFAULT_COMPLIANCE_LIMIT`](Self::DEFAULT_COMPLIANCE_LIMIT) unless set).
+    pub fn compliance_limit(&self) -> u32 {
+        self.compliance_limit.0
+    }
+
+    /// Sets [`compliance_limit`](Self::compliance_limit). Entries already
+    /// in the log stay; a device at or above the new limit is refused until
+    /// the log is drained.
+    pub fn set_compliance_limit(&mut self, per_device: u32) {
+        self.compliance_limit = ComplianceLimit(per_device);
+    }
+
+    /// Compliance events kept per device by default.
+    pub const DEFAULT_COMPLIANCE_LIMIT: u32 = 1024;
+
+    /// `Err` if `c` carries a compliance event that its device has no room
+    /// for in the log; checked before anything of `c` is stored.
+    fn compliance_room(&self, c: &ReportCommit<'_>) -> Result<(), MemoryStoreError> {
+        if c.compliance.is_none() {
+            return Ok(());
+        }
+        let held = self.compliance_counts.get(&c.device).copied().unwrap_or(0);
+        if held >= self.compliance_limit.0 {
+            return Err(MemoryStoreError::ComplianceLogFull { device: c.device });
+        }
+        Ok(())
     }
 
     /// Forgets final tasks that finished before `before`.
@@ -632,6 +717,8 @@ impl MemoryStore {
     fn commit_device(&mut self, c: &ReportCommit<'_>) {
         if let Some(e) = c.compliance {
             self.compliance.push((c.device, e));
+            let held = self.compliance_counts.entry(c.device).or_default();
+            *held = held.saturating_add(1);
         }
         let Some(i) = self.devices.find(c.device.0) else {
             return;
@@ -928,19 +1015,19 @@ fn touch_with_key(key: &u64, bytes: &[u8]) {
 }
 
 impl FleetStore for MemoryStore {
-    type Error = Infallible;
+    type Error = MemoryStoreError;
 
-    fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Infallible> {
+    fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, MemoryStoreError> {
         let row = self.devices.get(id.0);
         Ok(row.map(|r| self.unpack(r)))
     }
 
-    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
+    fn device_generation(&self, id: DeviceId) -> Result<Option<u32>, MemoryStoreError> {
         let row = self.devices.get(id.0);
         Ok(row.map(|r| r.generation))
     }
 
-    fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
+    fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), MemoryStoreError> {
         match self.devices.find(rec.id.0) {
             Some(i) => self.replace_row(i, rec),
             None => {
@@ -968,7 +1055,7 @@ impl FleetStore for MemoryStore {
         self.push.touch_home_entry(id.0);
     }
 
-    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {
+    fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, MemoryStoreError> {
         let mut token = PushToken::new();
         let platform = self.push_target_into(id, &mut token)?;
         Ok(platform.map(|p| (p, token)))
@@ -978,7 +1065,7 @@ impl FleetStore for MemoryStore {
         &self,
         id: DeviceId,
         token: &mut PushToken,
-    ) -> Result<Option<Platform>, Infallible> {
+    ) -> Result<Option<Platform>, MemoryStoreError> {
         let Some(t) = self.push.get(id.0).filter(|t| t.held()) else {
             return Ok(None);
         };
@@ -1003,7 +1090,7 @@ impl FleetStore for MemoryStore {
         id: DeviceId,
         platform: Platform,
         token: &str,
-    ) -> Result<bool, Infallible> {
+    ) -> Result<bool, MemoryStoreError> {
         // The wire bounds a token to `PUSH_TOKEN_MAX` bytes; a longer one
         // from a direct caller is not stored: like an empty one, it leaves
         // the stored target as it is.
@@ -1026,7 +1113,7 @@ impl FleetStore for MemoryStore {
         Ok(true)
     }
 
-    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+    fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, MemoryStoreError> {
         let held = match self.push.get_mut(id.0) {
             Some(t) => !core::mem::replace(&mut t.removed, true),
             None => false,
@@ -1037,7 +1124,7 @@ impl FleetStore for MemoryStore {
         Ok(held)
     }
 
-    fn retire_device(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+    fn retire_device(&mut self, id: DeviceId) -> Result<bool, MemoryStoreError> {
         let Some(row) = self.devices.remove(id.0) else {
             return Ok(false);
         };
@@ -1050,21 +1137,25 @@ impl FleetStore for MemoryStore {
         Ok(true)
     }
 
-    fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
+    fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, MemoryStoreError> {
         Ok(self.retired.get(&id).copied())
     }
 
-    fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
+    fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, MemoryStoreError> {
         Ok(self.tasks.get(&id).copied())
     }
 
-    fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Infallible> {
+    fn put_task(&mut self, rec: &TaskRecord) -> Result<(), MemoryStoreError> {
         self.index_task(rec);
         self.tasks.insert(rec.id, *rec);
         Ok(())
     }
 
-    fn put_new_task(&mut self, rec: &TaskRecord, max_open: usize) -> Result<bool, Infallible> {
+    fn put_new_task(
+        &mut self,
+        rec: &TaskRecord,
+        max_open: usize,
+    ) -> Result<bool, MemoryStoreError> {
         // A device's open list, if it has one, is found once, to count and to
         // add to (the task is new: it is not in it). A task final at once
         // (expired) is counted, not listed.
@@ -1087,31 +1178,31 @@ impl FleetStore for MemoryStore {
         Ok(true)
     }
 
-    fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Infallible> {
+    fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), MemoryStoreError> {
         if let Some(open) = self.open.get(&device) {
             out.extend_from_slice(open);
         }
         Ok(())
     }
 
-    fn open_task_count(&self, device: DeviceId) -> Result<usize, Infallible> {
+    fn open_task_count(&self, device: DeviceId) -> Result<usize, MemoryStoreError> {
         Ok(self.open.get(&device).map_or(0, Vec::len))
     }
 
-    fn next_task_id(&mut self) -> Result<TaskId, Infallible> {
+    fn next_task_id(&mut self) -> Result<TaskId, MemoryStoreError> {
         self.next_task += 1;
         Ok(TaskId(self.next_task))
     }
 
-    fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Infallible> {
+    fn policy(&self, device: DeviceId) -> Result<Option<Policy>, MemoryStoreError> {
         Ok(self.policies.get(&device).cloned())
     }
 
-    fn policy_version(&self, device: DeviceId) -> Result<Option<u32>, Infallible> {
+    fn policy_version(&self, device: DeviceId) -> Result<Option<u32>, MemoryStoreError> {
         Ok(self.policies.get(&device).map(|p| p.version))
     }
 
-    fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Infallible> {
+    fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), MemoryStoreError> {
         self.policies.insert(device, policy.clone());
         Ok(())
     }
@@ -1120,7 +1211,7 @@ impl FleetStore for MemoryStore {
     // crate), which reads it for every report: a call across crates cost
     // about as much as the lookup.
     #[inline]
-    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, Infallible> {
+    fn report_seqs(&self, id: DeviceId) -> Result<Option<ReportSeqs>, MemoryStoreError> {
         let row = self.devices.get(id.0);
         Ok(row.map(|r| ReportSeqs {
             last_report_seq: r.last_report_seq,
@@ -1128,7 +1219,8 @@ impl FleetStore for MemoryStore {
         }))
     }
 
-    fn commit_report(&mut self, c: ReportCommit<'_>) -> Result<(), Infallible> {
+    fn commit_report(&mut self, c: ReportCommit<'_>) -> Result<(), MemoryStoreError> {
+        self.compliance_room(&c)?;
         if let Some(t) = c.task {
             self.put_task(t)?;
         }
@@ -1145,12 +1237,13 @@ impl FleetStore for MemoryStore {
         mut c: ReportCommit<'_>,
         id: TaskId,
         update: &mut dyn FnMut(&mut TaskRecord, &mut ReportSeqs) -> bool,
-    ) -> Result<bool, Infallible> {
+    ) -> Result<bool, MemoryStoreError> {
         // The task is found once and changed where it is; its device's open
         // list is touched only if the change moves it in or out of it (the
         // device stays: see the trait). Not copied out: a copy would read the
         // record with wide loads right after `update`'s narrower stores, and
         // wait for them to reach the cache.
+        self.compliance_room(&c)?;
         let Some(stored) = self.tasks.get_mut(&id) else {
             self.commit_device(&c);
             return Ok(false);
@@ -1175,14 +1268,14 @@ impl FleetStore for MemoryStore {
         Ok(true)
     }
 
-    fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
+    fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), MemoryStoreError> {
         for row in self.devices.iter() {
             f(&self.unpack(row));
         }
         Ok(())
     }
 
-    fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Infallible> {
+    fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), MemoryStoreError> {
         self.tasks.values().for_each(f);
         Ok(())
     }
@@ -1191,6 +1284,54 @@ impl FleetStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::TaskState;
+
+    /// A compliance report past the device's limit is refused whole: its
+    /// sequences are not advanced and nothing is logged; other devices and
+    /// reports of other kinds go on; a drain makes room again.
+    #[test]
+    fn a_compliance_report_past_the_limit_changes_nothing() {
+        use super::{
+            DeviceId, DeviceRecord, FleetStore, MemoryStore, MemoryStoreError, ReportCommit,
+            ReportSeqs,
+        };
+        use crate::wire::ComplianceEvent;
+        let (a, b) = (DeviceId(1), DeviceId(2));
+        let mut s = MemoryStore::new();
+        s.set_compliance_limit(2);
+        for d in [a, b] {
+            s.put_device(&DeviceRecord::new(d, 0)).unwrap();
+        }
+        let commit = |device, seq: u32, e: Option<ComplianceEvent>| {
+            let seqs = ReportSeqs {
+                last_report_seq: seq,
+                last_task_seq: 0,
+            };
+            ReportCommit {
+                compliance: e,
+                ..ReportCommit::new(device, seqs)
+            }
+        };
+        let e = |days| Some(ComplianceEvent::PasswordOverdue { days });
+        s.commit_report(commit(a, 1, e(1))).unwrap();
+        s.commit_report(commit(a, 2, e(2))).unwrap();
+        assert_eq!(
+            s.commit_report(commit(a, 3, e(3))),
+            Err(MemoryStoreError::ComplianceLogFull { device: a })
+        );
+        assert_eq!(s.report_seqs(a).unwrap().unwrap().last_report_seq, 2);
+        assert_eq!(s.compliance().len(), 2);
+        // Another device, and a report of another kind, still go in.
+        s.commit_report(commit(b, 1, e(9))).unwrap();
+        s.commit_report(commit(a, 3, None)).unwrap();
+        assert_eq!(s.report_seqs(a).unwrap().unwrap().last_report_seq, 3);
+        let drained = s.take_compliance();
+        assert_eq!(drained.len(), 3);
+        s.commit_report(commit(a, 4, e(4))).unwrap();
+        assert_eq!(
+            s.compliance(),
+            &[(a, ComplianceEvent::PasswordOverdue { days: 4 })]
+        );
+    }
 
     /// `MemoryStore::policy_version` gives what the default (the whole
     /// policy's version) gives: none, assigned, replaced, for another device.
@@ -1391,14 +1532,17 @@ mod task_report_tests {
     }
 
     impl FleetStore for Plain {
-        type Error = Infallible;
-        fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Infallible> {
+        type Error = MemoryStoreError;
+        fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, MemoryStoreError> {
             self.0.device(id)
         }
-        fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), Infallible> {
+        fn put_device(&mut self, rec: &DeviceRecord) -> Result<(), MemoryStoreError> {
             self.0.put_device(rec)
         }
-        fn push_target(&self, id: DeviceId) -> Result<Option<(Platform, PushToken)>, Infallible> {
+        fn push_target(
+            &self,
+            id: DeviceId,
+        ) -> Result<Option<(Platform, PushToken)>, MemoryStoreError> {
             self.0.push_target(id)
         }
         fn set_push_target(
@@ -1406,46 +1550,57 @@ mod task_report_tests {
             id: DeviceId,
             p: Platform,
             t: &str,
-        ) -> Result<bool, Infallible> {
+        ) -> Result<bool, MemoryStoreError> {
             self.0.set_push_target(id, p, t)
         }
-        fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+        fn remove_push_target(&mut self, id: DeviceId) -> Result<bool, MemoryStoreError> {
             self.0.remove_push_target(id)
         }
-        fn retire_device(&mut self, id: DeviceId) -> Result<bool, Infallible> {
+        fn retire_device(&mut self, id: DeviceId) -> Result<bool, MemoryStoreError> {
             self.0.retire_device(id)
         }
-        fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, Infallible> {
+        fn retired_generation(&self, id: DeviceId) -> Result<Option<u32>, MemoryStoreError> {
             self.0.retired_generation(id)
         }
-        fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, Infallible> {
+        fn task(&self, id: TaskId) -> Result<Option<TaskRecord>, MemoryStoreError> {
             self.0.task(id)
         }
-        fn put_task(&mut self, rec: &TaskRecord) -> Result<(), Infallible> {
+        fn put_task(&mut self, rec: &TaskRecord) -> Result<(), MemoryStoreError> {
             self.0.put_task(rec)
         }
-        fn open_tasks(&self, device: DeviceId, out: &mut Vec<TaskId>) -> Result<(), Infallible> {
+        fn open_tasks(
+            &self,
+            device: DeviceId,
+            out: &mut Vec<TaskId>,
+        ) -> Result<(), MemoryStoreError> {
             self.0.open_tasks(device, out)
         }
-        fn open_task_count(&self, device: DeviceId) -> Result<usize, Infallible> {
+        fn open_task_count(&self, device: DeviceId) -> Result<usize, MemoryStoreError> {
             self.0.open_task_count(device)
         }
-        fn next_task_id(&mut self) -> Result<TaskId, Infallible> {
+        fn next_task_id(&mut self) -> Result<TaskId, MemoryStoreError> {
             self.0.next_task_id()
         }
-        fn policy(&self, device: DeviceId) -> Result<Option<Policy>, Infallible> {
+        fn policy(&self, device: DeviceId) -> Result<Option<Policy>, MemoryStoreError> {
             self.0.policy(device)
         }
-        fn put_policy(&mut self, device: DeviceId, policy: &Policy) -> Result<(), Infallible> {
+        fn put_policy(
+            &mut self,
+            device: DeviceId,
+            policy: &Policy,
+        ) -> Result<(), MemoryStoreError> {
             self.0.put_policy(device, policy)
         }
-        fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), Infallible> {
+        fn commit_report(&mut self, commit: ReportCommit<'_>) -> Result<(), MemoryStoreError> {
             self.0.commit_report(commit)
         }
-        fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Infallible> {
+        fn for_each_device(
+            &self,
+            f: &mut dyn FnMut(&DeviceRecord),
+        ) -> Result<(), MemoryStoreError> {
             self.0.for_each_device(f)
         }
-        fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Infallible> {
+        fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), MemoryStoreError> {
             self.0.for_each_task(f)
         }
         fn prefetch_push_target(&self, id: DeviceId) {
@@ -1493,7 +1648,7 @@ mod task_report_tests {
     /// one, a removed one and none.
     #[test]
     fn push_target_into_is_push_target() {
-        fn check<S: FleetStore<Error = Infallible>>(mut store: S) {
+        fn check<S: FleetStore<Error = MemoryStoreError>>(mut store: S) {
             let longest: alloc::string::String = (0..PUSH_TOKEN_MAX)
                 .map(|i| (b'a' + i as u8 % 26) as char)
                 .collect();
