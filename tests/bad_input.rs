@@ -397,11 +397,11 @@ fn malformed_snapshots_get_typed_errors() {
         flipped[bit / 8] ^= 1 << (bit % 8);
         assert!(restore(&flipped).is_some(), "bit {bit} flipped restored");
     }
-    // A valid checksum around garbage (after this format's byte, 3), or
+    // A valid checksum around garbage (after this format's byte, 4), or
     // around another format.
     let garbage = [
-        &[3u8, 0xFF, 0xFF][..],
-        &crc32(&[3, 0xFF, 0xFF]).to_le_bytes(),
+        &[4u8, 0xFF, 0xFF][..],
+        &crc32(&[4, 0xFF, 0xFF]).to_le_bytes(),
     ]
     .concat();
     assert!(matches!(restore(&garbage), Some(SnapshotError::Malformed)));

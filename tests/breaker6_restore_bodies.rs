@@ -17,10 +17,10 @@ use mdm_sync::wire::{
 
 const ID: u64 = 77;
 
-/// A snapshot (format 3, PROTOCOL.md 14) of device `ID` with one report,
+/// A snapshot (format 4, PROTOCOL.md 14) of device `ID` with one report,
 /// `body`, in its outbox.
 fn snapshot_with(body: &[u8]) -> Vec<u8> {
-    let mut s = vec![3u8];
+    let mut s = vec![4u8];
     s.extend_from_slice(&9u64.to_le_bytes()); // counter
     s.extend_from_slice(&ID.to_le_bytes());
     s.extend_from_slice(&0u32.to_le_bytes()); // generation
@@ -30,6 +30,7 @@ fn snapshot_with(body: &[u8]) -> Vec<u8> {
     s.extend_from_slice(&3_600_000u32.to_le_bytes());
     s.extend_from_slice(&0u16.to_le_bytes()); // running tasks
     s.extend_from_slice(&1u16.to_le_bytes()); // reports
+    s.push(0); // flags
     s.push(body.len() as u8);
     s.extend_from_slice(body);
     let crc = wire::crc32(&s);

@@ -437,8 +437,12 @@ pub struct Device<const OUTBOX: usize = DEFAULT_OUTBOX, const INFLIGHT: usize = 
     // offer a task again in the session that brought its "not now": when
     // that session is the one the freed room started (the "not now" was
     // cut off with an earlier connection), another sync must follow it, or
-    // the task waits for the periodic one (found by breaker19). Not in the
-    // snapshot: after a reboot the task may wait for the periodic sync.
+    // the task waits for the periodic one (found by breaker19). A `Welcome`
+    // that acknowledges it says the server heard it in an earlier session,
+    // and offers the task again in this one: no sync follows then. The
+    // snapshot says whether one is unacknowledged (PROTOCOL.md 14); a
+    // restore, which has room (it ends every running task), takes the last
+    // report restored for it (the same one or later: at most one sync more).
     busy_seq: Option<u32>,
     busy_room_freed: bool,
     // The answer to the pending policy found the outbox full; ask again
@@ -1089,6 +1093,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         self.link = Link::Syncing;
         let first = !core::mem::replace(&mut self.welcomed, true);
         self.adopt_server_numbering(ack);
+        // A busy "not now" the server held before this session: it offers
+        // that task again in this one, so no sync need follow.
+        if self.busy_acked(ack) {
+            self.busy_room_freed = false;
+        }
         self.on_ack(ack);
         if first && !self.outbox.is_empty() {
             // The first `Welcome` of this engine state, and reports are
@@ -1232,7 +1241,7 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
         if self.policy.is_some() && core::mem::take(&mut self.policy_refused) {
             self.policy_announced = false;
         }
-        if self.busy_seq.is_some_and(|b| !wire::seq_newer(b, seq)) {
+        if self.busy_acked(seq) {
             self.busy_seq = None;
             // Room came before the server heard the "not now", so this
             // session may be the one that room started: sync once more when
@@ -1241,6 +1250,11 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
                 self.refused_resync = true;
             }
         }
+    }
+
+    /// Whether `seq` acknowledges the busy "not now" waiting for its ack.
+    fn busy_acked(&self, seq: u32) -> bool {
+        self.busy_seq.is_some_and(|b| !wire::seq_newer(b, seq))
     }
 
     // The offer's fields one by one, in registers, and no `Task` built here

@@ -20,8 +20,11 @@ use crate::wire::{
     crc32, EncodeError, Out, Piece, Task, TaskId, TaskKind, Writer, MAX_REPORT_BODY,
 };
 
-// 3: fixed-width fields, outbox sequences implied (2: a postcard record).
-const FORMAT: u8 = 3;
+// 4: a flags byte ends the header. 3: fixed-width fields, outbox sequences
+// implied (2: a postcard record).
+const FORMAT: u8 = 4;
+// Read as format 4 with no flag set: what its state meant (see `Header`).
+const FORMAT_3: u8 = 3;
 
 /// Why a snapshot could not be restored. The engine is never half-restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,9 +48,12 @@ pub enum SnapshotError {
 // The bytes of each piece: every field has a fixed width, so each is written
 // through a `Chunk` of exactly its size (see `Writer::piece`) in constant
 // offsets. The header: format, counter, device id, generation, last task
-// sequence, next report sequence, policy version, periodic interval (ms) and
-// the counts of running tasks and reports.
-const HEADER: usize = 1 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 2 + 2;
+// sequence, next report sequence, policy version, periodic interval (ms),
+// the counts of running tasks and reports, and the flags (format 4 on).
+const HEADER_3: usize = 1 + 8 + 8 + 4 + 4 + 4 + 4 + 4 + 2 + 2;
+const HEADER: usize = HEADER_3 + 1;
+// The flags' one bit: an unacknowledged busy "not now" is in the outbox.
+const BUSY: u8 = 1;
 // A running task: sequence, id, kind.
 const TASK: usize = 4 + 8 + 1;
 // An outbox report, at most: its body's length (one byte), then the body,
@@ -83,6 +89,7 @@ impl<const O: usize, const I: usize> Piece for HeaderPiece<'_, O, I> {
         // Both within `u16` (see `Device::FITS_SNAPSHOT`).
         w.fixed((d.inflight.len() as u16).to_le_bytes());
         w.fixed((self.1 as u16).to_le_bytes());
+        w.push(u8::from(d.busy_seq.is_some())); // `BUSY` (1), or none
     }
 }
 
@@ -115,6 +122,10 @@ struct Header {
     /// A `Welcome` came since the engine's state began (the top bit of the
     /// stored `periodic_ms` clear).
     welcomed: bool,
+    /// An unacknowledged busy "not now" is in the outbox (the flag `BUSY`).
+    /// Format 3 has no flags: its engines kept this in RAM only, and after
+    /// a restore synced as if there was none, as a restore of it still does.
+    busy: bool,
     tasks: usize,
     reports: usize,
 }
@@ -155,23 +166,27 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    /// The format byte (`UnknownFormat` unless ours) and the counter.
-    fn start(&mut self) -> Result<u64, SnapshotError> {
+    /// The format byte (`UnknownFormat` unless ours or 3) and the counter.
+    fn start(&mut self) -> Result<(u8, u64), SnapshotError> {
         match self.u8()? {
-            FORMAT => self.u64(),
+            format @ (FORMAT | FORMAT_3) => Ok((format, self.u64()?)),
             other => Err(SnapshotError::UnknownFormat(other)),
         }
     }
 
     /// The header after the format byte and the counter.
-    fn header(&mut self, counter: u64) -> Result<Header, SnapshotError> {
+    fn header(&mut self, format: u8, counter: u64) -> Result<Header, SnapshotError> {
         // Its length checked once: the fields are then read from an array,
         // where the compiler sees that each is there.
-        let fields: [u8; HEADER - 9] = self.take()?;
+        let fields: [u8; HEADER_3 - 9] = self.take()?;
         let mut f = Reader(&fields);
         let (device, generation) = (f.u64()?, f.u32()?);
         let (last_task_seq, next_report_seq) = (f.u32()?, f.u32()?);
         let (policy_version, periodic) = (f.u32()?, f.u32()?);
+        let flags = if format == FORMAT { self.u8()? } else { 0 };
+        if flags & !BUSY != 0 {
+            return Err(SnapshotError::Malformed);
+        }
         Ok(Header {
             counter,
             device,
@@ -181,6 +196,7 @@ impl<'a> Reader<'a> {
             policy_version,
             periodic_ms: periodic & !(1 << 31),
             welcomed: periodic >> 31 == 0,
+            busy: flags == BUSY,
             tasks: f.u16()?.into(),
             reports: f.u16()?.into(),
         })
@@ -214,8 +230,8 @@ fn decode<const O: usize, const I: usize>(
     payload: &[u8],
 ) -> Result<Decoded<'_, O, I>, SnapshotError> {
     let mut r = Reader(payload);
-    let counter = r.start()?;
-    let h = r.header(counter)?;
+    let (format, counter) = r.start()?;
+    let h = r.header(format, counter)?;
     let mut tasks = Vec::new();
     for _ in 0..h.tasks {
         tasks
@@ -308,7 +324,11 @@ impl<const O: usize, const I: usize> Device<O, I> {
     ///
     /// Tasks that were running when it was taken are reported as failed with
     /// [`reason::INTERRUPTED_BY_REBOOT`](crate::wire::reason::INTERRUPTED_BY_REBOOT):
-    /// they are never run twice. A boot sync is wanted at once. The first
+    /// they are never run twice. A boot sync is wanted at once. When the
+    /// snapshot holds a busy "not now" the server has not acknowledged
+    /// (its flag), one more sync follows the session whose `Ack` covers the
+    /// outbox restored (PROTOCOL.md 14): the server does not offer that task
+    /// in the session that brings its "not now". The first
     /// event is a [`Event::Persist`](super::Event::Persist): the boot snapshot,
     /// whose counter numbers this boot's connections (`Hello.attempt`).
     pub fn restore(
@@ -331,6 +351,11 @@ impl<const O: usize, const I: usize> Device<O, I> {
         d.periodic = super::periodic_within_bounds(h.periodic_ms.into());
         d.periodic_at = now + d.periodic;
         d.welcomed = h.welcomed;
+        // Its report is the last one stored, or before it: that one stands
+        // for it (a later one only asks for a sync that may not have been
+        // needed). The reboot ends every running task: room.
+        d.busy_seq = h.busy.then_some(h.next_report_seq.wrapping_sub(1));
+        d.busy_room_freed = h.busy;
         for task in tasks {
             let slot = Inflight {
                 task,
@@ -391,7 +416,7 @@ fn checked(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
 
 /// The counter of a snapshot whose CRC checks, for choosing between slots.
 pub fn snapshot_counter(bytes: &[u8]) -> Result<u64, SnapshotError> {
-    Reader(checked(bytes)?).start()
+    Ok(Reader(checked(bytes)?).start()?.1)
 }
 
 /// Whether snapshot counter `a` is newer than `b`, across the counter's wrap
@@ -454,6 +479,8 @@ pub(super) mod tests {
         v.extend_from_slice(&(ms | unwelcomed).to_le_bytes());
         v.extend_from_slice(&(d.inflight.len() as u16).to_le_bytes());
         v.extend_from_slice(&(d.outbox.len() as u16).to_le_bytes());
+        // The flags: 1 while a busy "not now" waits for its ack.
+        v.push(u8::from(d.busy_seq.is_some()));
         for i in &d.inflight {
             v.extend_from_slice(&i.task.seq.to_le_bytes());
             v.extend_from_slice(&i.task.id.0.to_le_bytes());
@@ -584,6 +611,7 @@ pub(super) mod tests {
         d.policy_version = edgy(rng, 32) as u32;
         d.periodic = Duration::from_millis(edgy(rng, 64));
         d.welcomed = edgy(rng, 8).is_multiple_of(2);
+        d.busy_seq = edgy(rng, 8).is_multiple_of(3).then(|| edgy(rng, 32) as u32);
         for _ in 0..edgy(rng, 8) as usize % (I + 1) {
             let task = Task {
                 seq: edgy(rng, 32) as u32,
@@ -674,6 +702,10 @@ pub(super) mod tests {
             super::super::periodic_within_bounds(d.periodic.as_millis())
         );
         assert_eq!(r.welcomed, d.welcomed);
+        // A busy "not now" waiting for its ack stands as the last report
+        // stored, with room (no task runs after a restore).
+        let busy = d.busy_seq.map(|_| d.next_report_seq.wrapping_sub(1));
+        assert_eq!((r.busy_seq, r.busy_room_freed), (busy, busy.is_some()));
         assert_eq!(r.running_tasks().count(), 0);
         assert_eq!(r.outbox.len(), d.outbox.len() + d.inflight.len());
         // Reports that may have left (after a Welcome) are never replaced;
@@ -747,7 +779,7 @@ pub(super) mod tests {
             long.push(0);
             let r = Device::<16, 4>::restore(cfg_of(&d), &sealed(&long), now);
             assert_eq!(r.err(), Some(SnapshotError::Malformed));
-            for format in [0, 1, 2, 4, 0xFF] {
+            for format in [0, 1, 2, 5, 0xFF] {
                 let mut other = body.to_vec();
                 other[0] = format;
                 let other = sealed(&other);
@@ -757,6 +789,36 @@ pub(super) mod tests {
                 );
                 let r = Device::<16, 4>::restore(cfg_of(&d), &other, now);
                 assert_eq!(r.err(), Some(SnapshotError::UnknownFormat(format)));
+            }
+        }
+    }
+
+    /// A snapshot of format 3 (the header without its flags byte) restores
+    /// as one of format 4 with no flag set; a format-4 one whose flags have
+    /// any other bit set is `Malformed`.
+    #[test]
+    fn format_3_restores_with_no_flag_and_unknown_flags_are_refused() {
+        let mut rng = 0x0303_0404_5555_0001u64;
+        let now = Instant::from_millis(5_000);
+        for _ in 0..500 {
+            let mut d = random_device::<16, 4>(&mut rng, true);
+            let bytes = by_layout(&d);
+            let body = &bytes[..bytes.len() - 4];
+            let mut old = body.to_vec();
+            old[0] = FORMAT_3;
+            old.remove(HEADER_3);
+            let old = sealed(&old);
+            assert_eq!(snapshot_counter(&old), Ok(d.counter));
+            let got = Device::<16, 4>::restore(d.cfg.clone(), &old, now).unwrap();
+            let busy = d.busy_seq.take();
+            let want = Device::<16, 4>::restore(d.cfg.clone(), &by_layout(&d), now).unwrap();
+            assert_eq!(std::format!("{got:?}"), std::format!("{want:?}"));
+            assert_eq!(got.busy_seq, None);
+            for flags in 2..=u8::MAX {
+                let mut b = body.to_vec();
+                b[HEADER_3] = flags | u8::from(busy.is_some());
+                let r = Device::<16, 4>::restore(d.cfg.clone(), &sealed(&b), now);
+                assert_eq!(r.err(), Some(SnapshotError::Malformed), "flags {flags}");
             }
         }
     }
@@ -790,7 +852,7 @@ pub(super) mod tests {
         let restore = |b: &[u8]| Device::<4, 2>::restore(cfg.clone(), &sealed(b), t0).err();
         assert_eq!(restore(body), None);
         let kind_at = HEADER + 12;
-        let counts_at = HEADER - 4;
+        let counts_at = HEADER_3 - 4;
         let len_at = HEADER + TASK;
         let with = |at: usize, v: &[u8]| {
             let mut b = body.to_vec();

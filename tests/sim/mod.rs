@@ -1574,13 +1574,15 @@ pub(crate) fn result_of(kind: TaskKind, task: TaskId) -> Option<TaskResult> {
 /// that were running: none is (PROTOCOL.md 14), each comes back as its
 /// `Failed { reason: 1 }` report after the outbox, last task first, and
 /// `next_report_seq` counts them. So the implied report sequences, the
-/// header's fields and every report body survive a reboot exactly.
+/// header's fields (the flags byte, last, included) and every report body
+/// survive a reboot exactly.
 fn round_trip<const O: usize, const I: usize>(
     cfg: &DeviceConfig,
     bytes: &[u8],
     now: Instant,
 ) -> Res {
-    const HEADER: usize = 41;
+    const HEADER: usize = 42;
+    const COUNTS: usize = HEADER - 5; // the two counts, then the flags
     const TASK: usize = 13;
     let r = Device::<O, I>::restore(cfg.clone(), bytes, now).map_err(|e| format!("{e:?}"))?;
     let mut again = vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
@@ -1588,13 +1590,13 @@ fn round_trip<const O: usize, const I: usize>(
     again.truncate(n);
     let u16_at = |b: &[u8], at: usize| usize::from(u16::from_le_bytes([b[at], b[at + 1]]));
     let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
-    let tasks = u16_at(bytes, HEADER - 4);
-    let reports = u16_at(bytes, HEADER - 2);
+    let tasks = u16_at(bytes, COUNTS);
+    let reports = u16_at(bytes, COUNTS + 2);
     let mut want = bytes[..HEADER].to_vec();
     let next = u32_at(bytes, 25).wrapping_add(tasks as u32);
     want[25..29].copy_from_slice(&next.to_le_bytes());
-    want[HEADER - 4..HEADER - 2].copy_from_slice(&0u16.to_le_bytes());
-    want[HEADER - 2..HEADER].copy_from_slice(&((reports + tasks) as u16).to_le_bytes());
+    want[COUNTS..COUNTS + 2].copy_from_slice(&0u16.to_le_bytes());
+    want[COUNTS + 2..COUNTS + 4].copy_from_slice(&((reports + tasks) as u16).to_le_bytes());
     let task_end = HEADER + tasks * TASK;
     want.extend_from_slice(&bytes[task_end..bytes.len() - 4]);
     for k in (0..tasks).rev() {
