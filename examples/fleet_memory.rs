@@ -22,6 +22,9 @@
 #[path = "../benches/common/mod.rs"]
 mod common;
 
+#[path = "cli/mod.rs"]
+mod cli;
+
 use mdm_sync::server::{FleetStore, MemoryStore, Server, ServerConfig};
 use mdm_sync::time::Instant;
 use mdm_sync::wire::{DeviceId, Platform};
@@ -41,15 +44,15 @@ fn rss() -> u64 {
     kb * 1024
 }
 
+const USAGE: &str = "fleet_memory [DEVICES (1000000)] [synced | retired]";
+
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .map(|s| s.replace('_', "").parse().expect("a device count"))
-        .unwrap_or(1_000_000);
+    let n = cli::arg(1, "DEVICES", 1_000_000, 1, u64::from(u32::MAX), USAGE);
     match std::env::args().nth(2).as_deref() {
         Some("synced") => return synced(n),
         Some("retired") => return retired(n),
-        _ => {}
+        None => {}
+        Some(other) => cli::fail(&format!("unknown measurement {other:?}"), USAGE),
     }
     let mut server = server();
     let before = rss();

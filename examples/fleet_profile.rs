@@ -14,14 +14,21 @@
 #[path = "../benches/common/mod.rs"]
 mod common;
 
+#[path = "cli/mod.rs"]
+mod cli;
+
+const USAGE: &str = "fleet_profile [DEVICES (100000)] [SYNCS (100000)] [LOOKAHEAD (0)]...";
+
 fn main() {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .map(|s| s.replace('_', "").parse().expect("a number"))
+    let devices = cli::arg(1, "DEVICES", 100_000, 1, u64::from(u32::MAX), USAGE);
+    let syncs = cli::arg(2, "SYNCS", 100_000, 1, u64::from(u32::MAX), USAGE);
+    let mut lookaheads: Vec<u64> = (3..std::env::args().len())
+        .map(|i| cli::arg(i, "LOOKAHEAD", 0, 0, 4096, USAGE))
         .collect();
-    let devices = args.first().copied().unwrap_or(100_000);
-    let syncs = args.get(1).copied().unwrap_or(100_000);
-    let lookaheads = args.get(2..).filter(|l| !l.is_empty()).unwrap_or(&[0]);
+    if lookaheads.is_empty() {
+        lookaheads.push(0);
+    }
+    let lookaheads = &lookaheads[..];
     let mut fleet = common::Fleet::new(devices);
     if let [lookahead] = lookaheads {
         fleet.lookahead = *lookahead as usize;

@@ -10,6 +10,9 @@
 #[path = "../benches/common/mod.rs"]
 mod common;
 
+#[path = "cli/mod.rs"]
+mod cli;
+
 use mdm_sync::time::Duration;
 use mdm_sync::wire::TaskKind;
 
@@ -23,11 +26,10 @@ fn timed_round_trips(rig: &mut common::Rig, n: u64) -> core::time::Duration {
     start.elapsed()
 }
 
+const USAGE: &str = "round_trip_profile [ROUND_TRIPS (1000000)]";
+
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .map(|s| s.replace('_', "").parse().expect("a number"))
-        .unwrap_or(1_000_000);
+    let n = cli::arg(1, "ROUND_TRIPS", 1_000_000, 1, u64::MAX, USAGE);
     let mut rig = common::Rig::in_session();
     let mut total = core::time::Duration::ZERO;
     let mut left = n;
