@@ -532,14 +532,7 @@ fn tcp_loopback_sync_and_push_against_the_tokio_server() {
         .unwrap();
         let give_up = std::time::Instant::now() + Wall::from_secs(10);
         while dev.handler().executed.len() < 2 && std::time::Instant::now() < give_up {
-            let wait = dev.run_once().unwrap();
-            if pushes
-                .recv_timeout(wait.min(Wall::from_millis(50)))
-                .unwrap()
-                == Some(DEV)
-            {
-                dev.push_received();
-            }
+            common::blocking_round(&mut dev, &pushes, DEV);
         }
         // One more round so the last final status goes out.
         let _ = dev.run_once();

@@ -594,6 +594,25 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// One round of a blocking device's run loop: `run_once`, then a wait of
+/// at most 20 ms (less when the engine has work sooner) for a push to `id`.
+pub fn blocking_round<C, S, H, K, const O: usize, const I: usize>(
+    dev: &mut mdm_sync::adapters::blocking::BlockingDevice<C, S, H, K, O, I>,
+    pushes: &mdm_sync::adapters::push::UdpPushReceiver,
+    id: DeviceId,
+) where
+    C: mdm_sync::adapters::blocking::Connector,
+    S: mdm_sync::adapters::blocking::Storage,
+    H: mdm_sync::adapters::blocking::Handler,
+    K: mdm_sync::adapters::clock::Clock,
+{
+    let wait = dev.run_once().unwrap();
+    let wait = wait.min(core::time::Duration::from_millis(20));
+    if pushes.recv_timeout(wait).unwrap() == Some(id) {
+        dev.push_received();
+    }
+}
+
 /// A small xorshift generator for random test sequences (not for secrets).
 pub struct Rng(pub u64);
 
