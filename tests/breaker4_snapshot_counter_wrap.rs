@@ -87,28 +87,9 @@ mod common;
 #[cfg(all(feature = "embedded", feature = "tokio"))]
 mod breaker5_embedded_runner {
     use super::{across_the_wrap, cfg};
-    use mdm_sync::adapters::embedded::{Runner, SnapshotStore};
+    use crate::common::{MemorySlots, Unused};
+    use mdm_sync::adapters::embedded::Runner;
     use mdm_sync::device::Device;
-
-    /// Two slots in memory.
-    struct Slots([Vec<u8>; 2]);
-
-    impl SnapshotStore for Slots {
-        type Error = core::convert::Infallible;
-
-        async fn read(&mut self, slot: usize, buf: &mut [u8]) -> Result<usize, Self::Error> {
-            let data = &self.0[slot];
-            buf[..data.len()].copy_from_slice(data);
-            Ok(data.len())
-        }
-
-        async fn write(&mut self, slot: usize, bytes: &[u8]) -> Result<(), Self::Error> {
-            self.0[slot] = bytes.to_vec();
-            Ok(())
-        }
-    }
-
-    use crate::common::Unused;
 
     #[test]
     fn the_runner_restores_the_newest_slot_across_the_counter_wrap() {
@@ -117,7 +98,7 @@ mod breaker5_embedded_runner {
             .unwrap();
         // The newest slot holds the most reports (one per compliance event).
         across_the_wrap(|slots, d, start, counter| {
-            let mut runner = Runner::new(Unused, Unused, Slots(slots.clone()), Unused);
+            let mut runner = Runner::new(Unused, Unused, MemorySlots(slots.clone()), Unused);
             let mut buf = [0u8; <Device>::SNAPSHOT_MAX];
             let restored: Device = rt
                 .block_on(runner.restore(cfg(), &mut buf))

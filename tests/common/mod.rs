@@ -673,6 +673,40 @@ pub async fn expect_event<T>(
     }
 }
 
+/// Two snapshot slots in memory, for the embedded runner.
+#[cfg(feature = "embedded")]
+#[derive(Clone, Default)]
+pub struct MemorySlots(pub [Vec<u8>; 2]);
+
+#[cfg(feature = "embedded")]
+impl mdm_sync::adapters::embedded::SnapshotStore for MemorySlots {
+    type Error = core::convert::Infallible;
+
+    async fn read(&mut self, slot: usize, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let data = &self.0[slot];
+        buf[..data.len()].copy_from_slice(data);
+        Ok(data.len())
+    }
+
+    async fn write(&mut self, slot: usize, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.0[slot] = bytes.to_vec();
+        Ok(())
+    }
+}
+
+/// Wakes from an unbounded channel (`recv` is cancel-safe); a closed
+/// channel shuts the runner down.
+#[cfg(feature = "embedded")]
+pub struct Inbox(pub tokio::sync::mpsc::UnboundedReceiver<mdm_sync::adapters::embedded::Wake>);
+
+#[cfg(feature = "embedded")]
+impl mdm_sync::adapters::embedded::WakeSource for Inbox {
+    async fn wait(&mut self) -> mdm_sync::adapters::embedded::Wake {
+        let wake = self.0.recv().await;
+        wake.unwrap_or(mdm_sync::adapters::embedded::Wake::Shutdown)
+    }
+}
+
 /// Stands in for a runner's connector, wake source and handler where only
 /// `Runner::restore` is used: it never connects, waits, runs or applies
 /// anything.
