@@ -80,7 +80,9 @@ OPTIONS:
 
 The script covers 4.5 simulated hours; the fleet then converges (lost pushes
 are covered by the 3-hour periodic sync). Options under which that cannot
-happen before --max-wall are refused. Exit code 0: every guarantee held;
+happen before --max-wall are refused; a run whose device threads fall
+behind the clock (more devices than this machine keeps up with at this
+time scale) says so when it fails. Exit code 0: every guarantee held;
 1: a guarantee failed; 2: bad arguments.";
 
 // ---- command line ---------------------------------------------------------
@@ -809,7 +811,10 @@ fn worker(fleet: Arc<Fleet>, jobs: Arc<Mutex<mpsc::Receiver<usize>>>) {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(idx) = job else {
+        // Stopped: the jobs still queued are left (an overloaded run queues
+        // up to one per device, and running them all held the stop, and
+        // the program, far past `--max-wall`).
+        let Some(idx) = job.ok().filter(|_| !fleet.stop.load(Relaxed)) else {
             return;
         };
         let next = fleet.run_device(idx);
@@ -1332,6 +1337,24 @@ fn expected_state(s: TaskStatus) -> Option<TaskState> {
         TaskStatus::Cancelled => Some(TaskState::Cancelled),
         _ => None,
     }
+}
+
+/// Why a run that did not converge failed. When some devices never even
+/// booted, the device threads fell behind the clock (too many devices for
+/// this machine at this time scale): the failures listed after it are of a
+/// run that could not finish, and the line says so and what to change.
+fn not_converged(max_wall: f64, booted: usize, devices: usize) -> Vec<String> {
+    let mut lines = vec![format!(
+        "the fleet did not converge within {max_wall} s of wall time"
+    )];
+    if booted < devices {
+        lines.push(format!(
+            "only {booted} of {devices} devices booted: the device threads fell behind the \
+             clock, so what follows is unfinished work, not a broken guarantee; run fewer \
+             --devices, a lower --time-scale, more --threads or a longer --max-wall"
+        ));
+    }
+    lines
 }
 
 fn fail(r: &mut Report, msg: String) {
@@ -1880,13 +1903,10 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
 
     let mut report = Report::default();
     if !converged {
-        fail(
-            &mut report,
-            format!(
-                "the fleet did not converge within {} s of wall time",
-                o.max_wall
-            ),
-        );
+        let booted = counters.booted.load(Relaxed) as usize;
+        for line in not_converged(o.max_wall, booted, n) {
+            fail(&mut report, line);
+        }
     }
     let logs: Vec<Option<&DevLog>> = slots.iter().map(|s| s.handler().map(|h| &h.log)).collect();
     verify_tasks(&mut report, &script.tasks, &logs, &server);
@@ -1957,6 +1977,19 @@ fn on_server_event(ev: &ServerEvent, log: &Mutex<ServerLog>, c: &Counters) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn breaker20_a_run_whose_devices_never_all_booted_says_it_fell_behind() {
+        // 100000 devices at the default time scale on a 2-core machine:
+        // 87177 had booted when --max-wall ran out.
+        let lines = not_converged(50.0, 87_177, 100_000);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("did not converge within 50 s"));
+        assert!(lines[1].contains("only 87177 of 100000 devices booted"));
+        assert!(lines[1].contains("fewer --devices"));
+        // Every device booted: no such excuse.
+        assert_eq!(not_converged(50.0, 1000, 1000).len(), 1);
+    }
 
     fn parse(args: &[&str]) -> Result<Option<Opts>, String> {
         parse_args(args.iter().map(|a| a.to_string()))
