@@ -2,7 +2,8 @@
 //! and profiles of `fleet/queue_sync_status` (the same harness as the bench).
 //!
 //! ```sh
-//! cargo build --release --example fleet_profile
+//! # the bench profile (fat LTO, one codegen unit), as the benches build
+//! cargo build --profile bench --example fleet_profile
 //! valgrind --tool=callgrind --toggle-collect='*run_prepared*' \
 //!     target/release/examples/fleet_profile 100000 20000
 //! # the same with `Server::prefetch_device` 4 syncs ahead:

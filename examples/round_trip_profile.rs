@@ -2,7 +2,8 @@
 //! bench without criterion), for instruction counts and profiles.
 //!
 //! ```sh
-//! cargo build --release --example round_trip_profile
+//! # the bench profile (fat LTO, one codegen unit), as the benches build
+//! cargo build --profile bench --example round_trip_profile
 //! valgrind --tool=callgrind --toggle-collect='*timed_round_trips*' \
 //!     target/release/examples/round_trip_profile 20000
 //! ```
