@@ -47,14 +47,8 @@ fn round(p: &mut Pair, how: Chunking, rng: &mut Rng) -> bool {
     if p.server.poll_timeout().is_some_and(|t| t <= now) {
         p.server.handle_timeout(now).unwrap();
     }
+    moved |= p.device_events(0);
     let d = &mut p.devices[0];
-    if d.dev.poll_timeout().is_some_and(|t| t <= now) {
-        d.dev.handle_timeout(now);
-    }
-    while let Some(ev) = d.dev.poll_event() {
-        moved = true;
-        d.on_event(ev, &mut p.server, now);
-    }
     let mut buf = [0u8; 1024];
     if let Some(conn) = d.conn {
         while let Some(n) = d.dev.poll_transmit(&mut buf).unwrap() {

@@ -28,14 +28,7 @@ use mdm_sync::wire::{TaskId, TaskKind, TaskStatus};
 /// reboots before any other frame moves. Returns the task.
 fn answer_lost_then_reboot(pair: &mut Pair, finish_offline: bool) -> TaskId {
     let task = pair.queue(0, TaskKind::Scan);
-    pair.reports_lost = 1;
-    pair.devices[0].dev.manual_sync(pair.now);
-    let mut rounds = 0;
-    while pair.reports_lost > 0 {
-        assert!(pair.step_round(), "the answer never left the device");
-        rounds += 1;
-        assert!(rounds < 100, "the answer never left the device");
-    }
+    pair.sync_losing_a_report(0);
     // The answer was persisted (a report is sent only once it is) and the
     // server has not heard it: the offer is still out.
     assert_eq!(pair.state(0, task), TaskState::Offered);

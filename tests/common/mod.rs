@@ -331,6 +331,35 @@ impl<const O: usize, const I: usize> Pair<O, I> {
         d.dev.task_status(task, status, now).unwrap();
     }
 
+    /// Device `i`'s timer if due, then its events, handled as its
+    /// application does; whether there were any.
+    pub fn device_events(&mut self, i: usize) -> bool {
+        let now = self.now;
+        let d = &mut self.devices[i];
+        if d.dev.poll_timeout().is_some_and(|t| t <= now) {
+            d.dev.handle_timeout(now);
+        }
+        let mut moved = false;
+        while let Some(ev) = d.dev.poll_event() {
+            moved = true;
+            d.on_event(ev, &mut self.server, now);
+        }
+        moved
+    }
+
+    /// Device `i` syncs by hand and the first `Report` frame sent (by any
+    /// device) is lost on the way; runs until it was sent.
+    pub fn sync_losing_a_report(&mut self, i: usize) {
+        self.reports_lost = 1;
+        self.devices[i].dev.manual_sync(self.now);
+        let mut rounds = 0;
+        while self.reports_lost > 0 {
+            assert!(self.step_round(), "the report never left the device");
+            rounds += 1;
+            assert!(rounds < 100, "the report never left the device");
+        }
+    }
+
     pub fn raise(&mut self, i: usize, e: ComplianceEvent) {
         let now = self.now;
         self.devices[i].dev.raise_compliance(e, now).unwrap();
