@@ -1200,9 +1200,16 @@ impl<const OUTBOX: usize, const INFLIGHT: usize> Device<OUTBOX, INFLIGHT> {
             ack,
             last_assigned
         );
+        // A busy "not now" waiting for its ack is renumbered with its
+        // report: under its old number, acks of the new numbering would not
+        // reach it when the numbering went down (the server went back), and
+        // the sync its room asks for would not come (found by breaker21).
         let mut seq = ack;
         for e in self.outbox.iter_mut() {
             seq = seq.wrapping_add(1);
+            if self.busy_seq == Some(e.seq) {
+                self.busy_seq = Some(seq);
+            }
             e.seq = seq;
         }
         self.next_report_seq = seq.wrapping_add(1);
