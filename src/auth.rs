@@ -237,9 +237,11 @@ pub fn verify(secret: &Secret, nonce: &[u8; 16], hello: &HelloBinding, proof: &[
 /// ```
 ///
 /// (`C` the keyed compression of the module docs, `IV` SHA-256's initial
-/// state, so `M` is SHA-256's state after the first block.) The server stores
-/// no per-device secret; a new generation (re-enrollment) gets a new secret
-/// and the old one stops working.
+/// state, so `M` is SHA-256's state after the first block.) The server's
+/// store holds no per-device secret (the engine keeps a device's in memory
+/// from its first authenticated handshake, tagged with its generation); a
+/// new generation (re-enrollment) gets a new secret and the old one stops
+/// working.
 pub fn derive_secret(master: &Secret, device: DeviceId, generation: u32) -> Secret {
     derive_secret_prepared(&PreparedMaster::new(master), device, generation)
 }

@@ -723,7 +723,7 @@ impl<S: FleetStore> Server<S> {
         let superseded = self.handshakes.answered(id, challenge);
         // The MAC is always computed, so an unknown device and a wrong proof
         // take the same path and get the same answer.
-        let secret = auth::derive_secret_prepared(&self.master, id, generation);
+        let secret = self.secret_of(id, generation);
         let proof_ok = auth::verify(&secret, &nonce, &hello_binding, &mac);
         let rec = self.store.device(id)?;
         let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
@@ -797,6 +797,7 @@ impl<S: FleetStore> Server<S> {
             trigger,
         });
         self.checked_in(id, now);
+        self.keep_secret(id, generation, &secret);
         self.release_held_push(id);
         self.offer_work(conn, now)
     }
@@ -1326,7 +1327,10 @@ mod tests {
         let later = t0 + cfg.periodic_interval + cfg.overdue_slack;
         s.handle_timeout(later).unwrap();
         assert!(s.pushes.get(&a).is_none());
-        assert!(s.pushes.get(&b).is_some_and(|p| p.overdue));
+        assert!(s
+            .pushes
+            .get(&b)
+            .is_some_and(|p| p.flags.has(crate::server::Flags::OVERDUE)));
         s.retire(b, later).unwrap();
         assert_eq!(s.pushes.0.len(), 0, "none queued: dropped at once");
     }
