@@ -545,6 +545,22 @@ pub fn raw_handshake_gen<S: mdm_sync::server::FleetStore>(
     secret: &[u8; 32],
     now: Instant,
 ) -> RawHandshake<S::Error> {
+    let (conn, nonce, binding) = raw_hello(server, device, generation, 0, now);
+    let answer = raw_proof(server, conn, &nonce, &binding, secret, now);
+    (conn, mdm_sync::wire::frame::session_key(&nonce), answer)
+}
+
+/// The first half of [`raw_handshake_gen`]: on a new connection, a `Hello`
+/// of `generation` with ledger `last_task_seq`; the challenge is read.
+/// Returns the connection, the challenge's nonce and the `Hello`'s binding
+/// (for [`raw_proof`]).
+pub fn raw_hello<S: mdm_sync::server::FleetStore>(
+    server: &mut Server<S>,
+    device: DeviceId,
+    generation: u32,
+    last_task_seq: u32,
+    now: Instant,
+) -> (ConnId, [u8; 16], mdm_sync::auth::HelloBinding) {
     use mdm_sync::wire::{self, frame, Down, Hello, SyncTrigger, Up};
 
     let Ok(conn) = server.connection_opened(now) else {
@@ -559,11 +575,11 @@ pub fn raw_handshake_gen<S: mdm_sync::server::FleetStore>(
         platform: Platform::Android,
         push_token: heapless::String::try_from("token").unwrap(),
         trigger: SyncTrigger::Push,
-        last_task_seq: 0,
+        last_task_seq,
         policy_version: 0,
     });
     let n = frame::encode(&hello, &mut buf).unwrap();
-    let hash = mdm_sync::auth::bind_hello(frame::payload(&buf[..n]));
+    let binding = mdm_sync::auth::bind_hello(frame::payload(&buf[..n]));
     assert!(server.handle_bytes(conn, &buf[..n], now).is_ok());
     let n = server.poll_transmit_for(conn, &mut buf).unwrap();
     let mut dec = wire::FrameDecoder::<600>::new();
@@ -572,13 +588,27 @@ pub fn raw_handshake_gen<S: mdm_sync::server::FleetStore>(
     else {
         panic!("no challenge");
     };
-    let key = frame::session_key(&nonce);
+    (conn, nonce, binding)
+}
+
+/// The second half of [`raw_handshake_gen`]: the proof for `secret` of the
+/// handshake [`raw_hello`] began on `conn`; the server's answer.
+pub fn raw_proof<S: mdm_sync::server::FleetStore>(
+    server: &mut Server<S>,
+    conn: ConnId,
+    nonce: &[u8; 16],
+    binding: &mdm_sync::auth::HelloBinding,
+    secret: &[u8; 32],
+    now: Instant,
+) -> Result<(), mdm_sync::server::ServerError<S::Error>> {
+    use mdm_sync::wire::{frame, Up};
+
+    let mut buf = [0u8; 64];
     let proof = Up::Proof {
-        mac: mdm_sync::auth::proof(secret, &nonce, &hash),
+        mac: mdm_sync::auth::proof(secret, nonce, binding),
     };
-    let n = frame::encode_keyed(&proof, &mut buf, key).unwrap();
-    let answer = server.handle_bytes(conn, &buf[..n], now);
-    (conn, key, answer)
+    let n = frame::encode_keyed(&proof, &mut buf, frame::session_key(nonce)).unwrap();
+    server.handle_bytes(conn, &buf[..n], now)
 }
 
 /// A tokio server engine on `clock`, with no push service, accepting on an
