@@ -133,12 +133,20 @@ fn run(seed: u64, tally: &mut [u32; 2]) {
             .filter(|&i| model[i as usize].reported)
             .collect();
         assert_eq!(overdue, expected, "seed {seed}\n{}", trace.join("\n"));
+        assert_eq!(
+            s.fleet_view().unwrap().overdue,
+            expected.len(),
+            "seed {seed}"
+        );
         for i in 0..DEVICES {
             assert_eq!(
                 s.is_overdue(DeviceId(i)),
                 model[i as usize].reported,
                 "seed {seed}"
             );
+            if let Ok(view) = s.device_view(DeviceId(i)) {
+                assert_eq!(view.overdue, model[i as usize].reported, "seed {seed}");
+            }
         }
     }
 }
