@@ -1676,12 +1676,15 @@ impl<S: FleetStore> Server<S> {
     /// with SHA-NI: a third of the engine's hashing per sync).
     ///
     /// Kept or derived, the value is the same, so the answer to a proof
-    /// does not change; its time does: a handshake of a device that has
-    /// authenticated with this engine before skips the compression, so a
-    /// peer that times many handshakes could tell such an id from one that
-    /// has not (enrolled or not). The store's lookup of the id differs by
-    /// as much already. Keeping the secrets puts them in memory beside the
-    /// master key they come from, which is there anyway.
+    /// does not change; its time does. A handshake whose `Hello` names the
+    /// id and generation of a device that has authenticated with this
+    /// engine before skips the compression, even when its proof then
+    /// fails: a peer that times many failed handshakes could tell such an
+    /// id from one that has not (enrolled or not), and learn the device's
+    /// current generation by trying generations. The store's lookup of the
+    /// id differs by about as much already. Keeping the secrets puts them
+    /// in memory beside the master key they come from, which is there
+    /// anyway.
     pub(crate) fn secret_of(&self, device: DeviceId, generation: u32) -> Secret {
         match self.pushes.get(&device) {
             Some(p) if p.flags.has(Flags::SECRET) && p.secret_gen == generation => p.secret,
