@@ -478,6 +478,11 @@ pub struct Fleet {
     /// How many syncs ahead `run_prepared` hints the next device to the
     /// server (`Server::prefetch_device`); 0: no hints.
     pub lookahead: usize,
+    /// When not 0, `run_prepared` hints devices a batch at a time instead:
+    /// at the start of each `hint_batch` syncs, the devices of the next
+    /// `hint_batch` (of the first batch too, at the start of a run), as an
+    /// event loop that takes ready connections in batches can.
+    pub hint_batch: usize,
 }
 
 impl Fleet {
@@ -504,6 +509,7 @@ impl Fleet {
             out: Box::new([0; 8192]),
             inputs: Vec::new(),
             lookahead: 0,
+            hint_batch: 0,
         };
         // Every device syncs once, with its push token, so each has one like
         // a real fleet; later syncs carry none, as the device engine's.
@@ -588,8 +594,17 @@ impl Fleet {
     /// server sends and the task's final state.
     pub fn run_prepared(&mut self, check: bool) {
         let inputs = core::mem::take(&mut self.inputs);
+        let batch = self.hint_batch;
         for (i, input) in inputs.iter().enumerate() {
-            if self.lookahead > 0 {
+            if batch > 0 {
+                if i % batch == 0 {
+                    let from = if i == 0 { 0 } else { i + batch };
+                    let upto = inputs.len().min(i + 2 * batch);
+                    for next in inputs.get(from..upto).unwrap_or_default() {
+                        self.server.prefetch_device(next.device);
+                    }
+                }
+            } else if self.lookahead > 0 {
                 if let Some(next) = inputs.get(i + self.lookahead) {
                     self.server.prefetch_device(next.device);
                 }
