@@ -935,8 +935,12 @@ impl<S: FleetStore> Server<S> {
     /// work items (a campaign queueing a task for many devices, an event loop
     /// holding a batch of ready connections) can call this a few items ahead,
     /// so that those misses overlap the work at hand: see the `fleet` bench's
-    /// `lookahead` rows. On x86-64 this issues prefetch instructions; on other
-    /// targets the lines are read, and the call waits for the first of them.
+    /// `lookahead` rows. Hinting a batch at once (the devices of the next
+    /// batch of work, one batch ahead: the `batch_hints` rows) did as well
+    /// or better there: a prefetch waits for its page walk, and walks asked
+    /// for together overlap one another. On x86-64 this issues prefetch
+    /// instructions; on other targets the lines are read, and the call
+    /// waits for the first of them.
     ///
     /// The engine remembers the last few devices hinted. A lookup that takes
     /// two steps (`MemoryStore`'s push target: which of two entries holds
