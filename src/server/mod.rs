@@ -1698,7 +1698,10 @@ impl<S: FleetStore> Server<S> {
 
     /// Keeps `secret`, which has just authenticated `device` in enrollment
     /// `generation`, for its next handshake (see `secret_of`). Only after
-    /// a proof passed: an unknown id never gets a state this way.
+    /// a proof passed: an unknown id never gets a state this way. A second
+    /// lookup of the state `checked_in` has just found (its line is in
+    /// cache): folded into `checked_in` as a parameter, the server's sync
+    /// took about 100 instructions more (callgrind, 11,285 -> 11,401).
     pub(crate) fn keep_secret(&mut self, device: DeviceId, generation: u32, secret: &Secret) {
         if let Some(p) = self.pushes.get_mut(&device) {
             p.secret = *secret;
