@@ -26,7 +26,7 @@
 //!   start of each batch, as an event loop that takes its ready connections
 //!   in batches can: the page walks of a whole batch then overlap one
 //!   another (at 1,000,000 devices this paid better than one device a few
-//!   syncs ahead, see README "Performance").
+//!   syncs ahead, see README "Performance" and PERFORMANCE.md).
 //! - `auth/server_per_sync`: the SHA-256 work alone that the server does in
 //!   each of those syncs (a nonce, the device's secret, the `Hello` hash with
 //!   a 144-byte push token, the proof check), to tell how much of a sync's
