@@ -176,14 +176,21 @@ fn leave(s: &mut Server<MemoryStore>, k: usize, now: &mut Instant) -> &'static s
             // queued than `max_pending_out`, so the engine drops it).
             s.connection_closed(conn, *now);
             let (c, _key, r) = common::raw_handshake(s, OTHER, &other_secret, *now);
-            // From the second round on, the tasks of the first make the
-            // Welcome's burst itself too much: dropped in the handshake.
-            assert!(r.is_ok() || k == 6, "{r:?}");
+            // The Welcome's burst carries the open tasks of earlier rounds
+            // (up to `max_open_tasks`, past `max_pending_out`): it is exempt
+            // from the bound, so the handshake always completes.
+            r.unwrap();
             let tasks = if k == 5 { 2 } else { 40 };
             for _ in 0..tasks {
                 let _ = s.enqueue_task(OTHER, TaskKind::Scan, TaskOptions::default(), *now);
             }
             if k == 6 {
+                // With the device's queue full no task went out after the
+                // burst: a late cancel does, and finds the bound passed.
+                if s.session_count() > 0 {
+                    let open = s.device_view(OTHER).unwrap().open_tasks;
+                    s.cancel_task(open[0].id, *now).unwrap();
+                }
                 assert_eq!(s.session_count(), 0, "dropped as too slow");
             }
             s.connection_closed(c, *now);

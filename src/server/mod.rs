@@ -96,11 +96,17 @@ pub struct ServerConfig {
     /// Most tasks not yet final per device (64).
     pub max_open_tasks: usize,
     /// Most bytes queued for one connection before it is closed as too slow
-    /// (64 KiB). The check comes before each frame is queued, and a
-    /// session's first burst (`Welcome`, the tasks offered, a policy,
-    /// `SyncEnd`) is queued at once: a bound under that burst closes
-    /// sessions before their work is out (at 0, every session after its
-    /// `Challenge`).
+    /// (64 KiB). The check comes before each frame is queued, except the
+    /// frames of a session's first burst (`Welcome`, the cancels and tasks
+    /// offered, a policy, `SyncEnd`): those are queued at once, in answer to
+    /// the proof, before any reader could have taken them, and are bounded
+    /// by [`max_open_tasks`](Self::max_open_tasks) (about 0.6 KB plus 44
+    /// bytes per open task at most). So even a bound of 0 lets every
+    /// session's work out; it then closes a connection that has left any
+    /// byte untaken when the next frame (an `Ack`, a task queued later)
+    /// is queued. (Before, a bound under the burst closed each session
+    /// before its work was out, and the device, asked back by a push, was
+    /// closed again the same way.)
     pub max_pending_out: usize,
     /// Most bad frames (bad lengths, bad CRCs) one connection may send
     /// before it is closed with `BadMessage` (64). TCP and TLS cause none;

@@ -213,6 +213,15 @@ impl Session {
         self.opened
     }
 
+    /// Whether the session is queueing its first burst, from `Welcome` to
+    /// the `SyncEnd` that ends it: all queued at once, in answer to the
+    /// proof, and bounded by `max_open_tasks` (a `Task` and a `Cancel` at
+    /// most per open task, one `Policy`), so exempt from `max_pending_out`
+    /// (see `ServerConfig::max_pending_out`).
+    fn in_first_burst(&self) -> bool {
+        matches!(&self.phase, Phase::Syncing(sync) if !sync.end_sent)
+    }
+
     pub(super) fn has_output(&self) -> bool {
         self.out_pos < self.out_end
     }
@@ -668,7 +677,7 @@ impl<S: FleetStore> Server<S> {
         if s.closing {
             return; // nothing follows our error frame
         }
-        if s.pending_out() > self.cfg.max_pending_out {
+        if s.pending_out() > self.cfg.max_pending_out && !s.in_first_burst() {
             // A reader this far behind is dropped. It syncs again on its own
             // when it has reports unacknowledged; for new work, `end_burst`
             // asks for a push.
@@ -979,12 +988,15 @@ impl<S: FleetStore> Server<S> {
         let Some(sync) = self.sync_of(conn) else {
             return self.request_push(device, now);
         };
-        if core::mem::replace(&mut sync.end_sent, true) {
+        if sync.end_sent {
             return Ok(());
         }
+        // Marked sent after `send`: the `SyncEnd` is the first burst's last
+        // frame, exempt from `max_pending_out` as the rest of it.
         self.send(conn, &Down::SyncEnd);
-        if self.sync_of(conn).is_none() {
-            return self.request_push(device, now);
+        match self.sync_of(conn) {
+            Some(sync) => sync.end_sent = true,
+            None => return self.request_push(device, now),
         }
         Ok(())
     }
