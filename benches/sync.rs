@@ -27,12 +27,16 @@
 //!   in batches can: the page walks of a whole batch then overlap one
 //!   another (at 1,000,000 devices this paid better than one device a few
 //!   syncs ahead, see README "Performance" and PERFORMANCE.md).
-//! - `auth/server_per_sync`: the SHA-256 work alone that the server does in
-//!   each of those syncs (a nonce, the device's secret, the `Hello` hash with
-//!   a 144-byte push token, the proof check), to tell how much of a sync's
-//!   time the authentication design takes (5.5 SHA-256 compressions).
+//! - `auth/server_per_sync`: the SHA-256 work alone of a server handshake
+//!   that derives the device's secret, as its first after each start does (a
+//!   nonce, the secret, the `Hello` hash with a 144-byte push token, the
+//!   proof check: 5.5 SHA-256 compressions); `_no_token` the same with a
+//!   `Hello` short enough to sit in the proof's block (2.5). To tell how much
+//!   of a sync's time the authentication design takes. A later handshake of
+//!   the device uses the secret kept from its last one, one compression
+//!   fewer: the `fleet` rows' syncs, with no token, do 1.5.
 //! - `auth/device_proof`: the device's share of it, the `Hello` hash and the
-//!   proof (4 compressions).
+//!   proof (4 compressions; `_no_token` 1).
 
 mod common;
 
