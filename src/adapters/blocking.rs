@@ -348,8 +348,8 @@ impl<E: core::fmt::Debug> core::fmt::Display for Error<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Error::Storage(e) => write!(f, "snapshot storage failed: {e:?}"),
-            Error::Snapshot(e) => write!(f, "snapshot could not be restored: {e:?}"),
-            Error::Handler(e) => write!(f, "handler answer refused by the engine: {e:?}"),
+            Error::Snapshot(e) => write!(f, "snapshot could not be restored: {e}"),
+            Error::Handler(e) => write!(f, "handler answer refused by the engine: {e}"),
         }
     }
 }

@@ -210,6 +210,22 @@ pub enum RunError<E> {
     },
 }
 
+impl<E: core::fmt::Debug> core::fmt::Display for RunError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RunError::Storage(e) => write!(f, "a snapshot could not be written: {e:?}"),
+            RunError::BufferTooSmall { needed } => {
+                write!(
+                    f,
+                    "the snapshot buffer is too small: it needs {needed} bytes"
+                )
+            }
+        }
+    }
+}
+
+impl<E: core::fmt::Debug> core::error::Error for RunError<E> {}
+
 /// Why [`Runner::restore`] could not produce an engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -226,6 +242,23 @@ pub enum RestoreError<E> {
         needed: usize,
     },
 }
+
+impl<E: core::fmt::Debug> core::fmt::Display for RestoreError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            RestoreError::Storage(e) => write!(f, "a snapshot slot could not be read: {e:?}"),
+            RestoreError::Snapshot(e) => write!(f, "the snapshot could not be restored: {e}"),
+            RestoreError::BufferTooSmall { needed } => {
+                write!(
+                    f,
+                    "the snapshot buffer is too small: it needs {needed} bytes"
+                )
+            }
+        }
+    }
+}
+
+impl<E: core::fmt::Debug> core::error::Error for RestoreError<E> {}
 
 /// The runner: owns the application's four parts and drives a [`Device`].
 ///

@@ -121,7 +121,7 @@ impl<E: core::fmt::Debug> core::fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             CallError::Stopped => f.write_str("server engine stopped"),
-            CallError::Server(e) => write!(f, "server refused: {e:?}"),
+            CallError::Server(e) => write!(f, "server refused: {e}"),
         }
     }
 }

@@ -119,6 +119,20 @@ pub enum SessionError {
     Protocol(ProtocolError),
 }
 
+impl core::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SessionError::ConnectFailed => f.write_str("the transport could not be opened"),
+            SessionError::Closed => f.write_str("the transport closed before the sync completed"),
+            SessionError::Timeout => f.write_str("the server did not answer in time"),
+            SessionError::Rejected(code) => write!(f, "the server ended the session: {code:?}"),
+            SessionError::Protocol(e) => write!(f, "the server broke the protocol: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for SessionError {}
+
 /// A protocol violation by the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -137,6 +151,23 @@ pub enum ProtocolError {
     /// A task's delivery sequence skipped ahead (a frame was lost).
     SequenceGap,
 }
+
+impl core::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ProtocolError::Decode(e) => write!(f, "a frame's payload is not a valid message: {e}"),
+            ProtocolError::Unexpected => {
+                f.write_str("a message that does not fit the session's state")
+            }
+            ProtocolError::VersionMismatch { server } => {
+                write!(f, "the server speaks protocol version {server}")
+            }
+            ProtocolError::SequenceGap => f.write_str("a task's delivery sequence skipped ahead"),
+        }
+    }
+}
+
+impl core::error::Error for ProtocolError {}
 
 /// Errors of the calls the application makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +189,26 @@ pub enum DeviceError {
     /// The output buffer is too small.
     Encode(EncodeError),
 }
+
+impl core::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DeviceError::UnknownTask => f.write_str("no running task has this id"),
+            DeviceError::InvalidStatus => {
+                f.write_str("`Received` is the engine's own status; report a final one")
+            }
+            DeviceError::OutboxFull => {
+                f.write_str("the outbox is full of unacknowledged reports; try after a sync")
+            }
+            DeviceError::NoPendingPolicy => f.write_str("no policy with this version waits"),
+            DeviceError::NotConnected => f.write_str("bytes arrived while no session was open"),
+            DeviceError::Session(e) => write!(f, "the session failed: {e}"),
+            DeviceError::Encode(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for DeviceError {}
 
 /// Counters for dashboards and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

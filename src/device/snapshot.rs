@@ -45,6 +45,27 @@ pub enum SnapshotError {
     Inconsistent,
 }
 
+impl core::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SnapshotError::TooShort => f.write_str("the snapshot is shorter than its CRC"),
+            SnapshotError::BadCrc => {
+                f.write_str("the snapshot's CRC does not match (a torn write?)")
+            }
+            SnapshotError::Malformed => f.write_str("the snapshot does not decode"),
+            SnapshotError::UnknownFormat(v) => write!(f, "unknown snapshot format {v}"),
+            SnapshotError::Foreign => {
+                f.write_str("the snapshot is of another device or enrollment generation")
+            }
+            SnapshotError::Inconsistent => {
+                f.write_str("the snapshot breaks the engine's invariants or capacities")
+            }
+        }
+    }
+}
+
+impl core::error::Error for SnapshotError {}
+
 // The bytes of each piece: every field has a fixed width, so each is written
 // through a `Chunk` of exactly its size (see `Writer::piece`) in constant
 // offsets. The header: format, counter, device id, generation, last task

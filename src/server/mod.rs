@@ -245,6 +245,25 @@ pub enum PeerError {
     Superseded,
 }
 
+impl core::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PeerError::Malformed => f.write_str("a frame's payload did not decode"),
+            PeerError::Unexpected => f.write_str("a message that does not fit the session's state"),
+            PeerError::VersionMismatch { device } => {
+                write!(f, "the device speaks protocol version {device}")
+            }
+            PeerError::AuthFailed => f.write_str("authentication failed"),
+            PeerError::SequenceGap => f.write_str("a report sequence number skipped ahead"),
+            PeerError::Superseded => {
+                f.write_str("a proof for a handshake older than the device's latest session")
+            }
+        }
+    }
+}
+
+impl core::error::Error for PeerError {}
+
 /// Errors of the server engine, generic over the store's error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -268,6 +287,30 @@ pub enum ServerError<E> {
     /// The peer misbehaved; its session is being closed.
     Peer(PeerError),
 }
+
+/// The store's error is shown with `Debug`, as a store's error type need
+/// not implement `Display`. The crate's wrapping errors end their message
+/// with their cause's and leave `source()` empty, so that the cause shows
+/// once however the error is printed.
+impl<E: core::fmt::Debug> core::fmt::Display for ServerError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ServerError::Store(e) => write!(f, "the store failed, nothing was acknowledged: {e:?}"),
+            ServerError::UnknownConnection => f.write_str("no open connection has this id"),
+            ServerError::UnknownDevice => f.write_str("no enrolled device has this id"),
+            ServerError::UnknownTask => f.write_str("no task has this id"),
+            ServerError::AlreadyFinal(state) => write!(f, "the task is already final: {state:?}"),
+            ServerError::QueueFull => f.write_str("the device has max_open_tasks open tasks"),
+            ServerError::Busy => f.write_str("max_sessions connections are open"),
+            ServerError::PolicyTooLarge => {
+                write!(f, "a policy may carry at most {MAX_SETTINGS} settings")
+            }
+            ServerError::Peer(e) => write!(f, "the peer misbehaved: {e}"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug> core::error::Error for ServerError<E> {}
 
 impl<E> From<E> for ServerError<E> {
     fn from(e: E) -> Self {

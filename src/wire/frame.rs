@@ -160,6 +160,18 @@ pub enum FrameError {
     BadCrc,
 }
 
+impl core::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FrameError::Garbage { skipped } => write!(f, "{skipped} bytes before a frame skipped"),
+            FrameError::BadLength { len } => write!(f, "a frame announced a bad length ({len})"),
+            FrameError::BadCrc => f.write_str("a frame's CRC did not match"),
+        }
+    }
+}
+
+impl core::error::Error for FrameError {}
+
 /// The key that separates the frames of the session whose nonce is `nonce`:
 /// its first four bytes, little-endian. Key 0 means no session (the frames
 /// before and including the `Challenge`).

@@ -68,6 +68,27 @@ pub enum EncodeError {
     },
 }
 
+impl core::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EncodeError::BufferTooSmall { needed } => {
+                write!(
+                    f,
+                    "the output buffer is too small: the frame needs {needed} bytes"
+                )
+            }
+            EncodeError::TooLarge { len } => {
+                write!(
+                    f,
+                    "a {len}-byte message is larger than a frame's {MAX_PAYLOAD}"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
 /// Why a frame's payload is not a valid message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -78,6 +99,17 @@ pub enum DecodeError {
     /// The payload decoded but bytes were left over.
     TrailingBytes,
 }
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            DecodeError::Malformed => "the payload is not a message of this direction",
+            DecodeError::TrailingBytes => "the payload has bytes after its message",
+        })
+    }
+}
+
+impl core::error::Error for DecodeError {}
 
 /// A type [`decode`] reads: the postcard encoding of its serde form.
 pub trait Decode: DeserializeOwned {
