@@ -654,6 +654,18 @@ impl Fleet {
         self.server.store_mut().prune_finished(now);
     }
 
+    /// Bytes of the harness's own bookkeeping, beside the server: what it
+    /// knows of each device (two `u32` and a `bool`), its prepared syncs and
+    /// its output buffer (`fleet_memory synced` takes them off the process's
+    /// growth).
+    pub fn harness_bytes(&self) -> usize {
+        self.task_seq.capacity() * core::mem::size_of::<u32>()
+            + self.report_seq.capacity() * core::mem::size_of::<u32>()
+            + self.token_confirmed.capacity()
+            + self.inputs.capacity() * core::mem::size_of::<SyncInput>()
+            + self.out.len()
+    }
+
     /// Times `iters` syncs of random devices.
     pub fn timed(&mut self, iters: u64) -> StdDuration {
         let mut total = StdDuration::ZERO;
