@@ -570,6 +570,9 @@ pub struct Server<S: FleetStore> {
     hinted_at: usize,
     /// `recover` ran to its end (it runs once).
     recovered: bool,
+    /// Secrets derived (`derive_secret`), for unit tests.
+    #[cfg(test)]
+    derivations: core::cell::Cell<u64>,
 }
 
 /// How many hinted devices the engine remembers (see `Server::prefetch_device`):
@@ -615,6 +618,8 @@ impl<S: FleetStore> Server<S> {
             hinted: [None; HINTS],
             hinted_at: 0,
             recovered: false,
+            #[cfg(test)]
+            derivations: core::cell::Cell::new(0),
         }
     }
 
@@ -1723,26 +1728,36 @@ impl<S: FleetStore> Server<S> {
         }
     }
 
-    /// The secret of `device` in enrollment `generation`: the one kept
-    /// from its last authenticated handshake in that enrollment, else
-    /// derived from the master key (one SHA-256 compression, about 60 ns
-    /// with SHA-NI: a third of the engine's hashing per sync).
+    /// The secret of `device` in enrollment `generation`, and whether it was
+    /// kept: the one kept from its last authenticated handshake in that
+    /// enrollment, else derived from the master key (one SHA-256
+    /// compression, about 60 ns with SHA-NI: a third of the engine's
+    /// hashing per sync).
     ///
     /// Kept or derived, the value is the same, so the answer to a proof
-    /// does not change; its time does. A handshake whose `Hello` names the
-    /// id and generation of a device that has authenticated with this
-    /// engine before skips the compression, even when its proof then
-    /// fails: a peer that times many failed handshakes could tell such an
-    /// id from one that has not (enrolled or not), and learn the device's
-    /// current generation by trying generations. The store's lookup of the
-    /// id differs by about as much already. Keeping the secrets puts them
-    /// in memory beside the master key they come from, which is there
+    /// does not change; its time would. A proof that fails after a kept
+    /// secret was used pays the derivation anyway (`on_proof`), so every
+    /// failed handshake costs one compression whatever id and generation
+    /// its `Hello` names, and only a device that proves itself saves it: a
+    /// peer timing failed handshakes cannot tell which ids have
+    /// authenticated with this engine, nor their current generation. (The
+    /// store's lookup of the id, a hit or a miss, still differs by a few
+    /// nanoseconds, as before secrets were kept.) Keeping the secrets puts
+    /// them in memory beside the master key they come from, which is there
     /// anyway.
-    pub(crate) fn secret_of(&self, device: DeviceId, generation: u32) -> Secret {
+    pub(crate) fn secret_of(&self, device: DeviceId, generation: u32) -> (Secret, bool) {
         match self.pushes.get(&device) {
-            Some(p) if p.flags.has(Flags::SECRET) && p.secret_gen == generation => p.secret,
-            _ => auth::derive_secret_prepared(&self.master, device, generation),
+            Some(p) if p.flags.has(Flags::SECRET) && p.secret_gen == generation => (p.secret, true),
+            _ => (self.derive_secret(device, generation), false),
         }
+    }
+
+    /// Derives `device`'s secret in enrollment `generation` from the master
+    /// key (counted in unit tests).
+    pub(crate) fn derive_secret(&self, device: DeviceId, generation: u32) -> Secret {
+        #[cfg(test)]
+        self.derivations.set(self.derivations.get() + 1);
+        auth::derive_secret_prepared(&self.master, device, generation)
     }
 
     /// Keeps `secret`, which has just authenticated `device` in enrollment

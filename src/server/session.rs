@@ -732,8 +732,13 @@ impl<S: FleetStore> Server<S> {
         let superseded = self.handshakes.answered(id, challenge);
         // The MAC is always computed, so an unknown device and a wrong proof
         // take the same path and get the same answer.
-        let secret = self.secret_of(id, generation);
+        let (secret, kept) = self.secret_of(id, generation);
         let proof_ok = auth::verify(&secret, &nonce, &hello_binding, &mac);
+        if kept && !proof_ok {
+            // A failed proof costs the derivation a kept secret saved, so
+            // that its time does not tell which ids have one (`secret_of`).
+            core::hint::black_box(self.derive_secret(id, generation));
+        }
         let rec = self.store.device(id)?;
         let Some(mut rec) = rec.filter(|r| proof_ok && r.generation == generation) else {
             return Err(ServerError::Peer(PeerError::AuthFailed));
@@ -1469,6 +1474,42 @@ mod tests {
         };
         let mac = auth::proof(secret, nonce, hello_binding);
         s.on_proof(conn, mac, now).unwrap();
+    }
+
+    /// A failed proof costs one derivation of the secret whether or not the
+    /// engine keeps the device's (an unknown id the same), so that timing
+    /// failed handshakes tells nothing of which ids have one; a passing
+    /// proof with a kept secret costs none.
+    #[test]
+    fn failed_proofs_cost_a_derivation_whatever_is_kept() {
+        let mut s = Server::new(
+            ServerConfig::default(),
+            MemoryStore::new(),
+            [1; 32],
+            [2; 32],
+        );
+        let now = Instant::from_millis(1_000);
+        let secret = s.enroll(wire::DeviceId(1), now).unwrap();
+        let sync = |s: &mut Server<MemoryStore>| {
+            let c = challenged(s, 1, now);
+            prove(s, c, &secret, now);
+            s.connection_closed(c, now);
+        };
+        sync(&mut s); // derived, then kept
+        let before = s.derivations.get();
+        sync(&mut s);
+        assert_eq!(
+            s.derivations.get(),
+            before,
+            "a kept secret is not derived again"
+        );
+        for id in [1, 99] {
+            let before = s.derivations.get();
+            let c = challenged(&mut s, id, now);
+            assert!(s.on_proof(c, [0; 32], now).is_err());
+            assert_eq!(s.derivations.get(), before + 1, "a failed proof of id {id}");
+            s.connection_closed(c, now);
+        }
     }
 
     /// The challenge order holds an entry only for a device with a handshake
