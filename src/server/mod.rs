@@ -692,7 +692,7 @@ impl<S: FleetStore> Server<S> {
             ..DeviceRecord::new(id, generation)
         };
         self.store.put_device(&rec)?;
-        Ok(auth::derive_secret_prepared(&self.master, id, generation))
+        Ok(self.derive_secret(id, generation))
     }
 
     /// Retires a device for good (decommissioned, lost, replaced): its open
@@ -733,11 +733,7 @@ impl<S: FleetStore> Server<S> {
     /// The secret of an enrolled device's current generation.
     pub fn device_secret(&self, id: DeviceId) -> Result<Secret, S> {
         let rec = self.store.device(id)?.ok_or(ServerError::UnknownDevice)?;
-        Ok(auth::derive_secret_prepared(
-            &self.master,
-            id,
-            rec.generation,
-        ))
+        Ok(self.derive_secret(id, rec.generation))
     }
 
     // ---- restart -------------------------------------------------------------
@@ -1753,7 +1749,7 @@ impl<S: FleetStore> Server<S> {
     }
 
     /// Derives `device`'s secret in enrollment `generation` from the master
-    /// key (counted in unit tests).
+    /// key: the one place the engine does (counted in unit tests).
     pub(crate) fn derive_secret(&self, device: DeviceId, generation: u32) -> Secret {
         #[cfg(test)]
         self.derivations.set(self.derivations.get() + 1);
