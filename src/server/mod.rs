@@ -472,8 +472,9 @@ impl PushStates {
     /// Forgets a retired device's state. A check-in check it has queued
     /// stays queued (the queue is not searched): its state stays, reset,
     /// marked `armed`, until the check runs and drops it (see
-    /// `Server::overdue_timer`). A device enrolled again before that has
-    /// its check-in watched by that check, not by a second one.
+    /// `Server::overdue_timer`), or `Server::shrink_to_fit` drops both. A
+    /// device enrolled again before that has its check-in watched by that
+    /// check, not by a second one.
     fn forget(&mut self, device: DeviceId) {
         match self.0.get_mut(device.0) {
             Some(slot) if slot.state.flags.has(Flags::ARMED) => {
@@ -506,6 +507,12 @@ impl PushState {
 
     fn is_overdue(&self) -> bool {
         self.flags.has(Flags::DUE) && self.flags.has(Flags::OVERDUE)
+    }
+
+    /// Whether this is the state that `PushStates::forget` leaves a retired
+    /// device with a check-in check queued, nothing having happened since.
+    fn is_left_by_retire(&self) -> bool {
+        self.flags == Flags(Flags::USED | Flags::ARMED)
     }
 }
 
@@ -708,12 +715,13 @@ impl<S: FleetStore> Server<S> {
     ///
     /// Only its generation is kept (by the store), so that enrolling the
     /// id again gives a new secret, never one the retired device holds.
-    /// In [`MemoryStore`] that is 20 to 40 bytes per retired device; the
-    /// room its record and push target took (about 340 bytes with a typical
-    /// token) is not given back to the allocator (the tables do not shrink)
-    /// but taken by the devices enrolled next (`fleet_memory 1000000
-    /// retired`: a million new devices with tokens after a million retired
-    /// grew resident memory by 0 bytes).
+    /// In [`MemoryStore`] that is 20 to 40 bytes per retired device. The
+    /// room its record, push target and push state took (about 400 bytes
+    /// with a typical token) stays allocated, taken by the devices enrolled
+    /// next (`fleet_memory 1000000 retired`: a million new devices with
+    /// tokens after a million retired grew resident memory by 0 bytes),
+    /// until [`Server::shrink_to_fit`] gives it back: call that after
+    /// retiring many devices for good.
     pub fn retire(&mut self, id: DeviceId, now: Instant) -> Result<(), S> {
         if self.store.device_generation(id)?.is_none() {
             return Err(ServerError::UnknownDevice);
@@ -728,6 +736,75 @@ impl<S: FleetStore> Server<S> {
         self.events
             .retain(|e| !matches!(e, ServerEvent::SendPush { device, .. } if *device == id));
         Ok(())
+    }
+
+    /// Gives back to the allocator the room that devices no longer there
+    /// left in the engine's tables and in the store's
+    /// ([`FleetStore::shrink_to_fit`]; [`MemoryStore::shrink_to_fit`] for
+    /// the in-memory store). Retiring a device frees its entries, not
+    /// their room: without this call a fleet that shrank for good keeps
+    /// the memory of its largest size (taken again by the devices enrolled
+    /// next). Call it once after retiring many devices (a tenth of the
+    /// fleet or more, say); it is never needed for correctness, and never
+    /// called by the engine itself.
+    ///
+    /// The engine's part: the push states (one per device that ever
+    /// synced), the sessions' per-device maps, the timer heap and queues,
+    /// and the event and ready queues, each moved into the room its entries
+    /// need (the push-state table keeps a little more, so that the next
+    /// device that syncs does not grow it at once: 70 % full). A retired
+    /// device whose check-in check was still queued kept its push state
+    /// until that check ran (up to `periodic_interval + overdue_slack`
+    /// later); this call runs those checks' work at once (dropping the
+    /// state and the check, as the check would have), so that their room
+    /// is given back now too, and drops the heap's timers of closed
+    /// sessions and of ended tasks. Nothing that the engine does for the
+    /// devices still enrolled changes.
+    ///
+    /// What stays: the store's generations of retired devices (kept for
+    /// good), finished tasks until pruned ([`MemoryStore::prune_finished`]:
+    /// call it first), and the connection slots, as many as the most
+    /// sessions ever open at once.
+    ///
+    /// Cost: every entry of every table moved once, O(devices + tasks +
+    /// timers), while the engine serves nothing else (about a second per
+    /// million devices here). Each table's new room is allocated before its
+    /// old one is freed, so memory peaks by the new size of the largest
+    /// table, for a moment, before it falls.
+    pub fn shrink_to_fit(&mut self) {
+        self.drop_retired_states();
+        self.sweep_timers();
+        self.pushes.0.shrink_to_fit();
+        self.online.shrink_to_fit();
+        self.held_pushes.shrink_to_fit();
+        self.timers.shrink_to_fit();
+        self.overdue_checks.shrink_to_fit();
+        self.handshake_checks.shrink_to_fit();
+        self.push_checks.shrink_to_fit();
+        self.handshakes.shrink_to_fit();
+        self.ready.shrink_to_fit();
+        self.events.shrink_to_fit();
+        self.store.shrink_to_fit();
+    }
+
+    /// Drops the push states that retired devices left with a check-in
+    /// check queued (see `PushStates::forget`), and those checks: what the
+    /// checks would do when they ran (`overdue_timer` drops a state with no
+    /// check-in promised and no push sent). A state that had a push sent or
+    /// a check-in since (the id was enrolled again) is not such a state.
+    fn drop_retired_states(&mut self) {
+        let pushes = &self.pushes;
+        let left = |d: &DeviceId| pushes.get(d).is_some_and(PushState::is_left_by_retire);
+        self.overdue_checks.retain(|(_, d)| !left(d));
+        self.timers
+            .retain(|Reverse((_, t))| !matches!(t, Timer::Overdue(d) if left(d)));
+        let gone: Vec<DeviceId> = (self.pushes.iter())
+            .filter(|(_, p)| p.is_left_by_retire())
+            .map(|(d, _)| d)
+            .collect();
+        for d in gone {
+            self.pushes.0.remove(d.0);
+        }
     }
 
     /// The secret of an enrolled device's current generation.
@@ -1388,19 +1465,24 @@ impl<S: FleetStore> Server<S> {
     fn arm_timer(&mut self, at: Instant, timer: Timer) {
         self.timers.push(Reverse((at, timer)));
         if self.timers.len() > 2 * self.timers_swept + 1024 {
-            let (sessions, store) = (&self.sessions, &self.store);
-            self.timers.retain(|Reverse((_, t))| match t {
-                Timer::Session(c) => sessions.contains_key(c),
-                // Kept when the store cannot tell: expiring is harmless.
-                Timer::Expire(task) => match store.task(*task) {
-                    Ok(Some(t)) => !t.state.is_final(),
-                    Ok(None) => false,
-                    Err(_) => true,
-                },
-                Timer::Push(_) | Timer::Overdue(_) => true,
-            });
-            self.timers_swept = self.timers.len();
+            self.sweep_timers();
         }
+    }
+
+    /// Drops the heap's timers of closed sessions and of tasks that ended.
+    fn sweep_timers(&mut self) {
+        let (sessions, store) = (&self.sessions, &self.store);
+        self.timers.retain(|Reverse((_, t))| match t {
+            Timer::Session(c) => sessions.contains_key(c),
+            // Kept when the store cannot tell: expiring is harmless.
+            Timer::Expire(task) => match store.task(*task) {
+                Ok(Some(t)) => !t.state.is_final(),
+                Ok(None) => false,
+                Err(_) => true,
+            },
+            Timer::Push(_) | Timer::Overdue(_) => true,
+        });
+        self.timers_swept = self.timers.len();
     }
 
     /// The transport of `conn` closed. Harmless for an unknown id.

@@ -389,6 +389,11 @@ impl HandshakeOrder {
         superseded
     }
 
+    /// Gives back the room of handshakes no longer waiting.
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.waiting.shrink_to_fit();
+    }
+
     /// `device` authenticated on challenge `number`: its handshakes still
     /// awaiting a proof are older (see the type's docs).
     fn authenticated(&mut self, device: wire::DeviceId, number: u64) {
@@ -1352,6 +1357,80 @@ mod tests {
         assert_eq!(s.pushes.0.len(), 0, "none queued: dropped at once");
     }
 
+    /// After most devices are retired, a shrink drops the push states
+    /// they left with a check queued, and those checks (in the FIFO and,
+    /// for one armed after the clock went back, in the heap), and moves the
+    /// rest into a table for them: the devices kept keep their states and
+    /// checks, and are reported overdue once each when silent; no retired
+    /// device is, nor has a state left. A retired device enrolled again
+    /// and silent since loses its leftover state as its check would have
+    /// taken it; checked in after the shrink, it has one check queued.
+    #[test]
+    fn a_shrink_gives_back_the_push_states_of_retired_devices() {
+        let cfg = ServerConfig::default();
+        let mut s = Server::new(cfg, MemoryStore::new(), [1; 32], [2; 32]);
+        let t0 = Instant::from_millis(10_000_000);
+        let id = |i: u64| wire::DeviceId(i);
+        for i in 0..2000 {
+            s.enroll(id(i), t0).unwrap();
+            s.checked_in(id(i), t0);
+        }
+        // Armed after the clock went back: its check goes to the heap.
+        let back = id(5000);
+        s.enroll(back, t0).unwrap();
+        s.checked_in(back, t0 - crate::time::Duration::from_secs(1));
+        let in_heap = |s: &Server<MemoryStore>, d| {
+            (s.timers.iter()).any(|t| matches!(t.0.1, crate::server::Timer::Overdue(c) if c == d))
+        };
+        assert!(in_heap(&s, back));
+        let grown = s.pushes.0.slots();
+        let kept = |i: u64| i.is_multiple_of(10);
+        for i in (0..2000).filter(|i| !kept(*i)).chain([5000]) {
+            s.retire(id(i), t0).unwrap();
+        }
+        let again = id(7);
+        s.enroll(again, t0).unwrap();
+        assert_eq!((s.pushes.0.len(), s.pushes.0.slots()), (2001, grown));
+        assert_eq!(s.overdue_checks.len(), 2000);
+
+        s.shrink_to_fit();
+        assert_eq!(s.pushes.0.len(), 200);
+        assert!(
+            s.pushes.0.slots() * 5 < grown,
+            "{} of {grown}",
+            s.pushes.0.slots()
+        );
+        assert_eq!(s.overdue_checks.len(), 200);
+        assert!(s.overdue_checks.iter().all(|(_, d)| kept(d.0)));
+        assert!(!in_heap(&s, back) && s.pushes.get(&back).is_none());
+        assert!(s.pushes.get(&again).is_none(), "as its check would have");
+        for i in (0..2000).filter(|i| kept(*i)) {
+            let p = s.pushes.get(&id(i)).unwrap();
+            assert!(
+                p.flags.has(crate::server::Flags::DUE) && p.flags.has(crate::server::Flags::ARMED),
+                "{i}"
+            );
+        }
+        s.checked_in(again, t0);
+        assert_eq!(
+            s.overdue_checks.iter().filter(|(_, d)| *d == again).count(),
+            1
+        );
+
+        let later = t0 + cfg.periodic_interval + cfg.overdue_slack;
+        s.handle_timeout(later).unwrap();
+        let mut overdue = Vec::new();
+        while let Some(e) = s.poll_event() {
+            if let ServerEvent::Overdue { device } = e {
+                overdue.push(device.0);
+            }
+        }
+        overdue.sort_unstable();
+        let expected: Vec<u64> = (0..2000).filter(|i| kept(*i) || *i == 7).collect();
+        assert_eq!(overdue, expected);
+        assert_eq!(s.pushes.0.len(), 201);
+    }
+
     /// A closed session taken from the spare list is a new one: every field
     /// as `Session::new` sets it (only the output buffer keeps its room).
     #[test]
@@ -1646,6 +1725,7 @@ mod tests {
         Retire { dev: u8 },
         Enroll { dev: u8 },
         CheckIn { dev: u8 },
+        Shrink,
     }
 
     fn retire_op() -> impl proptest::strategy::Strategy<Value = RetireOp> {
@@ -1657,12 +1737,16 @@ mod tests {
             1 => (0u8..3).prop_map(|dev| RetireOp::Retire { dev }),
             1 => (0u8..3).prop_map(|dev| RetireOp::Enroll { dev }),
             2 => (0u8..3).prop_map(|dev| RetireOp::CheckIn { dev }),
+            1 => proptest::strategy::Just(RetireOp::Shrink),
         ]
     }
 
     proptest::proptest! {
-        /// Retirements among pushes and check-ins, whatever the clock does:
-        /// every push requested for an enrolled device goes out; once every
+        /// Retirements among pushes and check-ins, whatever the clock does,
+        /// with `Server::shrink_to_fit` at any point: a device's state is
+        /// marked `armed` exactly while one check of it is queued, a shrink
+        /// leaves no state of a retired device behind, every push
+        /// requested for an enrolled device goes out; once every
         /// check has run, no push is held, no check is left, a retired
         /// device has no push state, and a device is overdue exactly when
         /// it checked in since it was last retired and stayed silent.
@@ -1724,6 +1808,22 @@ mod tests {
                         promised[usize::from(dev)] = true;
                     }
                     RetireOp::CheckIn { .. } => {}
+                    RetireOp::Shrink => {
+                        s.shrink_to_fit();
+                        let left = s.pushes.iter().find(|(_, p)| p.is_left_by_retire());
+                        proptest::prop_assert!(left.is_none(), "{:?}", left);
+                    }
+                }
+                // A device's state is marked `armed` exactly when one check
+                // of its check-in is queued, in the FIFO or the heap.
+                for d in 0..3u8 {
+                    let id = wire::DeviceId(d.into());
+                    let queued = s.overdue_checks.iter().filter(|(_, c)| *c == id).count()
+                        + s.timers.iter()
+                            .filter(|t| matches!(t.0.1, crate::server::Timer::Overdue(c) if c == id))
+                            .count();
+                    let armed = s.pushes.get(&id).is_some_and(|p| p.flags.has(crate::server::Flags::ARMED));
+                    proptest::prop_assert_eq!(queued, usize::from(armed), "device {} after {:?}", d, op);
                 }
                 drain_pushes(&mut s, &mut wanted);
                 latest = latest.max(now);

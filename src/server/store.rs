@@ -478,6 +478,13 @@ pub trait FleetStore {
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Self::Error>;
     /// Visits every task, final ones included (console queries).
     fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), Self::Error>;
+    /// Gives back the memory the store holds in room for devices and tasks
+    /// no longer there, called by
+    /// [`Server::shrink_to_fit`](super::Server::shrink_to_fit) (after many
+    /// devices were retired). What it holds stays. The default does
+    /// nothing: a store over a database leaves that to the database.
+    /// [`MemoryStore`] shrinks its tables ([`MemoryStore::shrink_to_fit`]).
+    fn shrink_to_fit(&mut self) {}
 }
 
 /// Why [`MemoryStore`] refused a call. Nothing of the refused call is stored.
@@ -594,6 +601,42 @@ impl MemoryStore {
     /// if that much memory cannot be had.
     pub fn reserve_push_targets(&mut self, additional: usize) {
         self.push.reserve(additional);
+    }
+
+    /// Gives back to the allocator the room that retired devices and
+    /// drained logs left: the device and push tables, the maps of tasks,
+    /// open-task lists, policies, policy states, far syncs, compliance
+    /// counts and retired generations, and the compliance log, each moved
+    /// into the room its entries need (the two tables keep a little more,
+    /// so that the next device enrolled or token sent does not grow them at
+    /// once: 70 % full). Without it the room stays taken, for the devices
+    /// enrolled next.
+    ///
+    /// Call it after the fleet shrank for good (many devices retired),
+    /// through [`Server::shrink_to_fit`](super::Server::shrink_to_fit),
+    /// which shrinks the engine's own tables too. Finished tasks stay
+    /// until [`prune_finished`](Self::prune_finished): call that first to
+    /// give back theirs (a retired device's open tasks end `Dropped`, and
+    /// stay so). The generations of retired devices stay, for good (see
+    /// [`FleetStore::retire_device`]).
+    ///
+    /// Cost: every entry moved once, O(devices + tasks), and for a moment
+    /// the old and the new room of each table together (each is allocated
+    /// before the old one is freed). A table whose new room cannot be had
+    /// keeps its old one; the hash maps' (hashbrown's) end the process if
+    /// their smaller room cannot be had, as any allocation of theirs does.
+    pub fn shrink_to_fit(&mut self) {
+        self.devices.shrink_to_fit();
+        self.push.shrink_to_fit();
+        self.policy_states.shrink_to_fit();
+        self.far_syncs.shrink_to_fit();
+        self.tasks.shrink_to_fit();
+        self.open.shrink_to_fit();
+        self.spare_lists.shrink_to_fit();
+        self.policies.shrink_to_fit();
+        self.compliance.shrink_to_fit();
+        self.compliance_counts.shrink_to_fit();
+        self.retired.shrink_to_fit();
     }
 
     /// Number of enrolled devices (retired ones not included).
@@ -1286,6 +1329,10 @@ impl FleetStore for MemoryStore {
     fn for_each_task(&self, f: &mut dyn FnMut(&TaskRecord)) -> Result<(), MemoryStoreError> {
         self.tasks.values().for_each(f);
         Ok(())
+    }
+
+    fn shrink_to_fit(&mut self) {
+        MemoryStore::shrink_to_fit(self);
     }
 }
 

@@ -12,8 +12,10 @@
 //! stops at the first free slot, and there is always one. A removal leaves
 //! no marker behind: the entries after it in its run move back into the
 //! gap where their probe allows (backward-shift deletion), so a lookup
-//! never reads past removed entries. The table does not shrink: its room
-//! stays for the entries to come.
+//! never reads past removed entries. Removals leave the table its room,
+//! for the entries to come; `shrink_to_fit`, called by the owner (see
+//! `Server::shrink_to_fit`), moves the entries into the room a table made
+//! for them would have and frees the rest.
 //!
 //! Known shortcoming: the hasher (hashbrown's foldhash, built without its
 //! `std` feature) is seeded from code, stack and static addresses only, so
@@ -178,12 +180,40 @@ impl<E: Entry> Table<E> {
         if additional == 0 || pairs_for(entries, MAX_LOAD) <= self.pairs.len() {
             return;
         }
-        let pairs = pairs_for(entries, SIZED_LOAD);
-        let mut room = Vec::new();
-        if room.try_reserve_exact(pairs).is_ok() {
-            room.resize(pairs, Pair([E::FREE, E::FREE]));
-            self.rehash_into(room);
+        self.try_resize(pairs_for(entries, SIZED_LOAD));
+    }
+
+    /// Gives back the room that removed entries left: moves the entries
+    /// into the pairs a table made for one entry more than it holds would
+    /// have (`with_capacity(len + 1)`: 70 % full, so the next insertion
+    /// does not grow it at once), or frees every pair of an empty table
+    /// (which then grows from nothing, as a new one does). Nothing if the
+    /// table is no larger than that already, or if the new room cannot be
+    /// had (it is allocated before the old is freed: for a moment the table
+    /// takes both). Costs a move of every entry, as a growth does; a table
+    /// whose entries cluster at the new size is rebuilt on the finalizer,
+    /// as after an insertion.
+    pub(crate) fn shrink_to_fit(&mut self) {
+        if self.len == 0 {
+            (self.pairs, self.probes, self.hash) = (Vec::new(), 0, self.first);
+            return;
         }
+        let pairs = pairs_for(self.len.saturating_add(1), SIZED_LOAD);
+        if pairs < self.pairs.len() && self.try_resize(pairs) {
+            self.respread();
+        }
+    }
+
+    /// Moves the entries into `pairs` new free pairs; `false`, changing
+    /// nothing, if that much memory cannot be had.
+    fn try_resize(&mut self, pairs: usize) -> bool {
+        let mut room = Vec::new();
+        if room.try_reserve_exact(pairs).is_err() {
+            return false;
+        }
+        room.resize(pairs, Pair([E::FREE, E::FREE]));
+        self.rehash_into(room);
+        true
     }
 
     /// Number of entries.
@@ -299,6 +329,12 @@ impl<E: Entry> Table<E> {
         if self.place(entry) {
             self.len += 1;
         }
+        self.respread();
+    }
+
+    /// Rebuilds the table on the finalizer if its entries cluster under its
+    /// hash (see `clustered`), unless it is on the finalizer already.
+    fn respread(&mut self) {
         // foldhash's spread of sequential ids depends on its seed, drawn
         // per process: mostly a mean probe of about 0.1 pairs, but in about
         // one process in 30 over a pair, and once 61 pairs (dozens of cache
@@ -474,6 +510,180 @@ mod tests {
         fn touch(&self) {
             prefetch(&self.0);
         }
+    }
+
+    /// An entry with a value.
+    #[derive(Clone, Debug, PartialEq)]
+    struct V(Option<u64>, u64);
+
+    impl Entry for V {
+        const FREE: V = V(None, 0);
+        fn key(&self) -> Option<u64> {
+            self.0
+        }
+        fn touch(&self) {
+            prefetch(&self.1);
+        }
+    }
+
+    /// Every key of `keys` found with its value (`value(key)`), the count
+    /// right, no key twice, and the running probe count the real one.
+    fn holds_exactly(t: &Table<V>, keys: &[u64], value: impl Fn(u64) -> u64) {
+        assert_eq!((t.len(), t.iter().count()), (keys.len(), keys.len()));
+        for &k in keys {
+            assert_eq!(t.get(k), Some(&V(Some(k), value(k))), "key {k}");
+        }
+        let mut seen: Vec<u64> = t.iter().map(|e| e.0.unwrap()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), keys.len(), "a key twice");
+        assert_eq!(t.probes, t.probes_recounted());
+    }
+
+    /// After most entries are removed, a shrink moves the rest into the
+    /// room `with_capacity(len + 1)` would make (70 % full), frees the
+    /// rest, and keeps every key with its value; lookups, changes and
+    /// removals work after it, the next insertion does not grow it, and it
+    /// grows again as entries come, keeping them all.
+    #[test]
+    fn a_shrunk_table_keeps_its_entries_and_grows_again() {
+        for (total, kept_every) in [(20_000u64, 10u64), (5_000, 3), (300, 7), (10, 5)] {
+            let value = |k: u64| k.wrapping_mul(3) ^ 0x55;
+            let mut t = Table::<V>::default();
+            (0..total).for_each(|k| t.insert_new(V(Some(k), value(k))));
+            let grown = t.slots();
+            for k in (0..total).filter(|k| k % kept_every != 0) {
+                assert_eq!(t.remove(k), Some(V(Some(k), value(k))));
+            }
+            let mut kept: Vec<u64> = (0..total).step_by(kept_every as usize).collect();
+            assert_eq!(t.slots(), grown, "removals keep the room");
+            t.shrink_to_fit();
+            let pairs = pairs_for(kept.len() + 1, SIZED_LOAD);
+            assert_eq!(t.slots(), pairs * 2, "{total}");
+            assert!(t.slots() < grown, "{total}: {} of {grown}", t.slots());
+            holds_exactly(&t, &kept, value);
+            assert!((0..total)
+                .filter(|k| k % kept_every != 0)
+                .all(|k| t.get(k).is_none()));
+            // The next insertion fits without a growth.
+            t.insert_new(V(Some(total), value(total)));
+            kept.push(total);
+            assert_eq!(t.slots(), pairs * 2, "{total}: grew at once");
+            // Changes and removals.
+            for k in kept.iter().step_by(2) {
+                t.get_mut(*k).unwrap().1 = value(*k) + 1;
+            }
+            let changed =
+                |k: u64| value(k) + u64::from(kept.iter().position(|x| *x == k).unwrap() % 2 == 0);
+            holds_exactly(&t, &kept, changed);
+            let gone: Vec<u64> = kept.iter().copied().skip(1).step_by(3).collect();
+            for k in &gone {
+                assert_eq!(t.remove(*k), Some(V(Some(*k), changed(*k))));
+                assert_eq!(t.get(*k), None);
+            }
+            let rest: Vec<u64> = kept.iter().copied().filter(|k| !gone.contains(k)).collect();
+            holds_exactly(&t, &rest, changed);
+            // Grown again, past its size before the shrink.
+            let more: Vec<u64> = (total + 1..3 * total).collect();
+            more.iter()
+                .for_each(|k| t.insert_new(V(Some(*k), value(*k))));
+            assert!(t.slots() > pairs * 2);
+            let all: Vec<u64> = rest.iter().chain(&more).copied().collect();
+            holds_exactly(&t, &all, |k| if k > total { value(k) } else { changed(k) });
+        }
+    }
+
+    /// A shrink of an empty table frees every pair (a new table has none),
+    /// whether it never had entries or they were all removed; the table
+    /// then takes entries as a new one does.
+    #[test]
+    fn a_shrunk_empty_table_has_no_room_and_works() {
+        let mut t = Table::<V>::default();
+        t.shrink_to_fit();
+        assert_eq!((t.len(), t.slots(), t.get(0)), (0, 0, None));
+        (0..1000u64).for_each(|k| t.insert_new(V(Some(k), k)));
+        (0..1000u64).for_each(|k| assert_eq!(t.remove(k), Some(V(Some(k), k))));
+        assert!(t.slots() > 1000);
+        t.shrink_to_fit();
+        assert_eq!((t.len(), t.slots(), t.probes), (0, 0, 0));
+        t.touch_home(3);
+        assert_eq!(t.get(3), None);
+        assert_eq!(t.remove(3), None);
+        let keys: Vec<u64> = (5000..5100).collect();
+        keys.iter().for_each(|k| t.insert_new(V(Some(*k), *k)));
+        holds_exactly(&t, &keys, |k| k);
+    }
+
+    /// A table no larger than a shrink would make it is left alone, the
+    /// entries where they were: a table that grew as entries came and is
+    /// 70 % full or more (it is 64 to 80 %; one under 70 % shrinks a
+    /// little), and any table just shrunk.
+    #[test]
+    fn a_shrink_of_a_table_at_its_size_changes_nothing() {
+        let at = |t: &Table<V>| {
+            t.pairs
+                .iter()
+                .map(|p| [p.0[0].0, p.0[1].0])
+                .collect::<Vec<_>>()
+        };
+        let mut full = 0;
+        for n in (1u64..3000).step_by(7).chain([1, 2, 3, 30_000]) {
+            let mut t = Table::<V>::default();
+            (0..n).for_each(|k| t.insert_new(V(Some(k), k)));
+            let before = at(&t);
+            t.shrink_to_fit();
+            if n * 10 >= before.len() as u64 * 2 * 7 {
+                assert_eq!(at(&t), before, "{n}: a table 70 % full moved");
+                full += 1;
+            }
+            assert!(t.slots() <= before.len() * 2);
+            let once = at(&t);
+            t.shrink_to_fit();
+            assert_eq!(at(&t), once, "{n}: a second shrink moved entries");
+            let mut t = Table::<V>::with_capacity(4 * n as usize);
+            (0..n).for_each(|k| t.insert_new(V(Some(k), k)));
+            let reserved = t.slots();
+            t.shrink_to_fit();
+            let once = at(&t);
+            assert!(once.len() * 2 < reserved, "{n}: no smaller");
+            t.shrink_to_fit();
+            assert_eq!(at(&t), once, "{n}: a second shrink moved entries");
+        }
+        assert!(full > 100, "{full} tables 70 % full");
+    }
+
+    /// A table whose hash clusters its remaining entries at the smaller
+    /// size is rebuilt on the finalizer by the shrink, as after an
+    /// insertion: keys spaced 2^64 / 20,000 apart under the key as its own
+    /// hash spread one or two to a pair in a table of 20,000 (as the
+    /// `a_table_rebuilt_at_one_size...` test shows), but the first 2,000 of
+    /// them, all that stay, have their homes in the first tenth of the
+    /// table shrunk to 2,000 entries. Without the rebuild they would sit
+    /// hundreds of pairs past their homes.
+    #[test]
+    fn a_shrink_that_clusters_the_entries_rebuilds_on_the_finalizer() {
+        const KEYS: u64 = 20_000;
+        let spacing = u64::MAX / KEYS;
+        let mut t = Table::<V> {
+            hash: KeyHash::Plain,
+            first: KeyHash::Plain,
+            ..Table::default()
+        };
+        (0..KEYS).for_each(|i| t.insert_new(V(Some(i * spacing), i)));
+        assert!(matches!(t.hash, KeyHash::Plain), "spread at full size");
+        (KEYS / 10..KEYS).for_each(|i| assert!(t.remove(i * spacing).is_some()));
+        t.shrink_to_fit();
+        assert!(
+            matches!(t.hash, KeyHash::Mix(_)),
+            "rebuilt on the finalizer"
+        );
+        let kept: Vec<u64> = (0..KEYS / 10).map(|i| i * spacing).collect();
+        holds_exactly(&t, &kept, |k| k / spacing);
+        assert!(
+            t.probes < t.len(),
+            "mean probe {}",
+            t.probes as f64 / t.len() as f64
+        );
     }
 
     /// Growth from empty keeps every entry, never fills the table past
@@ -769,17 +979,6 @@ mod tests {
     /// no key twice in `iter`, `len` right, free keys absent.
     #[test]
     fn long_random_sequences_match_a_map() {
-        #[derive(Clone, Debug, PartialEq)]
-        struct V(Option<u64>, u64);
-        impl Entry for V {
-            const FREE: V = V(None, 0);
-            fn key(&self) -> Option<u64> {
-                self.0
-            }
-            fn touch(&self) {
-                prefetch(&self.1);
-            }
-        }
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
             x ^= x << 13;
