@@ -649,6 +649,12 @@ impl Fleet {
         }
     }
 
+    /// The server, for changes to the fleet outside syncs (retirements:
+    /// `fleet_memory shrunk`). A device it changes must not sync again.
+    pub fn server_mut(&mut self) -> &mut Server<MemoryStore> {
+        &mut self.server
+    }
+
     pub fn prune(&mut self) {
         let now = self.now + Duration::from_millis(1);
         self.server.store_mut().prune_finished(now);

@@ -766,11 +766,20 @@ impl<S: FleetStore> Server<S> {
     /// call it first), and the connection slots, as many as the most
     /// sessions ever open at once.
     ///
-    /// Cost: every entry of every table moved once, O(devices + tasks +
-    /// timers), while the engine serves nothing else (about a second per
-    /// million devices here). Each table's new room is allocated before its
+    /// Cost: every entry of every table read or moved once, O(devices +
+    /// tasks + timers) of the fleet's largest size, while the engine serves
+    /// nothing else: 0.7 to 0.9 s for 1,000,000 synced devices of which
+    /// 900,000 were retired (`fleet_memory 1000000 shrunk`, on a host
+    /// running other work). Each table's new room is allocated before its
     /// old one is freed, so memory peaks by the new size of the largest
-    /// table, for a moment, before it falls.
+    /// table, for a moment, before it falls. There, resident memory went
+    /// from 445.0 MiB to 62.5 MiB (655 bytes per device kept, of which
+    /// about 180 are the 900,000 retired generations; a fleet of 100,000
+    /// synced from the start takes 490) with glibc told to give freed
+    /// tables back (`MALLOC_MMAP_THRESHOLD_=131072`); with its defaults
+    /// 476.7 MiB to 82.1 MiB, glibc keeping some of what was freed. The
+    /// memory is given back to the allocator; whether the allocator gives
+    /// it to the system is its own affair.
     pub fn shrink_to_fit(&mut self) {
         self.drop_retired_states();
         self.sweep_timers();

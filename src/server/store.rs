@@ -565,8 +565,8 @@ pub struct MemoryStore {
     /// 1000000 retired`: 71 bytes of resident memory per device while the
     /// map grows to a million), where an enrolled idle device takes 40 to 50
     /// and its push target about 300 more, whose room the devices enrolled
-    /// next reuse. Kept for good: an id enrolled again must never get a
-    /// generation it had.
+    /// next reuse (or `shrink_to_fit` gives back). Kept for good: an id
+    /// enrolled again must never get a generation it had.
     retired: HashMap<DeviceId, u32>,
 }
 
@@ -618,7 +618,7 @@ impl MemoryStore {
     /// until [`prune_finished`](Self::prune_finished): call that first to
     /// give back theirs (a retired device's open tasks end `Dropped`, and
     /// stay so). The generations of retired devices stay, for good (see
-    /// [`FleetStore::retire_device`]).
+    /// [`FleetStore::retire_device`]): 17 MiB for 900,000 of them.
     ///
     /// Cost: every entry moved once, O(devices + tasks), and for a moment
     /// the old and the new room of each table together (each is allocated
