@@ -41,7 +41,10 @@
 //! waiting for bytes when a wake or a deadline comes first. [`WakeSource::wait`]
 //! must be cancel-safe for the same reason (`Channel::receive` is). A write that
 //! is still blocked when the engine's next deadline passes is abandoned and the
-//! transport dropped: half a frame on the wire cannot be taken back.
+//! transport dropped: half a frame on the wire cannot be taken back. A
+//! `write` that returns `Ok(0)`, or a `read` or `write` that claims more
+//! bytes than it was given, counts as a broken transport (the session
+//! fails and the engine retries with backoff), as an error does.
 //!
 //! # Why no `embassy-futures`
 //!
@@ -549,8 +552,14 @@ impl<W: WakeSource, S: SnapshotStore, H: Handler> Parts<'_, W, S, H> {
             );
             match got.await {
                 Ok(Either::Left(Ok(n))) if n > 0 => {
+                    let Some(bytes) = rx.get(..n) else {
+                        // More than the buffer holds: a broken transport.
+                        warning!("transport read claims {} bytes", n);
+                        device.disconnected(now());
+                        continue;
+                    };
                     // A session error is already in the engine's events.
-                    let _ = device.handle_bytes(&rx[..n], now());
+                    let _ = device.handle_bytes(bytes, now());
                     // A transport that always has bytes ready wins every
                     // select: the deadline is checked here too.
                     if embassy_time::Instant::now() >= deadline(device) {
@@ -610,10 +619,10 @@ async fn send<T: Write, const O: usize, const I: usize>(
     loop {
         match device.poll_transmit(tx) {
             Ok(Some(n)) => {
-                with_deadline(at, conn.write_all(&tx[..n]))
+                let frame = tx.get(..n).ok_or(())?;
+                with_deadline(at, write_all(conn, frame))
                     .await
-                    .map_err(drop)?
-                    .map_err(drop)?;
+                    .map_err(drop)??;
                 wrote = true;
             }
             Ok(None) => break,
@@ -630,6 +639,20 @@ async fn send<T: Write, const O: usize, const I: usize>(
             .await
             .map_err(drop)?
             .map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes`. A `write` that takes none of them (which
+/// embedded-io's docs discourage but allow, and on which its own
+/// `write_all` panics) or claims more than it was given fails the
+/// transport, as an error does.
+async fn write_all<T: Write>(conn: &mut T, mut bytes: &[u8]) -> Result<(), ()> {
+    while !bytes.is_empty() {
+        match conn.write(bytes).await {
+            Ok(n) if n > 0 => bytes = bytes.get(n..).ok_or(())?,
+            _ => return Err(()),
+        }
     }
     Ok(())
 }
