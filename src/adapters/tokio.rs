@@ -43,7 +43,16 @@
 //!   more than that waiting is too slow to read and is closed, on top of the
 //!   engine's own [`ServerConfig::max_pending_out`](crate::server::ServerConfig).
 //!   With the buffer being written, a connection holds at most twice that;
-//!   an idle one holds no buffer.
+//!   an idle one holds no buffer. Known shortcoming: this bound has no
+//!   exemption for a session's first burst, which the engine queues at
+//!   once and exempts from `max_pending_out`: a burst larger than the
+//!   buffer (more than about 1,300 tasks offered at once per 16 KiB of
+//!   capacity, with `max_open_tasks` raised that far) closes the connection
+//!   before its `SyncEnd`, in every session that has one; the device gets
+//!   the first part of its work each time and its sync fails
+//!   (`tests/breaker24_tokio_first_burst.rs`). Keep
+//!   [`Builder::connection_capacity`] × 16 KiB above `max_open_tasks` × 44
+//!   bytes plus 1 KiB.
 //! - A write that stalls longer than [`Builder::write_timeout`] closes its
 //!   connection.
 //! - A connection closed as too slow, or whose transport broke (a write or a

@@ -106,7 +106,9 @@ pub struct ServerConfig {
     /// byte untaken when the next frame (an `Ack`, a task queued later)
     /// is queued. (Before, a bound under the burst closed each session
     /// before its work was out, and the device, asked back by a push, was
-    /// closed again the same way.)
+    /// closed again the same way.) The tokio adapter's own bound on a
+    /// connection's output (`Builder::connection_capacity`) has no such
+    /// exemption: see its module docs.
     pub max_pending_out: usize,
     /// Most bad frames (bad lengths, bad CRCs) one connection may send
     /// before it is closed with `BadMessage` (64). TCP and TLS cause none;
