@@ -80,6 +80,9 @@ fn the_whole_first_burst_goes_out_under_any_bound() {
         assert_eq!(msgs.last(), Some(&Down::SyncEnd), "bound {bound}");
         // The burst is larger than the bounds tried: it did need the exemption.
         assert!(out.len() > 500, "{} bytes", out.len());
+        // What transports that buffer output must allow covers it.
+        let most = s.config().max_first_burst();
+        assert!(out.len() <= most, "{} bytes over {most}", out.len());
     }
 }
 

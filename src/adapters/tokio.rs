@@ -39,20 +39,16 @@
 //! - Each connection's output waits for its writer in one buffer of at most
 //!   [`Builder::connection_capacity`] × 16 KiB, which the writer takes whole;
 //!   so a burst of small frames counts by its bytes, however many flushes of
-//!   the engine it took. The engine never waits on it: a connection with
-//!   more than that waiting is too slow to read and is closed, on top of the
-//!   engine's own [`ServerConfig::max_pending_out`](crate::server::ServerConfig).
+//!   the engine it took. The bound is never below the engine's largest
+//!   first burst ([`ServerConfig::max_first_burst`](crate::server::ServerConfig::max_first_burst)),
+//!   which the engine queues at once in answer to a proof and exempts from
+//!   its own [`ServerConfig::max_pending_out`](crate::server::ServerConfig):
+//!   a device's whole work goes out whatever the capacity
+//!   (`tests/breaker24_tokio_first_burst.rs`: 1,500 tasks at capacity 1).
+//!   The engine never waits on the buffer: a connection with more than that
+//!   waiting is too slow to read and is closed, on top of `max_pending_out`.
 //!   With the buffer being written, a connection holds at most twice that;
-//!   an idle one holds no buffer. Known shortcoming: this bound has no
-//!   exemption for a session's first burst, which the engine queues at
-//!   once and exempts from `max_pending_out`: a burst larger than the
-//!   buffer (more than about 1,300 tasks offered at once per 16 KiB of
-//!   capacity, with `max_open_tasks` raised that far) closes the connection
-//!   before its `SyncEnd`, in every session that has one; the device gets
-//!   the first part of its work each time and its sync fails
-//!   (`tests/breaker24_tokio_first_burst.rs`). Keep
-//!   [`Builder::connection_capacity`] × 16 KiB above `max_open_tasks` × 44
-//!   bytes plus 1 KiB.
+//!   an idle one holds no buffer.
 //! - A write that stalls longer than [`Builder::write_timeout`] closes its
 //!   connection.
 //! - A connection closed as too slow, or whose transport broke (a write or a
@@ -191,6 +187,8 @@ where
 
     /// Output waiting for one connection's writer before the connection
     /// counts as too slow, in units of 16 KiB (default 32: 512 KiB; at least 1).
+    /// Never less than the server's largest first burst
+    /// ([`ServerConfig::max_first_burst`](crate::server::ServerConfig::max_first_burst)).
     pub fn connection_capacity(mut self, n: usize) -> Self {
         self.conn_capacity = n.max(1);
         self
@@ -207,6 +205,9 @@ where
     /// is gone) and gives the server back.
     pub fn spawn(self) -> (ServerHandle<S>, JoinHandle<Server<S>>) {
         let (tx, rx) = mpsc::channel(self.capacity);
+        // Never under a first burst, which the engine queues at once.
+        let out_limit = (self.conn_capacity.saturating_mul(OUT_CHUNK))
+            .max(self.server.config().max_first_burst());
         let handle = ServerHandle {
             tx,
             clock: self.clock,
@@ -220,7 +221,7 @@ where
             hook: self.hook,
             rx,
             conns: HashMap::new(),
-            out_limit: self.conn_capacity.saturating_mul(OUT_CHUNK),
+            out_limit,
             buf: std::vec![0; OUT_CHUNK],
         };
         (handle, tokio::spawn(engine.run()))

@@ -106,9 +106,9 @@ pub struct ServerConfig {
     /// byte untaken when the next frame (an `Ack`, a task queued later)
     /// is queued. (Before, a bound under the burst closed each session
     /// before its work was out, and the device, asked back by a push, was
-    /// closed again the same way.) The tokio adapter's own bound on a
-    /// connection's output (`Builder::connection_capacity`) has no such
-    /// exemption: see its module docs.
+    /// closed again the same way.) [`max_first_burst`](Self::max_first_burst)
+    /// bounds the burst for transports that buffer output themselves (the
+    /// tokio adapter's buffer per connection is never smaller).
     pub max_pending_out: usize,
     /// Most bad frames (bad lengths, bad CRCs) one connection may send
     /// before it is closed with `BadMessage` (64). TCP and TLS cause none;
@@ -133,6 +133,26 @@ impl Default for ServerConfig {
             max_pending_out: 64 * 1024,
             max_frame_errors: 64,
         }
+    }
+}
+
+impl ServerConfig {
+    /// The most bytes a session's first burst (`Welcome`, the cancels and
+    /// tasks offered, a policy, `SyncEnd`) takes on the wire: a `Task` and a
+    /// `Cancel` at most per open task, and three frames more, none longer
+    /// than [`MAX_DOWN_FRAME`](crate::wire::MAX_DOWN_FRAME). The engine
+    /// queues the burst at once and exempts it from
+    /// [`max_pending_out`](Self::max_pending_out); a transport that bounds
+    /// a connection's buffered output must allow this much (the tokio
+    /// adapter does). A loose bound (frames are mostly far shorter: about
+    /// 0.6 KB plus 44 bytes per open task in fact), saturating, and only as
+    /// good as `max_open_tasks`: a store holding more open tasks for a
+    /// device (the bound lowered across a restart) makes a longer burst.
+    pub fn max_first_burst(&self) -> usize {
+        self.max_open_tasks
+            .saturating_mul(2)
+            .saturating_add(3)
+            .saturating_mul(crate::wire::MAX_DOWN_FRAME)
     }
 }
 
