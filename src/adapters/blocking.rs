@@ -358,6 +358,13 @@ impl<E: core::fmt::Debug> core::error::Error for Error<E> {}
 
 /// Reads both slots and restores the engine from the newer valid snapshot,
 /// or starts a fresh one (first boot) when neither slot holds one.
+///
+/// Known shortcoming: a slot whose CRC fails is taken for a torn write, so
+/// storage that once returns corrupted bytes without an error makes this
+/// fall back to the older snapshot, and a task run after it (ledger in the
+/// newer one) can run a second time if the server had not recorded its
+/// status. A storage error is returned, never taken for a torn write; a
+/// slot read again until two reads agree would narrow this, not close it.
 pub fn load_device<S: Storage, const O: usize, const I: usize>(
     cfg: DeviceConfig,
     storage: &mut S,

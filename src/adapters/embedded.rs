@@ -302,6 +302,13 @@ where
     /// The engine from the newer valid snapshot of the two slots, or a new one
     /// when neither holds one (first boot, or both destroyed). `buf` must hold
     /// [`Device::SNAPSHOT_MAX`] bytes.
+    ///
+    /// Known shortcoming: a slot whose CRC fails is taken for a torn write
+    /// (the chosen slot is read twice, the other once), so storage that
+    /// returns corrupted bytes of the newer slot without an error falls back
+    /// to the older snapshot, and a task run after it can run a second time
+    /// if the server had not recorded its status. A storage error is
+    /// returned, never taken for a torn write.
     pub async fn restore<const O: usize, const I: usize>(
         &mut self,
         cfg: DeviceConfig,
