@@ -252,3 +252,54 @@ fn a_shrink_with_nothing_to_give_back_changes_nothing() {
         assert_eq!(pair.state(i, task), TaskState::Succeeded { result: None });
     }
 }
+
+/// A shrink while a handshake is half done, with the connection slots of a
+/// hundred closed connections above the open one: the open session goes on
+/// to its `Welcome` and work, the closed ids stay unknown, and connections
+/// opened after it get ids of their own and sync.
+#[test]
+fn a_shrink_keeps_an_open_session_and_forgets_closed_connections() {
+    use mdm_sync::wire::{DeviceId, Down};
+    let now = mdm_sync::time::Instant::from_millis(1_000);
+    let mut server = common::server();
+    let device = DeviceId(7);
+    server.enroll(device, now).unwrap();
+    let secret = server.device_secret(device).unwrap();
+    let task = (server.enqueue_task(device, TaskKind::Lock, Default::default(), now)).unwrap();
+
+    let (open, nonce, binding) = common::raw_hello(&mut server, device, 0, 0, now);
+    let closed: Vec<_> = (0..100)
+        .map(|_| server.connection_opened(now).unwrap())
+        .collect();
+    for &conn in &closed {
+        server.connection_closed(conn, now);
+    }
+    server.shrink_to_fit();
+    assert_eq!(server.session_count(), 1);
+
+    for &conn in &closed {
+        assert!(matches!(
+            server.handle_bytes(conn, b"late bytes", now),
+            Err(ServerError::UnknownConnection)
+        ));
+    }
+    common::raw_proof(&mut server, open, &nonce, &binding, &secret, now).unwrap();
+    let key = mdm_sync::wire::frame::session_key(&nonce);
+    let downs = common::downs(&common::output(&mut server, open), key);
+    assert!(
+        matches!(downs.first(), Some(Down::Welcome { .. })),
+        "{downs:?}"
+    );
+    assert!(
+        (downs.iter()).any(|d| matches!(d, Down::Task(t) if t.id == task)),
+        "{downs:?}"
+    );
+    server.connection_closed(open, now);
+
+    // New connections after the shrink: ids never seen before, sessions
+    // that work.
+    let (again, _, answer) = common::raw_handshake(&mut server, device, &secret, now);
+    answer.unwrap();
+    assert!(again != open && !closed.contains(&again));
+    assert_eq!(server.session_count(), 1);
+}

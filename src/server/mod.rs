@@ -780,13 +780,19 @@ impl<S: FleetStore> Server<S> {
     /// later); this call runs those checks' work at once (dropping the
     /// state and the check, as the check would have), so that their room
     /// is given back now too, and drops the heap's timers of closed
-    /// sessions and of ended tasks. Nothing that the engine does for the
-    /// devices still enrolled changes.
+    /// sessions and of ended tasks. The connection slots past the last
+    /// open session are given back (16 bytes each, and 4 in the free
+    /// list; as many slots as the most sessions ever open at once were
+    /// kept), and so are the closed sessions kept for reuse (up to 256,
+    /// each about 0.7 KiB plus its output buffer): the next sessions
+    /// allocate theirs again. Nothing that the engine does for the devices
+    /// still enrolled changes.
     ///
     /// What stays: the store's generations of retired devices (kept for
     /// good), finished tasks until pruned ([`MemoryStore::prune_finished`]:
-    /// call it first), and the connection slots, as many as the most
-    /// sessions ever open at once.
+    /// call it first), and the connection slots below the last open
+    /// session (a session's slot is part of its id, so it cannot move):
+    /// closed ones among them stay as holes for the next sessions.
     ///
     /// Cost: every entry of every table read or moved once, O(devices +
     /// tasks + timers) of the fleet's largest size, while the engine serves
@@ -813,6 +819,8 @@ impl<S: FleetStore> Server<S> {
         self.handshake_checks.shrink_to_fit();
         self.push_checks.shrink_to_fit();
         self.handshakes.shrink_to_fit();
+        self.sessions.shrink_to_fit();
+        self.spare.shrink_to_fit();
         self.ready.shrink_to_fit();
         self.events.shrink_to_fit();
         self.store.shrink_to_fit();

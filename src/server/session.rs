@@ -104,6 +104,11 @@ impl Spare {
         }
     }
 
+    /// Drops the closed sessions kept (`Server::shrink_to_fit`).
+    pub(super) fn shrink_to_fit(&mut self) {
+        self.sessions = Vec::new();
+    }
+
     /// A `Hello` to decode into: the spare one, or a new one.
     fn blank_hello(&mut self) -> Box<Hello> {
         self.hello.take().unwrap_or_else(|| {

@@ -105,6 +105,22 @@ impl Sessions {
         Some(s)
     }
 
+    /// Gives back the slots past the last open session, and the room the
+    /// slot and free lists no longer need. A slot still in use cannot move
+    /// (its number is part of the session's id), so the slots freed below
+    /// it stay, as holes for the next sessions.
+    pub(super) fn shrink_to_fit(&mut self) {
+        let used = self
+            .slots
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        self.slots.truncate(used);
+        self.slots.shrink_to_fit();
+        self.free.retain(|&slot| (slot as usize) < used);
+        self.free.shrink_to_fit();
+    }
+
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Session> {
         self.slots.iter_mut().flatten().map(|(_, s)| &mut **s)
     }
@@ -141,9 +157,10 @@ mod tests {
         }
     }
 
-    /// Random opens and closes, and lookups by live, closed and made-up
-    /// ids, against a map: the same session or none, the same count, and
-    /// the table never larger than the most sessions open at once.
+    /// Random opens, closes and shrinks, and lookups by live, closed and
+    /// made-up ids, against a map: the same session or none, the same
+    /// count, and the table never larger than the most sessions open at
+    /// once (since the last shrink, which cuts it after the last open one).
     #[test]
     fn random_opens_and_closes_are_those_of_a_map() {
         use std::collections::HashMap;
@@ -158,6 +175,13 @@ mod tests {
                 let r = crate::xorshift(&mut rng);
                 let pick = ids.get(r as usize % ids.len().max(1)).copied();
                 match r >> 61 {
+                    6 if r & 0xF0 == 0 => {
+                        s.shrink_to_fit();
+                        let top = model.keys().map(|id| s.slot(*id) + 1).max();
+                        assert_eq!(s.slots.len(), top.unwrap_or(0), "cut after the last");
+                        assert!(s.slots.capacity() < 2 * s.slots.len().max(4));
+                        peak = s.slots.len();
+                    }
                     0..=3 if model.len() < max => {
                         let id = s.insert(spare.session(Instant::from_millis(k)));
                         assert!(ids.last().is_none_or(|last| *last < id), "ids grow");
