@@ -110,3 +110,66 @@ fn after_the_burst_the_bound_closes_a_reader_that_leaves_output() {
         .any(|e| matches!(e, ServerEvent::Close { conn: c } if c == conn));
     assert!(closed);
 }
+
+/// After the burst, the bound counts only what was queued after it: a
+/// reader still taking the burst (a slow link, a large burst) when the
+/// device's first reports come is closed at the same report as one that
+/// took the whole burst at once, not at the first `Ack` (before, with any
+/// of the burst untaken, the first frame after it found the bound passed).
+/// Kept open, it gets the whole burst and every `Ack`, in order.
+#[test]
+fn a_reader_still_taking_the_burst_is_bounded_as_one_that_took_it() {
+    const REPORTS: u32 = 25;
+    // Takes `first` bytes of the burst (all if `None`), then sends reports,
+    // taking nothing more; returns the report at which the connection
+    // closed, if it did, and everything taken.
+    let run = |bound: usize, first: Option<usize>| {
+        let (mut s, conn, key, tasks) = full_burst(bound);
+        let mut taken = Vec::new();
+        let mut left = first.unwrap_or(usize::MAX);
+        while left > 0
+            && s.transmit_with(conn, |b| {
+                let n = b.len().min(left);
+                taken.extend_from_slice(&b[..n]);
+                left -= n;
+                n
+            })
+            .is_some_and(|n| n > 0)
+        {}
+        let mut buf = [0u8; 64];
+        for seq in 1..=REPORTS {
+            let up = Up::Report {
+                seq,
+                body: ReportBody::Task {
+                    task: tasks[seq as usize],
+                    status: TaskStatus::Received,
+                },
+            };
+            let n = frame::encode_keyed(&up, &mut buf, key).unwrap();
+            let _ = s.handle_bytes(conn, &buf[..n], T0);
+            if s.session_count() == 0 {
+                return (Some(seq), taken, key);
+            }
+        }
+        taken.extend(common::output(&mut s, conn));
+        (None, taken, key)
+    };
+    for bound in [0, 1, 100, 300] {
+        let (at_drained, _, _) = run(bound, None);
+        for first in [0, 1, 200, 600] {
+            let (at, taken, key) = run(bound, Some(first));
+            assert_eq!(at, at_drained, "bound {bound}, {first} bytes taken first");
+            if at.is_none() {
+                let msgs = common::downs(&taken, key);
+                assert_eq!(msgs.last(), Some(&Down::Ack { seq: REPORTS }));
+                let acks = msgs.iter().filter(|m| matches!(m, Down::Ack { .. }));
+                assert_eq!(acks.count(), REPORTS as usize);
+                assert!(msgs.contains(&Down::SyncEnd));
+            }
+        }
+    }
+    // The bound still bites: a small one closes a reader that takes
+    // nothing, a large one keeps it.
+    assert!(run(0, Some(0)).0.is_some());
+    assert_eq!(run(300, Some(0)).0, None);
+}

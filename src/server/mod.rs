@@ -101,12 +101,15 @@ pub struct ServerConfig {
     /// offered, a policy, `SyncEnd`): those are queued at once, in answer to
     /// the proof, before any reader could have taken them, and are bounded
     /// by [`max_open_tasks`](Self::max_open_tasks) (about 0.6 KB plus 44
-    /// bytes per open task at most). So even a bound of 0 lets every
-    /// session's work out; it then closes a connection that has left any
-    /// byte untaken when the next frame (an `Ack`, a task queued later)
+    /// bytes per open task at most), and stay exempt until taken: the
+    /// bound counts only the bytes queued after the burst. So even a bound
+    /// of 0 lets every session's work out, to a reader however slow; it
+    /// then closes a connection that has left any byte queued after the
+    /// burst untaken when the next frame (an `Ack`, a task queued later)
     /// is queued. (Before, a bound under the burst closed each session
     /// before its work was out, and the device, asked back by a push, was
-    /// closed again the same way.) [`max_first_burst`](Self::max_first_burst)
+    /// closed again the same way; and a reader still taking the burst was
+    /// closed at the first frame after it.) [`max_first_burst`](Self::max_first_burst)
     /// bounds the burst for transports that buffer output themselves (the
     /// tokio adapter's buffer per connection is never smaller).
     pub max_pending_out: usize,

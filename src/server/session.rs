@@ -56,6 +56,10 @@ pub(super) struct Session {
     out: Vec<u8>,
     out_pos: usize,
     out_end: usize,
+    // Where the first burst ends in `out` (its `SyncEnd`'s end) while any
+    // of it is untaken; 0 otherwise. `max_pending_out` counts only the
+    // bytes after it (see `send`).
+    burst_end: usize,
     last_rx: Instant,
     // The handshake deadline counts from here, not from the last byte.
     opened: Instant,
@@ -160,6 +164,7 @@ impl Session {
             out: Vec::new(),
             out_pos: 0,
             out_end: 0,
+            burst_end: 0,
             last_rx: now,
             opened: now,
             closing: false,
@@ -174,8 +179,7 @@ impl Session {
     fn reset(&mut self, now: Instant) {
         self.phase = Phase::AwaitHello;
         self.decoder.reset();
-        self.out_pos = 0;
-        self.out_end = 0;
+        self.clear_output();
         self.last_rx = now;
         self.opened = now;
         self.closing = false;
@@ -236,10 +240,18 @@ impl Session {
         self.out_end - self.out_pos
     }
 
+    /// Bytes queued after the first burst and not yet taken: what
+    /// `max_pending_out` bounds once the burst is out.
+    fn pending_after_burst(&self) -> usize {
+        self.out_end
+            .saturating_sub(self.burst_end.max(self.out_pos))
+    }
+
     /// Empties the output buffer once everything in it was taken.
     fn clear_output(&mut self) {
         self.out_pos = 0;
         self.out_end = 0;
+        self.burst_end = 0;
     }
 
     /// Hands the pending output to `send`, which says how many of its bytes
@@ -271,6 +283,7 @@ impl Session {
                 // pending, not all a long session ever sent.
                 self.out.copy_within(self.out_pos..self.out_end, 0);
                 self.out_end -= self.out_pos;
+                self.burst_end = self.burst_end.saturating_sub(self.out_pos);
                 self.out_pos = 0;
             }
             self.out
@@ -687,7 +700,12 @@ impl<S: FleetStore> Server<S> {
         if s.closing {
             return; // nothing follows our error frame
         }
-        if s.pending_out() > self.cfg.max_pending_out && !s.in_first_burst() {
+        // Compared with all that is pending first: mostly below the bound,
+        // so the burst's part is looked at only past it.
+        if s.pending_out() > self.cfg.max_pending_out
+            && !s.in_first_burst()
+            && s.pending_after_burst() > self.cfg.max_pending_out
+        {
             // A reader this far behind is dropped. It syncs again on its own
             // when it has reports unacknowledged; for new work, `end_burst`
             // asks for a push.
@@ -1007,11 +1025,16 @@ impl<S: FleetStore> Server<S> {
             return Ok(());
         }
         // Marked sent after `send`: the `SyncEnd` is the first burst's last
-        // frame, exempt from `max_pending_out` as the rest of it.
+        // frame, exempt from `max_pending_out` as the rest of it. Whatever
+        // of the burst stays untaken stays exempt (`burst_end`).
         self.send(conn, &Down::SyncEnd);
-        match self.sync_of(conn) {
-            Some(sync) => sync.end_sent = true,
-            None => return self.request_push(device, now),
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return self.request_push(device, now);
+        };
+        s.burst_end = s.out_end;
+        match &mut s.phase {
+            Phase::Syncing(sync) => sync.end_sent = true,
+            _ => return self.request_push(device, now),
         }
         Ok(())
     }
@@ -1450,6 +1473,7 @@ mod tests {
                 out,
                 out_pos,
                 out_end,
+                burst_end,
                 last_rx,
                 opened,
                 closing,
@@ -1465,7 +1489,9 @@ mod tests {
             let phase = matches!(phase, Phase::AwaitHello);
             let _ = out; // its bytes are room, whatever they hold
             (
-                (phase, buffered, taken, unkeyed, *out_pos, *out_end),
+                (
+                    phase, buffered, taken, unkeyed, *out_pos, *out_end, *burst_end,
+                ),
                 (*last_rx, *opened, *closing, *queued, *key, *frame_errors),
             )
         }
@@ -1482,7 +1508,7 @@ mod tests {
         s.decoder.set_key(0x5EED);
         s.decoder.push(&[0xA5; 9]);
         s.out.resize(64, 0);
-        (s.out_pos, s.out_end) = (3, 40);
+        (s.out_pos, s.out_end, s.burst_end) = (3, 40, 30);
         s.last_rx = t1 + crate::time::Duration::from_secs(1);
         (s.closing, s.queued, s.key, s.frame_errors) = (true, true, 0x5EED, 4);
         spare.keep(s);
