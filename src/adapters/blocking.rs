@@ -78,8 +78,8 @@ use std::vec::Vec;
 
 use super::clock::{Clock, ScaledClock};
 use crate::device::{
-    pick_latest, Device, DeviceConfig, DeviceError, DeviceTimers, Event, SessionError,
-    SnapshotError, DEFAULT_INFLIGHT, DEFAULT_OUTBOX,
+    pick_latest, snapshot_counter, Device, DeviceConfig, DeviceError, DeviceTimers, Event,
+    SessionError, SnapshotError, DEFAULT_INFLIGHT, DEFAULT_OUTBOX,
 };
 // Host-side adapters log through `log` even with `defmt` on: their errors
 // (`io::Error` and friends) have no defmt form.
@@ -357,22 +357,31 @@ impl<E: core::fmt::Debug> core::fmt::Display for Error<E> {
 impl<E: core::fmt::Debug> core::error::Error for Error<E> {}
 
 /// Reads both slots and restores the engine from the newer valid snapshot,
-/// or starts a fresh one (first boot) when neither slot holds one.
+/// or starts a fresh one (first boot) when neither slot holds one. A slot
+/// that fails its check (CRC, length, format) is read once more, so that a
+/// read that came back corrupted once, without an error, is not taken for
+/// a torn write.
 ///
-/// Known shortcoming: a slot whose CRC fails is taken for a torn write, so
-/// storage that once returns corrupted bytes without an error makes this
-/// fall back to the older snapshot, and a task run after it (ledger in the
-/// newer one) can run a second time if the server had not recorded its
-/// status. A storage error is returned, never taken for a torn write; a
-/// slot read again until two reads agree would narrow this, not close it.
+/// Known shortcoming: a slot that fails its check twice is taken for a
+/// torn write, so storage that returns the same corrupted bytes of the
+/// newer slot on both reads without an error (bits gone bad in the medium,
+/// a fault that repeats) makes this fall back to the older snapshot, and a
+/// task run after it (ledger in the newer one) can run a second time if
+/// the server had not recorded its status. The two cases look the same
+/// from the bytes. A storage error is returned, never taken for a torn
+/// write.
 pub fn load_device<S: Storage, const O: usize, const I: usize>(
     cfg: DeviceConfig,
     storage: &mut S,
     now: Instant,
 ) -> Result<Device<O, I>, Error<S::Error>> {
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    storage.load(0, &mut a).map_err(Error::Storage)?;
-    storage.load(1, &mut b).map_err(Error::Storage)?;
+    for (slot, buf) in [&mut a, &mut b].into_iter().enumerate() {
+        storage.load(slot, buf).map_err(Error::Storage)?;
+        if snapshot_counter(buf).is_err() {
+            storage.load(slot, buf).map_err(Error::Storage)?;
+        }
+    }
     match pick_latest(&a, &b) {
         Some(bytes) => Device::restore(cfg, bytes, now).map_err(Error::Snapshot),
         None => Ok(Device::new(cfg, now)),

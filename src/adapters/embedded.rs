@@ -303,12 +303,18 @@ where
     /// when neither holds one (first boot, or both destroyed). `buf` must hold
     /// [`Device::SNAPSHOT_MAX`] bytes.
     ///
-    /// Known shortcoming: a slot whose CRC fails is taken for a torn write
-    /// (the chosen slot is read twice, the other once), so storage that
-    /// returns corrupted bytes of the newer slot without an error falls back
-    /// to the older snapshot, and a task run after it can run a second time
-    /// if the server had not recorded its status. A storage error is
-    /// returned, never taken for a torn write.
+    /// A slot that fails its check (CRC, length, format) is read once more,
+    /// so that a read that came back corrupted once, without an error, is
+    /// not taken for a torn write; the chosen slot is read again before it
+    /// is restored.
+    ///
+    /// Known shortcoming: a slot that fails its check twice is taken for a
+    /// torn write, so storage that returns the same corrupted bytes of the
+    /// newer slot on both reads without an error (bits gone bad in the
+    /// medium, a fault that repeats) falls back to the older snapshot, and a
+    /// task run after it can run a second time if the server had not
+    /// recorded its status. The two cases look the same from the bytes. A
+    /// storage error is returned, never taken for a torn write.
     pub async fn restore<const O: usize, const I: usize>(
         &mut self,
         cfg: DeviceConfig,
@@ -327,9 +333,18 @@ where
         for _ in 0..RESTORE_ROUNDS {
             let mut best: Option<(u64, usize)> = None;
             for slot in 0..2 {
-                let read = self.store.read(slot, buf).await;
-                n = read.map_err(RestoreError::Storage)?.min(needed);
-                if let Ok(counter) = snapshot_counter(&buf[..n]) {
+                // A slot that fails its check is read once more: a read
+                // corrupted once is not taken for a torn write.
+                let mut valid = Err(SnapshotError::TooShort);
+                for _ in 0..2 {
+                    let read = self.store.read(slot, buf).await;
+                    n = read.map_err(RestoreError::Storage)?.min(needed);
+                    valid = snapshot_counter(&buf[..n]);
+                    if valid.is_ok() {
+                        break;
+                    }
+                }
+                if let Ok(counter) = valid {
                     // Across the counter's wrap, as `pick_latest` compares.
                     if best.is_none_or(|(c, _)| counter_newer(counter, c)) {
                         best = Some((counter, slot));
