@@ -12,7 +12,14 @@
 //!   restores the one before it, older than what already left the device.
 //!
 //! What must hold (PROTOCOL.md 7.5, 9.4, 14; the `Event::Persist` rule):
-//! - every task is handed to the handler at most once over all boots;
+//! - every task is handed to the handler at most once over all boots, but
+//!   for the documented limit of a lost newest snapshot (third test): a
+//!   task the server held no report of when the snapshot was lost (still
+//!   `Offered`) may be handed out once more per such loss. Its ledger entry
+//!   was in the lost snapshot only, and the older one restored looks like a
+//!   torn write, after which offering the task again is right. (The third
+//!   test's first 12 seeds happened to hit no such task; seeds up to 80
+//!   hit one in about one run in eight.)
 //! - every compliance event is stored by the server at most once (each one
 //!   raised here is distinct), and every one raised once the storage is
 //!   healthy again is stored exactly once;
@@ -50,7 +57,7 @@ use mdm_sync::adapters::clock::{Clock, ScaledClock};
 use mdm_sync::device::{
     pick_latest, snapshot_counter, DeviceConfig, DEFAULT_INFLIGHT, DEFAULT_OUTBOX,
 };
-use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerEvent};
+use mdm_sync::server::{ConnId, MemoryStore, Server, ServerConfig, ServerEvent, TaskState};
 use mdm_sync::time::{Duration, Instant};
 use mdm_sync::wire::{
     self, frame, ComplianceEvent, DeviceId, Down, FrameDecoder, Platform, Policy, PolicyOutcome,
@@ -326,11 +333,21 @@ fn run(seed: u64, alternate: bool, rollback: bool) {
     let mut tasks: Vec<TaskId> = Vec::new();
     let mut raised: Vec<ComplianceEvent> = Vec::new();
     let mut power_losses = 0;
+    // Tasks still `Offered` at each loss of the newest snapshot: runs
+    // allowed beyond the first.
+    let mut at_risk: HashMap<TaskId, u32> = HashMap::new();
     let mut storage_errors = 0;
 
     // Hostile phase: faults everywhere, reboots at random.
     'outer: for _ in 0..12 {
         if rollback && rng.below(3) == 0 {
+            let h = hub.borrow();
+            for t in &tasks {
+                if h.server.task_state(DEV, *t) == Some(TaskState::Offered) {
+                    *at_risk.entry(*t).or_insert(0) += 1;
+                }
+            }
+            drop(h);
             roll_back(&mut mem.borrow_mut());
         }
         let mut booted = None;
@@ -432,8 +449,14 @@ fn run(seed: u64, alternate: bool, rollback: bool) {
         h.checked_hellos > 0 && h.checked_reports > 0,
         "seed {seed}: nothing was checked"
     );
+    let mut reruns = 0;
     for (task, runs) in &dev.handler().runs {
-        assert!(*runs <= 1, "seed {seed}: task {task:?} ran {runs} times");
+        let allowed = 1 + at_risk.get(task).copied().unwrap_or(0);
+        assert!(
+            *runs <= allowed,
+            "seed {seed}: task {task:?} ran {runs} times ({allowed} allowed)"
+        );
+        reruns += runs - 1;
     }
     for ev in &raised {
         let n = h.compliance.iter().filter(|e| *e == ev).count();
@@ -447,7 +470,7 @@ fn run(seed: u64, alternate: bool, rollback: bool) {
         );
     }
     eprintln!(
-        "seed {seed}: {} tasks, {} events, {power_losses} power losses, {storage_errors} storage errors, {} hellos and {} reports checked",
+        "seed {seed}: {} tasks, {} events, {power_losses} power losses, {storage_errors} storage errors, {} hellos and {} reports checked, {reruns} runs again after a lost snapshot",
         tasks.len(),
         raised.len(),
         h.checked_hellos,
@@ -488,7 +511,9 @@ fn storage_that_works_every_other_time() {
 
 #[test]
 fn storage_that_rolls_back_to_the_older_slot_at_boot() {
-    for seed in 1..=12 {
+    // `B9_SEEDS=N` runs seeds 1 to N.
+    let seeds = std::env::var("B9_SEEDS").map_or(12, |v| v.parse().unwrap());
+    for seed in 1..=seeds {
         run(seed, false, true);
     }
 }
