@@ -335,7 +335,7 @@ pub enum Error<E> {
     /// another device or enrollment, or inconsistent). Nothing was changed.
     /// Starting fresh forgets the executed-task ledger; start with
     /// [`Device::continuing`] and the old snapshot's counter
-    /// ([`snapshot_counter`](crate::device::snapshot_counter)), not
+    /// ([`snapshot_counter`]), not
     /// [`Device::new`], so that connections (`Hello.attempt`) stay new
     /// (PROTOCOL.md 16).
     Snapshot(SnapshotError),

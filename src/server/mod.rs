@@ -230,6 +230,18 @@ pub enum ServerEvent {
         state: PolicyState,
     },
     /// A device missed its promised check-in.
+    ///
+    /// Known shortcoming: after the clock handed to the engine goes back,
+    /// a device that checks in and then goes silent is reported as much
+    /// later as the clock went back, at most. The engine keeps one check
+    /// queued per device; a check-in moves the deadline and the check
+    /// re-arms itself when it runs early, which assumes it was queued for
+    /// an earlier deadline than the new one. Once the clock went back the
+    /// queued check is for a later one, and runs then. Queueing a second
+    /// check would need either room in each device's 64-byte state to
+    /// tell the stale check from the live one, or a search of the queue
+    /// at each check-in (`tests/breaker25_overdue_clock_back.rs`, ignored,
+    /// shows it).
     Overdue {
         /// The device.
         device: DeviceId,
@@ -1909,7 +1921,9 @@ impl<S: FleetStore> Server<S> {
     fn expect_check_in(&mut self, device: DeviceId, at: Instant) -> Option<bool> {
         let p = self.pushes.entry_or_default(device)?;
         // A queued check (`armed`) serves: it re-arms itself for the new
-        // deadline; one more would make two.
+        // deadline; one more would make two. Not when the clock went back
+        // and the queued one is for a later deadline than `at`: the report
+        // then waits for it (known shortcoming, see `ServerEvent::Overdue`).
         p.flags.set(Flags::DUE, true);
         p.due_at = at;
         let was_overdue = p.flags.take(Flags::OVERDUE);
