@@ -1588,10 +1588,11 @@ fn print_summary(
         c.pushes_offline.load(Relaxed)
     );
     println!(
-        "  offline / reboots        {} devices went offline, {} reboots, {} power losses mid-write",
+        "  offline / reboots        {} devices went offline, {} came back (a reboot each); {} power losses mid-write of {} armed (one happens only if its device writes a snapshot again before the end), a reboot each",
         script.offline_devices,
         c.reboots.load(Relaxed),
-        c.crashes.load(Relaxed)
+        c.crashes.load(Relaxed),
+        script.power_losses
     );
     println!(
         "  task latency             simulated p50 {} p99 {} | wall p50 {:.1} ms p99 {:.1} ms",
@@ -1686,7 +1687,7 @@ async fn simulate(o: Opts) -> Result<bool, Box<dyn core::error::Error>> {
     let counters = Arc::new(Counters::default());
     let mut script = make_script(&o);
     println!(
-        "fleet: {} devices, {} tasks, push loss {:.0}%, {} devices go offline, {} lose power mid-write, \
+        "fleet: {} devices, {} tasks, push loss {:.0}%, {} devices go offline, {} armed to lose power mid-write, \
          time scale {}x, seed {}",
         o.devices,
         script.tasks.len(),
