@@ -38,7 +38,7 @@ mod table;
 pub use console::{DeviceView, FleetView, TaskCounts};
 pub use store::{
     DeviceRecord, FleetStore, MemoryStore, MemoryStoreError, PolicyState, PushToken, ReportCommit,
-    ReportSeqs, SupersedeKey, TaskRecord, TaskState,
+    ReportSeqs, SupersedeKey, TaskRecord, TaskState, ToldIntervals,
 };
 
 use alloc::collections::{BinaryHeap, VecDeque};
@@ -614,6 +614,13 @@ pub struct Server<S: FleetStore> {
     hinted_at: usize,
     /// `recover` ran to its end (it runs once).
     recovered: bool,
+    /// `None` until this engine recorded the interval it tells devices in
+    /// the store (`record_told_interval`, before its first `Welcome`); then
+    /// how long after its last sync `recover` expects a device that synced
+    /// before this engine: the longest interval it may have been told (the
+    /// store's `ToldIntervals`) or this engine's, whichever is longer, plus
+    /// `overdue_slack`.
+    earlier_wait: Option<Duration>,
     /// Secrets derived (`derive_secret`), for unit tests.
     #[cfg(test)]
     derivations: core::cell::Cell<u64>,
@@ -662,6 +669,7 @@ impl<S: FleetStore> Server<S> {
             hinted: [None; HINTS],
             hinted_at: 0,
             recovered: false,
+            earlier_wait: None,
             #[cfg(test)]
             derivations: core::cell::Cell::new(0),
         }
@@ -886,15 +894,39 @@ impl<S: FleetStore> Server<S> {
     /// what that one left undone.
     ///
     /// - **Check-ins:** every device that ever synced is expected again by
-    ///   its last sync plus `periodic_interval` and `overdue_slack`, as if
+    ///   its last sync plus its periodic interval and `overdue_slack`, as if
     ///   that sync had happened in this process: a device that went silent
     ///   before the restart is still reported [`ServerEvent::Overdue`]. One
     ///   that was reported overdue before the restart is reported again.
-    ///   Known shortcoming: the interval is this process's; a device keeps
-    ///   the one its last `Welcome` told it until its next sync, so after a
-    ///   restart that shortened `periodic_interval` a device that syncs as
-    ///   told is reported overdue once (the store does not keep the
-    ///   interval a device was told).
+    /// - **Intervals told:** a device keeps the interval its last `Welcome`
+    ///   told it until its next sync, which may be longer than this
+    ///   engine's `periodic_interval` (a restart that shortened it). The
+    ///   interval the check-ins above use is the longer of this engine's
+    ///   and the longest that the store's [`ToldIntervals`] says earlier
+    ///   engines told, while a device may still keep that one (until the
+    ///   last sync at which it was told, plus it, plus `overdue_slack`). So
+    ///   after a restart from 3 h to 1 h a device that syncs as it was told
+    ///   is not reported, a silent one is reported late by at most the old
+    ///   3 h, and a further restart within those 3 h expects it by 3 h as
+    ///   well. The record is one for the fleet, not one per device: every
+    ///   device that synced before the restart gets the longest interval,
+    ///   even one that was told a shorter one (reported later, by at most
+    ///   the difference). Before it arms the check-ins, `recover` records
+    ///   this engine's interval over the earlier ones
+    ///   ([`FleetStore::set_told_intervals`]); an engine that does not call
+    ///   `recover` records it at its first handshake, before the `Welcome`
+    ///   that tells it.
+    ///
+    ///   Known shortcomings: a store that does not keep the record (the
+    ///   trait's default methods) or holds none yet (its engine was of a
+    ///   build before the record) gets the new engine's interval alone, and
+    ///   after a restart that shortened it every device that syncs as it
+    ///   was told is reported overdue once. Nodes of a cluster that share a
+    ///   store and tell different intervals at the same time each record
+    ///   theirs over the others': a longer interval of a node that keeps
+    ///   running is kept in the record only until the time it would have
+    ///   run out had that node stopped when the other started, and a
+    ///   restart after that may report devices still on it overdue once.
     /// - **Task expiries** of open tasks are armed again: an undelivered task
     ///   whose `expires_at` passed while no server ran expires at the next
     ///   [`Server::handle_timeout`].
@@ -919,27 +951,35 @@ impl<S: FleetStore> Server<S> {
     ///
     /// Cost: one pass over the store's devices and one over its tasks, with
     /// a lookup of the assigned policy of each device whose last report is
-    /// older than it and a rewrite of each deferred task; memory for one
-    /// deadline per device that ever synced.
+    /// older than it and a rewrite of each deferred task, and a read and a
+    /// write of the record of intervals told; memory for one deadline per
+    /// device that ever synced.
     pub fn recover(&mut self, now: Instant) -> Result<Recovered, S> {
         let mut done = Recovered::default();
         if self.recovered {
             return Ok(done);
         }
-        let wait = self.cfg.periodic_interval + self.cfg.overdue_slack;
         let mut checks = Vec::new();
         let mut policy_pending = Vec::new();
+        let mut latest_sync = Instant::ZERO;
         self.store.for_each_device(&mut |rec| {
             if let Some((at, _)) = rec.last_sync {
-                checks.push((at + wait, rec.id));
+                checks.push((at, rec.id));
+                latest_sync = latest_sync.max(at);
             }
             if rec.policy_state == PolicyState::Pending {
                 policy_pending.push((rec.id, rec.policy_version));
             }
         })?;
-        // In deadline order, so that they all fit the FIFO (see `in_order`).
+        let wait = match self.earlier_wait {
+            Some(wait) => wait, // recorded by a call that failed after it
+            None => self.record_told_interval(now, latest_sync)?,
+        };
+        // In deadline order, so that they all fit the FIFO (see `in_order`):
+        // the order of the last syncs, `wait` being the same for all.
         checks.sort_unstable();
-        for (at, device) in checks {
+        for (last_sync, device) in checks {
+            let at = last_sync + wait;
             if self
                 .pushes
                 .get(&device)
@@ -1015,6 +1055,24 @@ impl<S: FleetStore> Server<S> {
         // push waits for the rate limit).
         self.recovered = true;
         Ok(done)
+    }
+
+    /// Records in the store the interval this engine tells devices
+    /// ([`ToldIntervals`]), over the record of the engines before it, read
+    /// first; sets and returns `earlier_wait`. Called once, before the
+    /// first `Welcome`: by `recover`, with `latest_sync` the latest last
+    /// sync in the store, or by the first handshake of an engine that did
+    /// not recover, with `now`. On a store error nothing is recorded, and
+    /// the next call tries again.
+    fn record_told_interval(&mut self, now: Instant, latest_sync: Instant) -> Result<Duration, S> {
+        let (interval, slack) = (self.cfg.periodic_interval, self.cfg.overdue_slack);
+        let old = self.store.told_intervals()?;
+        let (earlier, record) =
+            ToldIntervals::after(old.as_ref(), interval, now, latest_sync, slack);
+        self.store.set_told_intervals(&record)?;
+        let wait = earlier.map_or(interval, |e| e.max(interval)) + slack;
+        self.earlier_wait = Some(wait);
+        Ok(wait)
     }
 
     fn drop_open_tasks(&mut self, id: DeviceId, now: Instant) -> Result<(), S> {

@@ -778,6 +778,11 @@ impl<S: FleetStore> Server<S> {
         if superseded {
             return Err(ServerError::Peer(PeerError::Superseded));
         }
+        // The store learns this engine's interval before a `Welcome` tells
+        // it (done by `recover` in a process that calls it).
+        if self.earlier_wait.is_none() {
+            self.record_told_interval(now, now)?;
+        }
         // An empty token leaves the stored one; without one stored, the
         // Welcome asks the device for it (PROTOCOL.md 6.5).
         let has_target = self

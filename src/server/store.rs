@@ -16,7 +16,7 @@ use hashbrown::HashMap;
 
 use super::table::{prefetch, Entry, Slot, Table};
 
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use crate::wire::{
     ComplianceEvent, DeviceId, Platform, Policy, PolicyOutcome, SyncTrigger, TaskId, TaskKind,
     TaskResult, PUSH_TOKEN_MAX,
@@ -301,6 +301,76 @@ impl ReportCommit<'_> {
     }
 }
 
+/// The periodic intervals devices were told (`Welcome.periodic_s`), as the
+/// engine records them in the store for the engine of the next process
+/// ([`FleetStore::told_intervals`]). A device syncs at the interval its last
+/// `Welcome` told it until its next sync, so after a restart that shortened
+/// `ServerConfig::periodic_interval` the devices that synced before it keep
+/// the longer one for a while: [`Server::recover`](super::Server::recover)
+/// expects them by it. One record for the whole fleet, not one per device;
+/// the engine writes it once per process, before it tells any device its
+/// interval.
+///
+/// A store keeps the three fields as they are given and gives them back
+/// unchanged; the engine reads intervals outside `1 min ..= 7 days` (a
+/// record a store mangled) as the nearest bound, as devices read
+/// `periodic_s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToldIntervals {
+    /// The interval the engine that wrote the record tells every device it
+    /// syncs with, from then on until its process ends: its
+    /// `ServerConfig::periodic_interval`.
+    pub interval: Duration,
+    /// The longest interval earlier engines told devices, which may still
+    /// be keeping it; [`Duration::ZERO`] if none.
+    pub earlier: Duration,
+    /// Until when a device may still keep [`earlier`](Self::earlier): the
+    /// last sync at which it may have been told, plus it, plus
+    /// `ServerConfig::overdue_slack` (by then each such device has synced
+    /// again, or is overdue whatever it was told).
+    pub earlier_until: Instant,
+}
+
+impl ToldIntervals {
+    /// What an engine that tells `interval` from `now` on writes in place of
+    /// `old`, the store's record, and the longest interval a device that
+    /// synced before `now` may have been told (`None` when there was no
+    /// record: not known). `latest_sync` is the latest last sync the engine
+    /// saw in the store (at most `now` unless the clock went back across
+    /// the restart): the engine of `old` told `old.interval` until then.
+    /// Saturating: no instant or record overflows it.
+    pub(super) fn after(
+        old: Option<&Self>,
+        interval: Duration,
+        now: Instant,
+        latest_sync: Instant,
+        slack: Duration,
+    ) -> (Option<Duration>, Self) {
+        let within_bounds = |d: Duration| crate::device::periodic_within_bounds(d.as_millis());
+        let Some(old) = old else {
+            let record = Self {
+                interval,
+                earlier: Duration::ZERO,
+                earlier_until: Instant::ZERO,
+            };
+            return (None, record);
+        };
+        // The old engine told its interval up to its last handshake.
+        let mut longest = within_bounds(old.interval);
+        let mut until = now.max(latest_sync) + longest + slack;
+        if now < old.earlier_until {
+            longest = longest.max(within_bounds(old.earlier));
+            until = until.max(old.earlier_until);
+        }
+        let record = Self {
+            interval,
+            earlier: longest,
+            earlier_until: until,
+        };
+        (Some(longest), record)
+    }
+}
+
 /// Durable fleet state. See the module docs for the shapes it is made for.
 pub trait FleetStore {
     /// The store's error (I/O, database, ...).
@@ -474,6 +544,31 @@ pub trait FleetStore {
         })?;
         Ok(task.is_some())
     }
+    /// The record of the periodic intervals devices were told (see
+    /// [`ToldIntervals`]), as [`set_told_intervals`](Self::set_told_intervals)
+    /// last stored it; `None` if never.
+    ///
+    /// The default answers `None` (and the default
+    /// [`set_told_intervals`](Self::set_told_intervals) stores nothing): a
+    /// store that does not keep the record gets the engine's behaviour
+    /// from before it existed, in which [`Server::recover`](super::Server::recover)
+    /// expects every device by the new process's interval, so that after a
+    /// restart that shortened `ServerConfig::periodic_interval` each device
+    /// that syncs as it was told is reported overdue once. A store that
+    /// outlives its process should keep it (one fleet-wide record: three
+    /// numbers).
+    fn told_intervals(&self) -> Result<Option<ToldIntervals>, Self::Error> {
+        Ok(None)
+    }
+    /// Stores `record` in place of the one held, for
+    /// [`told_intervals`](Self::told_intervals). Called once per engine:
+    /// by [`Server::recover`](super::Server::recover), or, in a process that
+    /// does not call it, at the first handshake. The default stores
+    /// nothing (see [`told_intervals`](Self::told_intervals)).
+    fn set_told_intervals(&mut self, record: &ToldIntervals) -> Result<(), Self::Error> {
+        let _ = record;
+        Ok(())
+    }
     /// Visits every device (console queries).
     fn for_each_device(&self, f: &mut dyn FnMut(&DeviceRecord)) -> Result<(), Self::Error>;
     /// Visits every task, final ones included (console queries).
@@ -568,6 +663,8 @@ pub struct MemoryStore {
     /// next reuse (or `shrink_to_fit` gives back). Kept for good: an id
     /// enrolled again must never get a generation it had.
     retired: HashMap<DeviceId, u32>,
+    /// `FleetStore::told_intervals`.
+    told: Option<ToldIntervals>,
 }
 
 impl MemoryStore {
@@ -1331,6 +1428,15 @@ impl FleetStore for MemoryStore {
         Ok(())
     }
 
+    fn told_intervals(&self) -> Result<Option<ToldIntervals>, MemoryStoreError> {
+        Ok(self.told)
+    }
+
+    fn set_told_intervals(&mut self, record: &ToldIntervals) -> Result<(), MemoryStoreError> {
+        self.told = Some(*record);
+        Ok(())
+    }
+
     fn shrink_to_fit(&mut self) {
         MemoryStore::shrink_to_fit(self);
     }
@@ -2059,5 +2165,98 @@ mod table_tests {
             }
             same(&store, &model, &ids);
         }
+    }
+}
+
+#[cfg(test)]
+mod told_tests {
+    use super::ToldIntervals;
+    use crate::time::{Duration, Instant};
+
+    const H: Duration = Duration::from_hours(1);
+    const SLACK: Duration = Duration::from_mins(30);
+
+    fn at(h: u64) -> Instant {
+        Instant::from_millis(1_000_000_000) + Duration::from_hours(h)
+    }
+
+    /// No record: nothing known of earlier intervals; the new one is this
+    /// engine's alone.
+    #[test]
+    fn without_a_record_nothing_earlier_is_known() {
+        let (longest, rec) = ToldIntervals::after(None, H, at(0), at(0), SLACK);
+        assert_eq!(longest, None);
+        assert_eq!(rec.interval, H);
+        assert_eq!(rec.earlier, Duration::ZERO);
+        assert!(rec.earlier_until <= at(0));
+    }
+
+    /// 3 h, then 1 h at hour 0, then 1 h at hour 2 (the 3 h still counts:
+    /// until hour 3.5), then 1 h at hour 4 (it no longer does).
+    #[test]
+    fn an_earlier_interval_counts_until_it_would_have_run_out() {
+        let first = ToldIntervals::after(None, H.saturating_mul(3), at(0), at(0), SLACK).1;
+        let (longest, second) = ToldIntervals::after(Some(&first), H, at(0), at(0), SLACK);
+        assert_eq!(longest, Some(H.saturating_mul(3)));
+        assert_eq!(second.earlier, H.saturating_mul(3));
+        assert_eq!(second.earlier_until, at(3) + SLACK);
+        let (longest, third) = ToldIntervals::after(Some(&second), H, at(2), at(2), SLACK);
+        assert_eq!(longest, Some(H.saturating_mul(3)));
+        assert_eq!(third.earlier_until, at(3) + SLACK);
+        let (longest, fourth) = ToldIntervals::after(Some(&third), H, at(4), at(4), SLACK);
+        assert_eq!(longest, Some(H));
+        assert_eq!(fourth.earlier, H);
+        assert_eq!(fourth.earlier_until, at(5) + SLACK);
+    }
+
+    /// A clock gone back across the restart (now before the record's
+    /// instants, last syncs after now) keeps the earlier interval, and the
+    /// old engine's counts from its latest sync.
+    #[test]
+    fn a_clock_gone_back_keeps_the_earlier_interval() {
+        let old = ToldIntervals {
+            interval: H,
+            earlier: H.saturating_mul(3),
+            earlier_until: at(10),
+        };
+        let (longest, rec) = ToldIntervals::after(Some(&old), H, at(1), at(5), SLACK);
+        assert_eq!(longest, Some(H.saturating_mul(3)));
+        assert_eq!(rec.earlier_until, at(10));
+        let old = ToldIntervals {
+            earlier_until: at(0),
+            ..old
+        };
+        let (longest, rec) = ToldIntervals::after(Some(&old), H, at(1), at(5), SLACK);
+        assert_eq!(longest, Some(H));
+        assert_eq!(rec.earlier_until, at(6) + SLACK);
+    }
+
+    /// A record a store mangled (intervals of 0 or of the largest value,
+    /// instants at the end of time) and extreme arguments: no overflow, and
+    /// intervals read as the nearest of 1 min and 7 days, as devices read
+    /// `periodic_s`.
+    #[test]
+    fn extreme_records_saturate_and_are_read_within_bounds() {
+        let week = Duration::from_hours(7 * 24);
+        let huge = ToldIntervals {
+            interval: Duration::from_millis(u64::MAX),
+            earlier: Duration::from_millis(u64::MAX),
+            earlier_until: Instant::MAX,
+        };
+        let slack = Duration::from_millis(u64::MAX);
+        let (longest, rec) =
+            ToldIntervals::after(Some(&huge), H, Instant::ZERO, Instant::MAX, slack);
+        assert_eq!(longest, Some(week));
+        assert_eq!(rec.earlier_until, Instant::MAX);
+        let (longest, _) = ToldIntervals::after(Some(&huge), H, Instant::MAX, Instant::MAX, slack);
+        assert_eq!(longest, Some(week), "past the end: the old engine's own");
+        let zero = ToldIntervals {
+            interval: Duration::ZERO,
+            earlier: Duration::ZERO,
+            earlier_until: Instant::MAX,
+        };
+        let (longest, _) =
+            ToldIntervals::after(Some(&zero), H, Instant::ZERO, Instant::ZERO, SLACK);
+        assert_eq!(longest, Some(Duration::from_mins(1)));
     }
 }
