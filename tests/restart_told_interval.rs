@@ -135,6 +135,47 @@ fn a_device_silent_across_a_shortening_restart_is_still_reported_once() {
     silent_one_reported_once_by(pair, due);
 }
 
+/// Restarts at random gaps (5 min to 5 h), each with a random interval of
+/// 1, 2, 3 or 6 h, over three devices that stay online and sync as they
+/// were told, and one silent from the start: over 40 seeds, no syncing
+/// device is ever reported overdue, and the silent one is reported, by its
+/// last sync plus the longest interval (6 h) and slack.
+#[test]
+fn random_restarts_and_intervals_report_only_the_silent_device() {
+    let choices = [hours(1), hours(2), hours(3), hours(6)];
+    for seed in 1..=40u64 {
+        let mut rng = common::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let first = choices[rng.below(4) as usize];
+        let mut pair = Pair::with_config(4, config(first));
+        pair.run_for(mins(1));
+        pair.go_offline(3);
+        let silent_since = last_sync(&pair, 3);
+        let mut intervals = vec![first];
+        while pair.now < common::START + hours(30) {
+            pair.run_for(mins(5 + rng.below(295)));
+            let next = choices[rng.below(4) as usize];
+            intervals.push(next);
+            restart_with(&mut pair, next);
+        }
+        let case = format!("seed {seed}, intervals {intervals:?}");
+        for i in 0..3 {
+            assert_eq!(
+                overdue_of(&pair, pair.id(i)),
+                0,
+                "{case}: {:?}",
+                pair.events
+            );
+        }
+        let slack = pair.server.config().overdue_slack;
+        run_until(&mut pair, silent_since + hours(6) + slack + mins(1));
+        assert!(
+            overdue_of(&pair, pair.id(3)) >= 1,
+            "{case}: {:?}",
+            pair.events
+        );
+    }
+}
+
 /// Once every device told the old 3 h has synced again or is overdue anyway
 /// (3 h and slack after the restart that shortened it), the old interval no
 /// longer counts: after a further restart a device silent since a sync
