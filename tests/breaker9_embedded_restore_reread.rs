@@ -15,7 +15,7 @@ mod common;
 
 use common::Unused;
 use mdm_sync::adapters::embedded::{RestoreError, Runner, SnapshotStore};
-use mdm_sync::device::{Device, DeviceConfig, Event};
+use mdm_sync::device::{Device, DeviceConfig};
 use mdm_sync::time::Instant;
 use mdm_sync::wire::{ComplianceEvent, DeviceId, Platform};
 
@@ -48,31 +48,18 @@ impl SnapshotStore for Slots {
     }
 }
 
-/// The snapshot the engine asks for at its next Persist event.
-fn next_snapshot(d: &mut Device) -> Vec<u8> {
-    while let Some(ev) = d.poll_event() {
-        if ev == Event::Persist {
-            let mut buf = vec![0u8; <Device>::SNAPSHOT_MAX];
-            let n = d.snapshot(&mut buf).unwrap();
-            buf.truncate(n);
-            return buf;
-        }
-    }
-    panic!("no Persist event");
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_damaged_second_read_does_not_pass_for_a_foreign_snapshot() {
     let cfg = DeviceConfig::new(DeviceId(4), 0, [1; 32], Platform::Android);
     let mut d: Device = Device::new(cfg.clone(), Instant::ZERO);
-    let older = next_snapshot(&mut d);
+    let older = common::next_persist(&mut d);
     let older_slot = d.snapshot_slot();
     d.raise_compliance(
         ComplianceEvent::UsbDebugging { enabled: true },
         Instant::ZERO,
     )
     .unwrap();
-    let newer = next_snapshot(&mut d);
+    let newer = common::next_persist(&mut d);
     let newer_slot = d.snapshot_slot();
     assert_ne!(older_slot, newer_slot, "A/B slots alternate");
     let mut slots = [Vec::new(), Vec::new()];

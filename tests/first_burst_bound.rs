@@ -8,9 +8,9 @@
 
 mod common;
 
-use mdm_sync::server::{MemoryStore, Server, ServerConfig, ServerEvent, TaskOptions};
+use mdm_sync::server::{MemoryStore, Server, ServerConfig, ServerEvent};
 use mdm_sync::time::Instant;
-use mdm_sync::wire::{frame, DeviceId, Down, ReportBody, Setting, TaskKind, TaskStatus, Up};
+use mdm_sync::wire::{frame, DeviceId, Down, ReportBody, TaskStatus, Up};
 
 const T0: Instant = Instant::from_millis(1_000);
 const DEV: DeviceId = DeviceId(9);
@@ -37,15 +37,7 @@ fn full_burst(
     Vec<mdm_sync::wire::TaskId>,
 ) {
     let mut s = server(max_pending_out);
-    let open = s.config().max_open_tasks;
-    let tasks: Vec<_> = (0..open)
-        .map(|_| {
-            s.enqueue_task(DEV, TaskKind::Locate, TaskOptions::default(), T0)
-                .unwrap()
-        })
-        .collect();
-    let settings: Vec<Setting> = (0..16).map(|k| Setting { key: k, value: -1 }).collect();
-    s.assign_policy(DEV, &settings, T0).unwrap();
+    let tasks = common::queue_full_work(&mut s, DEV, T0);
     while s.poll_event().is_some() {}
     let secret = mdm_sync::auth::derive_secret(&MASTER, DEV, 0);
     let (conn, key, answer) = common::raw_handshake(&mut s, DEV, &secret, T0);

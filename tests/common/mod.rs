@@ -801,3 +801,53 @@ impl mdm_sync::adapters::embedded::Handler for Unused {
         None
     }
 }
+
+/// The snapshot `d` asks to persist at its next `Persist` event (panics if
+/// none is pending).
+pub fn next_persist<const O: usize, const I: usize>(d: &mut Device<O, I>) -> Vec<u8> {
+    while let Some(ev) = d.poll_event() {
+        if ev == Event::Persist {
+            let mut buf = vec![0u8; Device::<O, I>::SNAPSHOT_MAX];
+            let n = d.snapshot(&mut buf).unwrap();
+            buf.truncate(n);
+            return buf;
+        }
+    }
+    panic!("no Persist event");
+}
+
+/// The number of seeds a random test runs: the environment variable `var`
+/// if set to a number, else `default`.
+pub fn seeds(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Fills `device`'s queue (`max_open_tasks` locates) and assigns it a
+/// policy of 16 settings: the largest first burst. Returns the tasks.
+pub fn queue_full_work(
+    server: &mut Server<MemoryStore>,
+    device: DeviceId,
+    now: Instant,
+) -> Vec<TaskId> {
+    let open = server.config().max_open_tasks;
+    let tasks = (0..open)
+        .map(|_| {
+            server
+                .enqueue_task(
+                    device,
+                    TaskKind::Locate,
+                    mdm_sync::server::TaskOptions::default(),
+                    now,
+                )
+                .unwrap()
+        })
+        .collect();
+    let settings: Vec<mdm_sync::wire::Setting> = (0..16)
+        .map(|k| mdm_sync::wire::Setting { key: k, value: -1 })
+        .collect();
+    server.assign_policy(device, &settings, now).unwrap();
+    tasks
+}
