@@ -231,17 +231,20 @@ pub enum ServerEvent {
     },
     /// A device missed its promised check-in.
     ///
-    /// Known shortcoming: after the clock handed to the engine goes back,
-    /// a device that checks in and then goes silent is reported as much
-    /// later as the clock went back, at most. The engine keeps one check
-    /// queued per device; a check-in moves the deadline and the check
-    /// re-arms itself when it runs early, which assumes it was queued for
-    /// an earlier deadline than the new one. Once the clock went back the
-    /// queued check is for a later one, and runs then. Queueing a second
-    /// check would need either room in each device's 64-byte state to
-    /// tell the stale check from the live one, or a search of the queue
-    /// at each check-in (`tests/breaker25_overdue_clock_back.rs`, ignored,
-    /// shows it).
+    /// Known shortcoming: the engine keeps one check queued per device; a
+    /// check-in moves the deadline and the check re-arms itself when it
+    /// runs early, which assumes it was queued for an earlier deadline
+    /// than the new one. Where it was queued for a later one, a device
+    /// that checks in and then goes silent is reported only when that
+    /// check runs: after the clock handed to the engine went back (late
+    /// by as much as it went back, at most), and after a restart that
+    /// shortened `periodic_interval` (`Server::recover` queues each check
+    /// by the longer interval a device may have been told; late by up to
+    /// the difference, once). Queueing a second check would need either
+    /// room in each device's 64-byte state to tell the stale check from
+    /// the live one, or a search of the queue at each check-in
+    /// (`tests/breaker25_overdue_clock_back.rs` and
+    /// `tests/breaker26_told_interval_late.rs`, ignored, show it).
     Overdue {
         /// The device.
         device: DeviceId,
@@ -927,6 +930,17 @@ impl<S: FleetStore> Server<S> {
     ///   running is kept in the record only until the time it would have
     ///   run out had that node stopped when the other started, and a
     ///   restart after that may report devices still on it overdue once.
+    ///   The check `recover` queues for a device is for the longer
+    ///   deadline, and a later check-in lets it serve (see
+    ///   [`ServerEvent::Overdue`]): a device that syncs with this engine,
+    ///   is told the shorter interval and then goes silent is reported
+    ///   when that check runs, late by up to the difference of the two
+    ///   intervals, once. A record whose instant a store mangled (set far
+    ///   ahead) keeps the earlier interval (read as 7 days at most) until
+    ///   that instant passes, for good if it is the largest instant: the
+    ///   engine clamps the intervals it reads, and cannot tell a mangled
+    ///   instant from a late one (`tests/breaker26_mangled_record.rs`,
+    ///   ignored).
     /// - **Task expiries** of open tasks are armed again: an undelivered task
     ///   whose `expires_at` passed while no server ran expires at the next
     ///   [`Server::handle_timeout`].
