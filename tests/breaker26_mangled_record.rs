@@ -8,7 +8,8 @@
 //! a silent device of a 1 h fleet is reported a week late, after any number
 //! of restarts over any time. No device can still keep an interval told
 //! more than 7 days (and the slack) before the latest sync the engine saw,
-//! so the record could be bounded by that and heal after a week.
+//! so the record could be bounded by that and heal after a week. Found on
+//! main; fixed in `ToldIntervals::after`, which now cuts the instant there.
 
 mod common;
 
@@ -62,7 +63,6 @@ fn reported_on_time_after_a_month(record: ToldIntervals) -> bool {
 }
 
 #[test]
-#[ignore = "fault: a record mangled to earlier_until = Instant::MAX is kept for good: 30 days and 30 restarts later a silent device of a 1 h fleet is still expected by 7 days"]
 fn a_mangled_record_heals_once_no_device_can_keep_it() {
     assert!(reported_on_time_after_a_month(ToldIntervals {
         interval: Duration::from_hours(1),

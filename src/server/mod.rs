@@ -935,12 +935,12 @@ impl<S: FleetStore> Server<S> {
     ///   [`ServerEvent::Overdue`]): a device that syncs with this engine,
     ///   is told the shorter interval and then goes silent is reported
     ///   when that check runs, late by up to the difference of the two
-    ///   intervals, once. A record whose instant a store mangled (set far
-    ///   ahead) keeps the earlier interval (read as 7 days at most) until
-    ///   that instant passes, for good if it is the largest instant: the
-    ///   engine clamps the intervals it reads, and cannot tell a mangled
-    ///   instant from a late one (`tests/breaker26_mangled_record.rs`,
-    ///   ignored).
+    ///   intervals, once. The engine reads a record a store mangled
+    ///   within bounds: its intervals as 1 min to 7 days, its instant as at
+    ///   most the longest of them and `overdue_slack` past the latest sync
+    ///   or `now`. So a mangled record runs out within about a week,
+    ///   however often engines restart; a clock that went back by more
+    ///   than that ends a sane record's earlier interval early.
     /// - **Task expiries** of open tasks are armed again: an undelivered task
     ///   whose `expires_at` passed while no server ran expires at the next
     ///   [`Server::handle_timeout`].

@@ -314,7 +314,9 @@ impl ReportCommit<'_> {
 /// A store keeps the three fields as they are given and gives them back
 /// unchanged; the engine reads intervals outside `1 min ..= 7 days` (a
 /// record a store mangled) as the nearest bound, as devices read
-/// `periodic_s`.
+/// `periodic_s`, and an `earlier_until` further ahead than that bound
+/// allows (the longer interval and `overdue_slack` past the latest sync
+/// or now) as that far.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ToldIntervals {
     /// The interval the engine that wrote the record tells every device it
@@ -358,9 +360,15 @@ impl ToldIntervals {
         // The old engine told its interval up to its last handshake.
         let mut longest = within_bounds(old.interval);
         let mut until = now.max(latest_sync) + longest + slack;
-        if now < old.earlier_until {
+        // No record written by now can count longer than its longest
+        // interval and slack from now: one that says so was mangled (or the
+        // clock went back by more than that), and is cut there. Carried on
+        // as cut, it runs out then, however often engines restart.
+        let most = now.max(latest_sync) + longest.max(within_bounds(old.earlier)) + slack;
+        let earlier_until = old.earlier_until.min(most);
+        if now < earlier_until {
             longest = longest.max(within_bounds(old.earlier));
-            until = until.max(old.earlier_until);
+            until = until.max(earlier_until);
         }
         let record = Self {
             interval,
@@ -2211,7 +2219,9 @@ mod told_tests {
 
     /// A clock gone back across the restart (now before the record's
     /// instants, last syncs after now) keeps the earlier interval, and the
-    /// old engine's counts from its latest sync.
+    /// old engine's counts from its latest sync. The earlier one counts at
+    /// most its length and the slack past the latest sync or now, whichever
+    /// is later (here from at(5): at(8), not the record's at(10)).
     #[test]
     fn a_clock_gone_back_keeps_the_earlier_interval() {
         let old = ToldIntervals {
@@ -2221,7 +2231,9 @@ mod told_tests {
         };
         let (longest, rec) = ToldIntervals::after(Some(&old), H, at(1), at(5), SLACK);
         assert_eq!(longest, Some(H.saturating_mul(3)));
-        assert_eq!(rec.earlier_until, at(10));
+        assert_eq!(rec.earlier_until, at(8) + SLACK);
+        let (_, rec) = ToldIntervals::after(Some(&old), H, at(1), at(7), SLACK);
+        assert_eq!(rec.earlier_until, at(10), "under the bound: kept as it is");
         let old = ToldIntervals {
             earlier_until: at(0),
             ..old
