@@ -358,18 +358,19 @@ impl ToldIntervals {
             return (None, record);
         };
         // The old engine told its interval up to its last handshake.
-        let mut longest = within_bounds(old.interval);
-        let mut until = now.max(latest_sync) + longest + slack;
+        let since = now.max(latest_sync);
+        let (told, earlier) = (within_bounds(old.interval), within_bounds(old.earlier));
+        let own_until = since + told + slack;
         // No record written by now can count longer than its longest
         // interval and slack from now: one that says so was mangled (or the
         // clock went back by more than that), and is cut there. Carried on
         // as cut, it runs out then, however often engines restart.
-        let most = now.max(latest_sync) + longest.max(within_bounds(old.earlier)) + slack;
-        let earlier_until = old.earlier_until.min(most);
-        if now < earlier_until {
-            longest = longest.max(within_bounds(old.earlier));
-            until = until.max(earlier_until);
-        }
+        let earlier_until = old.earlier_until.min(since + told.max(earlier) + slack);
+        let (longest, until) = if now < earlier_until {
+            (told.max(earlier), own_until.max(earlier_until))
+        } else {
+            (told, own_until)
+        };
         let record = Self {
             interval,
             earlier: longest,
